@@ -1,0 +1,1 @@
+//! Structures shared with Xen, one definition each.
