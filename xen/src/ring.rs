@@ -1,1 +1,4 @@
-//! (in progress)
+//! Shared-memory rings.
+//!
+//! `bytes` holds the byte-stream rings of the xenstore and console pages.
+pub mod bytes;
