@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# Fetches Debian's real Xen, a Debian Linux kernel for dom0 and the dom0
+# toolstack, and builds the boot files of the test rig:
+#
+#   $MOAT_CACHE/rig-<arch>/boot/xen                 Xen (multiboot ELF, for QEMU -kernel)
+#   $MOAT_CACHE/rig-<arch>/boot/vmlinuz             the dom0 Linux kernel
+#   $MOAT_CACHE/rig-<arch>/boot/dom0-base.cpio.gz   the dom0 initramfs (busybox, xl, xenstored, ...)
+#
+# Nothing is installed on the host: packages are fetched with `apt-get
+# download` and unpacked with `dpkg -x`. The result is keyed by the package
+# versions and by the sources of this script and of the dom0 /init, so a
+# second run does nothing (a stamp file records the key).
+#
+# usage: rig/fetch.sh [--arch amd64] [--force]
+# Only amd64 exists today; an arm32 variant adds its package list and boot
+# file layout in the `case "$ARCH"` blocks below.
+set -euo pipefail
+
+ARCH=amd64
+FORCE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --arch) ARCH="${2:?--arch needs a value}"; shift 2 ;;
+    --force) FORCE=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "fetch.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+RIG_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${MOAT_CACHE:-$HOME/.cache/moat}/rig-$ARCH"
+DEBS="$CACHE/debs"
+STAGE="$CACHE/stage"
+ROOT="$CACHE/dom0-root"
+BOOT="$CACHE/boot"
+STAMP="$CACHE/stamp"
+
+T_START=$(date +%s.%N)
+# Runs one named step and prints how long it took.
+step() {
+  local name="$1"; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  echo "fetch: $name ..."
+  "$@"
+  t1=$(date +%s.%N)
+  printf 'fetch: %s done in %.1f s\n' "$name" "$(awk "BEGIN{print $t1-$t0}")"
+}
+
+case "$ARCH" in
+  amd64)
+    MULTIARCH=x86_64-linux-gnu
+    XEN_PKG=xen-hypervisor-4.17-amd64
+    KFLAVOUR=amd64
+    ;;
+  *)
+    echo "fetch.sh: arch $ARCH is not supported yet (only amd64)" >&2
+    exit 2
+    ;;
+esac
+
+# A cheap key for the warm path: apt's package lists (their names, sizes and
+# times change with `apt-get update`) and the rig's own sources. Asking
+# apt-cache for versions costs about 1.5 s, so it is done only when this
+# key changed.
+quick_key() {
+  { ls -l --time-style=+%s /var/lib/apt/lists/ 2>/dev/null
+    sha256sum "$RIG_DIR/fetch.sh" "$RIG_DIR/dom0/init"
+    echo "$ARCH"; } | sha256sum | cut -d' ' -f1
+}
+QUICK_KEY="$(quick_key)"
+boot_files_present() {
+  [ -f "$BOOT/xen" ] && [ -f "$BOOT/vmlinuz" ] && [ -f "$BOOT/dom0-base.cpio.gz" ]
+}
+elapsed() { awk "BEGIN{printf \"%.2f\", $(date +%s.%N)-$T_START}"; }
+if [ $FORCE = 0 ] && [ -f "$STAMP.quick" ] && [ "$(cat "$STAMP.quick")" = "$QUICK_KEY" ] && boot_files_present; then
+  echo "fetch: $BOOT is up to date ($(cat "$BOOT/kernel-version" 2>/dev/null), apt lists unchanged), nothing to do ($(elapsed) s)"
+  exit 0
+fi
+
+# The newest Debian 6.1 kernel of this flavour that apt knows about.
+kernel_pkg() {
+  apt-cache pkgnames "linux-image-6.1.0-" | grep -E "^linux-image-6\\.1\\.0-[0-9]+-$KFLAVOUR\$" |
+    sort -V | tail -n 1
+}
+KPKG="$(kernel_pkg)"
+if [ -z "$KPKG" ]; then
+  echo "fetch.sh: no linux-image-6.1.0-*-$KFLAVOUR in apt's lists (run apt-get update)" >&2
+  exit 1
+fi
+KVER="${KPKG#linux-image-}"
+
+# Xen, its toolstack and libraries, the dom0 kernel, busybox, and the
+# libraries and tools the toolstack and its hotplug scripts need (bash,
+# flock, coreutils stat, libgcc_s for xl's pthread_cancel).
+PKGS=(
+  "$XEN_PKG" xen-utils-4.17 xen-utils-common xenstore-utils
+  libxencall1 libxendevicemodel1 libxenevtchn1 libxenforeignmemory1 libxengnttab1
+  libxenhypfs1 libxenmisc4.17 libxenstore4 libxentoolcore1 libxentoollog1 libyajl2
+  "$KPKG" busybox-static
+  libc6 libgcc-s1 libtinfo6 libncurses6 libuuid1 zlib1g liblzma5 libzstd1 libbz2-1.0
+  libext2fs2 libcom-err2 libselinux1 libpcre2-8-0 libacl1 libattr1 bash util-linux coreutils
+)
+
+# "name=version" for every package, from apt's candidate versions.
+package_versions() {
+  apt-cache policy "${PKGS[@]}" | awk '
+    /^[^ ]/ { sub(":$", "", $1); name = $1 }
+    /^  Candidate:/ { print name "=" $2 }'
+}
+VERSIONS="$(package_versions)"
+if [ "$(echo "$VERSIONS" | grep -vc '=(none)$')" != "${#PKGS[@]}" ]; then
+  echo "fetch.sh: apt has no candidate for some packages:" >&2
+  echo "$VERSIONS" | grep '=(none)$' >&2 || true
+  exit 1
+fi
+KEY="$( { echo "$VERSIONS"; sha256sum "$RIG_DIR/fetch.sh" "$RIG_DIR/dom0/init"; } | sha256sum | cut -d' ' -f1)"
+
+if [ $FORCE = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && boot_files_present; then
+  echo "$QUICK_KEY" >"$STAMP.quick"
+  echo "fetch: $BOOT is up to date (same package versions, $KPKG), nothing to do ($(elapsed) s)"
+  exit 0
+fi
+
+download() {
+  mkdir -p "$DEBS"
+  local missing=() p v f
+  while IFS='=' read -r p v; do
+    # apt-get download names files name_version_arch.deb with ':' as %3a.
+    f=$(ls "$DEBS/${p}_${v//:/%3a}_"*.deb 2>/dev/null | head -n 1 || true)
+    [ -n "$f" ] || missing+=("$p=$v")
+  done <<<"$VERSIONS"
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "fetch: downloading ${#missing[@]} packages: ${missing[*]}"
+    (cd "$DEBS" && apt-get download -q -o APT::Sandbox::User=root "${missing[@]}")
+  else
+    echo "fetch: all ${#PKGS[@]} packages already in $DEBS"
+  fi
+}
+
+unpack() {
+  rm -rf "$STAGE"
+  mkdir -p "$STAGE"
+  local p v
+  while IFS='=' read -r p v; do
+    dpkg -x "$(ls "$DEBS/${p}_${v//:/%3a}_"*.deb | head -n 1)" "$STAGE"
+  done <<<"$VERSIONS"
+  # The linux-image package ships no modules.dep; modprobe needs it.
+  depmod -b "$STAGE" "$KVER"
+}
+
+boot_files() {
+  mkdir -p "$BOOT"
+  # QEMU's multiboot loader takes the uncompressed 32-bit ELF.
+  zcat "$STAGE/boot/xen-4.17-amd64.gz" >"$BOOT/xen.tmp"
+  mv "$BOOT/xen.tmp" "$BOOT/xen"
+  cp "$STAGE/boot/vmlinuz-$KVER" "$BOOT/vmlinuz"
+  echo "$KVER" >"$BOOT/kernel-version"
+}
+
+# Library search path inside the staged packages, in ld.so's order.
+LIBDIRS=(lib/$MULTIARCH usr/lib/$MULTIARCH usr/lib/xen-4.17/lib/$MULTIARCH lib64)
+
+# Copies the shared libraries an ELF file needs (recursively) from the stage
+# into the dom0 root.
+copy_needed_libs() {
+  local elf="$1" lib d found
+  for lib in $(readelf -d "$elf" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+    [ -e "$ROOT/lib/$MULTIARCH/$lib" ] && continue
+    found=""
+    for d in "${LIBDIRS[@]}"; do
+      if [ -e "$STAGE/$d/$lib" ]; then found="$STAGE/$d/$lib"; break; fi
+    done
+    if [ -z "$found" ]; then
+      echo "fetch.sh: $lib (needed by ${elf#"$ROOT"}) is in none of the fetched packages; add its package to PKGS" >&2
+      exit 1
+    fi
+    cp -L "$found" "$ROOT/lib/$MULTIARCH/$lib"
+    copy_needed_libs "$ROOT/lib/$MULTIARCH/$lib"
+  done
+}
+
+dom0_root() {
+  rm -rf "$ROOT"
+  mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,lib/$MULTIARCH,lib64,etc,dev,proc,sys,run,tmp,root,guest}
+  mkdir -p "$ROOT"/var/{lock,log/xen/console,lib/xen}
+  ln -s /run "$ROOT/var/run"
+  # busybox and its applets (only where no real tool is installed below)
+  cp "$STAGE/bin/busybox" "$ROOT/bin/busybox"
+  # the toolstack: /usr/lib/xen-4.17/bin goes on PATH directly (the
+  # /usr/sbin wrappers only pick the Xen version, which is fixed here)
+  mkdir -p "$ROOT/usr/lib/xen-4.17"
+  cp -a "$STAGE/usr/lib/xen-4.17/bin" "$ROOT/usr/lib/xen-4.17/bin"
+  rm -f "$ROOT/usr/lib/xen-4.17/bin/pygrub" "$ROOT/usr/lib/xen-4.17/bin/oxenstored"
+  cp -a "$STAGE/usr/lib/xen-4.17/boot" "$ROOT/usr/lib/xen-4.17/boot"
+  cp -a "$STAGE"/usr/bin/xenstore* "$ROOT/usr/bin/"
+  rm -f "$ROOT/usr/bin/xenstore-control"   # a wrapper symlink; the real one is in xen-4.17/bin
+  cp -a "$STAGE/etc/xen" "$ROOT/etc/xen"
+  # the hotplug scripts need bash, flock and coreutils stat (busybox's
+  # stat lacks -L -c %D.%i as locking.sh uses it)
+  cp "$STAGE/bin/bash" "$ROOT/bin/bash"
+  cp "$STAGE/usr/bin/flock" "$STAGE/usr/bin/stat" "$ROOT/usr/bin/"
+  local applet
+  for applet in $("$ROOT/bin/busybox" --list-full); do
+    [ -e "$ROOT/$applet" ] || [ -L "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
+  done
+  # the dynamic loader, then every library the ELF files need; libgcc_s is
+  # dlopen()ed by glibc's pthread_cancel, which xl uses (no NEEDED entry)
+  cp -L "$STAGE/lib/$MULTIARCH/ld-linux-x86-64.so.2" "$ROOT/lib/$MULTIARCH/"
+  ln -s /lib/$MULTIARCH/ld-linux-x86-64.so.2 "$ROOT/lib64/ld-linux-x86-64.so.2"
+  cp -L "$STAGE/lib/$MULTIARCH/libgcc_s.so.1" "$ROOT/lib/$MULTIARCH/"
+  local f
+  while IFS= read -r f; do
+    if head -c 4 "$f" | grep -q 'ELF'; then copy_needed_libs "$f"; fi
+  done < <(find "$ROOT" -type f -not -path "$ROOT/lib/*")
+  echo "/lib/$MULTIARCH" >"$ROOT/etc/ld.so.conf"
+  # kernel modules with their dependencies, and a modules.dep for them
+  local mods=(xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-netback xen-blkback
+              bridge tun loop xen-netfront xen-blkfront ext4 crc32c_generic)
+  local ko m
+  for m in "${mods[@]}"; do
+    for ko in $(modprobe -d "$STAGE" -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}'); do
+      mkdir -p "$ROOT/$(dirname "${ko#"$STAGE"}")"
+      cp "$ko" "$ROOT/${ko#"$STAGE"}"
+    done
+  done
+  cp "$STAGE/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$ROOT/lib/modules/$KVER/" 2>/dev/null || true
+  depmod -b "$ROOT" "$KVER"
+  # small /etc files the tools look for
+  echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
+  echo "root:x:0:" >"$ROOT/etc/group"
+  echo "dom0" >"$ROOT/etc/hostname"
+  install -m 0755 "$RIG_DIR/dom0/init" "$ROOT/init"
+}
+
+initramfs() {
+  (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) |
+    gzip -6 >"$BOOT/dom0-base.cpio.gz.tmp"
+  mv "$BOOT/dom0-base.cpio.gz.tmp" "$BOOT/dom0-base.cpio.gz"
+}
+
+echo "fetch: building the $ARCH rig in $CACHE ($KPKG, $(echo "$VERSIONS" | grep "^$XEN_PKG=" | cut -d= -f2))"
+step "download packages" download
+step "unpack packages" unpack
+step "boot files (xen, vmlinuz)" boot_files
+step "dom0 root tree" dom0_root
+step "dom0 initramfs" initramfs
+echo "$KEY" >"$STAMP"
+echo "$QUICK_KEY" >"$STAMP.quick"
+ls -l "$BOOT"
+echo "fetch: done in $(elapsed) s"
