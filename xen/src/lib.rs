@@ -20,6 +20,7 @@ pub mod event;
 pub mod grant;
 pub mod hypercall;
 pub mod ring;
+pub mod shared_info;
 pub mod time;
 pub mod xenbus;
 pub mod xenstore;
