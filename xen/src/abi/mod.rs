@@ -24,4 +24,5 @@ pub type GrantRef = u32;
 /// A machine or guest frame number (`xen_pfn_t`, 64-bit on amd64).
 pub type XenPfn = u64;
 pub mod console;
+pub mod ring;
 pub mod xs_wire;
