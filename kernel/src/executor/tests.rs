@@ -1,0 +1,595 @@
+//! Host tests of the executor, driven through a mock [`Idle`].
+
+use super::*;
+use alloc::rc::Rc;
+use alloc::vec;
+use core::future::poll_fn;
+use std::cell::RefCell;
+
+/// A scripted hypervisor: a clock, ports that fire at given block calls or
+/// when a task injects them, and a record of every `block` call.
+#[derive(Default)]
+struct MockIdle {
+    now: Cell<u64>,
+    /// Added to the clock on every `now_ns` call, to model time passing while
+    /// tasks run (otherwise only `block` advances time).
+    tick_per_read: u64,
+    /// Ports a task asks to become pending (shared with the tasks).
+    injected: Rc<RefCell<Vec<u32>>>,
+    /// Ports that become pending during the n-th `block` call.
+    during_block: VecDeque<Vec<u32>>,
+    /// Ports reported by `take_pending`, not yet consumed.
+    pending: Vec<u32>,
+    /// Deadline argument of every `block` call.
+    blocks: Vec<Option<u64>>,
+    take_pending_calls: u64,
+}
+
+impl MockIdle {
+    fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Idle for MockIdle {
+    fn now_ns(&self) -> u64 {
+        let now = self.now.get() + self.tick_per_read;
+        self.now.set(now);
+        now
+    }
+
+    fn take_pending(&mut self, wake: &mut dyn FnMut(u32)) {
+        self.take_pending_calls += 1;
+        self.pending.append(&mut self.injected.borrow_mut());
+        for port in self.pending.drain(..) {
+            wake(port);
+        }
+    }
+
+    fn block(&mut self, deadline_ns: Option<u64>) {
+        self.blocks.push(deadline_ns);
+        assert!(
+            self.blocks.len() < 100_000,
+            "executor is busy-looping on block"
+        );
+        // A scripted non-empty batch of ports ends the block early (an event
+        // arrived); otherwise the block lasts until its deadline.
+        if let Some(ports) = self.during_block.pop_front() {
+            if !ports.is_empty() {
+                self.pending.extend(ports);
+                return;
+            }
+        }
+        match deadline_ns {
+            Some(deadline) => self.now.set(self.now.get().max(deadline)),
+            None => panic!("deadlock: block(None) with no event scripted"),
+        }
+    }
+}
+
+/// Which of two raced futures finished first.
+#[derive(Debug, PartialEq, Eq)]
+enum Winner<A, B> {
+    First(A),
+    Second(B),
+}
+
+/// Polls `a` then `b`, returns the first to complete (the other is dropped).
+async fn race<A: Future, B: Future>(a: A, b: B) -> Winner<A::Output, B::Output> {
+    let mut a = core::pin::pin!(a);
+    let mut b = core::pin::pin!(b);
+    poll_fn(|cx| {
+        if let Poll::Ready(x) = a.as_mut().poll(cx) {
+            return Poll::Ready(Winner::First(x));
+        }
+        if let Poll::Ready(y) = b.as_mut().poll(cx) {
+            return Poll::Ready(Winner::Second(y));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+type Log = Rc<RefCell<Vec<&'static str>>>;
+
+#[test]
+fn tasks_run_in_spawn_order_and_interleave_at_yields() {
+    let mut ex = Executor::new();
+    let log: Log = Rc::default();
+    for name in [("a1", "a2"), ("b1", "b2"), ("c1", "c2")] {
+        let log = log.clone();
+        ex.spawn(async move {
+            log.borrow_mut().push(name.0);
+            yield_now().await;
+            log.borrow_mut().push(name.1);
+        });
+    }
+    let mut idle = MockIdle::new();
+    let h = ex.handle();
+    ex.run_until(&mut idle, async move {
+        while h.stats_live() > 0 {
+            yield_now().await;
+        }
+    });
+    assert_eq!(*log.borrow(), ["a1", "b1", "c1", "a2", "b2", "c2"]);
+    assert!(idle.blocks.is_empty(), "never idle, never blocked");
+}
+
+impl Handle {
+    /// Test helper: live task count.
+    fn stats_live(&self) -> usize {
+        self.shared.stats.get().live_tasks
+    }
+}
+
+#[test]
+fn run_until_returns_main_output() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let out = ex.run_until(&mut MockIdle::new(), async move {
+        h.sleep(10).await;
+        h.now_ns() * 2
+    });
+    assert_eq!(out, 20);
+}
+
+#[test]
+fn waking_twice_before_poll_runs_once() {
+    let mut ex = Executor::new();
+    let polls = Rc::new(Cell::new(0u32));
+    let stored: Rc<RefCell<Option<Waker>>> = Rc::default();
+    {
+        let (polls, stored) = (polls.clone(), stored.clone());
+        ex.spawn(poll_fn(move |cx| {
+            polls.set(polls.get() + 1);
+            *stored.borrow_mut() = Some(cx.waker().clone());
+            if polls.get() == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+    }
+    let mut idle = MockIdle::new();
+    let s = stored.clone();
+    let p = polls.clone();
+    ex.run_until(&mut idle, async move {
+        yield_now().await; // the task has now been polled once
+        assert_eq!(p.get(), 1);
+        let waker = s.borrow().clone().expect("task registered its waker");
+        waker.wake_by_ref();
+        waker.wake_by_ref();
+        s.borrow_mut().take().expect("stored").wake(); // by value
+        yield_now().await;
+        yield_now().await;
+        assert_eq!(p.get(), 2, "three wakes before the poll: one poll");
+    });
+    assert_eq!(polls.get(), 2);
+}
+
+#[test]
+fn wake_during_own_poll_requeues_the_task() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let count = Rc::new(Cell::new(0));
+    let c = count.clone();
+    ex.spawn(async move {
+        for _ in 0..5 {
+            c.set(c.get() + 1);
+            yield_now().await;
+        }
+    });
+    ex.run_until(&mut MockIdle::new(), async move {
+        while h.stats_live() > 0 {
+            yield_now().await;
+        }
+    });
+    assert_eq!(count.get(), 5);
+}
+
+#[test]
+fn equal_deadlines_fire_in_registration_order() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let log: Log = Rc::default();
+    for (name, deadline) in [("x", 100), ("y", 100), ("early", 50), ("z", 100)] {
+        let (h, log) = (h.clone(), log.clone());
+        ex.spawn(async move {
+            h.sleep_until(deadline).await;
+            log.borrow_mut().push(name);
+            assert!(h.now_ns() >= deadline);
+        });
+    }
+    let mut idle = MockIdle::new();
+    let hm = h.clone();
+    ex.run_until(&mut idle, async move { hm.sleep_until(200).await });
+    assert_eq!(*log.borrow(), ["early", "x", "y", "z"]);
+    assert_eq!(idle.blocks, [Some(50), Some(100), Some(200)]);
+}
+
+#[test]
+fn idle_executor_blocks_with_the_sleeping_tasks_deadline() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let done = Rc::new(Cell::new(false));
+    let main_waker: Rc<RefCell<Option<Waker>>> = Rc::default();
+    {
+        let (h, done, main_waker) = (h.clone(), done.clone(), main_waker.clone());
+        ex.spawn(async move {
+            h.sleep_until(1_000_000).await;
+            done.set(true);
+            if let Some(w) = main_waker.borrow_mut().take() {
+                w.wake();
+            }
+        });
+    }
+    let mut idle = MockIdle::new();
+    let d = done.clone();
+    // Main waits for something only the sleeping task can cause.
+    ex.run_until(
+        &mut idle,
+        poll_fn(move |cx| {
+            if d.get() {
+                return Poll::Ready(());
+            }
+            *main_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }),
+    );
+    assert_eq!(idle.blocks, [Some(1_000_000)], "one block, at the deadline");
+    assert_eq!(ex.stats().blocks, 1);
+    assert_eq!(h.now_ns(), 1_000_000);
+}
+
+#[test]
+fn one_sleeping_task_blocks_once_with_its_deadline() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    let hs = h.clone();
+    ex.spawn(async move {
+        hs.sleep_until(7_777).await;
+        d.set(true);
+    });
+    let mut idle = MockIdle::new();
+    // Main waits for a port that fires during the second block, so the only
+    // timer the executor can block on is the task's.
+    idle.during_block = VecDeque::from([vec![], vec![9]]);
+    let ev = h.event(9);
+    ex.run_until(&mut idle, ev);
+    assert!(done.get());
+    assert_eq!(idle.blocks, [Some(7_777), None]);
+}
+
+#[test]
+fn ten_thousand_tasks_complete_and_are_freed() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let finished = Rc::new(Cell::new(0u32));
+    for i in 0..10_000u64 {
+        let (h, finished) = (h.clone(), finished.clone());
+        ex.spawn(async move {
+            h.sleep(i % 97).await;
+            yield_now().await;
+            finished.set(finished.get() + 1);
+        });
+    }
+    assert_eq!(ex.stats().live_tasks, 10_000);
+    let mut idle = MockIdle::new();
+    let hm = h.clone();
+    ex.run_until(&mut idle, async move {
+        while hm.stats_live() > 0 {
+            hm.sleep(1).await;
+        }
+    });
+    assert_eq!(finished.get(), 10_000);
+    let stats = ex.stats();
+    assert_eq!(stats.live_tasks, 0);
+    assert_eq!(stats.spawned, 10_000);
+    assert_eq!(h.shared.tasks.borrow().live, 0);
+    assert!(h.shared.reactor.borrow().timers.is_empty());
+    // 97 distinct deadlines: at most one block each (plus main's own).
+    assert!(idle.blocks.len() <= 200, "{} blocks", idle.blocks.len());
+}
+
+#[test]
+fn tasks_spawn_tasks() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let count = Rc::new(Cell::new(0));
+    async fn tree(h: Handle, depth: u32, count: Rc<Cell<u32>>) {
+        count.set(count.get() + 1);
+        if depth > 0 {
+            for _ in 0..3 {
+                h.spawn(tree(h.clone(), depth - 1, count.clone()));
+            }
+        }
+    }
+    ex.spawn(tree(h.clone(), 4, count.clone()));
+    ex.run_until(&mut MockIdle::new(), async move {
+        while h.stats_live() > 0 {
+            yield_now().await;
+        }
+    });
+    // 1 + 3 + 9 + 27 + 81
+    assert_eq!(count.get(), 121);
+    assert_eq!(ex.stats().spawned, 121);
+}
+
+/// Sets its flag when dropped.
+struct DropFlag(Rc<Cell<bool>>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+#[test]
+fn finished_task_is_dropped_immediately() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let dropped = Rc::new(Cell::new(false));
+    let big = Rc::new(vec![0u8; 4096]);
+    {
+        let flag = DropFlag(dropped.clone());
+        let big = big.clone();
+        ex.spawn(async move {
+            let _keep = (&flag, &big);
+            yield_now().await;
+        });
+    }
+    assert_eq!(Rc::strong_count(&big), 2);
+    let d = dropped.clone();
+    ex.run_until(&mut MockIdle::new(), async move {
+        while !d.get() {
+            yield_now().await;
+        }
+        assert_eq!(h.stats_live(), 0);
+    });
+    assert_eq!(Rc::strong_count(&big), 1, "task's captures freed");
+}
+
+#[test]
+fn stale_waker_of_a_finished_task_does_not_poll_the_slot_reuser() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let stale: Rc<RefCell<Option<Waker>>> = Rc::default();
+    {
+        let stale = stale.clone();
+        ex.spawn(poll_fn(move |cx| {
+            *stale.borrow_mut() = Some(cx.waker().clone());
+            Poll::Ready(())
+        }));
+    }
+    let polls = Rc::new(Cell::new(0));
+    let (p, s) = (polls.clone(), stale.clone());
+    ex.run_until(&mut MockIdle::new(), async move {
+        yield_now().await; // first task done, slot free
+        let p2 = p.clone();
+        let id = h.spawn(poll_fn(move |_| {
+            p2.set(p2.get() + 1);
+            Poll::<()>::Pending
+        }));
+        assert_eq!(id.index, 0, "slot reused");
+        yield_now().await;
+        assert_eq!(p.get(), 1);
+        s.borrow().as_ref().unwrap().wake_by_ref();
+        yield_now().await;
+        yield_now().await;
+        assert_eq!(p.get(), 1, "stale wake ignored");
+    });
+}
+
+#[test]
+fn notification_between_creation_and_first_poll_is_not_lost() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    let ev = h.event(5);
+    // The port fires while the future exists but has never been polled.
+    idle.injected.borrow_mut().push(5);
+    ex.run_until(&mut idle, yield_now());
+    assert!(idle.take_pending_calls >= 1);
+    assert_eq!(h.shared.reactor.borrow().ports[&5].notifications, 1);
+    // No further notification: it must still complete, without blocking.
+    ex.run_until(&mut idle, ev);
+    assert!(idle.blocks.is_empty());
+}
+
+#[test]
+fn event_created_after_a_notification_waits_for_the_next() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    let _registered = h.event(5);
+    idle.injected.borrow_mut().push(5);
+    ex.run_until(&mut idle, yield_now());
+    let late = h.event(5);
+    let hm = h.clone();
+    let winner = ex.run_until(&mut idle, race(late, hm.sleep_until(1_000)));
+    assert_eq!(winner, Winner::Second(()));
+    // And the next notification does complete a fresh event.
+    idle.during_block.push_back(vec![5]);
+    let winner = ex.run_until(&mut idle, race(h.event(5), h.sleep_until(2_000)));
+    assert_eq!(winner, Winner::First(()));
+}
+
+#[test]
+fn event_from_one_task_wakes_all_its_waiters_only() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let woken = Rc::new(Cell::new(0));
+    for port in [1u32, 1, 2] {
+        let (h, woken) = (h.clone(), woken.clone());
+        ex.spawn(async move {
+            h.event(port).await;
+            woken.set(woken.get() + 1);
+        });
+    }
+    let mut idle = MockIdle::new();
+    let injected = idle.injected.clone();
+    let hm = h.clone();
+    let w = woken.clone();
+    ex.run_until(&mut idle, async move {
+        yield_now().await; // all three waiting
+        injected.borrow_mut().push(1);
+        hm.sleep(10).await;
+        assert_eq!(w.get(), 2);
+    });
+    assert_eq!(ex.stats().live_tasks, 1, "the port-2 waiter still waits");
+}
+
+#[test]
+fn unclaimed_notifications_are_counted_and_dropped() {
+    let mut ex = Executor::new();
+    let mut idle = MockIdle::new();
+    idle.injected.borrow_mut().extend([40, 41]);
+    ex.run_until(&mut idle, yield_now());
+    assert_eq!(ex.stats().unclaimed_notifications, 2);
+    assert!(ex.handle().shared.reactor.borrow().ports.is_empty());
+}
+
+#[test]
+fn event_listener_coalesces_bursts_and_never_loses_one() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    let injected = idle.injected.clone();
+    let hm = h.clone();
+    ex.run_until(&mut idle, async move {
+        let mut listener = hm.event_listener(3);
+        assert_eq!(listener.port(), 3);
+        // Three notifications while the "driver" is busy elsewhere.
+        injected.borrow_mut().extend([3, 3, 3]);
+        hm.sleep(5).await;
+        let before = hm.now_ns();
+        listener.wait().await; // completes at once: nothing lost
+        assert_eq!(hm.now_ns(), before);
+        // The burst was coalesced: the next wait needs a new notification.
+        let r = race(listener.wait(), hm.sleep(100)).await;
+        assert_eq!(r, Winner::Second(()));
+    });
+}
+
+#[test]
+fn self_waking_task_cannot_starve_others_nor_timers() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let spins = Rc::new(Cell::new(0u64));
+    {
+        let spins = spins.clone();
+        ex.spawn(async move {
+            loop {
+                spins.set(spins.get() + 1);
+                yield_now().await;
+            }
+        });
+    }
+    let other = Rc::new(Cell::new(0u32));
+    {
+        let other = other.clone();
+        ex.spawn(async move {
+            for _ in 0..10 {
+                other.set(other.get() + 1);
+                yield_now().await;
+            }
+        });
+    }
+    let mut idle = MockIdle {
+        tick_per_read: 1,
+        ..MockIdle::new()
+    };
+    let hm = h.clone();
+    ex.run_until(&mut idle, async move { hm.sleep(50).await });
+    assert_eq!(other.get(), 10);
+    assert!(spins.get() >= 10);
+    assert!(idle.blocks.is_empty(), "always something ready");
+    // The same holds for events.
+    let hm = h.clone();
+    let injected = idle.injected.clone();
+    let ev = h.event(8);
+    injected.borrow_mut().push(8);
+    ex.run_until(&mut idle, async move {
+        ev.await;
+        hm.now_ns()
+    });
+}
+
+#[test]
+fn cancelled_sleep_releases_its_timer() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    idle.during_block.push_back(vec![3]);
+    let winner = ex.run_until(&mut idle, race(h.sleep_until(1_000), h.event(3)));
+    assert_eq!(winner, Winner::Second(()));
+    assert!(h.shared.reactor.borrow().timers.is_empty());
+    ex.run_until(&mut idle, h.sleep_until(5_000));
+    assert_eq!(idle.blocks, [Some(1_000), Some(5_000)]);
+}
+
+#[test]
+fn foreign_wakers_work() {
+    // A future written against `core` only: completes when another task sets
+    // a flag and wakes the waker it stored.
+    let mut ex = Executor::new();
+    let flag = Rc::new(Cell::new(false));
+    let slot: Rc<RefCell<Option<Waker>>> = Rc::default();
+    {
+        let (flag, slot) = (flag.clone(), slot.clone());
+        ex.spawn(async move {
+            yield_now().await;
+            yield_now().await;
+            flag.set(true);
+            if let Some(w) = slot.borrow_mut().take() {
+                w.wake();
+            }
+        });
+    }
+    let mut idle = MockIdle::new();
+    ex.run_until(
+        &mut idle,
+        poll_fn(move |cx| {
+            if flag.get() {
+                Poll::Ready(())
+            } else {
+                *slot.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }),
+    );
+    assert!(idle.blocks.is_empty());
+}
+
+#[test]
+fn dropping_the_executor_drops_pending_tasks() {
+    let dropped = Rc::new(Cell::new(false));
+    {
+        let mut ex = Executor::new();
+        let h = ex.handle();
+        let flag = DropFlag(dropped.clone());
+        let hs = h.clone();
+        ex.spawn(async move {
+            let _flag = flag;
+            hs.sleep_until(u64::MAX).await; // holds a handle: an Rc cycle
+        });
+        ex.run_until(&mut MockIdle::new(), yield_now());
+        assert!(!dropped.get());
+    }
+    assert!(dropped.get());
+}
+
+#[test]
+fn no_block_when_a_deadline_already_passed() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    idle.now.set(500);
+    ex.run_until(&mut idle, async move {
+        // Registers at time 500 a timer for the past: completes at once.
+        h.sleep_until(10).await;
+        h.sleep(0).await;
+    });
+    assert!(idle.blocks.is_empty());
+}
