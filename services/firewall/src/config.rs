@@ -1,0 +1,115 @@
+//! Static configuration of the firewall: its addresses on both sides and
+//! the DNS redirection, as the platform learns them from QubesDB
+//! (`/qubes-ip`, `/qubes-gateway`, `/qubes-netvm-gateway`,
+//! `/qubes-primary-dns`, ...) or from a file when hosted.
+
+use alloc::vec::Vec;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use smoltcp::wire::EthernetAddress;
+
+use crate::conntrack::Timeouts;
+
+/// The Qubes virtual DNS servers clients are told to use.
+pub const QUBES_DNS4: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 139, 1, 1), Ipv4Addr::new(10, 139, 1, 2)];
+
+/// The IPv6 twins of [`QUBES_DNS4`].
+pub const QUBES_DNS6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfd09, 0x24ef, 0x4179, 0, 0, 0, 0xa8b, 1),
+    Ipv6Addr::new(0xfd09, 0x24ef, 0x4179, 0, 0, 0, 0xa8b, 2),
+];
+
+/// The firewall's side of the uplink (towards sys-net).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkConfig {
+    /// Our MAC on the uplink.
+    pub mac: EthernetAddress,
+    /// Our IPv4 address, the source of all translated client traffic.
+    pub ip4: Ipv4Addr,
+    /// The uplink's IPv4 gateway (`/qubes-gateway`).
+    pub gateway4: Ipv4Addr,
+    /// Our IPv6 address, when the uplink offers IPv6.
+    pub ip6: Option<Ipv6Addr>,
+    /// The uplink's IPv6 gateway, when the uplink offers IPv6.
+    pub gateway6: Option<Ipv6Addr>,
+    /// The gateway's MAC if known in advance; otherwise learned by ARP.
+    pub gateway_mac: Option<EthernetAddress>,
+}
+
+/// The firewall's side of the client links (the vif backends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSideConfig {
+    /// Our MAC towards clients (Qubes uses fe:ff:ff:ff:ff:ff).
+    pub mac: EthernetAddress,
+    /// The IPv4 gateway address clients use (`/qubes-netvm-gateway`).
+    pub gateway4: Ipv4Addr,
+    /// The IPv6 gateway address clients use (`/qubes-netvm-gateway6`).
+    pub gateway6: Option<Ipv6Addr>,
+}
+
+/// One DNS redirection: queries to `virtual_server` go to `upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsRedirect {
+    /// The address clients query (10.139.1.1, ...).
+    pub virtual_server: IpAddr,
+    /// The uplink's real resolver (`/qubes-primary-dns`, ...).
+    pub upstream: IpAddr,
+}
+
+/// Everything the firewall needs to know before the first packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Uplink addresses.
+    pub uplink: UplinkConfig,
+    /// Client-side addresses.
+    pub client_side: ClientSideConfig,
+    /// DNS redirections; their virtual servers are what
+    /// `specialtarget=dns` matches.
+    pub dns: Vec<DnsRedirect>,
+    /// Most tracked flows.
+    pub max_flows: usize,
+    /// Most IPv4 datagrams tracked for forwarding their later fragments.
+    pub max_fragmented_datagrams: usize,
+    /// Flow timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Config {
+    /// A configuration with Qubes' usual defaults around the given
+    /// addresses: DNS redirection of the virtual servers to `upstream_dns4`
+    /// (primary, secondary), 16384 flows.
+    pub fn new(
+        uplink: UplinkConfig,
+        client_side: ClientSideConfig,
+        upstream_dns4: &[Ipv4Addr],
+    ) -> Config {
+        let dns = QUBES_DNS4
+            .iter()
+            .zip(upstream_dns4)
+            .map(|(virtual_server, upstream)| DnsRedirect {
+                virtual_server: IpAddr::V4(*virtual_server),
+                upstream: IpAddr::V4(*upstream),
+            })
+            .collect();
+        Config {
+            uplink,
+            client_side,
+            dns,
+            max_flows: 16384,
+            max_fragmented_datagrams: 1024,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// What the firewall knows about one client VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// The client's IPv4 address (`/qubes-ip` of the client); the only
+    /// IPv4 source it may use.
+    pub ip4: Ipv4Addr,
+    /// The client's IPv6 address, if any.
+    pub ip6: Option<Ipv6Addr>,
+    /// The client's MAC if known; otherwise learned from its frames.
+    pub mac: Option<EthernetAddress>,
+}

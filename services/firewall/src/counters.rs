@@ -1,0 +1,53 @@
+//! Counters of what the firewall did with each packet it did not simply
+//! forward: every drop has a reason, and every reason a counter.
+
+/// Packet counters; they only grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Frames received on any interface.
+    pub frames_in: u64,
+    /// Frames sent on any interface.
+    pub frames_out: u64,
+    /// Packets forwarded client → uplink.
+    pub forwarded_out: u64,
+    /// Packets forwarded uplink → client.
+    pub forwarded_in: u64,
+    /// ARP replies and neighbour advertisements sent.
+    pub neighbor_replies: u64,
+    /// Echo replies sent by the firewall itself.
+    pub echo_replies: u64,
+    /// ICMP admin-prohibited errors sent for refused flows.
+    pub admin_prohibited_sent: u64,
+    /// ICMP errors from the uplink translated to a client.
+    pub icmp_errors_translated: u64,
+    /// Flows refused by the client's rules.
+    pub dropped_by_rule: u64,
+    /// Frames or packets that failed to parse.
+    pub dropped_malformed: u64,
+    /// Packets with a source address the sender may not use.
+    pub dropped_spoofed: u64,
+    /// Client-to-client packets that were not part of an allowed flow.
+    pub dropped_inter_client: u64,
+    /// Packets that neither open a flow nor belong to one.
+    pub dropped_no_flow: u64,
+    /// IPv6 packets from clients while the uplink has no IPv6.
+    pub dropped_ipv6_no_uplink: u64,
+    /// Protocols or message types the firewall does not forward.
+    pub dropped_unsupported: u64,
+    /// Packets whose TTL / hop limit ran out.
+    pub dropped_ttl: u64,
+    /// Later fragments of datagrams whose first fragment was not seen.
+    pub dropped_fragment: u64,
+    /// Packets that could not be sent because the next hop's MAC is unknown.
+    pub dropped_no_neighbor: u64,
+    /// New flows refused because no NAT port was free.
+    pub dropped_nat_exhausted: u64,
+    /// Uplink packets not addressed to the firewall.
+    pub dropped_not_for_us: u64,
+    /// Frames on an interface that is not (or no longer) configured.
+    pub dropped_unknown_interface: u64,
+    /// Packets for the firewall itself that it does not serve.
+    pub dropped_to_firewall: u64,
+    /// Flows removed because new rules forbid them.
+    pub flows_killed_by_rules: u64,
+}

@@ -1,0 +1,166 @@
+//! ICMP messages the firewall creates: administratively-prohibited errors
+//! for refused flows (as Linux's `reject with icmp type admin-prohibited`)
+//! and echo replies for pings to the firewall itself.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, Ipv6Repr};
+
+use crate::checksum;
+use crate::packet::{self, IpHeader, Transport};
+
+/// Largest IPv4 ICMP error (RFC 1812: at most 576 bytes).
+const MAX_ICMPV4_ERROR: usize = 576;
+/// Largest ICMPv6 error (RFC 4443: at most the minimum MTU).
+const MAX_ICMPV6_ERROR: usize = 1280;
+/// ICMP header length.
+const ICMP_HEADER_LEN: usize = 8;
+/// TTL of packets the firewall creates.
+const HOP_LIMIT: u8 = 64;
+
+/// ICMPv4 destination unreachable.
+const ICMPV4_UNREACHABLE: u8 = 3;
+/// ICMPv4 code "communication administratively prohibited" (RFC 1812).
+const ICMPV4_ADMIN_PROHIBITED: u8 = 13;
+/// ICMPv6 destination unreachable.
+const ICMPV6_UNREACHABLE: u8 = 1;
+/// ICMPv6 code "communication with destination administratively prohibited".
+const ICMPV6_ADMIN_PROHIBITED: u8 = 1;
+
+/// Whether `header` may be answered with an ICMP error at all: never for
+/// ICMP errors (no error storms), for later fragments, or towards an
+/// unspecified or multicast source.
+fn may_answer(header: &IpHeader) -> bool {
+    let source_ok = match header.src {
+        IpAddr::V4(a) => !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast(),
+        IpAddr::V6(a) => !a.is_unspecified() && !a.is_multicast(),
+    };
+    let dest_ok = match header.dst {
+        IpAddr::V4(a) => !a.is_multicast() && !a.is_broadcast(),
+        IpAddr::V6(a) => !a.is_multicast(),
+    };
+    source_ok
+        && dest_ok
+        && !matches!(
+            header.transport,
+            Transport::IcmpError { .. } | Transport::LaterFragment
+        )
+}
+
+/// The ICMP admin-prohibited error, from `from`, answering `original`
+/// (whose parsed header is `header`). `None` when no error may be sent or
+/// `from` is of the wrong family.
+pub fn admin_prohibited(from: IpAddr, original: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
+    if !may_answer(header) {
+        return None;
+    }
+    let original = original.get(..header.len)?;
+    match (from, header.src) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            let quote_len = original.len().min(MAX_ICMPV4_ERROR - 20 - ICMP_HEADER_LEN);
+            let quote = original.get(..quote_len)?;
+            let total = 20 + ICMP_HEADER_LEN + quote_len;
+            let mut buf = vec![0u8; total];
+            let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+            ip.set_version(4);
+            ip.set_header_len(20);
+            ip.set_total_len(total as u16);
+            ip.set_hop_limit(HOP_LIMIT);
+            ip.set_next_header(IpProtocol::Icmp);
+            ip.set_src_addr(from);
+            ip.set_dst_addr(to);
+            ip.fill_checksum();
+            let icmp = buf.get_mut(20..)?;
+            icmp.get_mut(..2)?
+                .copy_from_slice(&[ICMPV4_UNREACHABLE, ICMPV4_ADMIN_PROHIBITED]);
+            icmp.get_mut(ICMP_HEADER_LEN..)?.copy_from_slice(quote);
+            let sum = checksum::compute(0, icmp);
+            icmp.get_mut(2..4)?.copy_from_slice(&sum.to_be_bytes());
+            Some(buf)
+        }
+        (IpAddr::V6(from), IpAddr::V6(to)) => {
+            let quote_len = original.len().min(MAX_ICMPV6_ERROR - 40 - ICMP_HEADER_LEN);
+            let quote = original.get(..quote_len)?;
+            let icmp_len = ICMP_HEADER_LEN + quote_len;
+            let ip = Ipv6Repr {
+                src_addr: from,
+                dst_addr: to,
+                next_header: IpProtocol::Icmpv6,
+                payload_len: icmp_len,
+                hop_limit: HOP_LIMIT,
+            };
+            let mut buf = vec![0u8; 40 + icmp_len];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
+            let icmp = buf.get_mut(40..)?;
+            icmp.get_mut(..2)?
+                .copy_from_slice(&[ICMPV6_UNREACHABLE, ICMPV6_ADMIN_PROHIBITED]);
+            icmp.get_mut(ICMP_HEADER_LEN..)?.copy_from_slice(quote);
+            let pseudo = checksum::pseudo_header_v6(
+                &from.octets(),
+                &to.octets(),
+                packet::proto::ICMPV6,
+                icmp_len as u32,
+            );
+            let sum = checksum::compute(pseudo, icmp);
+            icmp.get_mut(2..4)?.copy_from_slice(&sum.to_be_bytes());
+            Some(buf)
+        }
+        _ => None,
+    }
+}
+
+/// The echo reply to `request` (an echo request, parsed as `header`).
+pub fn echo_reply(request: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
+    let Transport::IcmpEcho {
+        request: true,
+        icmp_type,
+        ..
+    } = header.transport
+    else {
+        return None;
+    };
+    let mut reply = request.get(..header.len)?.to_vec();
+    packet::set_src(&mut reply, header, header.dst);
+    packet::set_dst(&mut reply, header, header.src);
+    // Echo reply is type 0 (ICMP) or 129 (ICMPv6): request type minus 8 or plus 1.
+    let reply_type = if header.is_v6() { 129 } else { 0 };
+    let at = header.l4_offset;
+    let code = *reply.get(at + 1)?;
+    let old = [icmp_type, code];
+    let new = [reply_type, code];
+    reply.get_mut(at..at + 2)?.copy_from_slice(&new);
+    let current = u16::from_be_bytes([*reply.get(at + 2)?, *reply.get(at + 3)?]);
+    let updated = checksum::adjust(current, &old, &new);
+    reply
+        .get_mut(at + 2..at + 4)?
+        .copy_from_slice(&updated.to_be_bytes());
+    Some(reply)
+}
+
+/// Recompute the checksum of the ICMP message in `pkt` (after its quoted
+/// packet was rewritten).
+pub fn refill_checksum(pkt: &mut [u8], header: &IpHeader) {
+    let len = header.len;
+    let at = header.l4_offset;
+    let Some(icmp) = pkt.get_mut(at..len) else {
+        return;
+    };
+    if let Some(field) = icmp.get_mut(2..4) {
+        field.copy_from_slice(&[0, 0]);
+    }
+    let pseudo = match (header.src, header.dst) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => checksum::pseudo_header_v6(
+            &src.octets(),
+            &dst.octets(),
+            packet::proto::ICMPV6,
+            icmp.len() as u32,
+        ),
+        _ => 0,
+    };
+    let sum = checksum::compute(pseudo, icmp);
+    if let Some(field) = icmp.get_mut(2..4) {
+        field.copy_from_slice(&sum.to_be_bytes());
+    }
+}

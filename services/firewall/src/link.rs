@@ -1,0 +1,143 @@
+//! The link layer: Ethernet framing, ARP and IPv6 neighbour discovery.
+//!
+//! Client links are point-to-point, so the firewall answers ARP and
+//! neighbour solicitations from a client for every address except the
+//! client's own with its own MAC: whatever the client wants to reach, the
+//! firewall is the next hop. That is what Qubes clients expect.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::net::{Ipv4Addr, Ipv6Addr};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr,
+    RawHardwareAddress,
+};
+
+/// Length of an Ethernet header.
+pub const ETHERNET_HEADER_LEN: usize = 14;
+
+/// A frame carrying `payload` from `src` to `dst`.
+pub fn ethernet_frame(
+    src: EthernetAddress,
+    dst: EthernetAddress,
+    ethertype: EthernetProtocol,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut buf = vec![0u8; ETHERNET_HEADER_LEN + payload.len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    frame.set_src_addr(src);
+    frame.set_dst_addr(dst);
+    frame.set_ethertype(ethertype);
+    frame.payload_mut().copy_from_slice(payload);
+    buf
+}
+
+/// Rewrite the addresses of a frame built around a forwarded packet.
+pub fn set_ethernet_addrs(buf: &mut [u8], src: EthernetAddress, dst: EthernetAddress) {
+    if buf.len() >= ETHERNET_HEADER_LEN {
+        let mut frame = EthernetFrame::new_unchecked(buf);
+        frame.set_src_addr(src);
+        frame.set_dst_addr(dst);
+    }
+}
+
+/// An ARP request or reply, parsed.
+pub fn parse_arp(payload: &[u8]) -> Option<ArpRepr> {
+    let packet = ArpPacket::new_checked(payload).ok()?;
+    ArpRepr::parse(&packet).ok()
+}
+
+/// An ARP packet in an Ethernet frame.
+fn arp_frame(repr: &ArpRepr, eth_src: EthernetAddress, eth_dst: EthernetAddress) -> Vec<u8> {
+    let mut payload = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut ArpPacket::new_unchecked(&mut payload[..]));
+    ethernet_frame(eth_src, eth_dst, EthernetProtocol::Arp, &payload)
+}
+
+/// The reply claiming `claimed` for `our_mac` to a request from
+/// `requester_mac`/`requester_ip`.
+pub fn arp_reply(
+    our_mac: EthernetAddress,
+    claimed: Ipv4Addr,
+    requester_mac: EthernetAddress,
+    requester_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: our_mac,
+        source_protocol_addr: claimed,
+        target_hardware_addr: requester_mac,
+        target_protocol_addr: requester_ip,
+    };
+    arp_frame(&repr, our_mac, requester_mac)
+}
+
+/// A broadcast request for `target`'s MAC.
+pub fn arp_request(our_mac: EthernetAddress, our_ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: our_mac,
+        source_protocol_addr: our_ip,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    arp_frame(&repr, our_mac, EthernetAddress::BROADCAST)
+}
+
+/// The target of an IPv6 neighbour solicitation in `ip_packet`, if that is
+/// what it is (checksum verified).
+pub fn neighbor_solicitation_target(ip_packet: &[u8]) -> Option<Ipv6Addr> {
+    let ip = Ipv6Packet::new_checked(ip_packet).ok()?;
+    if ip.next_header() != IpProtocol::Icmpv6 {
+        return None;
+    }
+    let icmp = Icmpv6Packet::new_checked(ip.payload()).ok()?;
+    match Icmpv6Repr::parse(
+        &ip.src_addr(),
+        &ip.dst_addr(),
+        &icmp,
+        &ChecksumCapabilities::default(),
+    )
+    .ok()?
+    {
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. }) => Some(target_addr),
+        _ => None,
+    }
+}
+
+/// A neighbour advertisement for `target` → `our_mac`, sent to `dst`
+/// (`dst_mac`), marked as coming from a router.
+pub fn neighbor_advertisement(
+    our_mac: EthernetAddress,
+    target: Ipv6Addr,
+    dst: Ipv6Addr,
+    dst_mac: EthernetAddress,
+) -> Vec<u8> {
+    let icmp = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+        flags: NdiscNeighborFlags::ROUTER
+            | NdiscNeighborFlags::SOLICITED
+            | NdiscNeighborFlags::OVERRIDE,
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from(our_mac)),
+    });
+    let ip = Ipv6Repr {
+        src_addr: target,
+        dst_addr: dst,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 255,
+    };
+    let mut payload = vec![0u8; ip.buffer_len() + icmp.buffer_len()];
+    let mut packet = Ipv6Packet::new_unchecked(&mut payload[..]);
+    ip.emit(&mut packet);
+    icmp.emit(
+        &target,
+        &dst,
+        &mut Icmpv6Packet::new_unchecked(packet.payload_mut()),
+        &ChecksumCapabilities::default(),
+    );
+    ethernet_frame(our_mac, dst_mac, EthernetProtocol::Ipv6, &payload)
+}

@@ -1,0 +1,459 @@
+//! A parsed view of an IPv4 or IPv6 packet and its transport header, and the
+//! in-place rewrites NAT needs.
+//!
+//! The IP headers are validated with smoltcp's wire types. Transport fields
+//! are read from raw bytes with bounds checks instead of smoltcp's
+//! `TcpPacket`/`UdpPacket`, because NAT must also handle packets whose
+//! transport data is incomplete by design: the first fragment of a datagram
+//! (the UDP length field covers bytes that are not there) and the packet
+//! quoted inside an ICMP error (often only 8 bytes of transport header).
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use core::ops::Range;
+
+use smoltcp::wire::{Ipv4Packet, Ipv6Packet};
+
+use crate::checksum;
+
+/// IP protocol numbers used here.
+pub mod proto {
+    /// ICMP for IPv4.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Why a packet could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// TCP flags that drive connection tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpFlags {
+    /// SYN.
+    pub syn: bool,
+    /// ACK.
+    pub ack: bool,
+    /// FIN.
+    pub fin: bool,
+    /// RST.
+    pub rst: bool,
+}
+
+/// The transport-level facts of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP with its ports and flags (flags all clear when they are not
+    /// present, as in a short quoted packet).
+    Tcp {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+        /// Flags.
+        flags: TcpFlags,
+    },
+    /// UDP with its ports.
+    Udp {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+    },
+    /// ICMP / ICMPv6 echo request or reply.
+    IcmpEcho {
+        /// True for a request, false for a reply.
+        request: bool,
+        /// The echo identifier, which NAT treats like a port.
+        ident: u16,
+        /// The ICMP type.
+        icmp_type: u8,
+    },
+    /// An ICMP / ICMPv6 error quoting another packet after its 8-byte header.
+    IcmpError {
+        /// The ICMP type.
+        icmp_type: u8,
+    },
+    /// Any other ICMP / ICMPv6 message.
+    IcmpOther {
+        /// The ICMP type.
+        icmp_type: u8,
+    },
+    /// Another protocol (or an IPv6 extension header we do not walk).
+    Other,
+    /// A non-first IPv4 fragment: no transport header.
+    LaterFragment,
+}
+
+/// IPv4 fragmentation facts (IPv6 fragments arrive as [`Transport::Other`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The IPv4 identification field.
+    pub ident: u16,
+    /// True for the fragment at offset 0.
+    pub first: bool,
+}
+
+/// A parsed IP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpHeader {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol (IPv4) or first next-header (IPv6).
+    pub protocol: u8,
+    /// TTL or hop limit.
+    pub hop_limit: u8,
+    /// Offset of the transport header.
+    pub l4_offset: usize,
+    /// Length of the packet in the buffer (Ethernet padding excluded).
+    pub len: usize,
+    /// IPv4 fragmentation, when the packet is a fragment.
+    pub fragment: Option<Fragment>,
+    /// Transport facts.
+    pub transport: Transport,
+}
+
+impl IpHeader {
+    /// Whether this is an IPv6 packet.
+    pub fn is_v6(&self) -> bool {
+        self.src.is_ipv6()
+    }
+}
+
+fn byte(buf: &[u8], at: usize) -> Option<u8> {
+    buf.get(at).copied()
+}
+
+fn be16(buf: &[u8], at: usize) -> Option<u16> {
+    let bytes = buf.get(at..at.checked_add(2)?)?;
+    Some(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]))
+}
+
+fn is_icmp_error(v6: bool, icmp_type: u8) -> bool {
+    if v6 {
+        matches!(icmp_type, 1..=4)
+    } else {
+        matches!(icmp_type, 3 | 11 | 12)
+    }
+}
+
+/// Read the transport facts of `l4` (the bytes after the IP header).
+/// `complete` says the whole transport header must be present.
+fn parse_transport(
+    v6: bool,
+    protocol: u8,
+    l4: &[u8],
+    complete: bool,
+) -> Result<Transport, Malformed> {
+    let icmp = if v6 { proto::ICMPV6 } else { proto::ICMP };
+    match protocol {
+        proto::TCP => {
+            let src_port = be16(l4, 0).ok_or(Malformed)?;
+            let dst_port = be16(l4, 2).ok_or(Malformed)?;
+            if complete {
+                let data_offset = usize::from(byte(l4, 12).ok_or(Malformed)? >> 4) * 4;
+                if data_offset < 20 || data_offset > l4.len() {
+                    return Err(Malformed);
+                }
+            }
+            let flags = byte(l4, 13)
+                .map(|f| TcpFlags {
+                    fin: f & 0x01 != 0,
+                    syn: f & 0x02 != 0,
+                    rst: f & 0x04 != 0,
+                    ack: f & 0x10 != 0,
+                })
+                .unwrap_or_default();
+            Ok(Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+            })
+        }
+        proto::UDP => {
+            if l4.len() < 8 {
+                return Err(Malformed);
+            }
+            Ok(Transport::Udp {
+                src_port: be16(l4, 0).ok_or(Malformed)?,
+                dst_port: be16(l4, 2).ok_or(Malformed)?,
+            })
+        }
+        p if p == icmp => {
+            if l4.len() < 8 {
+                return Err(Malformed);
+            }
+            let icmp_type = byte(l4, 0).ok_or(Malformed)?;
+            let (request, reply) = if v6 { (128, 129) } else { (8, 0) };
+            if icmp_type == request || icmp_type == reply {
+                Ok(Transport::IcmpEcho {
+                    request: icmp_type == request,
+                    ident: be16(l4, 4).ok_or(Malformed)?,
+                    icmp_type,
+                })
+            } else if is_icmp_error(v6, icmp_type) {
+                Ok(Transport::IcmpError { icmp_type })
+            } else {
+                Ok(Transport::IcmpOther { icmp_type })
+            }
+        }
+        _ => Ok(Transport::Other),
+    }
+}
+
+/// Parse a complete IP packet as received on a link.
+pub fn parse(buf: &[u8]) -> Result<IpHeader, Malformed> {
+    parse_inner(buf, false)
+}
+
+/// Parse the (usually truncated) packet quoted inside an ICMP error.
+pub fn parse_quoted(buf: &[u8]) -> Result<IpHeader, Malformed> {
+    parse_inner(buf, true)
+}
+
+fn parse_inner(buf: &[u8], quoted: bool) -> Result<IpHeader, Malformed> {
+    match byte(buf, 0).ok_or(Malformed)? >> 4 {
+        4 => parse_v4(buf, quoted),
+        6 => parse_v6(buf, quoted),
+        _ => Err(Malformed),
+    }
+}
+
+fn parse_v4(buf: &[u8], quoted: bool) -> Result<IpHeader, Malformed> {
+    let packet = Ipv4Packet::new_unchecked(buf);
+    let header_len = usize::from(byte(buf, 0).ok_or(Malformed)? & 0x0f) * 4;
+    if header_len < 20 || buf.len() < header_len {
+        return Err(Malformed);
+    }
+    let len = if quoted {
+        buf.len()
+    } else {
+        let checked = Ipv4Packet::new_checked(buf).map_err(|_| Malformed)?;
+        if !checked.verify_checksum() {
+            return Err(Malformed);
+        }
+        usize::from(checked.total_len())
+    };
+    let l4 = buf.get(header_len..len).ok_or(Malformed)?;
+    let protocol = u8::from(packet.next_header());
+    let frag_offset = packet.frag_offset();
+    let fragment = (packet.more_frags() || frag_offset != 0).then(|| Fragment {
+        ident: packet.ident(),
+        first: frag_offset == 0,
+    });
+    let transport = match fragment {
+        Some(Fragment { first: false, .. }) => Transport::LaterFragment,
+        // A first fragment carries the transport header but not the rest.
+        Some(_) => parse_transport(false, protocol, l4, false)?,
+        None => parse_transport(false, protocol, l4, !quoted)?,
+    };
+    Ok(IpHeader {
+        src: IpAddr::V4(packet.src_addr()),
+        dst: IpAddr::V4(packet.dst_addr()),
+        protocol,
+        hop_limit: packet.hop_limit(),
+        l4_offset: header_len,
+        len,
+        fragment,
+        transport,
+    })
+}
+
+fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpHeader, Malformed> {
+    const HEADER_LEN: usize = 40;
+    if buf.len() < HEADER_LEN {
+        return Err(Malformed);
+    }
+    let packet = Ipv6Packet::new_unchecked(buf);
+    let len = if quoted {
+        buf.len()
+    } else {
+        let checked = Ipv6Packet::new_checked(buf).map_err(|_| Malformed)?;
+        HEADER_LEN + usize::from(checked.payload_len())
+    };
+    let l4 = buf.get(HEADER_LEN..len).ok_or(Malformed)?;
+    let protocol = u8::from(packet.next_header());
+    Ok(IpHeader {
+        src: IpAddr::V6(packet.src_addr()),
+        dst: IpAddr::V6(packet.dst_addr()),
+        protocol,
+        hop_limit: packet.hop_limit(),
+        l4_offset: HEADER_LEN,
+        len,
+        fragment: None,
+        transport: parse_transport(true, protocol, l4, !quoted)?,
+    })
+}
+
+/// Where the transport checksum lives, relative to the transport header.
+fn l4_checksum_offset(header: &IpHeader) -> Option<usize> {
+    match header.transport {
+        Transport::Tcp { .. } => Some(16),
+        Transport::Udp { .. } => Some(6),
+        Transport::IcmpEcho { .. } | Transport::IcmpError { .. } | Transport::IcmpOther { .. } => {
+            Some(2)
+        }
+        Transport::Other | Transport::LaterFragment => None,
+    }
+}
+
+/// Whether the transport checksum covers the IP addresses (pseudo-header):
+/// TCP, UDP and ICMPv6 do, ICMPv4 does not.
+fn pseudo_header_covers(header: &IpHeader) -> bool {
+    match header.transport {
+        Transport::Tcp { .. } | Transport::Udp { .. } => true,
+        Transport::IcmpEcho { .. } | Transport::IcmpError { .. } | Transport::IcmpOther { .. } => {
+            header.is_v6()
+        }
+        Transport::Other | Transport::LaterFragment => false,
+    }
+}
+
+/// Update the transport checksum for `old` → `new` covered bytes; skipped
+/// when the checksum field is not in the buffer (a short quoted packet) or
+/// is the UDP-over-IPv4 "no checksum" value.
+fn adjust_l4_checksum(pkt: &mut [u8], header: &IpHeader, old: &[u8], new: &[u8]) {
+    let Some(offset) = l4_checksum_offset(header) else {
+        return;
+    };
+    let at = header.l4_offset + offset;
+    let Some(current) = be16(pkt, at) else {
+        return;
+    };
+    let is_udp = matches!(header.transport, Transport::Udp { .. });
+    if is_udp && current == 0 && !header.is_v6() {
+        return;
+    }
+    let mut updated = checksum::adjust(current, old, new);
+    if is_udp && updated == 0 {
+        updated = 0xffff;
+    }
+    if let Some(field) = pkt.get_mut(at..at + 2) {
+        field.copy_from_slice(&updated.to_be_bytes());
+    }
+}
+
+fn adjust_ipv4_header_checksum(pkt: &mut [u8], old: &[u8], new: &[u8]) {
+    if let Some(current) = be16(pkt, 10) {
+        let updated = checksum::adjust(current, old, new);
+        if let Some(field) = pkt.get_mut(10..12) {
+            field.copy_from_slice(&updated.to_be_bytes());
+        }
+    }
+}
+
+/// Replace the bytes at `range` with `new`, returning the old bytes (16 max).
+fn swap_bytes(pkt: &mut [u8], range: Range<usize>, new: &[u8]) -> Option<[u8; 16]> {
+    let field = pkt.get_mut(range)?;
+    if field.len() != new.len() || new.len() > 16 {
+        return None;
+    }
+    let mut old = [0u8; 16];
+    old.get_mut(..new.len())?.copy_from_slice(field);
+    field.copy_from_slice(new);
+    Some(old)
+}
+
+fn set_addr(
+    pkt: &mut [u8],
+    header: &IpHeader,
+    v4_range: Range<usize>,
+    v6_range: Range<usize>,
+    new: IpAddr,
+) {
+    match new {
+        IpAddr::V4(addr) if !header.is_v6() => {
+            let new = addr.octets();
+            if let Some(old) = swap_bytes(pkt, v4_range, &new) {
+                let old = &old[..4];
+                adjust_ipv4_header_checksum(pkt, old, &new);
+                if pseudo_header_covers(header) {
+                    adjust_l4_checksum(pkt, header, old, &new);
+                }
+            }
+        }
+        IpAddr::V6(addr) if header.is_v6() => {
+            let new = addr.octets();
+            if let Some(old) = swap_bytes(pkt, v6_range, &new) {
+                if pseudo_header_covers(header) {
+                    adjust_l4_checksum(pkt, header, &old, &new);
+                }
+            }
+        }
+        // Families never mix: NAT maps v4 to v4 and v6 to v6.
+        _ => {}
+    }
+}
+
+/// Rewrite the source address, fixing the checksums it is covered by.
+pub fn set_src(pkt: &mut [u8], header: &IpHeader, new: IpAddr) {
+    set_addr(pkt, header, 12..16, 8..24, new);
+}
+
+/// Rewrite the destination address, fixing the checksums it is covered by.
+pub fn set_dst(pkt: &mut [u8], header: &IpHeader, new: IpAddr) {
+    set_addr(pkt, header, 16..20, 24..40, new);
+}
+
+fn set_l4_u16(pkt: &mut [u8], header: &IpHeader, offset: usize, value: u16) {
+    let at = header.l4_offset + offset;
+    let new = value.to_be_bytes();
+    if let Some(old) = swap_bytes(pkt, at..at + 2, &new) {
+        adjust_l4_checksum(pkt, header, &old[..2], &new);
+    }
+}
+
+/// Rewrite the source port (TCP/UDP) or the echo identifier (ICMP echo).
+pub fn set_src_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
+    match header.transport {
+        Transport::Tcp { .. } | Transport::Udp { .. } => set_l4_u16(pkt, header, 0, port),
+        Transport::IcmpEcho { .. } => set_l4_u16(pkt, header, 4, port),
+        _ => {}
+    }
+}
+
+/// Rewrite the destination port (TCP/UDP) or the echo identifier (ICMP echo).
+pub fn set_dst_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
+    match header.transport {
+        Transport::Tcp { .. } | Transport::Udp { .. } => set_l4_u16(pkt, header, 2, port),
+        Transport::IcmpEcho { .. } => set_l4_u16(pkt, header, 4, port),
+        _ => {}
+    }
+}
+
+/// Decrement the TTL / hop limit (the caller checked it is above 1).
+pub fn decrement_hop_limit(pkt: &mut [u8], header: &IpHeader) {
+    let new_limit = header.hop_limit.saturating_sub(1);
+    if header.is_v6() {
+        if let Some(field) = pkt.get_mut(7) {
+            *field = new_limit;
+        }
+    } else if let Some(word) = pkt.get_mut(8..10) {
+        let old = [header.hop_limit, word.get(1).copied().unwrap_or(0)];
+        let new = [new_limit, old[1]];
+        word.copy_from_slice(&new);
+        adjust_ipv4_header_checksum(pkt, &old, &new);
+    }
+}
+
+/// The IPv4 address of `addr`, if it is one.
+pub fn as_v4(addr: IpAddr) -> Option<Ipv4Addr> {
+    match addr {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The IPv6 address of `addr`, if it is one.
+pub fn as_v6(addr: IpAddr) -> Option<Ipv6Addr> {
+    match addr {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    }
+}
