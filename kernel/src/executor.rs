@@ -175,7 +175,7 @@ struct Shared {
     tasks: RefCell<TaskTable>,
     reactor: RefCell<Reactor>,
     ready: Arc<ReadyQueue>,
-    /// The clock as read at the start of the current round.
+    /// The clock as read before the task being polled was polled.
     now_ns: Cell<u64>,
     stats: Cell<ExecutorStats>,
 }
@@ -399,6 +399,10 @@ impl Executor {
                 let Some(id) = shared.ready.ids.lock().pop_front() else {
                     break;
                 };
+                // A round may be long: give each task a fresh clock, so that
+                // timestamps it takes (RTT samples, timeouts it arms) are not
+                // stale. Timers still fire only at round starts.
+                shared.now_ns.set(idle.now_ns());
                 if id.index != TaskId::MAIN_INDEX {
                     shared.poll_task(id);
                     continue;
@@ -434,15 +438,19 @@ impl Drop for Executor {
         // explicitly to break that cycle. A destructor may spawn again, hence
         // the loop; each task is dropped outside the table borrow.
         loop {
-            let slots = core::mem::take(&mut self.shared.tasks.borrow_mut().slots);
+            let slots = {
+                let mut tasks = self.shared.tasks.borrow_mut();
+                // The free list indexes the slots being taken: reset both, so
+                // that a spawn from a destructor starts a fresh table.
+                tasks.free.clear();
+                tasks.live = 0;
+                core::mem::take(&mut tasks.slots)
+            };
             if slots.is_empty() {
                 break;
             }
             drop(slots);
         }
-        let mut tasks = self.shared.tasks.borrow_mut();
-        tasks.free.clear();
-        tasks.live = 0;
     }
 }
 
@@ -460,8 +468,8 @@ impl Handle {
         self.shared.spawn(Box::pin(future))
     }
 
-    /// The executor's clock in nanoseconds, as read at the start of the
-    /// current scheduling round (tasks of one round see the same time).
+    /// The executor's clock in nanoseconds, as read just before the current
+    /// task was polled (it does not advance while the task runs).
     pub fn now_ns(&self) -> u64 {
         self.shared.now_ns.get()
     }

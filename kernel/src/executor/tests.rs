@@ -593,3 +593,66 @@ fn no_block_when_a_deadline_already_passed() {
     });
     assert!(idle.blocks.is_empty());
 }
+
+/// Spawns a task from its destructor, like a driver task that hands its
+/// device to a cleanup task when dropped.
+struct SpawnOnDrop {
+    handle: Handle,
+    spawned_dropped: Rc<Cell<bool>>,
+}
+
+impl Drop for SpawnOnDrop {
+    fn drop(&mut self) {
+        let flag = DropFlag(self.spawned_dropped.clone());
+        self.handle.spawn(async move {
+            let _flag = flag;
+            core::future::pending::<()>().await;
+        });
+    }
+}
+
+#[test]
+fn dropping_the_executor_survives_destructors_that_spawn() {
+    let spawned_dropped = Rc::new(Cell::new(false));
+    {
+        let mut ex = Executor::new();
+        let h = ex.handle();
+        // Several slots, some freed, so the free list is not empty.
+        for _ in 0..3 {
+            ex.spawn(async {});
+        }
+        ex.run_until(&mut MockIdle::new(), yield_now());
+        let guard = SpawnOnDrop {
+            handle: h.clone(),
+            spawned_dropped: spawned_dropped.clone(),
+        };
+        ex.spawn(async move {
+            let _guard = guard;
+            core::future::pending::<()>().await;
+        });
+        ex.run_until(&mut MockIdle::new(), yield_now());
+    }
+    assert!(
+        spawned_dropped.get(),
+        "the task spawned during drop was freed too"
+    );
+}
+
+#[test]
+fn each_task_sees_a_fresh_clock() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let seen: Rc<RefCell<Vec<u64>>> = Rc::default();
+    for _ in 0..3 {
+        let (h, seen) = (h.clone(), seen.clone());
+        ex.spawn(async move { seen.borrow_mut().push(h.now_ns()) });
+    }
+    let mut idle = MockIdle {
+        tick_per_read: 10,
+        ..MockIdle::new()
+    };
+    ex.run_until(&mut idle, yield_now());
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+}
