@@ -513,6 +513,7 @@ impl Handle {
             handle: self.clone(),
             port,
             seen: self.port_count(port),
+            key: None,
         }
     }
 
@@ -642,6 +643,8 @@ pub struct EventListener {
     port: u32,
     /// The notification count already reported to the owner.
     seen: u64,
+    /// The listener's key in the port's waiter table while registered.
+    key: Option<u64>,
 }
 
 impl EventListener {
@@ -653,14 +656,46 @@ impl EventListener {
     /// Completes when the port has fired since the last completed wait;
     /// several notifications in between are coalesced into one completion.
     pub async fn wait(&mut self) {
-        let event = Event {
-            shared: self.handle.shared.clone(),
-            port: self.port,
-            seen: self.seen,
-            key: None,
+        core::future::poll_fn(|cx| self.poll_wait(cx)).await
+    }
+
+    /// The poll form of [`EventListener::wait`], for hand-written futures and
+    /// poll-style traits (a ring's "wait for the peer" hook, for instance):
+    /// `Ready` once per burst of notifications, otherwise `Pending` with the
+    /// task registered to be woken by the next one.
+    pub fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut reactor = self.handle.shared.reactor.borrow_mut();
+        let key = match self.key {
+            Some(key) => key,
+            None => reactor.fresh_key(),
         };
-        event.await;
-        self.seen = self.handle.port_count(self.port);
+        let state = reactor.ports.entry(self.port).or_default();
+        if state.notifications != self.seen {
+            self.seen = state.notifications;
+            state.waiters.remove(&key);
+            self.key = None;
+            return Poll::Ready(());
+        }
+        match state.waiters.get_mut(&key) {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => {
+                state.waiters.insert(key, cx.waker().clone());
+            }
+        }
+        self.key = Some(key);
+        Poll::Pending
+    }
+}
+
+impl Drop for EventListener {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            if let Ok(mut reactor) = self.handle.shared.reactor.try_borrow_mut() {
+                if let Some(state) = reactor.ports.get_mut(&self.port) {
+                    state.waiters.remove(&key);
+                }
+            }
+        }
     }
 }
 
