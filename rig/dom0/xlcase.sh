@@ -1,0 +1,121 @@
+#!/bin/sh
+# Runs one guest in the rig's dom0 and reports what happened to it.
+#
+# usage: sh xlcase.sh NAME CONFIG LIMIT_SECONDS [KEY=VALUE...]
+#
+# Starts CONFIG with `xl create -c` under the name NAME (KEY=VALUE pairs are
+# xl's config overrides, e.g. 'extra="selftest.end=panic"'), so the guest's
+# console goes to dom0's console and from there to the rig's serial. While
+# the guest runs, it:
+#   - answers the selftest's xenstore watch handshake: once
+#     data/selftest/watch-ready reads 1, it writes data/selftest/watch;
+#   - samples the guest's CPU time (xl list's Time(s)) when the guest prints
+#     `selftest: idle: begin` and again at `selftest: idle: end`;
+#   - notices the domain crashing (state c, kept by on_crash="preserve") or
+#     going away, or LIMIT_SECONDS passing.
+# Then it prints xl's log of the domain. Every line it prints starts with
+# "RIG " and names the guest; rig/test_selftest.py parses them:
+#   RIG create NAME                          right before `xl create`
+#   RIG watch-fired NAME                     after the xenstore-write
+#   RIG idle-cpu NAME CPU_S over WALL_S      guest CPU seconds over wall seconds
+#   RIG end NAME gone|crashed|timeout|create-failed
+#   RIG xl-log NAME: ...                     /var/log/xen/xl-NAME.log
+#   RIG listed NAME yes|no                   whether xl list still shows it at the end
+
+name=$1
+cfg=$2
+limit=$3
+shift 3
+
+conlog=/var/log/xen/console/guest-$name.log
+xllog=/var/log/xen/xl-$name.log
+rm -f "$conlog" "$xllog"
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# true when $1 > $2 (both decimal numbers)
+greater() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
+
+echo "RIG create $name"
+# xenconsole needs a terminal on stdin; a background job would get /dev/null.
+xl create -c "$cfg" "name=\"$name\"" "$@" </dev/console &
+console_pid=$!
+
+# The guest's CPU seconds so far (xl list's Time(s) column).
+cpu_now() { xl list "$name" 2>/dev/null | awk 'NR == 2 { print $6 }'; }
+
+start=$(uptime_s)
+seen=0
+watch_done=0
+idle=0
+end=""
+while :; do
+  now=$(uptime_s)
+  if greater "$(awk -v a="$now" -v b="$start" 'BEGIN { print a - b }')" "$limit"; then
+    end=timeout
+    break
+  fi
+  # While the guest idles, only watch for the end of the idle phase: every
+  # extra process dom0 starts here delays the sample under TCG.
+  if [ $idle = 1 ]; then
+    if grep -q 'selftest: idle: end' "$conlog" 2>/dev/null; then
+      idle_cpu1=$(cpu_now)
+      idle_wall1=$(uptime_s)
+      if [ -n "$idle_cpu0" ] && [ -n "$idle_cpu1" ]; then
+        echo "RIG idle-cpu $name $(awk -v a="$idle_cpu1" -v b="$idle_cpu0" 'BEGIN { printf "%.1f", a - b }')" \
+          "over $(awk -v a="$idle_wall1" -v b="$idle_wall0" 'BEGIN { printf "%.2f", a - b }')"
+      else
+        echo "RIG idle-cpu-unmeasured $name (xl list had no row)"
+      fi
+      idle=2
+    else
+      sleep 0.1
+    fi
+    continue
+  fi
+  row=$(xl list "$name" 2>/dev/null | awk 'NR == 2')
+  if [ -z "$row" ]; then
+    if [ $seen = 1 ]; then end=gone; break; fi
+    if ! kill -0 $console_pid 2>/dev/null; then end=create-failed; break; fi
+  else
+    seen=1
+    domid=$(echo "$row" | awk '{ print $2 }')
+    state=$(echo "$row" | awk '{ print $5 }')
+    case "$state" in
+      *c*) end=crashed; break ;;
+    esac
+    if [ $watch_done = 0 ] &&
+       [ "$(xenstore-read "/local/domain/$domid/data/selftest/watch-ready" 2>/dev/null)" = 1 ]; then
+      if xenstore-write "/local/domain/$domid/data/selftest/watch" fired-by-dom0; then
+        echo "RIG watch-fired $name"
+      else
+        echo "RIG watch-write-failed $name"
+      fi
+      watch_done=1
+    fi
+    if [ $idle = 0 ] && grep -q 'selftest: idle: begin' "$conlog" 2>/dev/null; then
+      # Sampled after the begin line is seen, so the window holds idle time only.
+      idle_cpu0=$(cpu_now)
+      idle_wall0=$(uptime_s)
+      idle=1
+      continue
+    fi
+  fi
+  sleep 0.3
+done
+
+echo "RIG end $name $end"
+if [ "$end" = crashed ] || [ "$end" = timeout ]; then
+  xl destroy "$name" 2>/dev/null
+fi
+kill $console_pid 2>/dev/null
+wait $console_pid 2>/dev/null
+# xl's monitoring process writes its last lines as the domain goes away.
+sleep 1
+if [ -f "$xllog" ]; then
+  sed "s/^/RIG xl-log $name: /" "$xllog"
+fi
+if xl list "$name" >/dev/null 2>&1; then
+  echo "RIG listed $name yes"
+else
+  echo "RIG listed $name no"
+fi
