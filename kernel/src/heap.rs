@@ -337,8 +337,9 @@ unsafe impl GlobalAlloc for Heap {
 /// `map` turns a run of frames (first frame, count) into the virtual address
 /// where the heap may use it — an identity computation under PVH, a mapping
 /// step under PV — or `None`, in which case the frames go back to the
-/// allocator. Lock order: heap, then frames; never allocate on the heap while
-/// holding the frame allocator's lock.
+/// allocator. Lock order: heap, then frames. An allocation made while the
+/// frame allocator's lock is held cannot grow the heap (it fails rather than
+/// deadlocks), so do not hold that lock across code that allocates.
 pub struct FramesGrower<M> {
     frames: &'static spin::Mutex<FrameAllocator<'static>>,
     map: M,
@@ -353,7 +354,10 @@ impl<M: Fn(Pfn, u64) -> Option<usize> + Sync> FramesGrower<M> {
 
 impl<M: Fn(Pfn, u64) -> Option<usize> + Sync> GrowHeap for FramesGrower<M> {
     fn grow(&self, min_bytes: usize, preferred_bytes: usize) -> Option<HeapRegion> {
-        let mut frames = self.frames.lock();
+        // On one core a held lock here can only be our own caller holding it
+        // across an allocation (say, `frames.lock()` inside a `log!` argument
+        // list): waiting would spin forever, so the growth fails instead.
+        let mut frames = self.frames.try_lock()?;
         // Try the preferred size, then settle for the minimum: near the end
         // of RAM a large run may not exist when a small one does.
         for bytes in [preferred_bytes, min_bytes] {

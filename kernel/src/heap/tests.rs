@@ -22,16 +22,30 @@ fn frames_over(
     arena_start: usize,
     pages: u64,
 ) -> FramesGrower<impl Fn(Pfn, u64) -> Option<usize> + Sync> {
+    frames_and_grower(arena_start, pages).1
+}
+
+/// The frame allocator as the kernel keeps it.
+type SharedFrames = &'static spin::Mutex<FrameAllocator<'static>>;
+
+/// Like [`frames_over`], also returning the frame allocator's lock.
+fn frames_and_grower(
+    arena_start: usize,
+    pages: u64,
+) -> (
+    SharedFrames,
+    FramesGrower<impl Fn(Pfn, u64) -> Option<usize> + Sync>,
+) {
     let base_pfn = 0x1000;
     let bank = base_pfn..base_pfn + pages;
     let usable = core::slice::from_ref(&bank);
     let storage: &'static mut [u64] = vec![0; FrameAllocator::storage_words(usable)].leak();
     let fa = FrameAllocator::new(storage, usable, &[]).unwrap();
-    let frames: &'static spin::Mutex<FrameAllocator<'static>> =
-        Box::leak(Box::new(spin::Mutex::new(fa)));
-    FramesGrower::new(frames, move |first: Pfn, _count| {
+    let frames: SharedFrames = Box::leak(Box::new(spin::Mutex::new(fa)));
+    let grower = FramesGrower::new(frames, move |first: Pfn, _count| {
         Some(arena_start + ((first.0 - base_pfn) * FRAME_SIZE) as usize)
-    })
+    });
+    (frames, grower)
 }
 
 fn leak<T>(value: T) -> &'static T {
@@ -248,4 +262,24 @@ fn large_alignment_is_honoured() {
         assert!(!block.is_null(), "align {align}");
         assert_eq!(block as usize % align, 0);
     }
+}
+
+#[test]
+fn allocating_while_holding_the_frame_lock_fails_instead_of_deadlocking() {
+    let pages = 64;
+    let (frames, grower) = frames_and_grower(arena(pages * 4096), pages as u64);
+    let heap = Heap::with_grower(leak(grower));
+    let layout = Layout::from_size_align(1000, 8).unwrap();
+    {
+        let held = frames.lock();
+        // SAFETY: non-zero-size layout.
+        let block = unsafe { heap.alloc(layout) };
+        assert!(block.is_null());
+        assert_eq!(held.free_count(), 64, "no frame taken");
+    }
+    assert_eq!(heap.stats().failed_growths, 1);
+    // Once the lock is released, growth works.
+    // SAFETY: non-zero-size layout.
+    assert!(!unsafe { heap.alloc(layout) }.is_null());
+    assert_eq!(frames.lock().free_count(), 64 - (MIN_GROWTH / 4096) as u64);
 }
