@@ -1,14 +1,39 @@
 //! moat's kernel: the boot flow, memory, time, the cooperative executor and
 //! the `Platform` seam that services use, plus the amd64 arch code.
 //!
-//! The portable modules (`executor`, `frames`, `heap`, `cmdline`) hold no
-//! hardware access and are tested on the host; `arch` is only built for the
-//! bare-metal target.
+//! The portable modules (`executor`, `frames`, `heap`, `cmdline`,
+//! `regions`) hold no hardware access and are tested on the host; `arch`
+//! and `boot` are only built for the bare-metal target.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
+#[doc(hidden)]
+pub extern crate alloc as alloc_reexport;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod arch {
+    //! The amd64 arch layer.
+    mod x86_64;
+    pub use x86_64::*;
+}
+#[cfg(target_os = "none")]
+pub mod boot;
 pub mod cmdline;
+pub mod console;
 pub mod executor;
 pub mod frames;
 pub mod heap;
+pub mod logger;
+pub mod regions;
+
+/// The kernel heap: grows on demand from the frame allocator.
+#[cfg(target_os = "none")]
+#[global_allocator]
+pub static HEAP: heap::Heap = heap::Heap::new();
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    boot::fatal(format_args!("{info}"))
+}

@@ -55,6 +55,25 @@ pub const UVMF_INVLPG: u64 = 2;
 /// (`MACH2PHYS_VIRT_START`).
 pub const MACH2PHYS_VIRT_START: u64 = 0xFFFF_8000_0000_0000;
 
+/// `__HYPERVISOR_set_trap_table` number.
+pub const SET_TRAP_TABLE: usize = 0;
+/// `FLAT_KERNEL_CS64`: the PV kernel's code selector.
+pub const FLAT_KERNEL_CS64: u16 = 0xe033;
+
+/// `struct trap_info`: one entry of `HYPERVISOR_set_trap_table`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapInfo {
+    /// Exception vector.
+    pub vector: u8,
+    /// Bits 0-1: privilege level; bit 2: mask events on entry.
+    pub flags: u8,
+    /// Code selector.
+    pub cs: u16,
+    /// Handler address (0 ends the table).
+    pub address: u64,
+}
+
 /// `struct mmu_update`: one request of `HYPERVISOR_mmu_update`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
