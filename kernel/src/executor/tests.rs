@@ -730,3 +730,113 @@ fn bench_polls_per_second() {
         elapsed.as_nanos() as f64 / polls as f64
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of the main future in the event model test.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Create an event future for the port and hand it to a new task.
+        Create(u32),
+        /// Make the port pending (delivered at the next round start).
+        Notify(u32),
+        /// Let a round pass.
+        Yield,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u32..4).prop_map(Step::Create),
+            (0u32..4).prop_map(Step::Notify),
+            Just(Step::Yield),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn timers_complete_in_deadline_then_registration_order(
+            deadlines in prop::collection::vec(1u64..50, 1..60)
+        ) {
+            let mut ex = Executor::new();
+            let h = ex.handle();
+            let order: Rc<RefCell<Vec<usize>>> = Rc::default();
+            for (i, &deadline) in deadlines.iter().enumerate() {
+                let (h, order) = (h.clone(), order.clone());
+                ex.spawn(async move {
+                    h.sleep_until(deadline).await;
+                    order.borrow_mut().push(i);
+                });
+            }
+            let mut idle = MockIdle::new();
+            // Main's timer is registered after every task's, so at the last
+            // deadline it fires after theirs and adds no block of its own.
+            let last = *deadlines.iter().max().unwrap();
+            ex.run_until(&mut idle, h.sleep_until(last));
+            prop_assert_eq!(ex.stats().live_tasks, 0);
+            let mut expected: Vec<usize> = (0..deadlines.len()).collect();
+            expected.sort_by_key(|&i| (deadlines[i], i));
+            prop_assert_eq!(&*order.borrow(), &expected);
+            // One block per distinct deadline, each at that deadline.
+            let mut distinct = deadlines.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let blocks: Vec<Option<u64>> = distinct.into_iter().map(Some).collect();
+            prop_assert_eq!(idle.blocks, blocks);
+        }
+
+        #[test]
+        fn events_complete_iff_notified_after_creation(
+            steps in prop::collection::vec(step(), 0..60)
+        ) {
+            let mut ex = Executor::new();
+            let h = ex.handle();
+            let mut idle = MockIdle::new();
+            let injected = idle.injected.clone();
+            let done: Rc<RefCell<Vec<bool>>> = Rc::default();
+            let (hm, d, plan) = (h.clone(), done.clone(), steps.clone());
+            ex.run_until(&mut idle, async move {
+                for step in plan {
+                    match step {
+                        Step::Create(port) => {
+                            let event = hm.event(port);
+                            let d = d.clone();
+                            let index = d.borrow().len();
+                            d.borrow_mut().push(false);
+                            hm.spawn(async move {
+                                event.await;
+                                d.borrow_mut()[index] = true;
+                            });
+                        }
+                        Step::Notify(port) => injected.borrow_mut().push(port),
+                        Step::Yield => yield_now().await,
+                    }
+                }
+                // Let every delivery and wake run.
+                for _ in 0..3 {
+                    yield_now().await;
+                }
+            });
+            // Model: a notification made during main's k-th poll is delivered
+            // after it, so an event created during poll k' sees it iff k >= k'.
+            let mut poll = 0;
+            let mut created = Vec::new(); // (port, poll)
+            let mut notified = Vec::new(); // (port, poll)
+            for step in &steps {
+                match *step {
+                    Step::Create(port) => created.push((port, poll)),
+                    Step::Notify(port) => notified.push((port, poll)),
+                    Step::Yield => poll += 1,
+                }
+            }
+            let expected: Vec<bool> = created
+                .iter()
+                .map(|&(port, at)| notified.iter().any(|&(p, k)| p == port && k >= at))
+                .collect();
+            prop_assert_eq!(&*done.borrow(), &expected);
+            let waiting = expected.iter().filter(|&&x| !x).count();
+            prop_assert_eq!(ex.stats().live_tasks, waiting);
+        }
+    }
+}
