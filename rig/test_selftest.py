@@ -63,10 +63,9 @@ IDLE_CPU_LIMIT = 0.05
 CASE_LIMIT_SECONDS = 120
 
 # Lines on the serial that are not the guest's own output: the rig's dom0
-# scripts, Xen, xl, and dom0's kernel log.
-_NOT_GUEST = re.compile(
-    r"^(RIG |MOAT-RIG-EXIT|\(XEN\)|Parsing config from|libxl:|xl:|\[\s*\d+\.\d+\] )"
-)
+# scripts, Xen and xl. (dom0's /init keeps dom0 kernel messages below error
+# level off the console while guests run.)
+_NOT_GUEST = re.compile(r"^(RIG |MOAT-RIG-EXIT|\(XEN\)|Parsing config from|libxl:|xl:|xc:)")
 
 
 def case_names(guest_type: str) -> dict:
@@ -151,7 +150,7 @@ def assert_normal(tally: Tally, lines: list, name: str) -> None:
         if idx is not None:
             positions.append(idx)
     tally.check(
-        positions == sorted(positions),
+        len(positions) > 1 and positions == sorted(positions),
         f"{name}: the checks did not run in the expected order",
     )
     fails = [l for l in texts if "selftest:" in l and "FAIL" in l]

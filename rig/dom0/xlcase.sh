@@ -54,12 +54,18 @@ while :; do
     end=timeout
     break
   fi
-  # While the guest idles, only watch for the end of the idle phase: every
-  # extra process dom0 starts here delays the sample under TCG.
+  # While the guest idles, only sample its CPU time and look for the end of
+  # the idle phase: every extra process dom0 starts here delays the samples
+  # under TCG. The guest may power off right after `idle: end`, so the last
+  # sample taken while it existed is kept.
   if [ $idle = 1 ]; then
-    if grep -q 'selftest: idle: end' "$conlog" 2>/dev/null; then
-      idle_cpu1=$(cpu_now)
-      idle_wall1=$(uptime_s)
+    sample_cpu=$(cpu_now)
+    sample_wall=$(uptime_s)
+    if [ -n "$sample_cpu" ]; then
+      idle_cpu1=$sample_cpu
+      idle_wall1=$sample_wall
+    fi
+    if grep -q 'selftest: idle: end' "$conlog" 2>/dev/null || [ -z "$sample_cpu" ]; then
       if [ -n "$idle_cpu0" ] && [ -n "$idle_cpu1" ]; then
         echo "RIG idle-cpu $name $(awk -v a="$idle_cpu1" -v b="$idle_cpu0" 'BEGIN { printf "%.1f", a - b }')" \
           "over $(awk -v a="$idle_wall1" -v b="$idle_wall0" 'BEGIN { printf "%.2f", a - b }')"
@@ -67,8 +73,6 @@ while :; do
         echo "RIG idle-cpu-unmeasured $name (xl list had no row)"
       fi
       idle=2
-    else
-      sleep 0.1
     fi
     continue
   fi
@@ -96,6 +100,7 @@ while :; do
       # Sampled after the begin line is seen, so the window holds idle time only.
       idle_cpu0=$(cpu_now)
       idle_wall0=$(uptime_s)
+      idle_cpu1=""
       idle=1
       continue
     fi
