@@ -21,6 +21,7 @@ use xen::shared_info::SharedInfoPage;
 use xen::xenstore::{XenStore, XsEvents, XsRing};
 
 use crate::arch::{self, GuestType};
+use crate::cmdline::{CmdlineErrors, KernelSettings, Settings};
 use crate::executor::{Event, Executor, Handle, Idle};
 use crate::frames::{FrameAllocator, Pfn};
 use crate::heap::FramesGrower;
@@ -30,8 +31,8 @@ pub use crate::regions::RegionList;
 pub struct BootInfo {
     /// PV or PVH.
     pub guest: GuestType,
-    /// The `extra=` command line.
-    pub cmdline: &'static str,
+    /// The `extra=` command line, as passed (see [`save_cmdline`]).
+    pub cmdline: &'static [u8],
     /// Free RAM, as pfn ranges (image and boot structures already removed).
     pub ram: RegionList,
     /// Where the memory map came from.
@@ -63,8 +64,10 @@ pub enum Exit {
 pub struct Platform {
     /// PV or PVH.
     pub guest: GuestType,
-    /// The command line.
+    /// The command line, for display (cut at the first invalid UTF-8).
     pub cmdline: &'static str,
+    /// The command line as Xen passed it.
+    pub cmdline_bytes: &'static [u8],
     /// Where the memory map came from.
     pub memory_source: &'static str,
     /// Total pages of the domain.
@@ -95,6 +98,24 @@ pub struct Env {
     pub xenstore: Option<XenStore<XsRing<XsPort>>>,
 }
 
+impl Env {
+    /// Parses the command line for the kernel's keys and the service's
+    /// (`service`), applies the kernel's (`loglevel`), and logs every
+    /// error. A service should refuse to start on `Err`.
+    pub fn configure(&self, service: &mut dyn Settings) -> Result<(), CmdlineErrors> {
+        let mut kernel = KernelSettings::default();
+        let result =
+            crate::cmdline::parse_bytes(self.platform.cmdline_bytes, &mut [&mut kernel, service]);
+        crate::logger::set_level(kernel.loglevel.to_level_filter());
+        if let Err(errors) = &result {
+            for e in &errors.0 {
+                log::error!("command line: {e}");
+            }
+        }
+        result
+    }
+}
+
 /// A service's entry point, as registered by [`crate::service!`].
 pub type ServiceMain = fn(Env) -> Pin<Box<dyn Future<Output = Exit>>>;
 
@@ -104,7 +125,9 @@ extern "Rust" {
 
 static PLATFORM: Once<Platform> = Once::new();
 static FRAMES: Once<Mutex<FrameAllocator<'static>>> = Once::new();
-static GROWER: Once<FramesGrower<fn(Pfn, u64) -> Option<usize>>> = Once::new();
+/// Maps a run of frames for the heap.
+type MapRun = fn(Pfn, u64) -> Option<usize>;
+static GROWER: Once<FramesGrower<MapRun>> = Once::new();
 
 /// The platform, once boot has set it up.
 pub fn platform() -> Option<&'static Platform> {
@@ -114,9 +137,8 @@ pub fn platform() -> Option<&'static Platform> {
 static mut CMDLINE: [u8; 1024] = [0; 1024];
 
 /// Copies the boot command line (NUL-terminated, at most 1024 bytes) into
-/// kernel memory. Bytes after the first invalid UTF-8 sequence are dropped
-/// (and the command-line parser will report what remains).
-pub fn save_cmdline(raw: &[u8]) -> &'static str {
+/// kernel memory; the parser checks it (UTF-8, length, syntax).
+pub fn save_cmdline(raw: &[u8]) -> &'static [u8] {
     let len = raw
         .iter()
         .position(|&b| b == 0)
@@ -125,10 +147,14 @@ pub fn save_cmdline(raw: &[u8]) -> &'static str {
     // SAFETY: called once during single-threaded boot, before anything reads CMDLINE.
     let buf = unsafe { &mut *core::ptr::addr_of_mut!(CMDLINE) };
     buf[..len].copy_from_slice(&raw[..len]);
-    match core::str::from_utf8(&buf[..len]) {
+    &buf[..len]
+}
+
+/// The longest valid UTF-8 prefix, for display.
+fn display_prefix(bytes: &'static [u8]) -> &'static str {
+    match core::str::from_utf8(bytes) {
         Ok(s) => s,
-        // SAFETY-free: `valid_up_to` marks a valid prefix.
-        Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
+        Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
     }
 }
 
@@ -185,7 +211,7 @@ fn init_memory(ram: &RegionList) -> &'static Mutex<FrameAllocator<'static>> {
     };
     let frames = FRAMES.call_once(|| Mutex::new(frames));
     let grower =
-        GROWER.call_once(|| FramesGrower::new(frames, identity as fn(Pfn, u64) -> Option<usize>));
+        GROWER.call_once(|| FramesGrower::new(frames, identity as MapRun));
     crate::HEAP.set_grower(grower);
     frames
 }
@@ -211,7 +237,7 @@ impl Idle for XenIdle {
 
     fn take_pending(&mut self, wake: &mut dyn FnMut(u32)) {
         self.last_ns = self.now_ns();
-        self.shared.take_pending(0, |p| wake(p));
+        self.shared.take_pending(0, wake);
     }
 
     fn block(&mut self, deadline_ns: Option<u64>) {
@@ -260,6 +286,9 @@ pub fn start(info: BootInfo) -> ! {
     }
     let frames = init_memory(&info.ram);
     crate::logger::init();
+    // Read outside the log statement: formatting may allocate, and the heap
+    // grows from the frame allocator, whose lock must not be held then.
+    let free_frames = frames.lock().free_count();
     let (maj, min, extra) = xen::hypercall::xen_version().unwrap_or((0, 0, [0; 16]));
     let extra_len = extra.iter().position(|&b| b == 0).unwrap_or(16);
     log::info!(
@@ -270,7 +299,7 @@ pub fn start(info: BootInfo) -> ! {
         min,
         core::str::from_utf8(&extra[..extra_len]).unwrap_or(""),
         info.total_pages * 4,
-        frames.lock().free_count() * 4,
+        free_frames * 4,
         info.ram.as_slice().len(),
         info.memory_source
     );
@@ -288,7 +317,8 @@ pub fn start(info: BootInfo) -> ! {
 
     let platform = PLATFORM.call_once(|| Platform {
         guest: info.guest,
-        cmdline: info.cmdline,
+        cmdline: display_prefix(info.cmdline),
+        cmdline_bytes: info.cmdline,
         memory_source: info.memory_source,
         total_pages: info.total_pages,
         ram: info.ram.clone(),

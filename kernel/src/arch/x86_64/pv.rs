@@ -307,6 +307,10 @@ pub(super) fn map_grant_frames(base: u64, frames: usize) -> Result<(), XenError>
     Ok(())
 }
 
+pub(super) fn pfn_to_mfn(pfn: u64) -> u64 {
+    mmu().p2m(pfn)
+}
+
 pub(super) fn foreign_window() -> (u64, usize) {
     (FOREIGN_WINDOW, FOREIGN_PAGES)
 }

@@ -241,7 +241,7 @@ extern "C" fn moat_pvh_start(start_info_pa: u64) -> ! {
         let raw = unsafe { core::slice::from_raw_parts(si.cmdline_paddr as *const u8, 1024) };
         crate::boot::save_cmdline(raw)
     } else {
-        ""
+        &[]
     };
 
     let param = |p| hypercall::hvm_get_param(p).ok().filter(|&v| v != 0);

@@ -1,0 +1,502 @@
+//! The async xenstore client: one request at a time over an
+//! [`XsTransport`], with watch events that arrive meanwhile queued.
+//!
+//! Incoming bytes are reassembled in a buffer owned by the client, so a
+//! future dropped mid-read loses nothing; a request whose future was dropped
+//! after sending has its reply drained and discarded before the next one.
+//! A protocol violation by the daemon is sticky: the connection is unusable
+//! afterwards and every call returns that error.
+
+use super::error::{ProtocolError, XsError};
+use super::transport::XsTransport;
+use super::wire::{build_request, payload_str, split_strings, Arg, Message, HEADER_LEN};
+use crate::abi::xs_wire::{XsdSockmsgType, XENSTORE_PAYLOAD_MAX};
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::future::poll_fn;
+
+/// Most watch events kept while nobody asks for them; more are dropped and
+/// counted ([`XenStore::dropped_watch_events`]).
+pub const WATCH_QUEUE_MAX: usize = 256;
+
+/// How many times [`XenStore::transaction`] runs its closure before giving
+/// up with [`XsError::RetriesExhausted`].
+pub const TRANSACTION_ATTEMPTS: usize = 16;
+
+/// A transaction id (`tx_id` of the header; 0 is "none").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxId(pub u32);
+
+/// A fired watch: the path that changed and the token given to `watch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The node that changed (or the watched path, on registration).
+    pub path: String,
+    /// The token the watch was registered with.
+    pub token: String,
+}
+
+impl WatchEvent {
+    /// Parse an `XS_WATCH_EVENT` payload: `path\0token\0`.
+    fn parse(payload: &[u8]) -> Option<Self> {
+        let mut parts = split_strings(payload);
+        let path = core::str::from_utf8(parts.next()?).ok()?;
+        let token = core::str::from_utf8(parts.next()?).ok()?;
+        Some(Self {
+            path: String::from(path),
+            token: String::from(token),
+        })
+    }
+}
+
+/// A whole message received from the daemon.
+struct Reply {
+    kind: u32,
+    req_id: u32,
+    payload: Vec<u8>,
+}
+
+/// A xenstore connection.
+pub struct XenStore<T: XsTransport> {
+    transport: T,
+    next_req_id: u32,
+    /// Bytes of the message being received; `rx_have` of them are filled.
+    rx: Vec<u8>,
+    rx_have: usize,
+    /// A request sent (or being sent) whose reply nobody is waiting for yet.
+    outstanding: Option<u32>,
+    /// Bytes of the request being sent; `tx_sent` of them are gone.
+    tx: Vec<u8>,
+    tx_sent: usize,
+    watch_events: VecDeque<WatchEvent>,
+    dropped_watch_events: u64,
+    broken: Option<ProtocolError>,
+}
+
+impl<T: XsTransport> XenStore<T> {
+    /// A client over `transport`.
+    pub fn new(transport: T) -> Self {
+        Self {
+            transport,
+            next_req_id: 1,
+            rx: Vec::new(),
+            rx_have: 0,
+            outstanding: None,
+            tx: Vec::new(),
+            tx_sent: 0,
+            watch_events: VecDeque::new(),
+            dropped_watch_events: 0,
+            broken: None,
+        }
+    }
+
+    /// The transport, e.g. for tests or the kernel.
+    pub fn transport(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Watch events dropped because the queue was full or malformed.
+    pub fn dropped_watch_events(&self) -> u64 {
+        self.dropped_watch_events
+    }
+
+    /// The protocol error that broke the connection, if one did.
+    pub fn broken(&self) -> Option<ProtocolError> {
+        self.broken
+    }
+
+    /// Record a protocol error as sticky and return it.
+    fn fail<R>(&mut self, err: ProtocolError) -> Result<R, XsError> {
+        self.broken = Some(err);
+        Err(XsError::Protocol(err))
+    }
+
+    /// Lift transport errors that mean a broken protocol into stickiness.
+    fn transport_result<R>(&mut self, r: Result<R, XsError>) -> Result<R, XsError> {
+        if let Err(XsError::Protocol(p)) = r {
+            self.broken = Some(p);
+        }
+        r
+    }
+
+    async fn wait_event(&mut self) {
+        poll_fn(|cx| self.transport.poll_event(cx)).await
+    }
+
+    /// Push out the pending request bytes.
+    async fn flush(&mut self) -> Result<(), XsError> {
+        while self.tx_sent < self.tx.len() {
+            let r = self.transport.send(&self.tx[self.tx_sent..]);
+            let n = self.transport_result(r)?;
+            if n > 0 {
+                self.tx_sent += n;
+                self.transport.notify();
+            } else {
+                self.wait_event().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Receive one whole message.
+    async fn recv_message(&mut self) -> Result<Reply, XsError> {
+        loop {
+            let want = if self.rx_have < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                let header = Message::new_unchecked(&self.rx[..HEADER_LEN]);
+                let len = header.payload_len();
+                if len as usize > XENSTORE_PAYLOAD_MAX {
+                    return self.fail(ProtocolError::PayloadTooLarge(len));
+                }
+                HEADER_LEN + len as usize
+            };
+            if self.rx_have == want {
+                let message = Message::new_unchecked(&self.rx[..want]);
+                let reply = Reply {
+                    kind: message.raw_type(),
+                    req_id: message.req_id(),
+                    payload: Vec::from(message.payload()),
+                };
+                self.rx_have = 0;
+                return Ok(reply);
+            }
+            if self.rx.len() < want {
+                self.rx.resize(want, 0);
+            }
+            let r = self.transport.recv(&mut self.rx[self.rx_have..want]);
+            let n = self.transport_result(r)?;
+            if n > 0 {
+                self.rx_have += n;
+                // Space was freed in the response ring: the daemon may be
+                // waiting for it.
+                self.transport.notify();
+            } else {
+                self.wait_event().await;
+            }
+        }
+    }
+
+    fn queue_watch_event(&mut self, payload: &[u8]) {
+        match WatchEvent::parse(payload) {
+            Some(event) if self.watch_events.len() < WATCH_QUEUE_MAX => {
+                self.watch_events.push_back(event)
+            }
+            _ => self.dropped_watch_events += 1,
+        }
+    }
+
+    /// Receive one message that is not a watch event (those are queued).
+    async fn recv_reply(&mut self) -> Result<Reply, XsError> {
+        loop {
+            let reply = self.recv_message().await?;
+            if reply.kind == XsdSockmsgType::WatchEvent as u32 {
+                self.queue_watch_event(&reply.payload);
+            } else {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Finish the business of a request whose future was dropped: send the
+    /// rest of it and discard its reply.
+    async fn settle_abandoned(&mut self) -> Result<(), XsError> {
+        if let Some(p) = self.broken {
+            return Err(XsError::Protocol(p));
+        }
+        if let Some(id) = self.outstanding {
+            self.flush().await?;
+            let reply = self.recv_reply().await?;
+            if reply.req_id != id {
+                return self.fail(ProtocolError::RequestIdMismatch {
+                    expected: id,
+                    got: reply.req_id,
+                });
+            }
+            self.outstanding = None;
+        }
+        Ok(())
+    }
+
+    /// Send one request and return its reply payload.
+    async fn request(
+        &mut self,
+        kind: XsdSockmsgType,
+        tx: TxId,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<u8>, XsError> {
+        self.settle_abandoned().await?;
+        let req_id = self.next_req_id;
+        self.tx = build_request(kind, req_id, tx.0, args)?;
+        self.tx_sent = 0;
+        self.next_req_id = self.next_req_id.wrapping_add(1);
+        self.outstanding = Some(req_id);
+        self.flush().await?;
+        let reply = self.recv_reply().await?;
+        if reply.req_id != req_id {
+            return self.fail(ProtocolError::RequestIdMismatch {
+                expected: req_id,
+                got: reply.req_id,
+            });
+        }
+        self.outstanding = None;
+        if reply.kind == XsdSockmsgType::Error as u32 {
+            return Err(XsError::from_wire(&reply.payload));
+        }
+        if reply.kind != kind as u32 {
+            return self.fail(ProtocolError::UnexpectedType {
+                expected: kind as u32,
+                got: reply.kind,
+            });
+        }
+        Ok(reply.payload)
+    }
+
+    /// A request whose success reply carries nothing of interest ("OK").
+    async fn request_ok(
+        &mut self,
+        kind: XsdSockmsgType,
+        tx: TxId,
+        args: &[Arg<'_>],
+    ) -> Result<(), XsError> {
+        self.request(kind, tx, args).await.map(drop)
+    }
+
+    /// Read `path` inside transaction `tx` (`TxId(0)`: none).
+    pub async fn read_in(&mut self, tx: TxId, path: &str) -> Result<Vec<u8>, XsError> {
+        self.request(XsdSockmsgType::Read, tx, &[Arg::Str(path)])
+            .await
+    }
+
+    async fn read_string_in(&mut self, tx: TxId, path: &str) -> Result<String, XsError> {
+        let value = self.read_in(tx, path).await?;
+        String::from_utf8(value).map_err(|_| XsError::Protocol(ProtocolError::NotUtf8))
+    }
+
+    /// Write `path` inside transaction `tx` (`TxId(0)`: none).
+    pub async fn write_in(&mut self, tx: TxId, path: &str, value: &[u8]) -> Result<(), XsError> {
+        self.request_ok(
+            XsdSockmsgType::Write,
+            tx,
+            &[Arg::Str(path), Arg::Raw(value)],
+        )
+        .await
+    }
+
+    async fn directory_in(&mut self, tx: TxId, path: &str) -> Result<Vec<String>, XsError> {
+        let payload = self
+            .request(XsdSockmsgType::Directory, tx, &[Arg::Str(path)])
+            .await?;
+        split_strings(&payload)
+            .map(|name| {
+                core::str::from_utf8(name)
+                    .map(String::from)
+                    .map_err(|_| XsError::Protocol(ProtocolError::NotUtf8))
+            })
+            .collect()
+    }
+
+    async fn rm_in(&mut self, tx: TxId, path: &str) -> Result<(), XsError> {
+        self.request_ok(XsdSockmsgType::Rm, tx, &[Arg::Str(path)])
+            .await
+    }
+
+    async fn mkdir_in(&mut self, tx: TxId, path: &str) -> Result<(), XsError> {
+        self.request_ok(XsdSockmsgType::Mkdir, tx, &[Arg::Str(path)])
+            .await
+    }
+
+    /// The value of `path` (absolute, or relative to our domain's home).
+    pub async fn read(&mut self, path: &str) -> Result<Vec<u8>, XsError> {
+        self.read_in(TxId(0), path).await
+    }
+
+    /// The value of `path` as UTF-8 text.
+    pub async fn read_string(&mut self, path: &str) -> Result<String, XsError> {
+        self.read_string_in(TxId(0), path).await
+    }
+
+    /// Set `path` to `value`, creating it (and missing parents).
+    pub async fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
+        self.write_in(TxId(0), path, value).await
+    }
+
+    /// The names of `path`'s children.
+    pub async fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
+        self.directory_in(TxId(0), path).await
+    }
+
+    /// Remove `path` and everything below it.
+    pub async fn rm(&mut self, path: &str) -> Result<(), XsError> {
+        self.rm_in(TxId(0), path).await
+    }
+
+    /// Create `path` with an empty value if it does not exist.
+    pub async fn mkdir(&mut self, path: &str) -> Result<(), XsError> {
+        self.mkdir_in(TxId(0), path).await
+    }
+
+    /// The home path of domain `domid` (`/local/domain/<domid>`).
+    pub async fn get_domain_path(&mut self, domid: u16) -> Result<String, XsError> {
+        let id = format!("{domid}");
+        let payload = self
+            .request(XsdSockmsgType::GetDomainPath, TxId(0), &[Arg::Str(&id)])
+            .await?;
+        payload_str(&payload)
+    }
+
+    /// Our own domain id, from the `domid` key of our home.
+    pub async fn domid(&mut self) -> Result<u16, XsError> {
+        let text = self.read_string("domid").await?;
+        text.parse()
+            .map_err(|_| XsError::Protocol(ProtocolError::MalformedReply))
+    }
+
+    /// Watch `path` and everything below it; events carry `token`. The
+    /// daemon fires one event right away.
+    pub async fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        self.request_ok(
+            XsdSockmsgType::Watch,
+            TxId(0),
+            &[Arg::Str(path), Arg::Str(token)],
+        )
+        .await
+    }
+
+    /// Remove the watch registered with the same `path` and `token`.
+    pub async fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        self.request_ok(
+            XsdSockmsgType::Unwatch,
+            TxId(0),
+            &[Arg::Str(path), Arg::Str(token)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The next watch event, queued or awaited.
+    pub async fn next_watch_event(&mut self) -> Result<WatchEvent, XsError> {
+        self.next_watch_event_matching(|_| true).await
+    }
+
+    /// The next watch event carrying `token`; other events stay queued.
+    pub async fn next_watch_event_for(&mut self, token: &str) -> Result<WatchEvent, XsError> {
+        self.next_watch_event_matching(|e| e.token == token).await
+    }
+
+    async fn next_watch_event_matching(
+        &mut self,
+        wanted: impl Fn(&WatchEvent) -> bool,
+    ) -> Result<WatchEvent, XsError> {
+        loop {
+            if let Some(at) = self.watch_events.iter().position(&wanted) {
+                if let Some(event) = self.watch_events.remove(at) {
+                    return Ok(event);
+                }
+            }
+            self.settle_abandoned().await?;
+            let reply = self.recv_message().await?;
+            if reply.kind == XsdSockmsgType::WatchEvent as u32 {
+                self.queue_watch_event(&reply.payload);
+            } else {
+                return self.fail(ProtocolError::UnsolicitedReply(reply.req_id));
+            }
+        }
+    }
+
+    /// Start a transaction.
+    pub async fn transaction_start(&mut self) -> Result<TxId, XsError> {
+        let payload = self
+            .request(XsdSockmsgType::TransactionStart, TxId(0), &[Arg::Str("")])
+            .await?;
+        let text = payload_str(&payload)?;
+        match text.parse::<u32>() {
+            Ok(id) if id != 0 => Ok(TxId(id)),
+            _ => self.fail(ProtocolError::MalformedReply),
+        }
+    }
+
+    /// End transaction `tx`, committing it if `commit`. `Err(Eagain)` means
+    /// it conflicted and nothing was applied.
+    pub async fn transaction_end(&mut self, tx: TxId, commit: bool) -> Result<(), XsError> {
+        let flag = if commit { "T" } else { "F" };
+        self.request_ok(XsdSockmsgType::TransactionEnd, tx, &[Arg::Str(flag)])
+            .await
+    }
+
+    /// Run `body` in a transaction and commit it; if the commit (or an
+    /// operation inside) answers `EAGAIN`, run the whole body again, up to
+    /// [`TRANSACTION_ATTEMPTS`] times. Any other error aborts the
+    /// transaction and is returned.
+    pub async fn transaction<R, F>(&mut self, mut body: F) -> Result<R, XsError>
+    where
+        F: AsyncFnMut(&mut Transaction<'_, T>) -> Result<R, XsError>,
+    {
+        for _ in 0..TRANSACTION_ATTEMPTS {
+            let id = self.transaction_start().await?;
+            let result = body(&mut Transaction { store: self, id }).await;
+            match result {
+                Ok(value) => match self.transaction_end(id, true).await {
+                    Ok(()) => return Ok(value),
+                    Err(XsError::Eagain) => continue,
+                    Err(err) => return Err(err),
+                },
+                Err(err) => {
+                    let aborted = self.transaction_end(id, false).await;
+                    if let Err(XsError::Protocol(p)) = aborted {
+                        return Err(XsError::Protocol(p));
+                    }
+                    if err != XsError::Eagain {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Err(XsError::RetriesExhausted)
+    }
+}
+
+/// Operations inside a transaction started by [`XenStore::transaction`].
+pub struct Transaction<'a, T: XsTransport> {
+    store: &'a mut XenStore<T>,
+    id: TxId,
+}
+
+impl<T: XsTransport> Transaction<'_, T> {
+    /// This transaction's id.
+    pub fn id(&self) -> TxId {
+        self.id
+    }
+
+    /// [`XenStore::read`] inside the transaction.
+    pub async fn read(&mut self, path: &str) -> Result<Vec<u8>, XsError> {
+        self.store.read_in(self.id, path).await
+    }
+
+    /// [`XenStore::read_string`] inside the transaction.
+    pub async fn read_string(&mut self, path: &str) -> Result<String, XsError> {
+        self.store.read_string_in(self.id, path).await
+    }
+
+    /// [`XenStore::write`] inside the transaction.
+    pub async fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
+        self.store.write_in(self.id, path, value).await
+    }
+
+    /// [`XenStore::directory`] inside the transaction.
+    pub async fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
+        self.store.directory_in(self.id, path).await
+    }
+
+    /// [`XenStore::rm`] inside the transaction.
+    pub async fn rm(&mut self, path: &str) -> Result<(), XsError> {
+        self.store.rm_in(self.id, path).await
+    }
+
+    /// [`XenStore::mkdir`] inside the transaction.
+    pub async fn mkdir(&mut self, path: &str) -> Result<(), XsError> {
+        self.store.mkdir_in(self.id, path).await
+    }
+}
