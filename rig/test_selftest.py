@@ -262,6 +262,7 @@ def main(argv: Optional[list] = None) -> int:
     guests = [(args.image, "selftest"), (xenrig.RIG_DIR / "dom0/xlcase.sh", "xlcase.sh")]
     guests += [(REPO / f"configs/selftest-{t}.cfg", f"selftest-{t}.cfg") for t in types]
 
+    xenrig.exit_on_sigterm()
     result = xenrig.run_script(
         dom0_script(types), guests, timeout=args.timeout, log=args.log, echo=not args.quiet
     )

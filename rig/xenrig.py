@@ -191,6 +191,18 @@ def fetch(arch: str = "amd64", quiet: bool = False) -> Path:
     return cache_dir(arch) / "boot"
 
 
+def _die_with_parent() -> None:
+    """Runs in the QEMU child before exec: asks Linux to SIGKILL it when
+    this Python process dies, even by SIGKILL, so no QEMU is left behind."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: _stop() in the parent still ends QEMU
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Ends QEMU: SIGTERM, then SIGKILL if it lingers."""
     if proc.poll() is not None:
@@ -240,7 +252,11 @@ def run_script(
         lines: list = []
         start = time.monotonic()
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         rc: Optional[int] = None
         timed_out = False
@@ -294,11 +310,17 @@ def run_interactive(guests: Iterable[tuple], arch: str = "amd64") -> int:
     with tempfile.TemporaryDirectory(prefix="moat-rig-") as tmp:
         cmd = _prepare(arch, guests, None, Path(tmp))
         print("xenrig: interactive; type Ctrl-A X to quit QEMU", flush=True)
-        proc = subprocess.Popen(cmd)
+        proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         try:
             return proc.wait()
         finally:
             _stop(proc)
+
+
+def exit_on_sigterm() -> None:
+    """Turns SIGTERM (e.g. a CI job's timeout) into SystemExit, so the
+    `finally` blocks that kill QEMU run."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(RC_TIMEOUT))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -321,8 +343,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.interactive:
         return run_interactive(guests, args.arch)
     script = args.script.read_text() if args.script else SMOKE_SCRIPT
-    # A SIGTERM (e.g. from a CI job's timeout) must still kill QEMU.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(RC_TIMEOUT))
+    exit_on_sigterm()
     result = run_script(script, guests, args.arch, args.timeout, args.log)
     return result.rc
 
