@@ -30,3 +30,4 @@ pub use config::{ClientConfig, ClientSideConfig, Config, DnsRedirect, UplinkConf
 pub use counters::Counters;
 pub use firewall::{ClientId, Firewall, Interface, Transmit};
 pub use smoltcp::time::{Duration, Instant};
+pub use smoltcp::wire::EthernetAddress;

@@ -1,1 +1,9 @@
+//! The hosted platform: moat services as Linux processes on TAP devices.
+//!
+//! The firewall's configuration comes from a text file that mirrors the
+//! QubesDB keys dom0 writes (see [`qubesdb_file`]), so the same rule sets
+//! and addresses drive the hosted process and, later, the VM.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod qubesdb_file;

@@ -1,0 +1,193 @@
+//! The moat firewall as a Linux process: one uplink and N client TAP
+//! devices, configured by a file that mirrors QubesDB (see
+//! `hosted::qubesdb_file`). The file is re-read every 100 ms; rule changes
+//! apply to the next packet, as a QubesDB watch would make them.
+//!
+//! Usage: `hosted-firewall CONFIG [STATS]` — when STATS is given, the
+//! packet counters are written there (one `name value` per line) whenever
+//! they change.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration as StdDuration;
+
+use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface};
+use hosted::qubesdb_file::HostedConfig;
+use qubes::firewall_rules::{LoadedRules, RuleSet};
+use tun_tap::{Iface, Mode};
+
+/// How often the configuration file is re-read and timers run.
+const TICK: StdDuration = StdDuration::from_millis(100);
+/// Largest frame read from a TAP device.
+const MAX_FRAME: usize = 65536;
+
+fn open_tap(name: &str) -> Result<Arc<Iface>, String> {
+    Iface::without_packet_info(name, Mode::Tap)
+        .map(Arc::new)
+        .map_err(|e| format!("cannot open TAP device {name}: {e}"))
+}
+
+/// Install the rules of `config` for every client address; addresses
+/// without rules get drop-all (fail closed). Parse errors are reported like
+/// the Linux sys-firewall reports them.
+fn apply_rules(fw: &mut Firewall, config: &HostedConfig, previous: &BTreeMap<IpAddr, LoadedRules>) {
+    let mut addresses: Vec<IpAddr> = config.rules.keys().copied().collect();
+    for client in &config.clients {
+        addresses.push(IpAddr::V4(client.ip4));
+        addresses.extend(client.ip6.map(IpAddr::V6));
+    }
+    addresses.sort();
+    addresses.dedup();
+    for addr in addresses {
+        let loaded = config.rules.get(&addr).cloned().unwrap_or(LoadedRules {
+            rules: RuleSet::drop_all(),
+            error: None,
+        });
+        if previous.get(&addr) == Some(&loaded) {
+            continue;
+        }
+        if let Some(error) = &loaded.error {
+            eprintln!(
+                "/qubes-iptables-error: Failed to parse rules for {addr} ({error}), blocking traffic"
+            );
+        }
+        let killed = fw.set_rules(addr, loaded.rules.clone());
+        eprintln!(
+            "rules for {addr}: {} rules, policy {:?}; {killed} flows killed",
+            loaded.rules.rules.len(),
+            loaded.rules.policy
+        );
+    }
+}
+
+fn write_stats(path: &str, fw: &Firewall) {
+    let c = fw.counters();
+    let text = format!("{c:#?}\nflows {}\n", fw.conntrack().len());
+    let _ = std::fs::write(path, text);
+}
+
+fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
+    let read = || std::fs::read_to_string(config_path).map_err(|e| format!("{config_path}: {e}"));
+    let mut text = read()?;
+    let mut config = HostedConfig::parse(&text).map_err(|e| format!("{config_path}: {e}"))?;
+
+    let uplink = open_tap(&config.uplink_tap)?;
+    let clients: Vec<Arc<Iface>> = config
+        .clients
+        .iter()
+        .map(|c| open_tap(&c.tap))
+        .collect::<Result<_, _>>()?;
+
+    let mut fw = Firewall::new(config.firewall.clone());
+    for (index, client) in config.clients.iter().enumerate() {
+        fw.add_client(
+            ClientId(index as u32),
+            ClientConfig {
+                ip4: client.ip4,
+                ip6: client.ip6,
+                mac: None,
+            },
+        );
+    }
+    apply_rules(&mut fw, &config, &BTreeMap::new());
+
+    let (frames_tx, frames_rx) = mpsc::sync_channel::<(Interface, Vec<u8>)>(1024);
+    let mut links: Vec<(Interface, Arc<Iface>)> = vec![(Interface::Uplink, uplink.clone())];
+    for (index, tap) in clients.iter().enumerate() {
+        links.push((Interface::Client(ClientId(index as u32)), tap.clone()));
+    }
+    for (interface, tap) in links {
+        let tx = frames_tx.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; MAX_FRAME];
+            loop {
+                match tap.recv(&mut buf) {
+                    Ok(len) => {
+                        let frame = buf.get(..len).unwrap_or_default().to_vec();
+                        if tx.send((interface, frame)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{}: read failed: {e}", tap.name());
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(frames_tx);
+
+    let start = std::time::Instant::now();
+    let now = || Instant::from_millis(start.elapsed().as_millis() as i64);
+    let mut last_tick = std::time::Instant::now();
+    let mut last_counters = None;
+    eprintln!(
+        "hosted-firewall running: uplink {}, {} clients",
+        config.uplink_tap,
+        clients.len()
+    );
+    loop {
+        match frames_rx.recv_timeout(TICK) {
+            Ok((interface, frame)) => {
+                for transmit in fw.handle(now(), interface, &frame) {
+                    let tap = match transmit.interface {
+                        Interface::Uplink => Some(&uplink),
+                        Interface::Client(ClientId(index)) => clients.get(index as usize),
+                    };
+                    if let Some(tap) = tap {
+                        if let Err(e) = tap.send(&transmit.frame) {
+                            eprintln!("{}: write failed: {e}", tap.name());
+                        }
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("all TAP readers stopped".into())
+            }
+        }
+        if last_tick.elapsed() >= TICK {
+            last_tick = std::time::Instant::now();
+            fw.poll(now());
+            if let Ok(new_text) = read() {
+                if new_text != text {
+                    text = new_text;
+                    match HostedConfig::parse(&text) {
+                        Ok(new_config) => {
+                            apply_rules(&mut fw, &new_config, &config.rules);
+                            config = new_config;
+                        }
+                        Err(e) => eprintln!("{config_path}: {e}; keeping the previous rules"),
+                    }
+                }
+            }
+            if let Some(path) = stats_path {
+                let counters = fw.counters();
+                if last_counters != Some(counters) {
+                    last_counters = Some(counters);
+                    write_stats(path, &fw);
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(config_path) = args.get(1) else {
+        eprintln!("usage: hosted-firewall CONFIG [STATS]");
+        return ExitCode::from(2);
+    };
+    match run(config_path, args.get(2).map(String::as_str)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hosted-firewall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,17 @@
+"""Open a TCP connection to HOST:PORT and print how it went: "connected",
+or the errno name (EHOSTUNREACH is what ICMP admin-prohibited turns into,
+ECONNREFUSED a TCP reset, "timeout" a silent drop).
+Usage: connect.py HOST PORT"""
+import errno
+import socket
+import sys
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.settimeout(2)
+try:
+    sock.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except socket.timeout:
+    print("timeout")
+except OSError as error:
+    print(errno.errorcode.get(error.errno, str(error.errno)))

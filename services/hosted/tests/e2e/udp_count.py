@@ -1,0 +1,19 @@
+"""Count UDP datagrams arriving at ADDR:PORT for SECONDS; print the
+sources. Usage: udp_count.py ADDR PORT SECONDS"""
+import socket
+import sys
+import time
+
+addr, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((addr, port))
+sock.settimeout(0.2)
+deadline = time.time() + seconds
+sources = []
+while time.time() < deadline:
+    try:
+        _, peer = sock.recvfrom(2048)
+        sources.append(peer[0])
+    except socket.timeout:
+        pass
+print(" ".join(sources))
