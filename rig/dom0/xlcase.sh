@@ -13,11 +13,14 @@
 #     `selftest: idle: begin` and again at `selftest: idle: end`;
 #   - notices the domain crashing (state c, kept by on_crash="preserve") or
 #     going away, or LIMIT_SECONDS passing.
-# Then it prints xl's log of the domain. Every line it prints starts with
-# "RIG " and names the guest; rig/test_selftest.py parses them:
+# Then it prints its reports and xl's log of the domain; only `RIG create` is
+# printed while the guest runs, so no report splits a guest console line.
+# Every line it prints starts with "RIG " and names the guest;
+# rig/test_selftest.py parses them:
 #   RIG create NAME                          right before `xl create`
 #   RIG watch-fired NAME                     after the xenstore-write
 #   RIG idle-cpu NAME CPU_S over WALL_S      guest CPU seconds over wall seconds
+#   RIG idle-cpu-unmeasured NAME ...          the samples failed
 #   RIG end NAME gone|crashed|timeout|create-failed
 #   RIG xl-log NAME: ...                     /var/log/xen/xl-NAME.log
 #   RIG listed NAME yes|no                   whether xl list still shows it at the end
@@ -29,7 +32,11 @@ shift 3
 
 conlog=/var/log/xen/console/guest-$name.log
 xllog=/var/log/xen/xl-$name.log
-rm -f "$conlog" "$xllog"
+# Reports made while the guest's console is attached wait in this file: an
+# echo to the shared console could land in the middle of a guest line.
+notes=/tmp/xlcase-$name.notes
+rm -f "$conlog" "$xllog" "$notes"
+note() { echo "RIG $*" >>"$notes"; }
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 # true when $1 > $2 (both decimal numbers)
@@ -67,10 +74,10 @@ while :; do
     fi
     if grep -q 'selftest: idle: end' "$conlog" 2>/dev/null || [ -z "$sample_cpu" ]; then
       if [ -n "$idle_cpu0" ] && [ -n "$idle_cpu1" ]; then
-        echo "RIG idle-cpu $name $(awk -v a="$idle_cpu1" -v b="$idle_cpu0" 'BEGIN { printf "%.1f", a - b }')" \
+        note "idle-cpu $name $(awk -v a="$idle_cpu1" -v b="$idle_cpu0" 'BEGIN { printf "%.1f", a - b }')" \
           "over $(awk -v a="$idle_wall1" -v b="$idle_wall0" 'BEGIN { printf "%.2f", a - b }')"
       else
-        echo "RIG idle-cpu-unmeasured $name (xl list had no row)"
+        note "idle-cpu-unmeasured $name (xl list had no row)"
       fi
       idle=2
     fi
@@ -90,9 +97,9 @@ while :; do
     if [ $watch_done = 0 ] &&
        [ "$(xenstore-read "/local/domain/$domid/data/selftest/watch-ready" 2>/dev/null)" = 1 ]; then
       if xenstore-write "/local/domain/$domid/data/selftest/watch" fired-by-dom0; then
-        echo "RIG watch-fired $name"
+        note "watch-fired $name"
       else
-        echo "RIG watch-write-failed $name"
+        note "watch-write-failed $name"
       fi
       watch_done=1
     fi
@@ -108,12 +115,13 @@ while :; do
   sleep 0.3
 done
 
-echo "RIG end $name $end"
 if [ "$end" = crashed ] || [ "$end" = timeout ]; then
   xl destroy "$name" 2>/dev/null
 fi
 kill $console_pid 2>/dev/null
 wait $console_pid 2>/dev/null
+[ -f "$notes" ] && cat "$notes"
+echo "RIG end $name $end"
 # xl's monitoring process writes its last lines as the domain goes away.
 sleep 1
 if [ -f "$xllog" ]; then
