@@ -92,11 +92,19 @@ pub struct GnttabCopyPtr {
 impl GnttabCopyPtr {
     /// The `u.ref` arm.
     pub fn gref(gref: GrantRef, domid: DomId, offset: u16) -> Self {
-        Self { u: u64::from(gref), domid, offset }
+        Self {
+            u: u64::from(gref),
+            domid,
+            offset,
+        }
     }
     /// The `u.gmfn` arm.
     pub fn frame(gmfn: XenPfn, domid: DomId, offset: u16) -> Self {
-        Self { u: gmfn, domid, offset }
+        Self {
+            u: gmfn,
+            domid,
+            offset,
+        }
     }
 }
 

@@ -1,0 +1,64 @@
+# moat: build, run and test. `make help` lists the targets.
+#
+# Everything uses Debian's Rust 1.96 (rustc-web/cargo-web, with the standard
+# library source for -Zbuild-std), installed by scripts/install-deps.sh;
+# a rustup toolchain earlier on PATH is deliberately bypassed.
+
+SHELL := /bin/bash
+export PATH := /usr/bin:/usr/sbin:/bin:/sbin:$(PATH)
+export RUSTC := /usr/bin/rustc
+export RUSTDOC := /usr/bin/rustdoc
+CARGO := /usr/bin/cargo
+TARGET_DIR ?= target
+export CARGO_TARGET_DIR := $(abspath $(TARGET_DIR))
+
+# Service images: each becomes target/images/<arch>/<name>, one ELF that
+# Xen boots as a PV or as a PVH guest.
+IMAGES := selftest
+AMD64 := x86_64-unknown-none
+BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
+IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
+
+.PHONY: help deps images run test test-host test-xen lint fmt bench clean
+
+help:
+	@echo "make run     boot Xen in QEMU, start the selftest image with xl create, show its console"
+	@echo "make test    everything: format, lint, host tests (incl. ABI check), images, real-Xen tests"
+	@echo "make images  build every service image to $(IMAGE_DIR)/<name>"
+	@echo "make bench   benchmarks (printed, never asserted)"
+
+deps:
+	@scripts/install-deps.sh
+
+images: deps
+	RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) --target $(AMD64) $(addprefix -p ,$(IMAGES))
+	@mkdir -p $(IMAGE_DIR)
+	@for i in $(IMAGES); do cp $(CARGO_TARGET_DIR)/$(AMD64)/release/$$i $(IMAGE_DIR)/$$i; \
+	  echo "image: $(IMAGE_DIR)/$$i ($$(stat -c %s $(IMAGE_DIR)/$$i) bytes)"; done
+
+run: images
+	python3 rig/xenrig.py --guest $(IMAGE_DIR)/selftest:selftest \
+	  --guest configs/selftest-pv.cfg:selftest-pv.cfg --guest configs/selftest-pvh.cfg:selftest-pvh.cfg \
+	  --script scripts/run-guest.sh --timeout 600
+
+fmt: deps
+	$(CARGO) fmt --all -- --check
+
+lint: deps
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTC_BOOTSTRAP=1 $(CARGO) clippy --release $(BUILD_STD) --target $(AMD64) $(addprefix -p ,$(IMAGES)) -- -D warnings
+
+test-host: deps
+	$(CARGO) test --workspace
+	python3 rig/test_rig_unit.py
+
+test-xen: images
+	python3 rig/test_selftest.py --image $(IMAGE_DIR)/selftest --types pv,pvh --timeout 1500
+
+test: fmt lint test-host test-xen
+
+bench: images
+	python3 rig/bench_boot.py --image $(IMAGE_DIR)/selftest
+
+clean:
+	$(CARGO) clean
