@@ -210,8 +210,7 @@ fn init_memory(ram: &RegionList) -> &'static Mutex<FrameAllocator<'static>> {
         Err(e) => early_fatal(format_args!("frame allocator: {e}")),
     };
     let frames = FRAMES.call_once(|| Mutex::new(frames));
-    let grower =
-        GROWER.call_once(|| FramesGrower::new(frames, identity as MapRun));
+    let grower = GROWER.call_once(|| FramesGrower::new(frames, identity as MapRun));
     crate::HEAP.set_grower(grower);
     frames
 }

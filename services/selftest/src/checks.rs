@@ -190,9 +190,10 @@ pub fn heap_pressure(p: &Platform) -> Outcome {
 
 pub fn shared_info(p: &Platform) -> Outcome {
     let t = p.shared.vcpu_time(0);
-    ensure(t.version.is_multiple_of(2) && t.tsc_to_system_mul != 0, || {
-        format!("bad time record {t:?}")
-    })?;
+    ensure(
+        t.version.is_multiple_of(2) && t.tsc_to_system_mul != 0,
+        || format!("bad time record {t:?}"),
+    )?;
     ensure(!p.shared.is_masked(p.timer_port), || {
         "timer port masked".into()
     })?;
@@ -474,17 +475,28 @@ pub fn grant_access(p: &Platform, domid: u16) -> Outcome {
     }
     let gfn = arch::pfn_to_gfn(pfn_of(&src));
     let mut grants = p.grants.lock();
-    let r = grants.grant_access(domid, gfn, true).map_err(|e| format!("grant: {e}"))?;
-    ensure(grants.entry_flags(r) == Some(GTF_PERMIT_ACCESS | GTF_READONLY), || "entry flags wrong".into())?;
+    let r = grants
+        .grant_access(domid, gfn, true)
+        .map_err(|e| format!("grant: {e}"))?;
+    ensure(
+        grants.entry_flags(r) == Some(GTF_PERMIT_ACCESS | GTF_READONLY),
+        || "entry flags wrong".into(),
+    )?;
     if p.guest == arch::GuestType::Pvh {
         // A translated guest cannot map its own grant: Xen would add the
         // frame at the window address and drop it from its original one
         // (seen here: the source page vanished from the heap). Mapping is
         // checked on PV, where the mapping is a page-table entry.
         grants.end_access(r).map_err(|e| format!("revoke: {e}"))?;
-        ensure(grants.end_access(r) == Err(GrantError::NotGranted), || "double revoke accepted".into())?;
-        ensure(grants.entry_flags(r) == Some(0), || "entry not cleared".into())?;
-        return Ok(format!("ref {r} granted read-only and revoked (self-mapping is a PV-only check)"));
+        ensure(grants.end_access(r) == Err(GrantError::NotGranted), || {
+            "double revoke accepted".into()
+        })?;
+        ensure(grants.entry_flags(r) == Some(0), || {
+            "entry not cleared".into()
+        })?;
+        return Ok(format!(
+            "ref {r} granted read-only and revoked (self-mapping is a PV-only check)"
+        ));
     }
     let mapping = arch::ForeignPage::map(domid, r, true).map_err(|e| format!("map: {e}"))?;
     let mapped_ok = mapping.bytes() == &src.0[..];
@@ -492,10 +504,18 @@ pub fn grant_access(p: &Platform, domid: u16) -> Outcome {
     mapping.unmap().map_err(|e| format!("unmap: {e}"))?;
     let freed = grants.end_access(r);
     ensure(mapped_ok, || "mapped grant shows other contents".into())?;
-    ensure(busy == Err(GrantError::InUse), || format!("revoking a mapped grant gave {busy:?}"))?;
-    ensure(freed.is_ok(), || format!("revoking after unmap gave {freed:?}"))?;
-    ensure(grants.end_access(r) == Err(GrantError::NotGranted), || "double revoke accepted".into())?;
-    Ok(format!("ref {r} mapped with the right contents; revoke refused while mapped, accepted after unmap"))
+    ensure(busy == Err(GrantError::InUse), || {
+        format!("revoking a mapped grant gave {busy:?}")
+    })?;
+    ensure(freed.is_ok(), || {
+        format!("revoking after unmap gave {freed:?}")
+    })?;
+    ensure(grants.end_access(r) == Err(GrantError::NotGranted), || {
+        "double revoke accepted".into()
+    })?;
+    Ok(format!(
+        "ref {r} mapped with the right contents; revoke refused while mapped, accepted after unmap"
+    ))
 }
 
 pub fn grant_copy(p: &Platform, domid: u16) -> Outcome {
@@ -570,7 +590,9 @@ pub async fn executor(env: &Env) -> Outcome {
         }
     })
     .await;
-    ensure(tasks_done.is_some(), || format!("{} of 500 tasks done", done.get()))?;
+    ensure(tasks_done.is_some(), || {
+        format!("{} of 500 tasks done", done.get())
+    })?;
     // Timers spawned out of order must fire in deadline order. The
     // deadlines leave the tasks time for their first poll even under
     // emulation (a deadline already past when first polled completes in
