@@ -2,7 +2,7 @@
 //! Ethernet frame from the uplink or a client and returns the frames to
 //! send, updating connection tracking and counters on the way.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::{IpAddr, Ipv6Addr};
@@ -20,6 +20,7 @@ use crate::fragments::{DatagramKey, FragmentTable};
 use crate::icmp;
 use crate::link::{self, ETHERNET_HEADER_LEN};
 use crate::packet::{self, IpHeader, TcpFlags, Transport};
+use crate::resolver::{RecordType, Resolver, ResolverStats, RESOLVER_PORT};
 
 /// Identifies a client link (for example its vif number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,6 +50,8 @@ const NAT_PORT_FIRST: u16 = 1024;
 const NAT_PORT_PROBES: usize = 4096;
 /// Least time between two ARP requests for the uplink gateway.
 const ARP_RETRY: Duration = Duration::from_secs(1);
+/// Most frames held while the uplink gateway's MAC is unknown.
+const MAX_AWAITING_GATEWAY: usize = 32;
 /// The DNS port.
 const DNS_PORT: u16 = 53;
 
@@ -66,7 +69,7 @@ struct Client {
 /// current `dsthost=` resolutions.
 struct RuleContext<'a> {
     dns: &'a [DnsRedirect],
-    hosts: &'a BTreeMap<String, Vec<IpAddr>>,
+    resolver: &'a Resolver,
 }
 
 impl MatchContext for RuleContext<'_> {
@@ -75,7 +78,7 @@ impl MatchContext for RuleContext<'_> {
     }
 
     fn host_resolves_to(&self, host: &str, ip: &IpAddr) -> bool {
-        self.hosts.get(host).is_some_and(|addrs| addrs.contains(ip))
+        self.resolver.resolves_to(host, ip)
     }
 }
 
@@ -85,11 +88,12 @@ pub struct Firewall {
     config: Config,
     clients: BTreeMap<ClientId, Client>,
     rules: BTreeMap<IpAddr, RuleSet>,
-    hosts: BTreeMap<String, Vec<IpAddr>>,
+    resolver: Resolver,
     conntrack: ConnTrack,
     fragments: FragmentTable,
     gateway_mac: Option<EthernetAddress>,
     last_arp_request: Option<Instant>,
+    awaiting_gateway: VecDeque<Vec<u8>>,
     next_nat_port: u16,
     counters: Counters,
 }
@@ -171,6 +175,12 @@ fn ip_ethertype(ip: &[u8]) -> EthernetProtocol {
 impl Firewall {
     /// A firewall with no clients yet.
     pub fn new(config: Config) -> Firewall {
+        let record_types = if config.uplink.ip6.is_some() {
+            alloc::vec![RecordType::A, RecordType::Aaaa]
+        } else {
+            alloc::vec![RecordType::A]
+        };
+        let seed = u32::from(config.uplink.ip4) ^ 0x6d6f_6174;
         Firewall {
             conntrack: ConnTrack::new(config.max_flows, config.timeouts),
             fragments: FragmentTable::new(config.max_fragmented_datagrams),
@@ -178,8 +188,9 @@ impl Firewall {
             config,
             clients: BTreeMap::new(),
             rules: BTreeMap::new(),
-            hosts: BTreeMap::new(),
+            resolver: Resolver::new(record_types, seed),
             last_arp_request: None,
+            awaiting_gateway: VecDeque::new(),
             next_nat_port: NAT_PORT_FIRST,
             counters: Counters::default(),
         }
@@ -238,12 +249,14 @@ impl Firewall {
     pub fn set_rules(&mut self, client_addr: IpAddr, rules: RuleSet) -> usize {
         let ctx = RuleContext {
             dns: &self.config.dns,
-            hosts: &self.hosts,
+            resolver: &self.resolver,
         };
         let killed = self.conntrack.retain(|conn| {
             conn.orig.src != client_addr || rules.evaluate(&conn.query, &ctx) == Action::Accept
         });
         self.rules.insert(client_addr, rules);
+        let names = self.dsthost_names();
+        self.resolver.set_names(&names);
         self.counters.flows_killed_by_rules += killed as u64;
         killed
     }
@@ -264,16 +277,51 @@ impl Firewall {
         names
     }
 
-    /// Record what `name` resolves to, for `dsthost=` rules.
-    pub fn set_host_addresses(&mut self, name: &str, addrs: Vec<IpAddr>) {
-        self.hosts
-            .insert(String::from(name).to_ascii_lowercase(), addrs);
+    /// Record what `name` resolves to, for `dsthost=` rules, bypassing
+    /// the firewall's own resolver (for platforms with another source).
+    pub fn set_host_addresses(&mut self, now: Instant, name: &str, addrs: Vec<IpAddr>) {
+        self.resolver.set_addresses(name, addrs, now);
     }
 
-    /// Housekeeping at `now`: forget expired flows. Also done as a side
-    /// effect of [`Firewall::handle`] when new flows are created.
-    pub fn poll(&mut self, now: Instant) {
+    /// Counters of the `dsthost=` resolver.
+    pub fn resolver_stats(&self) -> ResolverStats {
+        self.resolver.stats()
+    }
+
+    /// Housekeeping at `now`, to be called regularly (every 100 ms is
+    /// plenty): forget expired flows and send the DNS queries that are due
+    /// for `dsthost=` rules. Returns the frames to send.
+    pub fn poll(&mut self, now: Instant) -> Vec<Transmit> {
         self.conntrack.expire(now);
+        let mut out = Vec::new();
+        if self.gateway_mac.is_none() && !self.awaiting_gateway.is_empty() {
+            self.request_gateway_mac(now, &mut out);
+        }
+        let upstream = self.config.dns.iter().find_map(|d| match d.upstream {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+        let queries = self.resolver.due_queries(now);
+        if let Some(upstream) = upstream {
+            for query in queries {
+                let packet = link::udp_packet_v4(
+                    self.config.uplink.ip4,
+                    RESOLVER_PORT,
+                    upstream,
+                    DNS_PORT,
+                    &query.message,
+                );
+                let frame = link::ethernet_frame(
+                    self.config.uplink.mac,
+                    EthernetAddress([0; 6]),
+                    EthernetProtocol::Ipv4,
+                    &packet,
+                );
+                self.send_to_uplink(now, frame, &mut out);
+            }
+        }
+        self.counters.frames_out += out.len() as u64;
+        out
     }
 
     /// Process one frame received at `now` on `interface`; returns the
@@ -565,7 +613,11 @@ impl Firewall {
             remote_port,
             local_port,
         };
-        if preferred >= NAT_PORT_FIRST && self.conntrack.reply_key_free(&key(preferred)) {
+        // The resolver's own port is never handed out.
+        if preferred >= NAT_PORT_FIRST
+            && preferred != RESOLVER_PORT
+            && self.conntrack.reply_key_free(&key(preferred))
+        {
             return Some(preferred);
         }
         for _ in 0..NAT_PORT_PROBES {
@@ -575,7 +627,7 @@ impl Firewall {
             } else {
                 candidate + 1
             };
-            if self.conntrack.reply_key_free(&key(candidate)) {
+            if candidate != RESOLVER_PORT && self.conntrack.reply_key_free(&key(candidate)) {
                 return Some(candidate);
             }
         }
@@ -694,7 +746,7 @@ impl Firewall {
         let query = flow_query(header)?;
         let ctx = RuleContext {
             dns: &self.config.dns,
-            hosts: &self.hosts,
+            resolver: &self.resolver,
         };
         let action = self
             .rules
@@ -767,23 +819,33 @@ impl Firewall {
         self.counters.forwarded_out += 1;
     }
 
+    fn request_gateway_mac(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        let due = self
+            .last_arp_request
+            .is_none_or(|last| now >= last + ARP_RETRY);
+        if due {
+            self.last_arp_request = Some(now);
+            out.push(Transmit {
+                interface: Interface::Uplink,
+                frame: link::arp_request(
+                    self.config.uplink.mac,
+                    self.config.uplink.ip4,
+                    self.config.uplink.gateway4,
+                ),
+            });
+        }
+    }
+
     fn send_to_uplink(&mut self, now: Instant, mut frame: Vec<u8>, out: &mut Vec<Transmit>) {
         let Some(gateway_mac) = self.gateway_mac else {
-            self.counters.dropped_no_neighbor += 1;
-            let due = self
-                .last_arp_request
-                .is_none_or(|last| now >= last + ARP_RETRY);
-            if due {
-                self.last_arp_request = Some(now);
-                out.push(Transmit {
-                    interface: Interface::Uplink,
-                    frame: link::arp_request(
-                        self.config.uplink.mac,
-                        self.config.uplink.ip4,
-                        self.config.uplink.gateway4,
-                    ),
-                });
+            // Hold a few frames until the gateway answers, as a neighbour
+            // table would; the oldest goes first when the queue is full.
+            if self.awaiting_gateway.len() >= MAX_AWAITING_GATEWAY {
+                self.awaiting_gateway.pop_front();
+                self.counters.dropped_no_neighbor += 1;
             }
+            self.awaiting_gateway.push_back(frame);
+            self.request_gateway_mac(now, out);
             return;
         };
         link::set_ethernet_addrs(&mut frame, self.config.uplink.mac, gateway_mac);
@@ -791,6 +853,14 @@ impl Firewall {
             interface: Interface::Uplink,
             frame,
         });
+    }
+
+    /// Record the gateway's MAC and release the frames that waited for it.
+    fn learn_gateway_mac(&mut self, now: Instant, mac: EthernetAddress, out: &mut Vec<Transmit>) {
+        self.gateway_mac = Some(mac);
+        while let Some(frame) = self.awaiting_gateway.pop_front() {
+            self.send_to_uplink(now, frame, out);
+        }
     }
 
     // ----- uplink side -----
@@ -801,7 +871,7 @@ impl Firewall {
             return;
         };
         match eth.ethertype() {
-            EthernetProtocol::Arp => self.uplink_arp(eth.payload(), out),
+            EthernetProtocol::Arp => self.uplink_arp(now, eth.payload(), out),
             EthernetProtocol::Ipv4 | EthernetProtocol::Ipv6 => {
                 self.uplink_ip(now, eth.src_addr(), eth.payload(), out)
             }
@@ -809,7 +879,7 @@ impl Firewall {
         }
     }
 
-    fn uplink_arp(&mut self, payload: &[u8], out: &mut Vec<Transmit>) {
+    fn uplink_arp(&mut self, now: Instant, payload: &[u8], out: &mut Vec<Transmit>) {
         let Some(ArpRepr::EthernetIpv4 {
             operation,
             source_hardware_addr,
@@ -823,7 +893,7 @@ impl Firewall {
         };
         if source_protocol_addr == self.config.uplink.gateway4 && source_hardware_addr.is_unicast()
         {
-            self.gateway_mac = Some(source_hardware_addr);
+            self.learn_gateway_mac(now, source_hardware_addr, out);
         }
         if operation == ArpOperation::Request && target_protocol_addr == self.config.uplink.ip4 {
             out.push(Transmit {
@@ -852,7 +922,7 @@ impl Firewall {
         };
         if let Transport::IcmpOther { icmp_type } = header.transport {
             if header.is_v6() && icmp_type == ICMPV6_NEIGHBOR_SOLICIT {
-                self.uplink_neighbor_solicitation(src_mac, &header, ip, out);
+                self.uplink_neighbor_solicitation(now, src_mac, &header, ip, out);
             } else {
                 self.counters.dropped_unsupported += 1;
             }
@@ -872,7 +942,19 @@ impl Firewall {
             IpAddr::V6(a) => self.config.uplink.gateway6 == Some(a),
         };
         if from_gateway && src_mac.is_unicast() {
-            self.gateway_mac = Some(src_mac);
+            self.learn_gateway_mac(now, src_mac, out);
+        }
+        if let Transport::Udp {
+            src_port: DNS_PORT,
+            dst_port: RESOLVER_PORT,
+        } = header.transport
+        {
+            if self.config.dns.iter().any(|d| d.upstream == header.src) {
+                // An answer for the dsthost= resolver, not a client's flow.
+                let payload = ip.get(header.l4_offset + 8..header.len).unwrap_or_default();
+                self.resolver.on_response(now, payload);
+                return;
+            }
         }
         match header.transport {
             Transport::IcmpEcho { request: true, .. } => {
@@ -889,6 +971,7 @@ impl Firewall {
 
     fn uplink_neighbor_solicitation(
         &mut self,
+        now: Instant,
         src_mac: EthernetAddress,
         header: &IpHeader,
         ip: &[u8],
@@ -906,7 +989,7 @@ impl Firewall {
             return;
         }
         if self.config.uplink.gateway6 == Some(src) {
-            self.gateway_mac = Some(src_mac);
+            self.learn_gateway_mac(now, src_mac, out);
         }
         let dst = if src.is_unspecified() {
             Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)

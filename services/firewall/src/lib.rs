@@ -25,6 +25,7 @@ pub mod fragments;
 pub mod icmp;
 pub mod link;
 pub mod packet;
+pub mod resolver;
 
 pub use config::{ClientConfig, ClientSideConfig, Config, DnsRedirect, UplinkConfig};
 pub use counters::Counters;

@@ -12,8 +12,8 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr,
-    RawHardwareAddress,
+    Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, Ipv6Repr,
+    NdiscNeighborFlags, NdiscRepr, RawHardwareAddress, UdpPacket,
 };
 
 /// Length of an Ethernet header.
@@ -42,6 +42,34 @@ pub fn set_ethernet_addrs(buf: &mut [u8], src: EthernetAddress, dst: EthernetAdd
         frame.set_src_addr(src);
         frame.set_dst_addr(dst);
     }
+}
+
+/// An IPv4 UDP packet with valid checksums.
+pub fn udp_packet_v4(
+    src: Ipv4Addr,
+    src_port: u16,
+    dst: Ipv4Addr,
+    dst_port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut buf = vec![0u8; 20 + udp_len];
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+    ip.set_version(4);
+    ip.set_header_len(20);
+    ip.set_total_len((20 + udp_len) as u16);
+    ip.set_hop_limit(64);
+    ip.set_next_header(IpProtocol::Udp);
+    ip.set_src_addr(src);
+    ip.set_dst_addr(dst);
+    ip.fill_checksum();
+    let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+    udp.set_src_port(src_port);
+    udp.set_dst_port(dst_port);
+    udp.set_len(udp_len as u16);
+    udp.payload_mut().copy_from_slice(payload);
+    udp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+    buf
 }
 
 /// An ARP request or reply, parsed.

@@ -96,8 +96,10 @@ fn uplink_arp_is_answered_for_our_address_and_teaches_the_gateway_mac() {
     );
     fw.set_rules(IpAddr::V4(A_IP), RuleSet::accept_all());
 
-    // Without the gateway's MAC, forwarding asks for it (once per second).
+    // Without the gateway's MAC, forwarding asks for it (once per second)
+    // and holds the frames.
     let syn = from_a(&tcp(A_IP, 40000, WEB, 80, SYN));
+    let syn2 = from_a(&tcp(A_IP, 40001, WEB, 80, SYN));
     let out = fw.handle(t(0), Interface::Client(A), &syn);
     assert_eq!(out.len(), 1);
     match parse_arp(&out[0].frame) {
@@ -114,19 +116,25 @@ fn uplink_arp_is_answered_for_our_address_and_teaches_the_gateway_mac() {
         other => panic!("{other:?}"),
     }
     assert!(
-        fw.handle(t(0), Interface::Client(A), &syn).is_empty(),
+        fw.handle(t(0), Interface::Client(A), &syn2).is_empty(),
         "rate limited"
     );
-    assert_eq!(fw.counters().dropped_no_neighbor, 2);
+    assert!(fw.poll(t(0)).is_empty());
+    assert_eq!(fw.poll(t(1)).len(), 1, "asked again a second later");
 
-    // The gateway asks for us: we answer and learn its MAC.
+    // The gateway asks for us: we answer, learn its MAC and release the
+    // held frames.
     let out = fw.handle(
-        t(0),
+        t(1),
         Interface::Uplink,
         &arp_request(GATEWAY_MAC, UPLINK_GW, UPLINK_IP),
     );
-    assert_eq!(out.len(), 1);
-    match parse_arp(&out[0].frame) {
+    assert_eq!(out.len(), 3);
+    for (tx, port) in out[..2].iter().zip([40000u16, 40001]) {
+        let ip = single(vec![tx.clone()], Interface::Uplink);
+        assert_eq!(tcp_ports(assert_valid4(&ip).payload()).0, port);
+    }
+    match parse_arp(&out[2].frame) {
         ArpRepr::EthernetIpv4 {
             operation,
             source_hardware_addr,
@@ -140,6 +148,7 @@ fn uplink_arp_is_answered_for_our_address_and_teaches_the_gateway_mac() {
         other => panic!("{other:?}"),
     }
     assert_eq!(fw.gateway_mac(), Some(GATEWAY_MAC));
+    assert_eq!(fw.counters().dropped_no_neighbor, 0);
     // Requests for other addresses on the uplink are not ours to answer.
     assert!(fw
         .handle(
@@ -972,11 +981,89 @@ fn dsthost_rules_use_the_resolved_addresses() {
         fw.handle(t(0), Interface::Client(A), &from_a(&syn)),
         Interface::Client(A),
     );
-    fw.set_host_addresses("Example.com", vec![IpAddr::V4(WEB)]);
+    fw.set_host_addresses(t(0), "Example.com", vec![IpAddr::V4(WEB)]);
     single(
         fw.handle(t(0), Interface::Client(A), &from_a(&syn)),
         Interface::Uplink,
     );
+}
+
+/// The DNS answer to `query` (a UDP payload) giving `addr` with `ttl`.
+fn dns_answer(query: &[u8], ttl: u32, addr: Ipv4Addr) -> Vec<u8> {
+    let mut out = query.to_vec();
+    out[2] = 0x81;
+    out[3] = 0x80;
+    out[6..8].copy_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&[0, 4]);
+    out.extend_from_slice(&addr.octets());
+    out
+}
+
+#[test]
+fn dsthost_names_are_resolved_through_the_uplink_once_per_ttl() {
+    let mut fw = firewall(false);
+    fw.set_rules(
+        IpAddr::V4(A_IP),
+        rules(
+            Family::V4,
+            "drop",
+            &[("0000", "action=accept dsthost=example.com proto=tcp")],
+        ),
+    );
+    let syn = tcp(A_IP, 1, WEB, 443, SYN);
+    let mut queries = 0;
+    let mut answered_at = Vec::new();
+    // Five minutes of polling every 100 ms; the answer's TTL is 60 s.
+    for tenth in 0..3000 {
+        let now = firewall::Instant::from_millis(tenth * 100);
+        for tx in fw.poll(now) {
+            queries += 1;
+            let ip = single(vec![tx], Interface::Uplink);
+            let packet = assert_valid4(&ip);
+            assert_eq!(
+                (packet.src_addr(), packet.dst_addr()),
+                (UPLINK_IP, UPSTREAM_DNS)
+            );
+            let udp = smoltcp::wire::UdpPacket::new_checked(packet.payload()).unwrap();
+            assert_eq!(udp.dst_port(), 53);
+            let answer = udp_datagram(
+                IpAddr::V4(UPSTREAM_DNS),
+                53,
+                IpAddr::V4(UPLINK_IP),
+                udp.src_port(),
+                &dns_answer(udp.payload(), 60, WEB),
+            );
+            let answer = ip4(UPSTREAM_DNS, UPLINK_IP, IpProtocol::Udp, &answer);
+            assert!(fw
+                .handle(now, Interface::Uplink, &from_uplink(&answer))
+                .is_empty());
+            answered_at.push(tenth / 10);
+        }
+        if tenth == 5 {
+            // Resolved: the flow is allowed.
+            single(
+                fw.handle(now, Interface::Client(A), &from_a(&syn)),
+                Interface::Uplink,
+            );
+        }
+    }
+    assert_eq!(queries, 5, "one query per TTL, answered at {answered_at:?}");
+    assert_eq!(answered_at, vec![0, 60, 120, 180, 240]);
+    assert_eq!(fw.resolver_stats().answers, 5);
+    // A forged answer (no matching pending query) changes nothing.
+    let forged = udp(
+        UPSTREAM_DNS,
+        53,
+        UPLINK_IP,
+        firewall::resolver::RESOLVER_PORT,
+        &[0u8; 40],
+    );
+    assert!(fw
+        .handle(t(400), Interface::Uplink, &from_uplink(&forged))
+        .is_empty());
+    assert_eq!(fw.resolver_stats().ignored, 1);
 }
 
 // ----- IPv6 -----

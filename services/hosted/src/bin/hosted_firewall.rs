@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration as StdDuration;
 
-use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface};
+use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface, Transmit};
 use hosted::qubesdb_file::HostedConfig;
 use qubes::firewall_rules::{LoadedRules, RuleSet};
 use tun_tap::{Iface, Mode};
@@ -64,9 +64,28 @@ fn apply_rules(fw: &mut Firewall, config: &HostedConfig, previous: &BTreeMap<IpA
     }
 }
 
+/// Put each frame on its link.
+fn send_all(uplink: &Arc<Iface>, clients: &[Arc<Iface>], transmits: Vec<Transmit>) {
+    for transmit in transmits {
+        let tap = match transmit.interface {
+            Interface::Uplink => Some(uplink),
+            Interface::Client(ClientId(index)) => clients.get(index as usize),
+        };
+        if let Some(tap) = tap {
+            if let Err(e) = tap.send(&transmit.frame) {
+                eprintln!("{}: write failed: {e}", tap.name());
+            }
+        }
+    }
+}
+
 fn write_stats(path: &str, fw: &Firewall) {
     let c = fw.counters();
-    let text = format!("{c:#?}\nflows {}\n", fw.conntrack().len());
+    let text = format!(
+        "{c:#?}\n{:#?}\nflows {}\n",
+        fw.resolver_stats(),
+        fw.conntrack().len()
+    );
     let _ = std::fs::write(path, text);
 }
 
@@ -134,17 +153,8 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
     loop {
         match frames_rx.recv_timeout(TICK) {
             Ok((interface, frame)) => {
-                for transmit in fw.handle(now(), interface, &frame) {
-                    let tap = match transmit.interface {
-                        Interface::Uplink => Some(&uplink),
-                        Interface::Client(ClientId(index)) => clients.get(index as usize),
-                    };
-                    if let Some(tap) = tap {
-                        if let Err(e) = tap.send(&transmit.frame) {
-                            eprintln!("{}: write failed: {e}", tap.name());
-                        }
-                    }
-                }
+                let transmits = fw.handle(now(), interface, &frame);
+                send_all(&uplink, &clients, transmits);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -153,7 +163,8 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
         }
         if last_tick.elapsed() >= TICK {
             last_tick = std::time::Instant::now();
-            fw.poll(now());
+            let transmits = fw.poll(now());
+            send_all(&uplink, &clients, transmits);
             if let Ok(new_text) = read() {
                 if new_text != text {
                     text = new_text;

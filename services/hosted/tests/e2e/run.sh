@@ -54,6 +54,8 @@ CONF
 RULES_1="/qubes-firewall/10.138.0.10/0000 action=accept specialtarget=dns
 /qubes-firewall/10.138.0.10/0001 action=accept proto=icmp
 /qubes-firewall/10.138.0.10/0003 action=accept dst4=192.0.2.80 proto=tcp dstports=80-80
+/qubes-firewall/10.138.0.10/0004 action=accept dsthost=allowed.test proto=tcp dstports=8082-8082
+/qubes-firewall/10.138.0.10/0005 action=accept dsthost=elsewhere.test proto=tcp dstports=8083-8083
 /qubes-firewall/10.138.0.10/0007 action=accept proto=udp dstports=9999-9999"
 # The rule change: port 80 refused, 8081 allowed.
 RULES_2="/qubes-firewall/10.138.0.10/0000 action=accept specialtarget=dns
@@ -84,13 +86,13 @@ ip -n "$NS_UP" addr add 10.137.0.1/24 dev "$TAP_UP"
 ip -n "$NS_UP" addr add 192.0.2.80/32 dev lo
 ip -n "$NS_UP" addr add 192.0.2.53/32 dev lo
 mkdir -p "$WORK/www" && echo "hello from the uplink" > "$WORK/www/index.html"
-for port in 80 8081; do
+for port in 80 8081 8082 8083; do
     (cd "$WORK/www" && exec ip netns exec "$NS_UP" "$PY" -m http.server --bind 192.0.2.80 "$port") > /dev/null 2>&1 &
     PIDS+=($!)
 done
 ip netns exec "$NS_B" "$PY" -m http.server --bind 10.138.0.11 80 > /dev/null 2>&1 &
 PIDS+=($!)
-ip netns exec "$NS_UP" "$PY" "$HERE/dns_server.py" 192.0.2.53 allowed.test=192.0.2.80 &
+ip netns exec "$NS_UP" "$PY" "$HERE/dns_server.py" 192.0.2.53 allowed.test=192.0.2.80 elsewhere.test=192.0.2.99 &
 PIDS+=($!)
 sleep 1
 
@@ -110,6 +112,20 @@ else fail "denied TCP: $out after $ms ms"; fi
 if ! in_a curl -sS --max-time 5 http://192.0.2.80:8081/ > /dev/null 2>&1; then
     pass "denied HTTP fails for curl too"
 else fail "denied HTTP got through"; fi
+
+# The firewall resolves dsthost= names itself, through the uplink's DNS
+# server (which started after the firewall): wait for both answers.
+for _ in $(seq 50); do
+    [ "$(counter answers)" -ge 2 ] 2>/dev/null && break
+    sleep 0.2
+done
+if out=$(in_a curl -sS --max-time 5 http://192.0.2.80:8082/ 2>&1) && [ "$out" = "hello from the uplink" ]; then
+    pass "dsthost=allowed.test rule allows its resolved address"
+else fail "dsthost allowed: $out"; fi
+out=$(in_a "$PY" "$HERE/connect.py" 192.0.2.80 8083)
+if [ "$out" = "EHOSTUNREACH" ]; then
+    pass "dsthost=elsewhere.test rule does not allow another address"
+else fail "dsthost elsewhere: $out"; fi
 
 if out=$(in_a "$PY" "$HERE/dns_query.py" 10.139.1.1 allowed.test) && [ "$out" = "192.0.2.80" ]; then
     pass "DNS via 10.139.1.1 answered by the uplink's resolver"
