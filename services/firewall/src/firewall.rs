@@ -165,6 +165,27 @@ fn frame_around(ip: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
     Some(link::ethernet_frame(zero, zero, ethertype, packet))
 }
 
+/// Whether a client may send to `addr` through the firewall: not to
+/// broadcast, multicast, loopback, unspecified or link-local addresses,
+/// which Linux does not forward either.
+fn is_routable(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_broadcast()
+                || a.is_multicast()
+                || a.is_loopback()
+                || a.is_unspecified()
+                || a.is_link_local())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_multicast()
+                || a.is_loopback()
+                || a.is_unspecified()
+                || a.is_unicast_link_local())
+        }
+    }
+}
+
 fn ip_ethertype(ip: &[u8]) -> EthernetProtocol {
     match ip.first().map(|b| b >> 4) {
         Some(6) => EthernetProtocol::Ipv6,
@@ -329,6 +350,8 @@ impl Firewall {
     pub fn handle(&mut self, now: Instant, interface: Interface, frame: &[u8]) -> Vec<Transmit> {
         let mut out = Vec::new();
         self.counters.frames_in += 1;
+        // Forget flows past their deadline before anything looks them up.
+        self.conntrack.expire(now);
         match interface {
             Interface::Uplink => self.uplink_frame(now, frame, &mut out),
             Interface::Client(id) => self.client_frame(now, id, frame, &mut out),
@@ -494,6 +517,12 @@ impl Firewall {
             self.counters.dropped_ipv6_no_uplink += 1;
             return;
         };
+        if !is_routable(&header.dst) {
+            // Broadcast, multicast, link-local and the like stay on the
+            // client's link.
+            self.counters.dropped_unsupported += 1;
+            return;
+        }
         if self.client_with_addr(&header.dst).is_some() {
             // Client-to-client: flows are only ever opened towards the
             // uplink, so no such packet is a reply to an allowed flow.

@@ -1247,3 +1247,57 @@ fn uplink_traffic_not_for_us_is_dropped() {
         .is_empty());
     assert_eq!(fw.counters().dropped_ttl, 1);
 }
+
+#[test]
+fn broadcast_multicast_and_link_local_destinations_are_not_forwarded() {
+    let mut fw = firewall(true);
+    for dst in [
+        IpAddr::V4(Ipv4Addr::BROADCAST),
+        IpAddr::V4(Ipv4Addr::new(224, 0, 0, 251)),
+        IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+    ] {
+        assert!(fw
+            .handle(
+                t(0),
+                Interface::Client(A),
+                &from_a(&udp(A_IP, 5353, dst, 5353, b"m"))
+            )
+            .is_empty());
+    }
+    let mdns6: std::net::Ipv6Addr = "ff02::fb".parse().unwrap();
+    let link_local: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+    for dst in [mdns6, link_local] {
+        assert!(fw
+            .handle(
+                t(0),
+                Interface::Client(A),
+                &from_a(&udp(A_IP6, 5353, dst, 5353, b"m"))
+            )
+            .is_empty());
+    }
+    assert_eq!(fw.counters().dropped_unsupported, 6);
+    assert_eq!(fw.conntrack().len(), 0);
+}
+
+#[test]
+fn flows_past_their_deadline_are_not_used_even_without_poll() {
+    let mut fw = firewall(false);
+    single(
+        fw.handle(
+            t(0),
+            Interface::Client(A),
+            &from_a(&udp(A_IP, 6000, WEB, 6001, b"x")),
+        ),
+        Interface::Uplink,
+    );
+    // No poll in between: the reply 31 s later finds no flow.
+    assert!(fw
+        .handle(
+            t(31),
+            Interface::Uplink,
+            &from_uplink(&udp(WEB, 6001, UPLINK_IP, 6000, b"y"))
+        )
+        .is_empty());
+    assert_eq!(fw.counters().dropped_no_flow, 1);
+}
