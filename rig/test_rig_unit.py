@@ -115,7 +115,14 @@ class SelftestAssertionsTest(unittest.TestCase):
         text = "\n".join(self.tally(lines).failures)
         self.assertIn("FAIL lines", text)
         self.assertIn("did not go away", text)
-        self.assertIn("reason code 0", text)
+        self.assertIn("want [0]", text)
+
+    def test_reason_from_xl_list_when_xl_log_is_missing(self):
+        lines = synthetic_run("selftest-pv", test_selftest.EXPECTED_CHECKS,
+                              f"selftest: summary: {self.N} passed, 0 failed", end="shutdown-unreaped")
+        lines = [(t, l) for t, l in lines if "xl-log" not in l]
+        lines.insert(-2, (99.0, "RIG shutdown selftest-pv reason 0"))
+        self.assertEqual(self.tally(lines).failures, [])
 
     def test_segments_stop_at_the_next_guest(self):
         lines = synthetic_run("selftest-pv", ["cmdline"], "x") + synthetic_run("selftest-pvh", ["frames"], "y")

@@ -21,7 +21,9 @@
 #   RIG watch-fired NAME                     after the xenstore-write
 #   RIG idle-cpu NAME CPU_S over WALL_S      guest CPU seconds over wall seconds
 #   RIG idle-cpu-unmeasured NAME ...          the samples failed
-#   RIG end NAME gone|crashed|timeout|create-failed
+#   RIG shutdown NAME reason N               the domain shut down with reason code N
+#   RIG monitor-missing NAME: ...            xl's monitor did not reap it; the rig destroyed it
+#   RIG end NAME gone|crashed|shutdown-unreaped|timeout|create-failed
 #   RIG xl-log NAME: ...                     /var/log/xen/xl-NAME.log
 #   RIG listed NAME yes|no                   whether xl list still shows it at the end
 
@@ -52,6 +54,7 @@ cpu_now() { xl list "$name" 2>/dev/null | awk 'NR == 2 { print $6 }'; }
 
 start=$(uptime_s)
 seen=0
+shut_at=""
 watch_done=0
 idle=0
 end=""
@@ -83,7 +86,8 @@ while :; do
     fi
     continue
   fi
-  row=$(xl list "$name" 2>/dev/null | awk 'NR == 2')
+  # -v adds the UUID and the shutdown reason code (columns 7 and 8).
+  row=$(xl list -v "$name" 2>/dev/null | awk 'NR == 2')
   if [ -z "$row" ]; then
     if [ $seen = 1 ]; then end=gone; break; fi
     if ! kill -0 $console_pid 2>/dev/null; then end=create-failed; break; fi
@@ -91,8 +95,27 @@ while :; do
     seen=1
     domid=$(echo "$row" | awk '{ print $2 }')
     state=$(echo "$row" | awk '{ print $5 }')
+    reason=$(echo "$row" | awk '{ print $8 }')
     case "$state" in
-      *c*) end=crashed; break ;;
+      *c*)
+        note "shutdown $name reason $reason"
+        end=crashed
+        break
+        ;;
+      *s*)
+        # Shut down. xl's monitoring process normally destroys the domain
+        # at once (on_poweroff/on_reboot="destroy"); if that process died
+        # (seen once: glibc "corrupted double-linked list" in xl's
+        # daemonizing child), nobody will, so the rig does it.
+        if [ -z "$shut_at" ]; then
+          shut_at=$now
+          note "shutdown $name reason $reason"
+        elif greater "$(awk -v a="$now" -v b="$shut_at" 'BEGIN { print a - b }')" 10; then
+          note "monitor-missing $name: xl's monitor did not destroy the shut-down domain"
+          end=shutdown-unreaped
+          break
+        fi
+        ;;
     esac
     if [ $watch_done = 0 ] &&
        [ "$(xenstore-read "/local/domain/$domid/data/selftest/watch-ready" 2>/dev/null)" = 1 ]; then
@@ -115,7 +138,7 @@ while :; do
   sleep 0.3
 done
 
-if [ "$end" = crashed ] || [ "$end" = timeout ]; then
+if [ "$end" != gone ]; then
   xl destroy "$name" 2>/dev/null
 fi
 kill $console_pid 2>/dev/null
