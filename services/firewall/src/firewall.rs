@@ -540,8 +540,95 @@ impl Firewall {
             Transport::Tcp { .. } | Transport::Udp { .. } | Transport::IcmpEcho { .. } => {
                 self.client_flow_packet(now, id, client, &header, ip, uplink_ip, out)
             }
+            Transport::IcmpError { .. } => self.client_icmp_error(now, &header, ip, uplink_ip, out),
             _ => self.counters.dropped_unsupported += 1,
         }
+    }
+
+    /// An ICMP error from a client about a packet of one of its flows that
+    /// came from the uplink (say, port unreachable for a late UDP reply):
+    /// rewrite the quoted packet back to the uplink's view, then the outer
+    /// header, as Linux does for RELATED traffic.
+    fn client_icmp_error(
+        &mut self,
+        now: Instant,
+        header: &IpHeader,
+        ip: &[u8],
+        uplink_ip: IpAddr,
+        out: &mut Vec<Transmit>,
+    ) {
+        const ICMP_HEADER_LEN: usize = 8;
+        let quoted_at = header.l4_offset + ICMP_HEADER_LEN;
+        let Some(quoted) = ip.get(quoted_at..header.len) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Ok(inner) = packet::parse_quoted(quoted) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        // The quoted packet went from the remote (as the client saw it) to
+        // the client.
+        let key = match inner.transport {
+            Transport::Tcp {
+                src_port, dst_port, ..
+            }
+            | Transport::Udp { src_port, dst_port } => OrigKey {
+                protocol: inner.protocol,
+                src: inner.dst,
+                src_port: dst_port,
+                dst: inner.src,
+                dst_port: src_port,
+            },
+            Transport::IcmpEcho { ident, .. } => OrigKey {
+                protocol: inner.protocol,
+                src: inner.dst,
+                src_port: ident,
+                dst: inner.src,
+                dst_port: 0,
+            },
+            _ => {
+                self.counters.dropped_no_flow += 1;
+                return;
+            }
+        };
+        if inner.dst != header.src {
+            self.counters.dropped_spoofed += 1;
+            return;
+        }
+        let Some(conn) = self
+            .conntrack
+            .find_orig(&key)
+            .and_then(|conn_id| self.conntrack.get(conn_id))
+            .cloned()
+        else {
+            self.counters.dropped_no_flow += 1;
+            return;
+        };
+        let Some(mut frame) = frame_around(ip, header) else {
+            return;
+        };
+        let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) else {
+            return;
+        };
+        if let Some(inner_pkt) = pkt.get_mut(quoted_at..) {
+            if conn.reply.remote != inner.src {
+                packet::set_src(inner_pkt, &inner, conn.reply.remote);
+            }
+            packet::set_dst(inner_pkt, &inner, uplink_ip);
+            packet::set_dst_port(inner_pkt, &inner, conn.reply.local_port);
+        }
+        packet::decrement_hop_limit(pkt, header);
+        packet::set_src(pkt, header, uplink_ip);
+        if conn.reply.remote != header.dst {
+            packet::set_dst(pkt, header, conn.reply.remote);
+        }
+        let mut outer = *header;
+        outer.src = uplink_ip;
+        outer.dst = conn.reply.remote;
+        icmp::refill_checksum(pkt, &outer);
+        self.send_to_uplink(now, frame, out);
+        self.counters.icmp_errors_translated += 1;
     }
 
     fn client_neighbor_solicitation(

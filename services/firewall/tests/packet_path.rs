@@ -1301,3 +1301,65 @@ fn flows_past_their_deadline_are_not_used_even_without_poll() {
         .is_empty());
     assert_eq!(fw.counters().dropped_no_flow, 1);
 }
+
+#[test]
+fn icmp_errors_from_a_client_about_its_flows_are_translated_to_the_uplink() {
+    let mut fw = firewall(false);
+    fw.set_rules(
+        IpAddr::V4(A_IP),
+        rules(
+            Family::V4,
+            "drop",
+            &[("0000", "action=accept specialtarget=dns")],
+        ),
+    );
+    let sent = single(
+        fw.handle(
+            t(0),
+            Interface::Client(A),
+            &from_a(&udp(A_IP, 33333, VIRTUAL_DNS, 53, b"q")),
+        ),
+        Interface::Uplink,
+    );
+    let nat_port = udp_ports(Ipv4Packet::new_checked(&sent[..]).unwrap().payload()).0;
+    let reply = single(
+        fw.handle(
+            t(0),
+            Interface::Uplink,
+            &from_uplink(&udp(UPSTREAM_DNS, 53, UPLINK_IP, nat_port, b"late answer")),
+        ),
+        Interface::Client(A),
+    );
+    // The client's socket is gone: it answers port unreachable, quoting
+    // the reply as it received it (from the virtual DNS server).
+    let error = icmp4_error(A_IP, VIRTUAL_DNS, 3, 3, &reply);
+    let ip = single(
+        fw.handle(t(0), Interface::Client(A), &from_a(&error)),
+        Interface::Uplink,
+    );
+    let outer = assert_valid4(&ip);
+    assert_eq!(
+        (outer.src_addr(), outer.dst_addr()),
+        (UPLINK_IP, UPSTREAM_DNS)
+    );
+    let icmp = Icmpv4Packet::new_checked(outer.payload()).unwrap();
+    let quoted = assert_valid4(icmp.data());
+    assert_eq!(
+        (quoted.src_addr(), quoted.dst_addr()),
+        (UPSTREAM_DNS, UPLINK_IP)
+    );
+    assert_eq!(udp_ports(quoted.payload()), (53, nat_port));
+    assert_eq!(fw.counters().icmp_errors_translated, 1);
+
+    // An error quoting a packet that was not for this client is refused.
+    let forged = icmp4_error(A_IP, WEB, 3, 3, &udp(WEB, 80, B_IP, 1234, b"x"));
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &from_a(&forged))
+        .is_empty());
+    // ...and one about no known flow goes nowhere.
+    let unknown = icmp4_error(A_IP, WEB, 3, 3, &udp(WEB, 80, A_IP, 1234, b"x"));
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &from_a(&unknown))
+        .is_empty());
+    assert_eq!(fw.counters().icmp_errors_translated, 1);
+}
