@@ -35,6 +35,12 @@ ROOT="$CACHE/dom0-root"
 BOOT="$CACHE/boot"
 STAMP="$CACHE/stamp"
 
+# One build at a time per cache (tests may start in parallel); boot files
+# are replaced by rename, so a QEMU already running keeps its copy.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/lock"
+flock 9
+
 T_START=$(date +%s.%N)
 # Runs one named step and prints how long it took.
 step() {
@@ -122,13 +128,19 @@ if [ $FORCE = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && boot_f
   exit 0
 fi
 
+# The downloaded .deb of package $1 at version $2, or nothing.
+# apt-get download names files name_version_arch.deb with ':' as %3a.
+deb_path() {
+  local matches=("$DEBS/${1}_${2//:/%3a}_"*.deb)
+  [ -e "${matches[0]}" ] && echo "${matches[0]}"
+  return 0
+}
+
 download() {
   mkdir -p "$DEBS"
-  local missing=() p v f
+  local missing=() p v
   while IFS='=' read -r p v; do
-    # apt-get download names files name_version_arch.deb with ':' as %3a.
-    f=$(ls "$DEBS/${p}_${v//:/%3a}_"*.deb 2>/dev/null | head -n 1 || true)
-    [ -n "$f" ] || missing+=("$p=$v")
+    [ -n "$(deb_path "$p" "$v")" ] || missing+=("$p=$v")
   done <<<"$VERSIONS"
   if [ ${#missing[@]} -gt 0 ]; then
     echo "fetch: downloading ${#missing[@]} packages: ${missing[*]}"
@@ -143,7 +155,7 @@ unpack() {
   mkdir -p "$STAGE"
   local p v
   while IFS='=' read -r p v; do
-    dpkg -x "$(ls "$DEBS/${p}_${v//:/%3a}_"*.deb | head -n 1)" "$STAGE"
+    dpkg -x "$(deb_path "$p" "$v")" "$STAGE"
   done <<<"$VERSIONS"
   # The linux-image package ships no modules.dep; modprobe needs it.
   depmod -b "$STAGE" "$KVER"
@@ -154,12 +166,13 @@ boot_files() {
   # QEMU's multiboot loader takes the uncompressed 32-bit ELF.
   zcat "$STAGE/boot/xen-4.17-amd64.gz" >"$BOOT/xen.tmp"
   mv "$BOOT/xen.tmp" "$BOOT/xen"
-  cp "$STAGE/boot/vmlinuz-$KVER" "$BOOT/vmlinuz"
+  cp "$STAGE/boot/vmlinuz-$KVER" "$BOOT/vmlinuz.tmp"
+  mv "$BOOT/vmlinuz.tmp" "$BOOT/vmlinuz"
   echo "$KVER" >"$BOOT/kernel-version"
 }
 
 # Library search path inside the staged packages, in ld.so's order.
-LIBDIRS=(lib/$MULTIARCH usr/lib/$MULTIARCH usr/lib/xen-4.17/lib/$MULTIARCH lib64)
+LIBDIRS=("lib/$MULTIARCH" "usr/lib/$MULTIARCH" "usr/lib/xen-4.17/lib/$MULTIARCH" lib64)
 
 # Copies the shared libraries an ELF file needs (recursively) from the stage
 # into the dom0 root.
@@ -245,6 +258,9 @@ step "unpack packages" unpack
 step "boot files (xen, vmlinuz)" boot_files
 step "dom0 root tree" dom0_root
 step "dom0 initramfs" initramfs
+# The unpacked packages (about 470 MB, mostly kernel modules) are rebuilt
+# from the .debs on every build, so they are not kept.
+rm -rf "$STAGE"
 echo "$KEY" >"$STAMP"
 echo "$QUICK_KEY" >"$STAMP.quick"
 ls -l "$BOOT"
