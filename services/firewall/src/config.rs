@@ -68,6 +68,9 @@ pub struct Config {
     pub dns: Vec<DnsRedirect>,
     /// Most tracked flows.
     pub max_flows: usize,
+    /// Most tracked flows of one client, so that one client cannot evict
+    /// the flows of the others.
+    pub max_flows_per_client: usize,
     /// Most IPv4 datagrams tracked for forwarding their later fragments.
     pub max_fragmented_datagrams: usize,
     /// Flow timeouts.
@@ -77,7 +80,7 @@ pub struct Config {
 impl Config {
     /// A configuration with Qubes' usual defaults around the given
     /// addresses: DNS redirection of the virtual servers to `upstream_dns4`
-    /// (primary, secondary), 16384 flows.
+    /// (primary, secondary), 16384 flows, 4096 per client.
     pub fn new(
         uplink: UplinkConfig,
         client_side: ClientSideConfig,
@@ -96,6 +99,7 @@ impl Config {
             client_side,
             dns,
             max_flows: 16384,
+            max_flows_per_client: 4096,
             max_fragmented_datagrams: 1024,
             timeouts: Timeouts::default(),
         }

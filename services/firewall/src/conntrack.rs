@@ -2,7 +2,10 @@
 //! side and from the uplink side, with per-state timeouts driven by the time
 //! value the caller passes in (there is no global clock).
 //!
-//! When the table is full, the flow closest to its deadline is evicted.
+//! When a client holds its share of the table, its own flow closest to its
+//! deadline is evicted, so a flooding client cannot push out the flows of
+//! the others. When the whole table is full, the flow closest to its
+//! deadline is evicted.
 //! That spends half-open and unreplied flows (short deadlines) before
 //! established ones (days), which is what Linux's early-drop aims at too.
 
@@ -187,25 +190,35 @@ pub struct ConnTrack {
     by_orig: BTreeMap<OrigKey, ConnId>,
     by_reply: BTreeMap<ReplyKey, ConnId>,
     deadlines: BTreeSet<(Instant, ConnId)>,
+    client_deadlines: BTreeMap<ClientId, BTreeSet<(Instant, ConnId)>>,
     capacity: usize,
+    per_client_capacity: usize,
     next_id: ConnId,
     timeouts: Timeouts,
     stats: ConnTrackStats,
 }
 
 impl ConnTrack {
-    /// An empty table holding at most `capacity` flows (at least one).
-    pub fn new(capacity: usize, timeouts: Timeouts) -> ConnTrack {
+    /// An empty table holding at most `capacity` flows, and at most
+    /// `per_client_capacity` of one client (both at least one).
+    pub fn new(capacity: usize, per_client_capacity: usize, timeouts: Timeouts) -> ConnTrack {
         ConnTrack {
             conns: BTreeMap::new(),
             by_orig: BTreeMap::new(),
             by_reply: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            client_deadlines: BTreeMap::new(),
             capacity: capacity.max(1),
+            per_client_capacity: per_client_capacity.max(1),
             next_id: 0,
             timeouts,
             stats: ConnTrackStats::default(),
         }
+    }
+
+    /// Number of flows of `client`.
+    pub fn client_len(&self, client: ClientId) -> usize {
+        self.client_deadlines.get(&client).map_or(0, BTreeSet::len)
     }
 
     /// Number of flows.
@@ -274,6 +287,18 @@ impl ConnTrack {
             return None;
         }
         self.expire(now);
+        while self.client_len(client) >= self.per_client_capacity {
+            let Some(victim) = self
+                .client_deadlines
+                .get(&client)
+                .and_then(|d| d.first())
+                .map(|(_, id)| *id)
+            else {
+                break;
+            };
+            self.unlink(victim);
+            self.stats.evicted += 1;
+        }
         while self.conns.len() >= self.capacity {
             let Some(&(_, victim)) = self.deadlines.first() else {
                 break;
@@ -287,6 +312,10 @@ impl ConnTrack {
         self.by_orig.insert(orig, id);
         self.by_reply.insert(reply, id);
         self.deadlines.insert((expires, id));
+        self.client_deadlines
+            .entry(client)
+            .or_default()
+            .insert((expires, id));
         self.conns.insert(
             id,
             Connection {
@@ -307,6 +336,12 @@ impl ConnTrack {
         self.by_orig.remove(&conn.orig);
         self.by_reply.remove(&conn.reply);
         self.deadlines.remove(&(conn.expires, id));
+        if let Some(deadlines) = self.client_deadlines.get_mut(&conn.client) {
+            deadlines.remove(&(conn.expires, id));
+            if deadlines.is_empty() {
+                self.client_deadlines.remove(&conn.client);
+            }
+        }
         Some(conn)
     }
 
@@ -355,6 +390,10 @@ impl ConnTrack {
         let expires = now + self.timeouts.for_state(&conn.state);
         if expires != conn.expires {
             self.deadlines.remove(&(conn.expires, id));
+            if let Some(deadlines) = self.client_deadlines.get_mut(&conn.client) {
+                deadlines.remove(&(conn.expires, id));
+                deadlines.insert((expires, id));
+            }
             conn.expires = expires;
             self.deadlines.insert((expires, id));
         }
@@ -439,7 +478,7 @@ mod tests {
 
     #[test]
     fn udp_timeouts_follow_replies() {
-        let mut table = ConnTrack::new(16, Timeouts::default());
+        let mut table = ConnTrack::new(16, 16, Timeouts::default());
         let t0 = Instant::from_secs(100);
         let id = insert(&mut table, t0, 1000, FlowState::Udp { replied: false });
         assert_eq!(table.get(id).unwrap().expires, t0 + Duration::from_secs(30));
@@ -524,7 +563,7 @@ mod tests {
 
     #[test]
     fn full_table_evicts_nearest_deadline_first() {
-        let mut table = ConnTrack::new(3, Timeouts::default());
+        let mut table = ConnTrack::new(3, 3, Timeouts::default());
         let t0 = Instant::from_secs(0);
         let established = FlowState::Tcp {
             state: TcpState::Established,
@@ -552,11 +591,35 @@ mod tests {
         assert_eq!(table.by_orig.len(), 3);
         assert_eq!(table.by_reply.len(), 3);
         assert_eq!(table.deadlines.len(), 3);
+        assert_eq!(table.client_len(ClientId(0)), 3);
+    }
+
+    #[test]
+    fn a_flooding_client_only_evicts_its_own_flows() {
+        let mut table = ConnTrack::new(8, 4, Timeouts::default());
+        let t0 = Instant::from_secs(0);
+        let (o, r, q) = key(1);
+        let quiet = table
+            .insert(t0, ClientId(1), o, r, q, FlowState::Udp { replied: false })
+            .unwrap();
+        for port in 100..1100 {
+            insert(&mut table, t0, port, FlowState::Udp { replied: false });
+            assert!(table.client_len(ClientId(0)) <= 4);
+        }
+        assert!(
+            table.get(quiet).is_some(),
+            "the other client's flow survives"
+        );
+        assert_eq!(table.client_len(ClientId(1)), 1);
+        assert_eq!(table.len(), 5);
+        table.remove(quiet);
+        assert_eq!(table.client_len(ClientId(1)), 0);
+        assert!(!table.client_deadlines.contains_key(&ClientId(1)));
     }
 
     #[test]
     fn duplicate_keys_are_refused() {
-        let mut table = ConnTrack::new(4, Timeouts::default());
+        let mut table = ConnTrack::new(4, 4, Timeouts::default());
         let t0 = Instant::from_secs(0);
         insert(&mut table, t0, 7, FlowState::IcmpEcho);
         let (o, r, q) = key(7);

@@ -203,7 +203,11 @@ impl Firewall {
         };
         let seed = u32::from(config.uplink.ip4) ^ 0x6d6f_6174;
         Firewall {
-            conntrack: ConnTrack::new(config.max_flows, config.timeouts),
+            conntrack: ConnTrack::new(
+                config.max_flows,
+                config.max_flows_per_client,
+                config.timeouts,
+            ),
             fragments: FragmentTable::new(config.max_fragmented_datagrams),
             gateway_mac: config.uplink.gateway_mac,
             config,

@@ -876,6 +876,7 @@ fn tcp_teardown_shortens_the_timeout_and_a_new_syn_is_judged_again() {
 fn a_flood_of_new_flows_keeps_memory_bounded() {
     let mut cfg = config(false);
     cfg.max_flows = 64;
+    cfg.max_flows_per_client = 64;
     let mut fw = Firewall::new(cfg);
     fw.add_client(
         A,
@@ -1362,4 +1363,50 @@ fn icmp_errors_from_a_client_about_its_flows_are_translated_to_the_uplink() {
         .handle(t(0), Interface::Client(A), &from_a(&unknown))
         .is_empty());
     assert_eq!(fw.counters().icmp_errors_translated, 1);
+}
+
+#[test]
+fn a_flooding_client_cannot_evict_another_clients_flows() {
+    let mut cfg = config(false);
+    cfg.max_flows = 64;
+    cfg.max_flows_per_client = 16;
+    let mut fw = Firewall::new(cfg);
+    for (id, ip, mac) in [(A, A_IP, A_MAC), (B, B_IP, B_MAC)] {
+        fw.add_client(
+            id,
+            ClientConfig {
+                ip4: ip,
+                ip6: None,
+                mac: Some(mac),
+            },
+        );
+        fw.set_rules(IpAddr::V4(ip), RuleSet::accept_all());
+    }
+    // B opens a flow that nobody answers yet: the easiest one to evict.
+    single(
+        fw.handle(
+            t(0),
+            Interface::Client(B),
+            &from_b(&udp(B_IP, 7000, WEB, 7001, b"b")),
+        ),
+        Interface::Uplink,
+    );
+    for i in 0..2000u32 {
+        let dst = Ipv4Addr::from(0x0b00_0000 + i);
+        fw.handle(
+            t(0),
+            Interface::Client(A),
+            &from_a(&udp(A_IP, 2000, dst, 9, b"x")),
+        );
+    }
+    assert_eq!(fw.conntrack().client_len(A), 16);
+    assert_eq!(fw.conntrack().client_len(B), 1);
+    single(
+        fw.handle(
+            t(1),
+            Interface::Uplink,
+            &from_uplink(&udp(WEB, 7001, UPLINK_IP, 7000, b"r")),
+        ),
+        Interface::Client(B),
+    );
 }
