@@ -1,4 +1,4 @@
-//! First-fragment tracking for IPv4: the first fragment of a datagram
+//! First-fragment tracking for IPv4 and IPv6: the first fragment of a datagram
 //! carries the ports, so it is matched to a flow and translated like any
 //! packet; the later fragments only carry the IP header, and are
 //! translated by looking up which flow their first fragment belonged to.
@@ -27,8 +27,8 @@ pub struct DatagramKey {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// IPv4 identification.
-    pub ident: u16,
+    /// IPv4 identification or IPv6 fragment identification.
+    pub ident: u32,
     /// IP protocol.
     pub protocol: u8,
 }

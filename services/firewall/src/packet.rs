@@ -83,17 +83,19 @@ pub enum Transport {
         /// The ICMP type.
         icmp_type: u8,
     },
-    /// Another protocol (or an IPv6 extension header we do not walk).
+    /// Another protocol (or an IPv6 extension header other than a leading
+    /// fragment header).
     Other,
-    /// A non-first IPv4 fragment: no transport header.
+    /// A non-first fragment: no transport header.
     LaterFragment,
 }
 
-/// IPv4 fragmentation facts (IPv6 fragments arrive as [`Transport::Other`]).
+/// Fragmentation facts: IPv4 fragments, and IPv6 fragments whose fragment
+/// header directly follows the IPv6 header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fragment {
-    /// The IPv4 identification field.
-    pub ident: u16,
+    /// The IPv4 identification field or the IPv6 fragment identification.
+    pub ident: u32,
     /// True for the fragment at offset 0.
     pub first: bool,
 }
@@ -244,7 +246,7 @@ fn parse_v4(buf: &[u8], quoted: bool) -> Result<IpHeader, Malformed> {
     let protocol = u8::from(packet.next_header());
     let frag_offset = packet.frag_offset();
     let fragment = (packet.more_frags() || frag_offset != 0).then(|| Fragment {
-        ident: packet.ident(),
+        ident: u32::from(packet.ident()),
         first: frag_offset == 0,
     });
     let transport = match fragment {
@@ -265,8 +267,12 @@ fn parse_v4(buf: &[u8], quoted: bool) -> Result<IpHeader, Malformed> {
     })
 }
 
+/// IPv6 next-header value of the fragment header.
+const IPV6_FRAGMENT: u8 = 44;
+
 fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpHeader, Malformed> {
     const HEADER_LEN: usize = 40;
+    const FRAGMENT_HEADER_LEN: usize = 8;
     if buf.len() < HEADER_LEN {
         return Err(Malformed);
     }
@@ -277,17 +283,41 @@ fn parse_v6(buf: &[u8], quoted: bool) -> Result<IpHeader, Malformed> {
         let checked = Ipv6Packet::new_checked(buf).map_err(|_| Malformed)?;
         HEADER_LEN + usize::from(checked.payload_len())
     };
-    let l4 = buf.get(HEADER_LEN..len).ok_or(Malformed)?;
-    let protocol = u8::from(packet.next_header());
+    let first_header = u8::from(packet.next_header());
+    // A fragment header right after the IPv6 header is walked (Linux
+    // reassembles these before conntrack); other extension headers are
+    // left to the caller as `Transport::Other`.
+    let (protocol, l4_offset, fragment) = if first_header == IPV6_FRAGMENT {
+        let next = byte(buf, HEADER_LEN).ok_or(Malformed)?;
+        let offset_flags = be16(buf, HEADER_LEN + 2).ok_or(Malformed)?;
+        let ident = buf
+            .get(HEADER_LEN + 4..HEADER_LEN + 8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .ok_or(Malformed)?;
+        let fragment = Fragment {
+            ident,
+            first: offset_flags >> 3 == 0,
+        };
+        (next, HEADER_LEN + FRAGMENT_HEADER_LEN, Some(fragment))
+    } else {
+        (first_header, HEADER_LEN, None)
+    };
+    let l4 = buf.get(l4_offset..len).ok_or(Malformed)?;
+    let transport = match fragment {
+        Some(Fragment { first: false, .. }) => Transport::LaterFragment,
+        Some(_) => parse_transport(true, protocol, l4, false)?,
+        None => parse_transport(true, protocol, l4, !quoted)?,
+    };
     Ok(IpHeader {
         src: IpAddr::V6(packet.src_addr()),
         dst: IpAddr::V6(packet.dst_addr()),
         protocol,
         hop_limit: packet.hop_limit(),
-        l4_offset: HEADER_LEN,
+        l4_offset,
         len,
-        fragment: None,
-        transport: parse_transport(true, protocol, l4, !quoted)?,
+        fragment,
+        transport,
     })
 }
 

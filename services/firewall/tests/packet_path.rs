@@ -1410,3 +1410,43 @@ fn a_flooding_client_cannot_evict_another_clients_flows() {
         Interface::Client(B),
     );
 }
+
+#[test]
+fn ipv6_fragments_follow_their_first_fragment() {
+    let mut fw = firewall(true);
+    let src = IpAddr::V6(A_IP6);
+    let dst = IpAddr::V6(WEB6);
+    let full = udp_datagram(src, 7000, dst, 7001, &[0xcd; 64]);
+    let (first_part, rest) = full.split_at(40);
+    // IPv6 header, then a fragment header (next header UDP).
+    let fragment = |offset: u16, more: bool, part: &[u8]| {
+        let mut l4 = vec![17u8, 0];
+        l4.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+        l4.extend_from_slice(&0xdead_beefu32.to_be_bytes());
+        l4.extend_from_slice(part);
+        ip6(A_IP6, WEB6, IpProtocol::Unknown(44), &l4)
+    };
+    let first = fragment(0, true, first_part);
+    let later = fragment(5, false, rest);
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &from_a(&later))
+        .is_empty());
+    assert_eq!(fw.counters().dropped_fragment, 1);
+    let out_first = single(
+        fw.handle(t(0), Interface::Client(A), &from_a(&first)),
+        Interface::Uplink,
+    );
+    let out_later = single(
+        fw.handle(t(0), Interface::Client(A), &from_a(&later)),
+        Interface::Uplink,
+    );
+    let mut datagram = Vec::new();
+    for p in [&out_first, &out_later] {
+        let packet = Ipv6Packet::new_checked(&p[..]).unwrap();
+        assert_eq!(packet.src_addr(), UPLINK_IP6);
+        assert_eq!(packet.hop_limit(), 63);
+        datagram.extend_from_slice(&packet.payload()[8..]);
+    }
+    let udp = smoltcp::wire::UdpPacket::new_checked(&datagram[..]).unwrap();
+    assert!(udp.verify_checksum(&ip_addr(IpAddr::V6(UPLINK_IP6)), &ip_addr(dst)));
+}
