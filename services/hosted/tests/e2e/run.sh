@@ -1,8 +1,9 @@
 #!/bin/bash
 # End-to-end test of the hosted firewall against real Linux network stacks.
 #
-# Three network namespaces: client A, client B and the uplink (with an HTTP
-# server, a DNS server and a UDP sink). The firewall process owns one TAP
+# Three network namespaces: client A (IPv4 and IPv6), client B (IPv4) and
+# the uplink (IPv4 and IPv6, with HTTP
+# servers, a DNS server and a UDP sink). The firewall process owns one TAP
 # device per link; each device's kernel side is moved into its namespace.
 #
 # Usage: run.sh PATH/TO/hosted-firewall        (needs root and /dev/net/tun)
@@ -40,9 +41,14 @@ write_rules() {   # $1: the extra rules for client A, one per line
 /qubes-gateway 10.137.0.1
 /qubes-netvm-gateway 10.138.0.1
 /qubes-primary-dns 192.0.2.53
+/qubes-ip6 2001:db8::6
+/qubes-gateway6 2001:db8::1
+/qubes-netvm-gateway6 fd09:24ef:4179::a89:1
 /hosted/uplink $TAP_UP
 /hosted/uplink-mac 02:6d:6f:61:74:01
-/hosted/client/$TAP_A 10.138.0.10
+/hosted/client/$TAP_A 10.138.0.10 fd09:24ef:4179::a8a:a
+/qubes-firewall/fd09:24ef:4179::a8a:a/policy drop
+/qubes-firewall/fd09:24ef:4179::a8a:a/0000 action=accept dst6=2001:db8:80::/64 proto=tcp dstports=80-80
 /hosted/client/$TAP_B 10.138.0.11
 /qubes-firewall/10.138.0.10/policy drop
 $1
@@ -80,17 +86,27 @@ for spec in "$NS_A $TAP_A 10.138.0.10" "$NS_B $TAP_B 10.138.0.11"; do
     ip -n "$1" route add 10.138.0.1 dev "$2"
     ip -n "$1" route add default via 10.138.0.1
 done
+ip -n "$NS_A" addr add fd09:24ef:4179::a8a:a/128 dev "$TAP_A" nodad
+ip -n "$NS_A" route add fd09:24ef:4179::a89:1 dev "$TAP_A"
+ip -n "$NS_A" route add default via fd09:24ef:4179::a89:1
 # The uplink: the gateway address, and "internet" services on 192.0.2.0/24.
 ip -n "$NS_UP" link set "$TAP_UP" up
 ip -n "$NS_UP" addr add 10.137.0.1/24 dev "$TAP_UP"
 ip -n "$NS_UP" addr add 192.0.2.80/32 dev lo
 ip -n "$NS_UP" addr add 192.0.2.53/32 dev lo
+ip -n "$NS_UP" addr add 2001:db8::1/64 dev "$TAP_UP" nodad
+ip -n "$NS_UP" addr add 2001:db8:80::80/128 dev lo
 mkdir -p "$WORK/www" && echo "hello from the uplink" > "$WORK/www/index.html"
 for port in 80 8081 8082 8083; do
     (cd "$WORK/www" && exec ip netns exec "$NS_UP" "$PY" -m http.server --bind 192.0.2.80 "$port") > /dev/null 2>&1 &
     PIDS+=($!)
 done
 ip netns exec "$NS_B" "$PY" -m http.server --bind 10.138.0.11 80 > /dev/null 2>&1 &
+PIDS+=($!)
+for port in 80 8081; do
+    (cd "$WORK/www" && exec ip netns exec "$NS_UP" "$PY" -m http.server --bind 2001:db8:80::80 "$port") > /dev/null 2>&1 &
+    PIDS+=($!)
+done
 PIDS+=($!)
 ip netns exec "$NS_UP" "$PY" "$HERE/dns_server.py" 192.0.2.53 allowed.test=192.0.2.80 elsewhere.test=192.0.2.99 &
 PIDS+=($!)
@@ -126,6 +142,14 @@ out=$(in_a "$PY" "$HERE/connect.py" 192.0.2.80 8083)
 if [ "$out" = "EHOSTUNREACH" ]; then
     pass "dsthost=elsewhere.test rule does not allow another address"
 else fail "dsthost elsewhere: $out"; fi
+
+if out=$(in_a curl -sS -g --max-time 5 "http://[2001:db8:80::80]/" 2>&1) && [ "$out" = "hello from the uplink" ]; then
+    pass "allowed IPv6 HTTP flows (dst6 rule)"
+else fail "allowed IPv6 HTTP: $out"; fi
+out=$(in_a "$PY" "$HERE/connect.py" 2001:db8:80::80 8081)
+if [ "$out" = "EACCES" ]; then
+    pass "denied IPv6 TCP refused with ICMPv6 admin-prohibited ($out)"
+else fail "denied IPv6 TCP: $out"; fi
 
 if out=$(in_a "$PY" "$HERE/dns_query.py" 10.139.1.1 allowed.test) && [ "$out" = "192.0.2.80" ]; then
     pass "DNS via 10.139.1.1 answered by the uplink's resolver"
