@@ -201,7 +201,17 @@ pub fn parse_rule(family: Family, entry: &[u8]) -> Result<Rule, RuleError> {
             }
             Some(parse_dst6(value)?)
         }
-        (_, _, Some(value)) => Some(parse_dsthost(value)?),
+        // An address literal resolves to itself (as getaddrinfo does).
+        (_, _, Some(value)) => match (value.parse::<core::net::IpAddr>(), family) {
+            (Ok(core::net::IpAddr::V4(addr)), Family::V4) => {
+                Some(Destination::V4 { addr, prefix: 32 })
+            }
+            (Ok(core::net::IpAddr::V6(addr)), Family::V6) => {
+                Some(Destination::V6 { addr, prefix: 128 })
+            }
+            (Ok(_), _) => return Err(RuleError::WrongFamily { key: "dsthost" }),
+            (Err(_), _) => Some(parse_dsthost(value)?),
+        },
         (None, None, None) => None,
     };
 

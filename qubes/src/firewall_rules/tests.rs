@@ -90,6 +90,36 @@ fn all_options_in_any_order() {
 }
 
 #[test]
+fn dsthost_address_literals_are_addresses_of_the_right_family() {
+    assert_eq!(
+        rule4("action=accept dsthost=192.0.2.7")
+            .unwrap()
+            .destination,
+        Some(Destination::V4 {
+            addr: Ipv4Addr::new(192, 0, 2, 7),
+            prefix: 32
+        })
+    );
+    assert_eq!(
+        rule6("action=accept dsthost=2001:db8::7")
+            .unwrap()
+            .destination,
+        Some(Destination::V6 {
+            addr: "2001:db8::7".parse().unwrap(),
+            prefix: 128
+        })
+    );
+    assert_eq!(
+        rule6("action=accept dsthost=192.0.2.7"),
+        Err(RuleError::WrongFamily { key: "dsthost" })
+    );
+    assert_eq!(
+        rule4("action=accept dsthost=2001:db8::7"),
+        Err(RuleError::WrongFamily { key: "dsthost" })
+    );
+}
+
+#[test]
 fn bare_addresses_are_host_routes_and_host_bits_are_cleared() {
     assert_eq!(
         rule6("action=accept dst6=2001:db8::1").unwrap().destination,
