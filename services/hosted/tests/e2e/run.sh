@@ -2,9 +2,9 @@
 # End-to-end test of the hosted firewall against real Linux network stacks.
 #
 # Three network namespaces: client A (IPv4 and IPv6), client B (IPv4) and
-# the uplink (IPv4 and IPv6, with HTTP
-# servers, a DNS server and a UDP sink). The firewall process owns one TAP
-# device per link; each device's kernel side is moved into its namespace.
+# the uplink (IPv4 and IPv6, with HTTP servers, a DNS server and a UDP
+# sink). The firewall process owns one TAP device per link; each device's
+# kernel side is moved into its namespace.
 #
 # Usage: run.sh PATH/TO/hosted-firewall        (needs root and /dev/net/tun)
 set -u
