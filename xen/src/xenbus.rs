@@ -1,1 +1,245 @@
-//! (in progress)
+//! The xenbus device handshake (`io/xenbus.h`): each end of a split device
+//! publishes its [`XenbusState`] in xenstore, and the frontend moves on
+//! when the backend reaches the state it waits for.
+//!
+//! [`XenbusDevice`] is the frontend's helper: it finds the backend from the
+//! device directory (`backend`, `backend-id`), writes our `state`, and waits
+//! for the backend's `state` through a watch. Every value read is
+//! untrusted and parsed strictly.
+
+use crate::xenstore::{XenStore, XsError, XsTransport};
+use alloc::format;
+use alloc::string::String;
+
+/// The state of one end of a split device (`enum xenbus_state`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum XenbusState {
+    /// `XenbusStateUnknown`: no state published (yet).
+    Unknown = 0,
+    /// `XenbusStateInitialising`: starting up.
+    Initialising = 1,
+    /// `XenbusStateInitWait`: early init done, waiting for the peer or
+    /// hotplug scripts.
+    InitWait = 2,
+    /// `XenbusStateInitialised`: waiting for the peer to connect.
+    Initialised = 3,
+    /// `XenbusStateConnected`: running.
+    Connected = 4,
+    /// `XenbusStateClosing`: shutting down (error or unplug).
+    Closing = 5,
+    /// `XenbusStateClosed`: shut down.
+    Closed = 6,
+    /// `XenbusStateReconfiguring`: being reconfigured.
+    Reconfiguring = 7,
+    /// `XenbusStateReconfigured`: reconfiguration done.
+    Reconfigured = 8,
+}
+
+impl XenbusState {
+    /// Every state, in numeric order.
+    pub const ALL: [XenbusState; 9] = [
+        Self::Unknown,
+        Self::Initialising,
+        Self::InitWait,
+        Self::Initialised,
+        Self::Connected,
+        Self::Closing,
+        Self::Closed,
+        Self::Reconfiguring,
+        Self::Reconfigured,
+    ];
+
+    /// The state numbered `n`, if there is one.
+    pub fn from_u32(n: u32) -> Option<Self> {
+        Self::ALL.get(usize::try_from(n).ok()?).copied()
+    }
+
+    /// Parse a xenstore `state` value: a decimal number, nothing else.
+    pub fn parse(value: &[u8]) -> Result<Self, XenbusError> {
+        let bad = || XenbusError::BadState(BadValue::new(value));
+        if value.is_empty() || value.len() > 10 || !value.iter().all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
+        let n = core::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .ok_or_else(bad)?;
+        Self::from_u32(n).ok_or_else(bad)
+    }
+
+    /// The value written to xenstore for this state.
+    pub fn to_value(self) -> String {
+        format!("{}", self as u32)
+    }
+}
+
+/// Longest prefix of a bad value kept in an error.
+pub const BAD_VALUE_MAX: usize = 16;
+
+/// The start of a malformed xenstore value, for the error message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BadValue {
+    bytes: [u8; BAD_VALUE_MAX],
+    len: u8,
+}
+
+impl BadValue {
+    fn new(value: &[u8]) -> Self {
+        let len = value.len().min(BAD_VALUE_MAX);
+        let mut bytes = [0; BAD_VALUE_MAX];
+        bytes[..len].copy_from_slice(&value[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The kept bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl core::fmt::Debug for BadValue {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "\"{}\"", self.as_bytes().escape_ascii())
+    }
+}
+
+/// Why a xenbus step failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XenbusError {
+    /// The xenstore operation failed.
+    Xs(XsError),
+    /// A `state` node held something that is not a state.
+    BadState(BadValue),
+    /// `backend-id` is not a domain id.
+    BadBackendId(BadValue),
+    /// `backend` is not an absolute UTF-8 path.
+    BadBackendPath(BadValue),
+    /// While waiting, the backend went to `Closing`/`Closed` instead.
+    BackendClosed(XenbusState),
+}
+
+impl From<XsError> for XenbusError {
+    fn from(err: XsError) -> Self {
+        XenbusError::Xs(err)
+    }
+}
+
+/// Read `<node>/state`; a missing node reads as `Unknown` (not created yet).
+pub async fn read_state<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    node: &str,
+) -> Result<XenbusState, XenbusError> {
+    match xs.read(&format!("{node}/state")).await {
+        Ok(value) => XenbusState::parse(&value),
+        Err(XsError::Enoent) => Ok(XenbusState::Unknown),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A frontend device and its backend, as found in xenstore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XenbusDevice {
+    /// Our device directory, e.g. `device/vif/0`.
+    pub path: String,
+    /// The backend's directory, e.g. `/local/domain/0/backend/vif/7/0`.
+    pub backend: String,
+    /// The backend's domain.
+    pub backend_id: u16,
+}
+
+impl XenbusDevice {
+    /// Find the backend of the device at `path` (its `backend` and
+    /// `backend-id` keys).
+    pub async fn open<T: XsTransport>(
+        xs: &mut XenStore<T>,
+        path: &str,
+    ) -> Result<Self, XenbusError> {
+        let backend = xs.read(&format!("{path}/backend")).await?;
+        let backend = match core::str::from_utf8(&backend) {
+            Ok(p) if p.starts_with('/') && !p.ends_with('/') => String::from(p),
+            _ => return Err(XenbusError::BadBackendPath(BadValue::new(&backend))),
+        };
+        let id = xs.read(&format!("{path}/backend-id")).await?;
+        let bad_id = || XenbusError::BadBackendId(BadValue::new(&id));
+        if id.is_empty() || !id.iter().all(u8::is_ascii_digit) {
+            return Err(bad_id());
+        }
+        let backend_id = core::str::from_utf8(&id)
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(bad_id)?;
+        Ok(Self {
+            path: String::from(path),
+            backend,
+            backend_id,
+        })
+    }
+
+    /// Publish our state.
+    pub async fn set_state<T: XsTransport>(
+        &self,
+        xs: &mut XenStore<T>,
+        state: XenbusState,
+    ) -> Result<(), XenbusError> {
+        xs.write(&format!("{}/state", self.path), state.to_value().as_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// Our published state.
+    pub async fn state<T: XsTransport>(
+        &self,
+        xs: &mut XenStore<T>,
+    ) -> Result<XenbusState, XenbusError> {
+        read_state(xs, &self.path).await
+    }
+
+    /// The backend's published state.
+    pub async fn backend_state<T: XsTransport>(
+        &self,
+        xs: &mut XenStore<T>,
+    ) -> Result<XenbusState, XenbusError> {
+        read_state(xs, &self.backend).await
+    }
+
+    /// Wait until the backend's state is `target`. Fails if the backend
+    /// goes to `Closing` or `Closed` when that is not the target. The watch
+    /// used for waiting is removed before returning.
+    pub async fn wait_for_backend<T: XsTransport>(
+        &self,
+        xs: &mut XenStore<T>,
+        target: XenbusState,
+    ) -> Result<XenbusState, XenbusError> {
+        let node = format!("{}/state", self.backend);
+        let token = format!("xenbus:{}", self.path);
+        xs.watch(&node, &token).await?;
+        let result = self.wait_watched(xs, target, &token).await;
+        let unwatched = xs.unwatch(&node, &token).await;
+        xs.discard_watch_events(&token);
+        let state = result?;
+        unwatched?;
+        Ok(state)
+    }
+
+    async fn wait_watched<T: XsTransport>(
+        &self,
+        xs: &mut XenStore<T>,
+        target: XenbusState,
+        token: &str,
+    ) -> Result<XenbusState, XenbusError> {
+        loop {
+            let state = self.backend_state(xs).await?;
+            if state == target {
+                return Ok(state);
+            }
+            if matches!(state, XenbusState::Closing | XenbusState::Closed) {
+                return Err(XenbusError::BackendClosed(state));
+            }
+            xs.next_watch_event_for(token).await?;
+        }
+    }
+}

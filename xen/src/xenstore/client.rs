@@ -376,6 +376,11 @@ impl<T: XsTransport> XenStore<T> {
         Ok(())
     }
 
+    /// Forget queued events carrying `token` (e.g. after unwatching it).
+    pub fn discard_watch_events(&mut self, token: &str) {
+        self.watch_events.retain(|e| e.token != token);
+    }
+
     /// The next watch event, queued or awaited.
     pub async fn next_watch_event(&mut self) -> Result<WatchEvent, XsError> {
         self.next_watch_event_matching(|_| true).await

@@ -45,6 +45,8 @@ pub struct Xenstored {
     /// Every request seen: (type, req_id, tx_id).
     pub requests: Vec<(u32, u32, u32)>,
     pub commits: u32,
+    /// Changes another domain will make, one per [`tick`](Self::tick).
+    pub scheduled: VecDeque<(String, Vec<u8>)>,
     /// The first event of a new watch, sent after the reply.
     deferred_event: Option<Vec<u8>>,
 }
@@ -87,6 +89,7 @@ impl Xenstored {
             requests: Vec::new(),
             commits: 0,
             deferred_event: None,
+            scheduled: VecDeque::new(),
         };
         let home = d.home();
         d.set(&format!("{home}/domid"), domid.to_string().as_bytes());
@@ -113,6 +116,13 @@ impl Xenstored {
         self.tree.insert(abs.clone(), value.to_vec());
         self.generation += 1;
         self.fire(&abs);
+    }
+
+    /// Time passes while the client waits: apply one scheduled change.
+    pub fn tick(&mut self) {
+        if let Some((path, value)) = self.scheduled.pop_front() {
+            self.set(&path, &value);
+        }
     }
 
     /// A node's value, as the toolstack would see it.
@@ -416,6 +426,7 @@ impl XsTransport for SimTransport {
             cx.waker().wake_by_ref();
             Poll::Pending
         } else {
+            self.daemon.borrow_mut().tick();
             Poll::Ready(())
         }
     }
