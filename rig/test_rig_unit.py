@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Host-only unit tests of the rig's pure parts (no QEMU): the per-run
-initramfs writer, guest argument parsing, and test_selftest's assertions on
-synthetic serial output.
+"""Host-only unit tests of the rig (no QEMU): the per-run initramfs writer,
+guest argument parsing, test_selftest's assertions on synthetic serial
+output, and rig/dom0/xlcase.sh run against a fake xl.
 
 usage: python3 rig/test_rig_unit.py [-v]
 """
 
 import gzip
+import os
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,144 @@ class SelftestAssertionsTest(unittest.TestCase):
         t = test_selftest.Tally("pv")
         test_selftest.assert_reboot(t, reboot, "r")
         self.assertEqual(len(t.failures), 1)
+
+
+# A stand-in for xl and xenstore-read/-write, so rig/dom0/xlcase.sh runs on
+# the host. State lives in files under $FAKE_XEN; the guest's behaviour is
+# $FAKE_XEN/guest.sh, run by `xl create -c` as if its console were attached.
+FAKE_XL = r"""#!/bin/sh
+F=$FAKE_XEN
+cmd=$1; shift
+case "$cmd" in
+  create)
+    [ "$1" = -c ] && shift
+    cfg=$1; shift
+    name=$(echo "$1" | sed 's/^name="\(.*\)"$/\1/'); shift
+    echo "$*" >"$F/overrides"
+    echo "Parsing config from $cfg"
+    echo "$name" >"$F/name"; echo r----- >"$F/state"; echo 0.1 >"$F/cpu"; echo - >"$F/reason"
+    exec sh "$F/guest.sh" "$name" ;;
+  list)
+    [ "$1" = -v ] && shift
+    { [ -f "$F/state" ] && [ "$1" = "$(cat "$F/name")" ]; } || exit 1
+    echo "Name ID Mem VCPUs State Time(s) UUID Reason-Code Security-Label"
+    echo "$1 1 32 1 $(cat "$F/state") $(cat "$F/cpu") 0000-01 $(cat "$F/reason") -" ;;
+  destroy)
+    rm -f "$F/state"; echo destroy >>"$F/events" ;;
+  *) exit 2 ;;
+esac
+"""
+FAKE_XS_READ = '#!/bin/sh\ncat "$FAKE_XEN/xs/$(basename "$1")" 2>/dev/null\n'
+FAKE_XS_WRITE = '#!/bin/sh\necho "$2" >"$FAKE_XEN/xs/$(basename "$1")"\n'
+
+# The fake guest: prints the checks, does the watch handshake through the
+# fake xenstore, idles (busy or not), then shuts down with $REASON; with
+# MONITOR=1 a fake xl monitor reaps it and logs the reason as xl does.
+FAKE_GUEST = r"""F=$FAKE_XEN
+con="$F/log/console/guest-$1.log"
+say() { echo "$1"; echo "$1" >>"$con"; }
+say "moat: hello"
+for c in $CHECKS; do say "selftest: $c: ok"; done
+echo 1 >"$F/xs/watch-ready"
+i=0
+while [ ! -f "$F/xs/watch" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+say "selftest: xenstore-watch saw $(cat "$F/xs/watch" 2>/dev/null)"
+say "selftest: summary: $N passed, 0 failed"
+say "selftest: idle: begin 2"
+i=0
+while [ $i -lt 10 ]; do
+  sleep 0.2
+  [ "$BUSY" = 1 ] && awk '{ print $1 + 0.2 }' "$F/cpu" >"$F/cpu.new" && mv "$F/cpu.new" "$F/cpu"
+  i=$((i + 1))
+done
+say "selftest: idle: end"
+[ "$REASON" = 3 ] && say "panicked at src/main.rs:1:1:"
+echo "$REASON" >"$F/reason"
+if [ "$REASON" = 3 ]; then echo --c--- >"$F/state"; else echo ---s-- >"$F/state"; fi
+if [ "$MONITOR" = 1 ] && [ "$REASON" != 3 ]; then
+  sleep 0.3
+  rm -f "$F/state"
+  echo "Domain 1 has shut down, reason code $REASON 0x$REASON" >>"$F/log/xl-$1.log"
+fi
+"""
+
+
+class XlcaseOnHostTest(unittest.TestCase):
+    """rig/dom0/xlcase.sh against a fake xl: the handshake, the idle
+    measurement and the ways a domain can end, in seconds instead of a
+    two-minute boot."""
+
+    def run_case(self, name, reason=0, busy=False, monitor=True):
+        with tempfile.TemporaryDirectory() as tmp:
+            fake = Path(tmp)
+            (fake / "bin").mkdir()
+            (fake / "xs").mkdir()
+            (fake / "log/console").mkdir(parents=True)
+            for tool, text in (("xl", FAKE_XL), ("xenstore-read", FAKE_XS_READ),
+                               ("xenstore-write", FAKE_XS_WRITE)):
+                (fake / "bin" / tool).write_text(text)
+                (fake / "bin" / tool).chmod(0o755)
+            (fake / "guest.sh").write_text(FAKE_GUEST)
+            env = dict(os.environ)
+            env.update(
+                PATH=f"{fake / 'bin'}:{env['PATH']}", FAKE_XEN=str(fake), TMPDIR=str(fake),
+                XLCASE_LOG_DIR=str(fake / "log"), XLCASE_TTY="/dev/null", XLCASE_REAP_SECONDS="1",
+                CHECKS=" ".join(test_selftest.EXPECTED_CHECKS), N=str(len(test_selftest.EXPECTED_CHECKS)),
+                REASON=str(reason), BUSY="1" if busy else "0", MONITOR="1" if monitor else "0",
+            )
+            out = subprocess.run(
+                ["sh", str(Path(xenrig.RIG_DIR, "dom0/xlcase.sh")), name, "/guest/x.cfg", "60",
+                 "extra=\"selftest.end=x\""],
+                env=env, capture_output=True, text=True, timeout=90,
+            )
+            events = (fake / "events").read_text() if (fake / "events").exists() else ""
+            overrides = (fake / "overrides").read_text()
+        lines = [(float(i), l) for i, l in enumerate(out.stdout.splitlines())]
+        return lines, events, overrides
+
+    def test_normal_run_passes_the_selftest_assertions(self):
+        lines, events, overrides = self.run_case("selftest-pv")
+        texts = [l for _, l in lines]
+        self.assertIn("selftest: xenstore-watch saw fired-by-dom0", texts)
+        self.assertIn('extra="selftest.end=x"', overrides)
+        self.assertEqual(events, "")
+        t = test_selftest.Tally("pv")
+        test_selftest.assert_normal(t, lines, "selftest-pv")
+        self.assertEqual(t.failures, [])
+
+    def test_busy_idle_is_measured_and_fails(self):
+        lines, _, _ = self.run_case("selftest-pv", busy=True)
+        idle = [l for _, l in lines if l.startswith("RIG idle-cpu selftest-pv ")]
+        self.assertEqual(len(idle), 1)
+        self.assertGreater(float(idle[0].split()[3]), 0.5)
+        t = test_selftest.Tally("pv")
+        test_selftest.assert_normal(t, lines, "selftest-pv")
+        self.assertTrue(any("idle CPU" in f for f in t.failures), t.failures)
+
+    def test_dead_monitor_is_reaped_by_the_rig(self):
+        lines, events, _ = self.run_case("selftest-pv", monitor=False)
+        texts = [l for _, l in lines]
+        self.assertIn("RIG end selftest-pv shutdown-unreaped", texts)
+        self.assertIn("RIG shutdown selftest-pv reason 0", texts)
+        self.assertIn("destroy", events)
+        t = test_selftest.Tally("pv")
+        test_selftest.assert_normal(t, lines, "selftest-pv")
+        self.assertEqual(t.failures, [])
+
+    def test_crash_is_seen_and_destroyed(self):
+        lines, events, _ = self.run_case("selftest-pv-panic", reason=3)
+        texts = [l for _, l in lines]
+        self.assertIn("RIG end selftest-pv-panic crashed", texts)
+        self.assertIn("destroy", events)
+        t = test_selftest.Tally("pv")
+        test_selftest.assert_panic(t, lines, "selftest-pv-panic")
+        self.assertEqual(t.failures, [])
+
+    def test_reboot_reason_reaches_the_assertion(self):
+        lines, _, _ = self.run_case("selftest-pv-reboot", reason=1)
+        t = test_selftest.Tally("pv")
+        test_selftest.assert_reboot(t, lines, "selftest-pv-reboot")
+        self.assertEqual(t.failures, [])
 
 
 if __name__ == "__main__":

@@ -32,11 +32,16 @@ cfg=$2
 limit=$3
 shift 3
 
-conlog=/var/log/xen/console/guest-$name.log
-xllog=/var/log/xen/xl-$name.log
+# Overridable so rig/test_rig_unit.py can run this script on the host
+# against a fake xl.
+log_dir=${XLCASE_LOG_DIR:-/var/log/xen}
+tty=${XLCASE_TTY:-/dev/console}
+reap_seconds=${XLCASE_REAP_SECONDS:-10}
+conlog=$log_dir/console/guest-$name.log
+xllog=$log_dir/xl-$name.log
 # Reports made while the guest's console is attached wait in this file: an
 # echo to the shared console could land in the middle of a guest line.
-notes=/tmp/xlcase-$name.notes
+notes=${TMPDIR:-/tmp}/xlcase-$name.notes
 rm -f "$conlog" "$xllog" "$notes"
 note() { echo "RIG $*" >>"$notes"; }
 
@@ -46,7 +51,7 @@ greater() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
 
 echo "RIG create $name"
 # xenconsole needs a terminal on stdin; a background job would get /dev/null.
-xl create -c "$cfg" "name=\"$name\"" "$@" </dev/console &
+xl create -c "$cfg" "name=\"$name\"" "$@" <"$tty" &
 console_pid=$!
 
 # The guest's CPU seconds so far (xl list's Time(s) column).
@@ -106,11 +111,12 @@ while :; do
         # Shut down. xl's monitoring process normally destroys the domain
         # at once (on_poweroff/on_reboot="destroy"); if that process died
         # (seen once: glibc "corrupted double-linked list" in xl's
-        # daemonizing child), nobody will, so the rig does it.
+        # daemonizing child), nobody will, so the rig does it after
+        # $reap_seconds.
         if [ -z "$shut_at" ]; then
           shut_at=$now
           note "shutdown $name reason $reason"
-        elif greater "$(awk -v a="$now" -v b="$shut_at" 'BEGIN { print a - b }')" 10; then
+        elif greater "$(awk -v a="$now" -v b="$shut_at" 'BEGIN { print a - b }')" "$reap_seconds"; then
           note "monitor-missing $name: xl's monitor did not destroy the shut-down domain"
           end=shutdown-unreaped
           break
