@@ -80,18 +80,23 @@ pub struct Config {
 impl Config {
     /// A configuration with Qubes' usual defaults around the given
     /// addresses: DNS redirection of the virtual servers to `upstream_dns4`
-    /// (primary, secondary), 16384 flows, 4096 per client.
+    /// (primary, secondary; both to the primary when there is only one),
+    /// 16384 flows, 4096 per client.
     pub fn new(
         uplink: UplinkConfig,
         client_side: ClientSideConfig,
         upstream_dns4: &[Ipv4Addr],
     ) -> Config {
+        // With a single upstream resolver, both virtual servers use it.
         let dns = QUBES_DNS4
             .iter()
-            .zip(upstream_dns4)
-            .map(|(virtual_server, upstream)| DnsRedirect {
-                virtual_server: IpAddr::V4(*virtual_server),
-                upstream: IpAddr::V4(*upstream),
+            .enumerate()
+            .filter_map(|(index, virtual_server)| {
+                let upstream = upstream_dns4.get(index).or(upstream_dns4.first())?;
+                Some(DnsRedirect {
+                    virtual_server: IpAddr::V4(*virtual_server),
+                    upstream: IpAddr::V4(*upstream),
+                })
             })
             .collect();
         Config {
@@ -116,4 +121,48 @@ pub struct ClientConfig {
     pub ip6: Option<Ipv6Addr>,
     /// The client's MAC if known; otherwise learned from its frames.
     pub mac: Option<EthernetAddress>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(upstream: &[Ipv4Addr]) -> Config {
+        Config::new(
+            UplinkConfig {
+                mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+                ip4: Ipv4Addr::new(10, 137, 0, 6),
+                gateway4: Ipv4Addr::new(10, 137, 0, 1),
+                ip6: None,
+                gateway6: None,
+                gateway_mac: None,
+            },
+            ClientSideConfig {
+                mac: EthernetAddress([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]),
+                gateway4: Ipv4Addr::new(10, 138, 0, 1),
+                gateway6: None,
+            },
+            upstream,
+        )
+    }
+
+    #[test]
+    fn virtual_dns_servers_map_to_primary_and_secondary() {
+        let primary = Ipv4Addr::new(192, 0, 2, 53);
+        let secondary = Ipv4Addr::new(192, 0, 2, 54);
+        let upstreams = |c: Config| c.dns.iter().map(|d| d.upstream).collect::<Vec<_>>();
+        assert_eq!(
+            upstreams(config(&[primary, secondary])),
+            [IpAddr::V4(primary), IpAddr::V4(secondary)]
+        );
+        assert_eq!(
+            upstreams(config(&[primary])),
+            [IpAddr::V4(primary), IpAddr::V4(primary)]
+        );
+        assert!(config(&[]).dns.is_empty());
+        assert_eq!(
+            config(&[primary]).dns[1].virtual_server,
+            IpAddr::V4(QUBES_DNS4[1])
+        );
+    }
 }
