@@ -19,13 +19,14 @@ AMD64 := x86_64-unknown-none
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
 
-.PHONY: help deps images run test test-host test-xen lint fmt bench clean
+.PHONY: help deps images run test test-host test-xen fuzz lint fmt bench bench-firewall clean
 
 help:
 	@echo "make run     boot Xen in QEMU, start the selftest image with xl create, show its console"
 	@echo "make test    everything: format, lint, host tests (incl. ABI check), images, real-Xen tests"
 	@echo "make images  build every service image to $(IMAGE_DIR)/<name>"
 	@echo "make bench   benchmarks (printed, never asserted)"
+	@echo "make fuzz    each fuzz target for 30 s"
 
 deps:
 	@scripts/install-deps.sh
@@ -55,10 +56,18 @@ test-host: deps
 test-xen: images
 	python3 rig/test_selftest.py --image $(IMAGE_DIR)/selftest --types pv,pvh --timeout 1500
 
-test: fmt lint test-host test-xen
+# Each fuzz target for a bounded time (longer runs: `bash fuzz/run.sh SECONDS`).
+fuzz: deps
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz bash fuzz/run.sh 30
 
-bench: images
+test: fmt lint test-host fuzz test-xen
+
+bench: images bench-firewall
 	python3 rig/bench_boot.py --image $(IMAGE_DIR)/selftest
+
+bench-firewall: deps
+	$(CARGO) build --release -p hosted
+	bash services/hosted/bench/run.sh $(CARGO_TARGET_DIR)/release/hosted-firewall
 
 clean:
 	$(CARGO) clean

@@ -10,14 +10,18 @@
 # - qemu-system-x86 10 from bookworm-backports: the test rig runs real Xen
 #   under TCG (bookworm's QEMU 7.2 lacks what the recipe was measured with).
 # - libxen-dev: Xen's public headers, for the ABI layout test.
-# - cpio, kmod, e2fsprogs, busybox-static, python3: building the dom0 initramfs.
+# - cpio, kmod, e2fsprogs, python3: building the dom0 initramfs.
+# - g++: libFuzzer (fuzz/) and the tun-tap crate build C/C++.
+# - iproute2, curl, iperf3, nftables: the hosted firewall's namespace tests
+#   and its benchmark against Linux forwarding.
 set -euo pipefail
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 pkgs_main=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 rust-web-clippy rustfmt-web libxen-dev
-           cpio kmod e2fsprogs gcc make python3 gzip xz-utils)
+           cpio kmod e2fsprogs gcc g++ make python3 gzip xz-utils binutils
+           iproute2 curl iperf3 nftables)
 pkgs_bpo=(qemu-system-x86)
 
 missing=()
