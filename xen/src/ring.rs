@@ -49,8 +49,30 @@ unsafe impl<T: PlainData, const N: usize> PlainData for [T; N] {}
 pub fn assert_plain_data<T: PlainData>(_: &T) {}
 
 /// Implement [`PlainData`] for a struct after checking, at compile time, that
-/// the listed fields are all of its fields and each is itself plain data:
-/// `xen::impl_plain_data!(NetifTxRequest { gref, offset, flags, id, size });`
+/// the listed fields are all of its fields and each is itself plain data.
+/// Usable from `#![forbid(unsafe_code)]` crates.
+///
+/// ```
+/// #[derive(Clone, Copy)]
+/// struct Request { id: u16, gref: u32 }
+/// xen::impl_plain_data!(Request { id, gref });
+/// // 8-byte slots: (4096 - 64) / 8 = 504 fit, rounded down to 256.
+/// assert_eq!(xen::ring::ring_size::<Request, Request>(4096), 256);
+/// ```
+///
+/// A field with invalid bit patterns is refused:
+/// ```compile_fail
+/// #[derive(Clone, Copy)]
+/// struct Request { id: u16, more: bool }
+/// xen::impl_plain_data!(Request { id, more });
+/// ```
+///
+/// So is a field list that misses a field:
+/// ```compile_fail
+/// #[derive(Clone, Copy)]
+/// struct Request { id: u16, more: u8 }
+/// xen::impl_plain_data!(Request { id });
+/// ```
 #[macro_export]
 macro_rules! impl_plain_data {
     ($t:ident { $($field:ident),* $(,)? }) => {

@@ -143,3 +143,43 @@ fn impossible_backend_indices_move_nothing_and_are_counted() {
     assert_eq!(console.read(&mut buf), XENCONS_IN_SIZE);
     assert_eq!(console.bad_index_count(), 2);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever index pair the backend leaves, the ring never panics or
+        /// moves more than fits; a legal pair moves exactly what fits.
+        #[test]
+        fn any_indices_are_safe(
+            out_cons in any::<u32>(),
+            out_prod in any::<u32>(),
+            in_cons in any::<u32>(),
+            in_prod in any::<u32>(),
+            len in 0usize..5000,
+        ) {
+            let (mut page, mut console) = Page::new(0, 0);
+            page.set_out_indices(out_cons, out_prod);
+            page.set_in_indices(in_cons, in_prod);
+            let data = vec![0x42u8; len];
+            let written = console.write(&data);
+            let used = out_prod.wrapping_sub(out_cons) as usize;
+            if used <= XENCONS_OUT_SIZE {
+                prop_assert_eq!(written, len.min(XENCONS_OUT_SIZE - used));
+            } else {
+                prop_assert_eq!(written, 0);
+            }
+            let mut buf = vec![0u8; len];
+            let read = console.read(&mut buf);
+            let avail = in_prod.wrapping_sub(in_cons) as usize;
+            if avail <= XENCONS_IN_SIZE {
+                prop_assert_eq!(read, len.min(avail));
+            } else {
+                prop_assert_eq!(read, 0);
+            }
+            let bad = u64::from(used > XENCONS_OUT_SIZE) + u64::from(avail > XENCONS_IN_SIZE);
+            prop_assert_eq!(console.bad_index_count(), bad);
+        }
+    }
+}

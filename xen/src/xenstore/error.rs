@@ -116,7 +116,9 @@ pub enum XsError {
     NulInArgument,
     /// A transaction still conflicted after the retry limit.
     RetriesExhausted,
-    /// The transport reports the connection is gone.
+    /// The transport reports the connection is gone (for transports that
+    /// can tell, e.g. a socket to a hosted xenstored; the shared page
+    /// cannot).
     Closed,
 }
 
