@@ -1,0 +1,116 @@
+//! One transport keypair: send/receive keys, the send counter, the replay
+//! window and the age that the timers compare against.
+
+use core::time::Duration;
+
+use crate::crypto::{self, TAG_LEN};
+use crate::noise::{Key, SessionKeys};
+use crate::replay::ReplayWindow;
+use crate::timers::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
+use crate::wire::{Transport, TRANSPORT_HEADER_LEN};
+
+/// Why a transport message could not be sent or received with a keypair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionError {
+    /// Older than REJECT_AFTER_TIME or out of counters.
+    Expired,
+    /// The output buffer is too small.
+    BufferTooSmall,
+    /// The counter was seen before or is too old.
+    Replay,
+    /// Authentication failed.
+    Decrypt,
+}
+
+/// Transport keys of one completed handshake.
+pub struct Keypair {
+    send: Key,
+    recv: Key,
+    /// Next counter to send.
+    pub send_counter: u64,
+    /// Our index (receiver field of messages to us).
+    pub local_index: u32,
+    /// The peer's index (receiver field of messages we send).
+    pub remote_index: u32,
+    /// When the handshake completed.
+    pub created: Duration,
+    /// Whether we were the initiator.
+    pub initiator: bool,
+    replay: ReplayWindow,
+}
+
+/// Bytes a payload of `len` takes once padded to 16 and sealed, plus the header.
+pub fn sealed_len(len: usize) -> usize {
+    TRANSPORT_HEADER_LEN + len.div_ceil(16) * 16 + TAG_LEN
+}
+
+impl Keypair {
+    /// Installs freshly derived keys at time `now`.
+    pub fn new(keys: SessionKeys, now: Duration) -> Self {
+        Self {
+            send: keys.send.clone(),
+            recv: keys.recv.clone(),
+            send_counter: 0,
+            local_index: keys.local_index,
+            remote_index: keys.remote_index,
+            created: now,
+            initiator: keys.initiator,
+            replay: ReplayWindow::new(),
+        }
+    }
+
+    /// Whether the keys are still usable at `now`.
+    pub fn is_valid(&self, now: Duration) -> bool {
+        now.saturating_sub(self.created) < REJECT_AFTER_TIME
+    }
+
+    /// Encrypts `payload` (padded to a multiple of 16) into `out`; returns the message length.
+    pub fn seal(
+        &mut self,
+        now: Duration,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, SessionError> {
+        if !self.is_valid(now) || self.send_counter >= REJECT_AFTER_MESSAGES {
+            return Err(SessionError::Expired);
+        }
+        let total = sealed_len(payload.len());
+        let out = out.get_mut(..total).ok_or(SessionError::BufferTooSmall)?;
+        let counter = self.send_counter;
+        self.send_counter += 1;
+        let mut msg = Transport::new_unchecked(&mut *out);
+        msg.fill_header(self.remote_index, counter);
+        let body = msg.payload_mut();
+        body[..payload.len()].copy_from_slice(payload);
+        body[payload.len()..].fill(0);
+        crypto::seal(&self.send.0, counter, &[], body);
+        Ok(total)
+    }
+
+    /// Decrypts a transport message addressed to this keypair into `out`;
+    /// returns the padded plaintext length.
+    pub fn open<T: AsRef<[u8]>>(
+        &mut self,
+        now: Duration,
+        msg: &Transport<T>,
+        out: &mut [u8],
+    ) -> Result<usize, SessionError> {
+        if !self.is_valid(now) {
+            return Err(SessionError::Expired);
+        }
+        let counter = msg.counter();
+        if !self.replay.would_accept(counter) {
+            return Err(SessionError::Replay);
+        }
+        let body = msg.payload();
+        let buf = out
+            .get_mut(..body.len())
+            .ok_or(SessionError::BufferTooSmall)?;
+        buf.copy_from_slice(body);
+        crypto::open(&self.recv.0, counter, &[], buf).map_err(|_| SessionError::Decrypt)?;
+        if !self.replay.accept(counter) {
+            return Err(SessionError::Replay);
+        }
+        Ok(body.len() - TAG_LEN)
+    }
+}
