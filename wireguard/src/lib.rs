@@ -9,7 +9,7 @@
 //! The design is sans-io: [`Tunnel`] takes the time and a [`Random`] source as
 //! arguments and returns [`Action`]s; it never reads a clock or touches a socket.
 //!
-//! Modules: [`wire`] (message views), [`crypto`] (primitives), [`noise`]
+//! Modules: [`allowed_ips`] (cryptokey routing), [`config`] (wg-quick files), [`wire`] (message views), [`crypto`] (primitives), [`noise`]
 //! (handshake), [`cookie`] (mac1/mac2/cookies), [`replay`] (replay window),
 //! [`session`] (one keypair), [`timers`] (constants), [`tunnel`] (one peer).
 #![cfg_attr(not(test), no_std)]
@@ -18,6 +18,8 @@
 
 extern crate alloc;
 
+pub mod allowed_ips;
+pub mod config;
 pub mod cookie;
 pub mod crypto;
 pub mod noise;
