@@ -270,10 +270,16 @@ async fn fires(h: &Handle, port: u32, send: EventChannel) -> bool {
     within(h, 2000 * MS, ev).await.is_some()
 }
 
-pub async fn event_self(env: &Env) -> Outcome {
+/// Two connected ports of this domain: `a` unbound for ourselves, `b` bound to it.
+fn loopback_pair() -> Result<(EventChannel, EventChannel), String> {
     let a = EventChannel::alloc_unbound(DOMID_SELF).map_err(|e| format!("alloc_unbound: {e}"))?;
     let b = EventChannel::bind_interdomain(DOMID_SELF, a.port())
         .map_err(|e| format!("bind_interdomain: {e}"))?;
+    Ok((a, b))
+}
+
+pub async fn event_self(env: &Env) -> Outcome {
+    let (a, b) = loopback_pair()?;
     let ab = fires(&env.executor, a.port(), b).await;
     let ba = fires(&env.executor, b.port(), a).await;
     a.close().map_err(|e| format!("close: {e}"))?;
@@ -290,9 +296,7 @@ pub async fn event_self(env: &Env) -> Outcome {
 
 pub async fn event_mask(env: &Env) -> Outcome {
     let p = env.platform;
-    let a = EventChannel::alloc_unbound(DOMID_SELF).map_err(|e| format!("alloc_unbound: {e}"))?;
-    let b = EventChannel::bind_interdomain(DOMID_SELF, a.port())
-        .map_err(|e| format!("bind_interdomain: {e}"))?;
+    let (a, b) = loopback_pair()?;
     p.shared.mask(a.port());
     let ev = env.executor.event(a.port());
     b.notify().map_err(|e| format!("send: {e}"))?;
