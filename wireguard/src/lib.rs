@@ -9,7 +9,7 @@
 //! The design is sans-io: [`Tunnel`] takes the time and a [`Random`] source as
 //! arguments and returns [`Action`]s; it never reads a clock or touches a socket.
 //!
-//! Modules: [`allowed_ips`] (cryptokey routing), [`config`] (wg-quick files), [`wire`] (message views), [`crypto`] (primitives), [`noise`]
+//! Modules: [`allowed_ips`] (cryptokey routing), [`config`] (wg-quick files), [`device`] (several peers), [`wire`] (message views), [`crypto`] (primitives), [`noise`]
 //! (handshake), [`cookie`] (mac1/mac2/cookies), [`replay`] (replay window),
 //! [`session`] (one keypair), [`timers`] (constants), [`tunnel`] (one peer).
 #![cfg_attr(not(test), no_std)]
@@ -22,6 +22,7 @@ pub mod allowed_ips;
 pub mod config;
 pub mod cookie;
 pub mod crypto;
+pub mod device;
 pub mod noise;
 pub mod replay;
 pub mod session;
@@ -29,6 +30,7 @@ pub mod timers;
 pub mod tunnel;
 pub mod wire;
 
+pub use device::{Device, PeerId};
 pub use tunnel::{Action, Error, Tunnel, TunnelConfig, TunnelStats};
 
 /// A source of cryptographically secure random bytes, supplied by the platform.

@@ -76,6 +76,8 @@ pub enum Error {
     QueueFull,
     /// The handshake got no response within REKEY_ATTEMPT_TIME; queued packets were dropped.
     HandshakeTimedOut,
+    /// A decrypted packet's source address is not in the sending peer's AllowedIPs.
+    SourceNotAllowed,
 }
 
 /// What the caller must do after a call.
@@ -230,6 +232,11 @@ impl Tunnel {
     /// an authenticated packet from).
     pub fn endpoint(&self) -> Option<SocketAddr> {
         self.endpoint
+    }
+
+    /// Sets the peer's endpoint (e.g. a resolved host name).
+    pub fn set_endpoint(&mut self, endpoint: SocketAddr) {
+        self.endpoint = Some(endpoint);
     }
 
     /// The per-peer index given in the configuration.
