@@ -1,1 +1,16 @@
+//! The WireGuard VPN gateway service: client VMs behind it reach the network
+//! only through the tunnel, and nothing leaves in clear.
+//!
+//! Modules: [`gateway`] (the fail-closed forwarding logic), [`dns`] (DNS
+//! redirection into the tunnel), [`packet`] (the IP/TCP/UDP fields we touch).
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod dns;
+pub mod gateway;
+pub mod packet;
+
+pub use gateway::{Counters, Gateway, GatewaySettings, Output, SetupError, UplinkDatagram};
