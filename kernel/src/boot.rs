@@ -279,6 +279,7 @@ impl XsEvents for XsPort {
 
 /// The boot flow. Never returns.
 pub fn start(info: BootInfo) -> ! {
+    arch::paint_stack();
     if let Some((page, port)) = info.console {
         // SAFETY: the arch code mapped the console page for good.
         unsafe { crate::console::init(page, port) };
@@ -355,6 +356,7 @@ pub fn start(info: BootInfo) -> ! {
     // SAFETY: `__moat_service_main` is defined by the `service!` macro
     // with exactly this signature.
     let main = unsafe { __moat_service_main(env) };
+    log::debug!("service future: {} bytes", core::mem::size_of_val(&*main));
     let exit = executor.run_until(&mut idle, main);
     log::info!("service exited: {exit:?}");
     shutdown(exit)

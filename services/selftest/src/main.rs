@@ -124,6 +124,8 @@ mod image {
 
         let hz = xen::time::tsc_hz(&p.shared.vcpu_time(0)).max(1);
         let image = kernel::arch::image_frames();
+        let (stack_used, stack_size) = kernel::arch::stack_usage();
+        println!("selftest: bench: stack-used-bytes={stack_used} of {stack_size}");
         println!(
             "selftest: bench: entry-to-ready-us={} image-memory-bytes={} guest={}",
             (ready_tsc.saturating_sub(p.entry_tsc) as u128 * 1_000_000 / hz as u128),

@@ -261,6 +261,7 @@ pvh_pdpt:
 pvh_pd:
     .skip 4 * 4096
 .balign 16
+.global boot_stack
 boot_stack:
     .skip 128 * 1024
 .global boot_stack_top

@@ -296,3 +296,43 @@ impl Drop for ForeignPage {
         let _ = self.do_unmap();
     }
 }
+
+extern "C" {
+    static boot_stack: u8;
+    static boot_stack_top: u8;
+}
+
+/// What unused boot-stack bytes hold, to measure the high-water mark.
+const STACK_PAINT: u8 = 0x5A;
+
+fn stack_bounds() -> (usize, usize) {
+    (core::ptr::addr_of!(boot_stack) as usize, core::ptr::addr_of!(boot_stack_top) as usize)
+}
+
+/// Fills the unused part of the boot stack with a pattern, so that
+/// [`stack_usage`] can tell how deep it ever got. Called once at boot.
+pub fn paint_stack() {
+    let (bottom, _) = stack_bounds();
+    let sp: usize;
+    // SAFETY: reads the stack pointer only.
+    unsafe { core::arch::asm!("mov %rsp, {}", out(reg) sp, options(att_syntax, nomem, nostack)) };
+    // Leave a margin below the live frame (this function's own locals).
+    let end = sp.saturating_sub(512);
+    if end > bottom {
+        // SAFETY: [bottom, end) is the unused part of the boot stack (it
+        // grows down from the top and we are running at `sp`).
+        unsafe { core::ptr::write_bytes(bottom as *mut u8, STACK_PAINT, end - bottom) };
+    }
+}
+
+/// `(bytes ever used, size)` of the boot stack.
+pub fn stack_usage() -> (usize, usize) {
+    let (bottom, top) = stack_bounds();
+    let mut p = bottom;
+    // SAFETY: reads within the boot stack, below the live frames or inside
+    // them (plain bytes either way).
+    while p < top && unsafe { core::ptr::read_volatile(p as *const u8) } == STACK_PAINT {
+        p += 1;
+    }
+    (top - p, top - bottom)
+}
