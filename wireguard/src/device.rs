@@ -33,14 +33,16 @@ pub enum DeviceError {
     TooManyPeers,
 }
 
-/// Settings of the interface itself.
-#[derive(Clone)]
+/// Settings of the interface itself (the private key is zeroed on drop).
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct DeviceConfig {
     /// Our static private key.
     pub private_key: [u8; 32],
     /// Wall-clock time at monotonic zero (see [`TunnelConfig::wall_clock_at_zero`]).
+    #[zeroize(skip)]
     pub wall_clock_at_zero: Duration,
     /// Handshakes per second per peer before cookies are demanded.
+    #[zeroize(skip)]
     pub handshake_load_limit: u32,
 }
 

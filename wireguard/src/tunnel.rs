@@ -55,6 +55,12 @@ impl zeroize::Zeroize for TunnelConfig {
     }
 }
 
+impl Drop for TunnelConfig {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
+}
+
 /// Why a call did not produce a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
