@@ -65,6 +65,11 @@ pub struct Device {
     config: DeviceConfig,
     local: StaticKeys,
     mac1_key: [u8; 32],
+    /// Interface-wide mac/cookie check, done before any DH so that load
+    /// from unknown senders costs us only a MAC.
+    macs: cookie::MacVerifier,
+    load_window: Duration,
+    load_count: u32,
     peers: Vec<Tunnel>,
     allowed: AllowedIps<PeerId>,
 }
@@ -74,10 +79,14 @@ impl Device {
     pub fn new(config: DeviceConfig) -> Self {
         let local = StaticKeys::new(config.private_key);
         let mac1_key = cookie::mac1_key(&local.public);
+        let macs = cookie::MacVerifier::new(&local.public);
         Self {
             config,
             local,
             mac1_key,
+            macs,
+            load_window: Duration::ZERO,
+            load_count: 0,
             peers: Vec::new(),
             allowed: AllowedIps::new(),
         }
@@ -144,7 +153,9 @@ impl Device {
             index,
             endpoint: p.endpoint,
             wall_clock_at_zero: self.config.wall_clock_at_zero,
-            handshake_load_limit: self.config.handshake_load_limit,
+            // The device applies the load limit for the whole interface,
+            // before demultiplexing; one cookie secret serves every peer.
+            handshake_load_limit: u32::MAX,
         })
         .map_err(|_| DeviceError::BadPeerKey)?;
         for (addr, len) in p.allowed_ips {
@@ -237,6 +248,47 @@ impl Device {
         Ok(PeerId(pos - 1))
     }
 
+    /// For handshake messages: mac1, and under load (more than the configured
+    /// handshakes per second on the whole interface) a valid mac2, before any
+    /// DH work. On a cookie demand the reply is written to `out`.
+    fn check_load(
+        &mut self,
+        now: Duration,
+        rng: &mut dyn Random,
+        src: Option<SocketAddr>,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), Result<usize, Error>> {
+        let sender = match wire::classify(datagram) {
+            Ok(MessageKind::Initiation) | Ok(MessageKind::Response) => {
+                u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]])
+            }
+            _ => return Ok(()),
+        };
+        if now.saturating_sub(self.load_window) >= Duration::from_secs(1) {
+            self.load_window = now;
+            self.load_count = 0;
+        }
+        self.load_count = self.load_count.saturating_add(1);
+        let under_load = self.load_count > self.config.handshake_load_limit;
+        let from = src.filter(|_| under_load);
+        let mut reply = [0u8; wire::COOKIE_REPLY_LEN];
+        match self
+            .macs
+            .verify(datagram, sender, from.as_ref(), now, rng, &mut reply)
+        {
+            Ok(()) => Ok(()),
+            Err(cookie::MacCheck::BadMac1) => Err(Err(Error::BadMac)),
+            Err(cookie::MacCheck::CookieReplyWritten) => match out.get_mut(..reply.len()) {
+                Some(o) => {
+                    o.copy_from_slice(&reply);
+                    Err(Ok(reply.len()))
+                }
+                None => Err(Err(Error::BufferTooSmall)),
+            },
+        }
+    }
+
     /// Processes a datagram from `src`. Returns the peer it belonged to (if
     /// any) and the action. Decrypted packets whose source address is not in
     /// that peer's AllowedIPs are dropped with [`Error::SourceNotAllowed`].
@@ -256,6 +308,11 @@ impl Device {
                 None => return (None, Action::Done),
             }
         } else {
+            match self.check_load(now, rng, src, datagram, out) {
+                Ok(()) => {}
+                Err(Ok(n)) => return (None, Action::WriteToNetwork(&mut out[..n])),
+                Err(Err(e)) => return (None, e.into()),
+            }
             match self.demux(datagram) {
                 Ok(p) => p,
                 Err(e) => return (None, e.into()),

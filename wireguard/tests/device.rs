@@ -48,11 +48,15 @@ struct Net {
 }
 
 fn setup() -> Net {
+    setup_with_limit(100)
+}
+
+fn setup_with_limit(limit: u32) -> Net {
     let dev_public = PublicKey::from(&StaticSecret::from(DEV_KEY));
     let mut dev = Device::new(DeviceConfig {
         private_key: DEV_KEY,
         wall_clock_at_zero: Duration::from_secs(1_700_000_000),
-        handshake_load_limit: 100,
+        handshake_load_limit: limit,
     });
     let mut peers = Vec::new();
     let mut addrs = Vec::new();
@@ -258,4 +262,35 @@ fn device_from_wg_quick_config() {
         None,
         "host names are resolved by the caller"
     );
+}
+
+#[test]
+fn under_load_the_device_answers_with_a_cookie_before_any_dh() {
+    let mut n = setup_with_limit(0);
+    let mut buf = vec![0u8; 2048];
+    let first = ipv4([10, 2, 3, 9], [10, 0, 0, 5], 2);
+    let TunnResult::WriteToNetwork(init) = n.peers[2].encapsulate(&first, &mut buf) else {
+        panic!()
+    };
+    let init = init.to_vec();
+    let (peer, reply) = n.dev_decap(2, &init);
+    assert_eq!(peer, None, "not demultiplexed: no DH was done");
+    let reply = reply.unwrap();
+    assert_eq!((reply.len(), reply[0]), (64, 3));
+    assert!(matches!(
+        n.peers[2].decapsulate(None, &reply, &mut buf),
+        TunnResult::Done
+    ));
+    std::thread::sleep(Duration::from_millis(30));
+    let TunnResult::WriteToNetwork(init) = n.peers[2].format_handshake_initiation(&mut buf, true)
+    else {
+        panic!()
+    };
+    let init = init.to_vec();
+    let (peer, resp) = n.dev_decap(2, &init);
+    assert_eq!(peer, Some(PeerId(2)));
+    assert_eq!(resp.unwrap().len(), 92);
+    // The cookie is bound to the sender's address: the same message from elsewhere gets a new cookie.
+    let (_, other) = n.dev_decap(0, &init);
+    assert_eq!(other.unwrap().len(), 64);
 }
