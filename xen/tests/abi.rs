@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
 use std::process::Command;
+use xen::abi::blkif::*;
 use xen::abi::console::*;
 use xen::abi::event_channel::*;
 use xen::abi::grant_table::*;
@@ -97,6 +98,16 @@ fn table() -> Vec<Check> {
         // The header only: the slot array's offset is checked in CONSTS.
         SringHeader = "struct moat_check_sring" partial {
             req_prod, req_event, rsp_prod, rsp_event, pvt, pad as "__pad" };
+        // io/blkif.h
+        BlkifRequestSegment = "struct blkif_request_segment" { gref, first_sect, last_sect };
+        BlkifRequest = "struct blkif_request" {
+            operation, nr_segments, handle, id, sector_number, seg };
+        BlkifRequestDiscard = "struct blkif_request_discard" {
+            operation, flag, handle, id, sector_number, nr_sectors };
+        BlkifRequestIndirect = "struct blkif_request_indirect" {
+            operation, indirect_op, nr_segments, id, sector_number, handle, indirect_grefs };
+        BlkifResponse = "struct blkif_response" { id, operation, status };
+        BlkifRequestSlot = "union blkif_sring_entry" { bytes as "req" };
         // xen.h, arch-x86/xen.h, arch-x86/xen-x86_64.h
         TrapInfo = "struct trap_info" { vector, flags, cs, address };
         MmuUpdate = "struct mmu_update" { ptr, val };
@@ -195,6 +206,25 @@ fn table() -> Vec<Check> {
         "XenbusStateClosed" => XenbusState::Closed;
         "XenbusStateReconfiguring" => XenbusState::Reconfiguring;
         "XenbusStateReconfigured" => XenbusState::Reconfigured;
+        "BLKIF_OP_READ" => BLKIF_OP_READ;
+        "BLKIF_OP_WRITE" => BLKIF_OP_WRITE;
+        "BLKIF_OP_WRITE_BARRIER" => BLKIF_OP_WRITE_BARRIER;
+        "BLKIF_OP_FLUSH_DISKCACHE" => BLKIF_OP_FLUSH_DISKCACHE;
+        "BLKIF_OP_RESERVED_1" => BLKIF_OP_RESERVED_1;
+        "BLKIF_OP_DISCARD" => BLKIF_OP_DISCARD;
+        "BLKIF_OP_INDIRECT" => BLKIF_OP_INDIRECT;
+        "BLKIF_MAX_SEGMENTS_PER_REQUEST" => BLKIF_MAX_SEGMENTS_PER_REQUEST;
+        "BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST" => BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST;
+        "4096 / sizeof(struct blkif_request_segment)" => BLKIF_SEGMENTS_PER_INDIRECT_PAGE;
+        "BLKIF_DISCARD_SECURE" => BLKIF_DISCARD_SECURE;
+        "(unsigned long long)(long long)BLKIF_RSP_EOPNOTSUPP" => BLKIF_RSP_EOPNOTSUPP as i64;
+        "(unsigned long long)(long long)BLKIF_RSP_ERROR" => BLKIF_RSP_ERROR as i64;
+        "BLKIF_RSP_OKAY" => BLKIF_RSP_OKAY;
+        "VDISK_CDROM" => VDISK_CDROM;
+        "VDISK_REMOVABLE" => VDISK_REMOVABLE;
+        "VDISK_READONLY" => VDISK_READONLY;
+        "__CONST_RING_SIZE(blkif, 4096)" => ring_size::<BlkifRequestSlot, BlkifResponse>(4096);
+        "__CONST_RING_SIZE(blkif, 4096 << 4)" => ring_size::<BlkifRequestSlot, BlkifResponse>(4096 << 4);
         "offsetof(struct moat_check_sring, ring)" => SRING_SLOTS_OFFSET;
         "__CONST_RING_SIZE(moat_check, 4096)" => ring_size::<[u32; 3], [u16; 2]>(4096);
         "__CONST_RING_SIZE(moat_wide, 4096)" => ring_size::<u64, [u8; 12]>(4096);
@@ -221,6 +251,7 @@ const PRELUDE: &str = r#"
 #include <xen/io/console.h>
 #include <xen/io/ring.h>
 #include <xen/io/xenbus.h>
+#include <xen/io/blkif.h>
 
 /* Rings of known slot types, to check the layout and __RING_SIZE. */
 struct moat_check_req { uint32_t a, b, c; };

@@ -23,6 +23,7 @@ pub type Port = u32;
 pub type GrantRef = u32;
 /// A machine or guest frame number (`xen_pfn_t`, 64-bit on amd64).
 pub type XenPfn = u64;
+pub mod blkif;
 pub mod console;
 pub mod ring;
 pub mod xs_wire;
