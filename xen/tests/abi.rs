@@ -18,6 +18,7 @@ use xen::abi::event_channel::*;
 use xen::abi::grant_table::*;
 use xen::abi::hvm::*;
 use xen::abi::memory::*;
+use xen::abi::netif::*;
 use xen::abi::ring::*;
 use xen::abi::sched::*;
 use xen::abi::vcpu::*;
@@ -108,6 +109,15 @@ fn table() -> Vec<Check> {
             operation, indirect_op, nr_segments, id, sector_number, handle, indirect_grefs };
         BlkifResponse = "struct blkif_response" { id, operation, status };
         BlkifRequestSlot = "union blkif_sring_entry" { bytes as "req" };
+        // io/netif.h
+        NetifTxRequest = "struct netif_tx_request" { gref, offset, flags, id, size };
+        NetifTxResponse = "struct netif_tx_response" { id, status };
+        NetifRxRequest = "struct netif_rx_request" { id, pad, gref };
+        NetifRxResponse = "struct netif_rx_response" { id, offset, flags, status };
+        NetifExtraInfo = "struct netif_extra_info" { type_ as "type", flags, u };
+        NetifExtraInfoGso = "struct netif_extra_info" {
+            type_ as "type", flags, size as "u.gso.size", gso_type as "u.gso.type",
+            pad as "u.gso.pad", features as "u.gso.features" };
         // xen.h, arch-x86/xen.h, arch-x86/xen-x86_64.h
         TrapInfo = "struct trap_info" { vector, flags, cs, address };
         MmuUpdate = "struct mmu_update" { ptr, val };
@@ -225,6 +235,34 @@ fn table() -> Vec<Check> {
         "VDISK_READONLY" => VDISK_READONLY;
         "__CONST_RING_SIZE(blkif, 4096)" => ring_size::<BlkifRequestSlot, BlkifResponse>(4096);
         "__CONST_RING_SIZE(blkif, 4096 << 4)" => ring_size::<BlkifRequestSlot, BlkifResponse>(4096 << 4);
+        "XEN_NETIF_NR_SLOTS_MIN" => XEN_NETIF_NR_SLOTS_MIN;
+        "XEN_NETIF_MAX_TX_SIZE" => XEN_NETIF_MAX_TX_SIZE;
+        "NETTXF_csum_blank" => NETTXF_CSUM_BLANK;
+        "NETTXF_data_validated" => NETTXF_DATA_VALIDATED;
+        "NETTXF_more_data" => NETTXF_MORE_DATA;
+        "NETTXF_extra_info" => NETTXF_EXTRA_INFO;
+        "NETRXF_data_validated" => NETRXF_DATA_VALIDATED;
+        "NETRXF_csum_blank" => NETRXF_CSUM_BLANK;
+        "NETRXF_more_data" => NETRXF_MORE_DATA;
+        "NETRXF_extra_info" => NETRXF_EXTRA_INFO;
+        "NETRXF_gso_prefix" => NETRXF_GSO_PREFIX;
+        "XEN_NETIF_EXTRA_TYPE_NONE" => XEN_NETIF_EXTRA_TYPE_NONE;
+        "XEN_NETIF_EXTRA_TYPE_GSO" => XEN_NETIF_EXTRA_TYPE_GSO;
+        "XEN_NETIF_EXTRA_TYPE_MCAST_ADD" => XEN_NETIF_EXTRA_TYPE_MCAST_ADD;
+        "XEN_NETIF_EXTRA_TYPE_MCAST_DEL" => XEN_NETIF_EXTRA_TYPE_MCAST_DEL;
+        "XEN_NETIF_EXTRA_TYPE_HASH" => XEN_NETIF_EXTRA_TYPE_HASH;
+        "XEN_NETIF_EXTRA_TYPE_MAX" => XEN_NETIF_EXTRA_TYPE_MAX;
+        "XEN_NETIF_EXTRA_FLAG_MORE" => XEN_NETIF_EXTRA_FLAG_MORE;
+        "XEN_NETIF_GSO_TYPE_NONE" => XEN_NETIF_GSO_TYPE_NONE;
+        "XEN_NETIF_GSO_TYPE_TCPV4" => XEN_NETIF_GSO_TYPE_TCPV4;
+        "XEN_NETIF_GSO_TYPE_TCPV6" => XEN_NETIF_GSO_TYPE_TCPV6;
+        "(unsigned long long)(long long)NETIF_RSP_DROPPED" => NETIF_RSP_DROPPED as i64;
+        "(unsigned long long)(long long)NETIF_RSP_ERROR" => NETIF_RSP_ERROR as i64;
+        "NETIF_RSP_OKAY" => NETIF_RSP_OKAY;
+        "NETIF_RSP_NULL" => NETIF_RSP_NULL;
+        "__CONST_RING_SIZE(netif_tx, 4096)" => ring_size::<NetifTxRequest, NetifTxResponse>(4096);
+        "__CONST_RING_SIZE(netif_rx, 4096)" => ring_size::<NetifRxRequest, NetifRxResponse>(4096);
+        "sizeof(union netif_tx_sring_entry)" => std::mem::size_of::<NetifTxRequest>();
         "offsetof(struct moat_check_sring, ring)" => SRING_SLOTS_OFFSET;
         "__CONST_RING_SIZE(moat_check, 4096)" => ring_size::<[u32; 3], [u16; 2]>(4096);
         "__CONST_RING_SIZE(moat_wide, 4096)" => ring_size::<u64, [u8; 12]>(4096);
@@ -252,6 +290,7 @@ const PRELUDE: &str = r#"
 #include <xen/io/ring.h>
 #include <xen/io/xenbus.h>
 #include <xen/io/blkif.h>
+#include <xen/io/netif.h>
 
 /* Rings of known slot types, to check the layout and __RING_SIZE. */
 struct moat_check_req { uint32_t a, b, c; };
