@@ -97,8 +97,9 @@ macro_rules! view {
                 }
             }
 
-            /// Wraps a buffer of the right size to be filled in; writes the header.
-            pub fn new_unchecked(buffer: T) -> Self {
+            /// Wraps a buffer of exactly the message's size, to be filled in.
+            /// Crate-internal: accessors on a short buffer would panic.
+            pub(crate) fn new_unchecked(buffer: T) -> Self {
                 Self { buffer }
             }
 
