@@ -21,6 +21,9 @@ pub mod grant;
 pub mod hypercall;
 pub mod ring;
 pub mod shared_info;
+pub mod shared_page;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod time;
 pub mod xenbus;
 pub mod xenstore;
