@@ -670,3 +670,117 @@ impl Tunnel {
         self.rekey_wanted = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests_support::CountingRng;
+
+    fn public(k: [u8; 32]) -> [u8; 32] {
+        StaticKeys::new(k).public
+    }
+
+    fn tunnel(me: [u8; 32], peer: [u8; 32]) -> Tunnel {
+        Tunnel::new(&TunnelConfig {
+            private_key: me,
+            peer_public_key: public(peer),
+            preshared_key: None,
+            persistent_keepalive: None,
+            index: u32::from(me[0]),
+            endpoint: None,
+            wall_clock_at_zero: Duration::from_secs(1_000_000),
+            handshake_load_limit: 10,
+        })
+        .unwrap()
+    }
+
+    fn connected() -> (Tunnel, Tunnel, CountingRng, Duration) {
+        let mut a = tunnel([1; 32], [2; 32]);
+        let mut b = tunnel([2; 32], [1; 32]);
+        let mut rng = CountingRng(9);
+        let now = Duration::from_secs(5);
+        let (mut x, mut y) = ([0u8; 256], [0u8; 256]);
+        let Action::WriteToNetwork(init) = a.force_handshake(now, &mut rng, &mut x) else {
+            panic!()
+        };
+        let Action::WriteToNetwork(resp) = b.decapsulate(now, &mut rng, None, init, &mut y) else {
+            panic!()
+        };
+        let Action::WriteToNetwork(ka) = a.decapsulate(now, &mut rng, None, resp, &mut x) else {
+            panic!()
+        };
+        assert!(matches!(
+            b.decapsulate(now, &mut rng, None, ka, &mut y),
+            Action::Done
+        ));
+        (a, b, rng, now)
+    }
+
+    const PKT: [u8; 20] = [
+        0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
+
+    #[test]
+    fn rekey_after_messages_asks_for_a_handshake() {
+        let (mut a, _, mut rng, now) = connected();
+        let mut out = [0u8; 256];
+        a.current.as_mut().unwrap().send_counter = REKEY_AFTER_MESSAGES - 1;
+        assert!(matches!(
+            a.encapsulate(now, &mut rng, &PKT, &mut out),
+            Action::WriteToNetwork(_)
+        ));
+        assert!(
+            matches!(a.update_timers(now, &mut rng, &mut out), Action::WriteToNetwork(m) if m.len() == 148)
+        );
+    }
+
+    #[test]
+    fn reject_after_messages_stops_sending_and_starts_a_handshake() {
+        let (mut a, mut b, mut rng, now) = connected();
+        let (mut out, mut got) = ([0u8; 256], [0u8; 256]);
+        a.current.as_mut().unwrap().send_counter = REJECT_AFTER_MESSAGES - 1;
+        // The last usable counter still works (and is accepted by the peer)...
+        let Action::WriteToNetwork(d) = a.encapsulate(now, &mut rng, &PKT, &mut out) else {
+            panic!()
+        };
+        assert!(matches!(
+            b.decapsulate(now, &mut rng, None, d, &mut got),
+            Action::WriteToTunnel(..)
+        ));
+        // ...the next is refused: the packet is queued and an initiation goes out instead.
+        let Action::WriteToNetwork(m) = a.encapsulate(now, &mut rng, &PKT, &mut out) else {
+            panic!()
+        };
+        assert_eq!(m.len(), 148);
+        assert_eq!(a.queued_packets(), 1);
+    }
+
+    #[test]
+    fn previous_keypair_is_replaced_on_second_rotation() {
+        let (mut a, mut b, mut rng, mut now) = connected();
+        let (mut x, mut y) = ([0u8; 256], [0u8; 256]);
+        let first = a.current.as_ref().unwrap().local_index;
+        for _ in 0..2 {
+            now += Duration::from_secs(1);
+            let Action::WriteToNetwork(init) = a.force_handshake(now, &mut rng, &mut x) else {
+                panic!()
+            };
+            let Action::WriteToNetwork(resp) = b.decapsulate(now, &mut rng, None, init, &mut y)
+            else {
+                panic!()
+            };
+            let Action::WriteToNetwork(_) = a.decapsulate(now, &mut rng, None, resp, &mut x) else {
+                panic!()
+            };
+        }
+        let slots: Vec<u32> = [&a.current, &a.previous]
+            .iter()
+            .map(|s| s.as_ref().unwrap().local_index)
+            .collect();
+        assert!(
+            !slots.contains(&first),
+            "the oldest keypair is gone (and zeroed)"
+        );
+        assert!(a.next.is_none());
+    }
+}
