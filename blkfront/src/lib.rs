@@ -1,1 +1,34 @@
+//! The Xen PV block frontend: our disk, served by a backend such as Linux
+//! blkback over the blkif protocol (`io/blkif.h`).
+//!
+//! The crate is protocol logic only. Everything it needs from the kernel
+//! (pages it can share, grants, an event channel) comes through the
+//! [`BlkEnv`] trait, and xenstore through the shared
+//! [`xen::xenstore::XenStore`] client, so the same code runs on Xen and
+//! against the simulated backend of the tests.
+//!
+//! - [`env`]: the seam to the kernel.
+//! - [`info`]: the backend's xenstore keys, parsed strictly into
+//!   [`DiskInfo`].
+//! - [`pool`]: bounce pages granted once and reused.
+//! - [`front`]: the handshake and the async block API ([`BlkFront`]).
+//!
+//! Units: the API addresses the disk in its logical sectors
+//! ([`DiskInfo::sector_size`], 512 or 4096 bytes); the ring always speaks in
+//! 512-byte sectors, as Linux blkback does.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+pub mod env;
+pub mod error;
+pub mod front;
+pub mod info;
+pub mod pool;
+
+pub use env::{BlkEnv, EnvError, RingPages, SharedPage};
+pub use error::{BlkError, ProtocolViolation};
+pub use front::{BlkConfig, BlkFront, BlkStats};
+pub use info::DiskInfo;
