@@ -1,0 +1,384 @@
+//! netfront against a simulated netback over simulated grants, event
+//! channels and xenstore.
+
+mod common;
+
+use common::*;
+use netfront::{ConnectOptions, Gso, GsoKind, NetfrontError, TxOffload};
+use xen::abi::netif::*;
+
+fn options() -> ConnectOptions {
+    ConnectOptions {
+        rx_csum_blank: true,
+        rx_gso: true,
+        ring_start: 0,
+    }
+}
+
+#[test]
+fn handshake_reaches_connected_and_publishes_keys() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let front = connect(&m, &mut back, options()).expect("connect");
+    assert_eq!(m.get(&format!("{FRONT_ABS}/state")).as_deref(), Some("4"));
+    assert_eq!(m.get(&format!("{BACK_PATH}/state")).as_deref(), Some("4"));
+    for (k, v) in [
+        ("request-rx-copy", "1"),
+        ("feature-sg", "1"),
+        ("feature-rx-notify", "1"),
+        ("feature-gso-tcpv4", "1"),
+        ("feature-gso-tcpv6", "1"),
+        ("feature-no-csum-offload", "0"),
+    ] {
+        assert_eq!(
+            m.get(&format!("{FRONT_ABS}/{k}")).as_deref(),
+            Some(v),
+            "{k}"
+        );
+    }
+    assert_eq!(front.mac().0, [0x00, 0x16, 0x3e, 0x5e, 0x6c, 0x01]);
+    let f = front.features();
+    assert!(f.rx_copy && f.sg && f.gso_tcpv4 && f.gso_tcpv6 && f.ipv4_csum_offload);
+    assert_eq!(f.max_queues, 1);
+    // Two ring pages plus one buffer per slot of each ring (256 + 256).
+    assert_eq!(m.hv.grants_of(FRONT), 2 + 256 + 256);
+    // The backend sees every RX buffer posted.
+    back.conn();
+    assert_eq!(
+        back.conn().rx.unconsumed_requests().unwrap(),
+        256,
+        "all RX buffers posted"
+    );
+}
+
+fn pump_rx(front: &mut netfront::Netfront<SimEnv>) -> netfront::RxPacket {
+    front.poll().expect("poll");
+    front.receive().expect("a packet")
+}
+
+#[test]
+fn ping_sized_packets_both_ways_with_flags() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    let ping = pattern(98, 7);
+    let offload = TxOffload {
+        csum_blank: true,
+        data_validated: true,
+        gso: None,
+    };
+    front.send(&ping, offload).unwrap();
+    assert_eq!(back.process_tx(), 1);
+    let got = &back.received[0];
+    assert_eq!(got.data, ping);
+    assert_eq!(got.flags, NETTXF_CSUM_BLANK | NETTXF_DATA_VALIDATED);
+    assert_eq!(got.slots, 1);
+    front.poll().unwrap();
+    assert_eq!(front.tx().in_flight(), 0, "TX slot reclaimed");
+
+    let reply = pattern(98, 9);
+    assert!(back.send_rx(&reply, NETRXF_DATA_VALIDATED, None));
+    let p = pump_rx(&mut front);
+    assert_eq!(p.data, reply);
+    assert!(p.data_validated && !p.csum_blank && p.gso.is_none());
+    assert_eq!(front.rx().stats.packets, 1);
+    // The consumed buffer was re-posted.
+    assert_eq!(back.conn().rx.unconsumed_requests().unwrap(), 256);
+}
+
+#[test]
+fn packets_of_64k_both_ways_with_gso() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    let big = pattern(XEN_NETIF_MAX_TX_SIZE, 3);
+    let gso = Gso {
+        kind: GsoKind::TcpV4,
+        mss: 1448,
+    };
+    front
+        .send(
+            &big,
+            TxOffload {
+                csum_blank: true,
+                data_validated: false,
+                gso: Some(gso),
+            },
+        )
+        .unwrap();
+    assert_eq!(back.process_tx(), 1);
+    let got = back.received[0].clone();
+    assert_eq!(got.data.len(), big.len());
+    assert!(got.data == big, "64 KiB payload intact");
+    assert_eq!(got.slots, 16 + 1, "16 data slots and one extra");
+    assert!(got.slots <= XEN_NETIF_NR_SLOTS_MIN);
+    let e = got.extra.expect("gso extra").as_gso();
+    assert_eq!(
+        (e.type_, e.size, e.gso_type),
+        (XEN_NETIF_EXTRA_TYPE_GSO, 1448, XEN_NETIF_GSO_TYPE_TCPV4)
+    );
+    front.poll().unwrap();
+    assert_eq!(front.tx().in_flight(), 0);
+
+    let down = pattern(65536, 5);
+    let g = NetifExtraInfoGso {
+        type_: XEN_NETIF_EXTRA_TYPE_GSO,
+        flags: 0,
+        size: 1440,
+        gso_type: XEN_NETIF_GSO_TYPE_TCPV6,
+        pad: 0,
+        features: 0,
+    };
+    assert!(back.send_rx(&down, NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED, Some(g)));
+    let p = pump_rx(&mut front);
+    assert!(p.data == down, "64 KiB received intact");
+    assert!(p.csum_blank && p.data_validated);
+    assert_eq!(
+        p.gso,
+        Some(Gso {
+            kind: GsoKind::TcpV6,
+            mss: 1440
+        })
+    );
+}
+
+#[test]
+fn steady_state_does_no_grant_work_and_suppresses_events() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    let grant_ops = m.hv.grant_ops(FRONT);
+    let port = back.conn().port;
+    let sent_before = front.notifies();
+    // The backend is busy (not re-arming its event): ten packets, one event.
+    for i in 0..10u8 {
+        front
+            .send(&pattern(60 + usize::from(i), i), TxOffload::default())
+            .unwrap();
+    }
+    assert_eq!(front.notifies() - sent_before, 1, "events suppressed");
+    assert_eq!(back.process_tx(), 10);
+    // process_tx re-armed req_event: the next packet notifies again.
+    front.send(&pattern(60, 1), TxOffload::default()).unwrap();
+    assert_eq!(front.notifies() - sent_before, 2);
+    assert!(m.hv.is_pending(BACK, port));
+    assert_eq!(m.hv.sent(FRONT, front.port()), front.notifies());
+    for round in 0..1000u32 {
+        let len = 60 + (round as usize * 37) % 3000;
+        front
+            .send(&pattern(len, round as u8), TxOffload::default())
+            .unwrap();
+        back.process_tx();
+        assert!(back.send_rx(&pattern(len, !(round as u8)), 0, None));
+        let p = pump_rx(&mut front);
+        assert_eq!(p.data, pattern(len, !(round as u8)));
+    }
+    assert_eq!(back.received.len(), 1011);
+    assert_eq!(
+        m.hv.grant_ops(FRONT),
+        grant_ops,
+        "no grant or revoke per packet"
+    );
+}
+
+#[test]
+fn backend_garbage_tx_id_is_an_error_then_disconnect() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    front.send(&pattern(100, 1), TxOffload::default()).unwrap();
+    back.inject_tx(|_| NetifTxResponse {
+        id: 999,
+        status: NETIF_RSP_OKAY,
+    });
+    assert_eq!(front.poll(), Err(NetfrontError::BadTxId(999)));
+    assert_eq!(front.broken(), Some(NetfrontError::BadTxId(999)));
+    assert_eq!(front.poll(), Err(NetfrontError::Disconnected));
+    assert_eq!(
+        front.send(&pattern(10, 1), TxOffload::default()),
+        Err(netfront::error::TxError::Disconnected)
+    );
+    let report = run(front.disconnect(), || {});
+    assert_eq!(m.get(&format!("{FRONT_ABS}/state")).as_deref(), Some("6"));
+    // The backend still maps the two ring pages: those stay granted.
+    assert_eq!(report.leaked, 2);
+    assert_eq!(report.revoked, 512);
+}
+
+#[test]
+fn tx_response_for_an_id_not_in_flight_is_an_error() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    front.send(&pattern(100, 1), TxOffload::default()).unwrap();
+    // An id in range that was never sent.
+    back.inject_tx(|r| NetifTxResponse {
+        id: r.id.wrapping_add(1),
+        status: NETIF_RSP_OKAY,
+    });
+    assert!(matches!(front.poll(), Err(NetfrontError::BadTxId(_))));
+}
+
+#[test]
+fn backend_garbage_rx_is_an_error() {
+    type Make = fn(NetifRxRequest) -> NetifRxResponse;
+    type Check = fn(NetfrontError) -> bool;
+    let cases: [(Make, Check); 4] = [
+        (
+            |r| NetifRxResponse {
+                id: r.id,
+                offset: 4000,
+                flags: 0,
+                status: 200,
+            },
+            |e| {
+                matches!(
+                    e,
+                    NetfrontError::BadRxSize {
+                        offset: 4000,
+                        size: 200
+                    }
+                )
+            },
+        ),
+        (
+            |r| NetifRxResponse {
+                id: r.id,
+                offset: 0xffff,
+                flags: 0,
+                status: i16::MAX,
+            },
+            |e| matches!(e, NetfrontError::BadRxSize { .. }),
+        ),
+        (
+            |r| NetifRxResponse {
+                id: r.id ^ 5,
+                offset: 0,
+                flags: 0,
+                status: 10,
+            },
+            |e| matches!(e, NetfrontError::BadRxId { .. }),
+        ),
+        (
+            |_| NetifRxResponse {
+                id: 60000,
+                offset: 0,
+                flags: 0,
+                status: 10,
+            },
+            |e| matches!(e, NetfrontError::BadRxId { got: 60000, .. }),
+        ),
+    ];
+    for (make, expect) in cases {
+        let m = Machine::new();
+        let mut back = m.backend();
+        let mut front = connect(&m, &mut back, options()).unwrap();
+        back.inject_rx(make);
+        let err = front.poll().unwrap_err();
+        assert!(expect(err), "{err:?}");
+        assert!(front.receive().is_none());
+        assert_eq!(front.poll(), Err(NetfrontError::Disconnected));
+    }
+}
+
+#[test]
+fn rx_error_status_drops_the_packet_but_keeps_going() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    back.inject_rx(|r| NetifRxResponse {
+        id: r.id,
+        offset: 0,
+        flags: 0,
+        status: NETIF_RSP_ERROR,
+    });
+    front.poll().unwrap();
+    assert!(front.receive().is_none());
+    assert_eq!(front.rx().stats.dropped, 1);
+    assert!(back.send_rx(&pattern(64, 1), 0, None));
+    assert_eq!(pump_rx(&mut front).data, pattern(64, 1));
+}
+
+#[test]
+fn impossible_response_index_is_an_error() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    // rsp_prod far beyond any request made.
+    back.conn()
+        .tx_page
+        .write(8, &5000u32.to_ne_bytes())
+        .unwrap();
+    assert!(matches!(front.poll(), Err(NetfrontError::Ring(_))));
+}
+
+#[test]
+fn backend_vanishing_mid_transfer_leaves_frontend_safe() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    for i in 0..5u8 {
+        front
+            .send(&pattern(20000, i), TxOffload::default())
+            .unwrap();
+    }
+    back.vanish();
+    // Nothing answers: the ring fills up, sending reports Busy, no panic.
+    front.poll().unwrap();
+    let mut sent = 5;
+    while front.send(&pattern(1500, 0), TxOffload::default()).is_ok() {
+        sent += 1;
+        assert!(sent < 1000);
+    }
+    assert_eq!(
+        front.send(&pattern(1500, 0), TxOffload::default()),
+        Err(netfront::error::TxError::Busy)
+    );
+    assert_eq!(
+        run(front.check_backend(), || {}),
+        Err(NetfrontError::BackendGone(xen::xenbus::XenbusState::Closed))
+    );
+    let report = run(front.disconnect(), || {});
+    assert_eq!((report.revoked, report.leaked), (514, 0));
+    assert_eq!(m.hv.grants_of(FRONT), 0, "every grant revoked");
+    assert!(!m.hv.port_open(FRONT, front.port()));
+}
+
+#[test]
+fn bad_xenstore_values_fail_connect_and_revoke_everything() {
+    for (key, value, expect) in [
+        (format!("{FRONT_ABS}/mac"), "00:16:3e:zz:00:01", "BadMac"),
+        (format!("{BACK_PATH}/feature-sg"), "yes", "BadFeature"),
+        (format!("{BACK_PATH}/feature-rx-copy"), "0", "NoRxCopy"),
+        (
+            format!("{BACK_PATH}/multi-queue-max-queues"),
+            "-1",
+            "BadFeature",
+        ),
+        (format!("{FRONT_ABS}/backend-id"), "70000", "BadBackendId"),
+    ] {
+        let m = Machine::new();
+        m.set(&key, value);
+        let mut back = m.backend();
+        let err = connect(&m, &mut back, options()).err().expect("must fail");
+        assert!(format!("{err:?}").contains(expect), "{key}: {err:?}");
+        assert_eq!(m.hv.grants_of(FRONT), 0);
+    }
+}
+
+#[test]
+fn backend_closing_during_handshake_fails_and_revokes() {
+    let m = Machine::new();
+    m.set(&format!("{BACK_PATH}/state"), "1");
+    m.xsd
+        .borrow_mut()
+        .scheduled
+        .push_back((format!("{BACK_PATH}/state"), b"5".to_vec()));
+    let mut back = m.backend();
+    let err = connect(&m, &mut back, options()).err().unwrap();
+    assert!(matches!(
+        err,
+        NetfrontError::Xenbus(xen::xenbus::XenbusError::BackendClosed(_))
+    ));
+    assert_eq!(m.hv.grants_of(FRONT), 0);
+}
