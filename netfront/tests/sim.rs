@@ -77,7 +77,19 @@ fn ping_sized_packets_both_ways_with_flags() {
     assert_eq!(front.tx().in_flight(), 0, "TX slot reclaimed");
 
     let reply = pattern(98, 9);
-    assert!(back.send_rx(&reply, NETRXF_DATA_VALIDATED, None));
+    // Consume the event of the TX response, then sleep on the event
+    // channel until the backend delivers.
+    if m.hv.is_pending(FRONT, front.port()) {
+        run(front.wait(), || {});
+    }
+    assert!(!m.hv.is_pending(FRONT, front.port()));
+    let mut delivered = false;
+    run(front.wait(), || {
+        if !delivered {
+            delivered = back.send_rx(&reply, NETRXF_DATA_VALIDATED, None);
+        }
+    });
+    assert!(delivered);
     let p = pump_rx(&mut front);
     assert_eq!(p.data, reply);
     assert!(p.data_validated && !p.csum_blank && p.gso.is_none());
@@ -381,4 +393,28 @@ fn backend_closing_during_handshake_fails_and_revokes() {
         NetfrontError::Xenbus(xen::xenbus::XenbusError::BackendClosed(_))
     ));
     assert_eq!(m.hv.grants_of(FRONT), 0);
+}
+
+#[test]
+fn backend_restart_then_reconnect_carries_traffic_again() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    front.send(&pattern(3000, 1), TxOffload::default()).unwrap();
+    back.restart();
+    assert_eq!(
+        run(front.check_backend(), || {}),
+        Err(NetfrontError::BackendGone(xen::xenbus::XenbusState::Closed))
+    );
+    let report = run(front.disconnect(), || {});
+    assert_eq!((report.revoked, report.leaked), (514, 0));
+    assert_eq!(m.hv.grants_of(FRONT), 0);
+    m.set(&format!("{BACK_PATH}/state"), "2");
+    let mut front = reconnect(front.into_env(), &mut back, options()).unwrap();
+    assert_eq!(m.get(&format!("{BACK_PATH}/state")).as_deref(), Some("4"));
+    front.send(&pattern(5000, 2), TxOffload::default()).unwrap();
+    assert_eq!(back.process_tx(), 1);
+    assert_eq!(back.received.last().unwrap().data, pattern(5000, 2));
+    assert!(back.send_rx(&pattern(5000, 3), 0, None));
+    assert_eq!(pump_rx(&mut front).data, pattern(5000, 3));
 }

@@ -151,6 +151,15 @@ pub fn connect(
     .map_err(|(_, e)| e)
 }
 
+/// Connect again with an environment handed back by a disconnect.
+pub fn reconnect(
+    env: SimEnv,
+    back: &mut SimNetback,
+    options: ConnectOptions,
+) -> Result<Netfront<SimEnv>, NetfrontError> {
+    run(Netfront::connect(env, FRONT_PATH, options), || back.step()).map_err(|(_, e)| e)
+}
+
 /// A packet as the backend saw it.
 #[derive(Debug, Clone)]
 pub struct BackPacket {
@@ -224,6 +233,19 @@ impl SimNetback {
         self.xsd
             .borrow_mut()
             .set(&format!("{BACK_PATH}/state"), b"4");
+    }
+
+    /// netback restarts (dom0 service restart): it unmaps the rings,
+    /// closes its port and publishes `Closed`; later `InitWait` again.
+    pub fn restart(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.hv.unmap_grant(FRONT, c.tx_ref);
+            self.hv.unmap_grant(FRONT, c.rx_ref);
+            self.hv.close(BACK, c.port);
+        }
+        self.xsd
+            .borrow_mut()
+            .set(&format!("{BACK_PATH}/state"), b"6");
     }
 
     pub fn conn(&mut self) -> &mut Conn {
