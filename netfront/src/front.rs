@@ -21,7 +21,7 @@ use crate::tx::{Buffer, TxQueue};
 use xen::abi::netif::{NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse};
 
 /// Choices made when connecting (the default suits smoltcp: no blank
-/// checksums, no GSO on receive, rings from index 0).
+/// checksums, no GSO on receive, one queue, rings from index 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// Accept packets with a blank checksum (else the backend fills it:
@@ -31,7 +31,13 @@ pub struct ConnectOptions {
     pub rx_gso: bool,
     /// Initial ring index (0 normally; tests start near `u32::MAX`).
     pub ring_start: RingIdx,
+    /// Most queues wanted (0 and 1 mean one); the backend's
+    /// `multi-queue-max-queues` caps it.
+    pub max_queues: u32,
 }
+
+/// Most queues we ever set up (each costs two rings and 512 pages).
+pub const MAX_QUEUES: u32 = 8;
 
 /// Grant-table work that could not be undone at disconnect (the backend
 /// still maps the page): the reference is leaked rather than reused.
@@ -43,17 +49,26 @@ pub struct DisconnectReport {
     pub leaked: usize,
 }
 
+/// One queue: a TX and an RX ring with their pools and event channel.
+pub struct Queue<P: PageMemory> {
+    /// The TX ring.
+    pub tx: TxQueue<P>,
+    /// The RX ring.
+    pub rx: RxQueue<P>,
+    /// Its event channel.
+    pub port: Port,
+    tx_ring_ref: GrantRef,
+    rx_ring_ref: GrantRef,
+}
+
 /// A connected network frontend.
 pub struct Netfront<E: NetEnv> {
     env: E,
     device: XenbusDevice,
     mac: MacAddress,
     features: BackendFeatures,
-    port: Port,
-    tx_ring_ref: GrantRef,
-    rx_ring_ref: GrantRef,
-    tx: TxQueue<E::Page>,
-    rx: RxQueue<E::Page>,
+    queues: Vec<Queue<E::Page>>,
+    next_rx_queue: usize,
     broken: Option<NetfrontError>,
     released: bool,
     notifies: u64,
@@ -76,11 +91,49 @@ fn alloc_pool<E: NetEnv>(
     Ok(bufs)
 }
 
+/// A queue for `packet`: a hash of its IPv4/IPv6 addresses and TCP/UDP
+/// ports, so one flow stays on one queue (and in order); queue 0 for
+/// anything else.
+pub fn flow_queue(packet: &[u8], queues: usize) -> usize {
+    if queues <= 1 {
+        return 0;
+    }
+    let ethertype = packet.get(12..14);
+    let key = match ethertype {
+        Some([0x08, 0x00]) => {
+            let ihl = packet.get(14).map_or(0, |b| usize::from(b & 0x0f) * 4);
+            let proto = packet.get(23).copied();
+            let ports = match proto {
+                Some(6) | Some(17) => packet.get(14 + ihl..14 + ihl + 4),
+                _ => None,
+            };
+            (packet.get(26..34), ports)
+        }
+        Some([0x86, 0xdd]) => {
+            let ports = match packet.get(20).copied() {
+                Some(6) | Some(17) => packet.get(54..58),
+                _ => None,
+            };
+            (packet.get(22..54), ports)
+        }
+        _ => (None, None),
+    };
+    let (Some(addrs), ports) = key else {
+        return 0;
+    };
+    // FNV-1a over the flow key; symmetric order does not matter for TX.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in addrs.iter().chain(ports.unwrap_or(&[])) {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    h as usize % queues
+}
+
 impl<E: NetEnv> Netfront<E> {
     /// Connect the device at `path` (e.g. `device/vif/0`): read the MAC and
     /// the backend's features, share rings and buffers, publish our keys,
     /// and wait until the backend is `Connected`. On failure every grant
-    /// made is revoked again.
+    /// made is revoked again and the environment handed back.
     pub async fn connect(
         mut env: E,
         path: &str,
@@ -104,27 +157,40 @@ impl<E: NetEnv> Netfront<E> {
             Ok(v) => v,
             Err(e) => return Err((env, e)),
         };
+        let n = options
+            .max_queues
+            .min(features.max_queues)
+            .clamp(1, MAX_QUEUES);
         let mut granted = Vec::new();
-        let queues = Self::build_queues(&mut env, device.backend_id, options, &mut granted);
-        let (tx, rx, tx_ring_ref, rx_ring_ref, port) = match queues {
-            Ok(q) => q,
-            Err(e) => {
-                for gref in granted {
-                    let _ = env.end_access(gref);
+        let mut ports = Vec::new();
+        let mut queues = Vec::new();
+        for _ in 0..n {
+            match Self::build_queue(
+                &mut env,
+                device.backend_id,
+                options,
+                &mut granted,
+                &mut ports,
+            ) {
+                Ok(q) => queues.push(q),
+                Err(e) => {
+                    for gref in granted {
+                        let _ = env.end_access(gref);
+                    }
+                    for port in ports {
+                        env.close_port(port);
+                    }
+                    return Err((env, e));
                 }
-                return Err((env, e));
             }
-        };
+        }
         let mut front = Self {
             env,
             device,
             mac,
             features,
-            port,
-            tx_ring_ref,
-            rx_ring_ref,
-            tx,
-            rx,
+            queues,
+            next_rx_queue: 0,
             broken: None,
             released: false,
             notifies: 0,
@@ -138,13 +204,13 @@ impl<E: NetEnv> Netfront<E> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn build_queues(
+    fn build_queue(
         env: &mut E,
         backend: DomId,
         options: ConnectOptions,
         granted: &mut Vec<GrantRef>,
-    ) -> Result<(TxQueue<E::Page>, RxQueue<E::Page>, GrantRef, GrantRef, Port), NetfrontError> {
+        ports: &mut Vec<Port>,
+    ) -> Result<Queue<E::Page>, NetfrontError> {
         let tx_page = env.alloc_page()?;
         let tx_ring_ref = env.grant_access(backend, tx_page.frame(), false)?;
         granted.push(tx_ring_ref);
@@ -156,13 +222,18 @@ impl<E: NetEnv> Netfront<E> {
         let tx_bufs = alloc_pool(env, backend, tx_size, true, granted)?;
         let rx_bufs = alloc_pool(env, backend, rx_size, false, granted)?;
         let port = env.alloc_unbound(backend)?;
-        let tx = TxQueue::new(tx_page.into_front_ring(options.ring_start), tx_bufs);
-        let rx = RxQueue::new(
-            rx_page.into_front_ring(options.ring_start),
-            rx_bufs,
-            options.ring_start,
-        );
-        Ok((tx, rx, tx_ring_ref, rx_ring_ref, port))
+        ports.push(port);
+        Ok(Queue {
+            tx: TxQueue::new(tx_page.into_front_ring(options.ring_start), tx_bufs),
+            rx: RxQueue::new(
+                rx_page.into_front_ring(options.ring_start),
+                rx_bufs,
+                options.ring_start,
+            ),
+            port,
+            tx_ring_ref,
+            rx_ring_ref,
+        })
     }
 
     async fn handshake(&mut self, options: ConnectOptions) -> Result<(), NetfrontError> {
@@ -174,37 +245,54 @@ impl<E: NetEnv> Netfront<E> {
                 .await?;
         }
         let flag = |b: bool| if b { "1" } else { "0" };
-        let keys: [(&str, String); 10] = [
-            ("tx-ring-ref", format!("{}", self.tx_ring_ref)),
-            ("rx-ring-ref", format!("{}", self.rx_ring_ref)),
-            ("event-channel", format!("{}", self.port)),
-            ("request-rx-copy", String::from("1")),
-            ("feature-rx-notify", String::from("1")),
-            ("feature-sg", String::from("1")),
-            ("feature-gso-tcpv4", String::from(flag(options.rx_gso))),
-            ("feature-gso-tcpv6", String::from(flag(options.rx_gso))),
-            (
-                "feature-no-csum-offload",
-                String::from(flag(!options.rx_csum_blank)),
-            ),
-            (
-                "feature-ipv6-csum-offload",
-                String::from(flag(options.rx_csum_blank)),
-            ),
-        ];
+        let mut keys: Vec<(String, String)> = Vec::new();
+        let multi = self.queues.len() > 1;
+        if multi {
+            keys.push((
+                String::from("multi-queue-num-queues"),
+                format!("{}", self.queues.len()),
+            ));
+        }
+        for (i, q) in self.queues.iter().enumerate() {
+            // One queue: keys at the top (what every backend understands);
+            // several: under `queue-N/`.
+            let dir = if multi {
+                format!("queue-{i}/")
+            } else {
+                String::new()
+            };
+            keys.push((format!("{dir}tx-ring-ref"), format!("{}", q.tx_ring_ref)));
+            keys.push((format!("{dir}rx-ring-ref"), format!("{}", q.rx_ring_ref)));
+            keys.push((format!("{dir}event-channel"), format!("{}", q.port)));
+        }
+        for (key, value) in [
+            ("request-rx-copy", "1"),
+            ("feature-rx-notify", "1"),
+            ("feature-sg", "1"),
+            ("feature-gso-tcpv4", flag(options.rx_gso)),
+            ("feature-gso-tcpv6", flag(options.rx_gso)),
+            ("feature-no-csum-offload", flag(!options.rx_csum_blank)),
+            ("feature-ipv6-csum-offload", flag(options.rx_csum_blank)),
+        ] {
+            keys.push((String::from(key), String::from(value)));
+        }
         for (key, value) in keys {
             xs.write(&format!("{}/{key}", self.device.path), value.as_bytes())
                 .await?;
         }
         // Buffers are posted before we announce Connected, so the backend
         // has somewhere to put the first packet.
-        self.rx.refill()?;
+        for q in &mut self.queues {
+            q.rx.refill()?;
+        }
         self.device.set_state(xs, XenbusState::Connected).await?;
         self.device
             .wait_for_backend(xs, XenbusState::Connected)
             .await?;
-        self.env.notify(self.port);
-        self.notifies += 1;
+        for q in &self.queues {
+            self.env.notify(q.port);
+            self.notifies += 1;
+        }
         Ok(())
     }
 
@@ -223,9 +311,20 @@ impl<E: NetEnv> Netfront<E> {
         &self.device
     }
 
-    /// The event channel port.
+    /// The queues (at least one).
+    pub fn queues(&self) -> &[Queue<E::Page>] {
+        &self.queues
+    }
+
+    fn first(&self) -> &Queue<E::Page> {
+        // `connect` builds at least one queue (`clamp(1, ..)`), and the
+        // list never shrinks.
+        &self.queues[0]
+    }
+
+    /// The event channel port of queue 0.
     pub fn port(&self) -> Port {
-        self.port
+        self.first().port
     }
 
     /// The environment (for the kernel: its platform handle).
@@ -243,14 +342,14 @@ impl<E: NetEnv> Netfront<E> {
         self.notifies
     }
 
-    /// TX counters and state.
+    /// Queue 0's TX counters and state.
     pub fn tx(&self) -> &TxQueue<E::Page> {
-        &self.tx
+        &self.first().tx
     }
 
-    /// RX counters and state.
+    /// Queue 0's RX counters and state.
     pub fn rx(&self) -> &RxQueue<E::Page> {
-        &self.rx
+        &self.first().rx
     }
 
     fn check(&self) -> Result<(), NetfrontError> {
@@ -265,13 +364,26 @@ impl<E: NetEnv> Netfront<E> {
         e
     }
 
-    /// Whether a packet of `len` bytes with `offload` could be queued now.
+    /// Whether a packet of `len` bytes with `offload` could be queued now
+    /// on every queue (so whichever its flow picks).
     pub fn can_send(&self, len: usize, offload: &TxOffload) -> bool {
-        self.broken.is_none() && self.tx.can_send(len, offload)
+        self.broken.is_none() && self.queues.iter().all(|q| q.tx.can_send(len, offload))
     }
 
-    /// Queue one packet (up to 64 KiB - 1 with backend scatter-gather).
+    /// Queue one packet (up to 64 KiB - 1 with backend scatter-gather) on
+    /// the queue of its flow.
     pub fn send(&mut self, packet: &[u8], offload: TxOffload) -> Result<(), TxError> {
+        let q = flow_queue(packet, self.queues.len());
+        self.send_on(q, packet, offload)
+    }
+
+    /// Queue one packet on queue `queue`.
+    pub fn send_on(
+        &mut self,
+        queue: usize,
+        packet: &[u8],
+        offload: TxOffload,
+    ) -> Result<(), TxError> {
         if self.broken.is_some() {
             return Err(TxError::Disconnected);
         }
@@ -284,14 +396,17 @@ impl<E: NetEnv> Netfront<E> {
                 return Err(TxError::Unsupported);
             }
         }
-        if self.tx.send(packet, &offload, self.features.sg)? {
-            self.env.notify(self.port);
+        let sg = self.features.sg;
+        let q = self.queues.get_mut(queue).ok_or(TxError::Unsupported)?;
+        if q.tx.send(packet, &offload, sg)? {
+            let port = q.port;
+            self.env.notify(port);
             self.notifies += 1;
         }
         Ok(())
     }
 
-    /// Process every response on both rings and re-post RX buffers. An
+    /// Process every response on every ring and re-post RX buffers. An
     /// error is the backend's fault; the device is then stopped and should
     /// be [disconnected](Self::disconnect).
     pub fn poll(&mut self) -> Result<(), NetfrontError> {
@@ -301,24 +416,47 @@ impl<E: NetEnv> Netfront<E> {
     }
 
     fn poll_inner(&mut self) -> Result<(), NetfrontError> {
-        self.tx.collect()?;
-        self.rx.collect()?;
-        if self.rx.refill()? {
-            self.env.notify(self.port);
-            self.notifies += 1;
+        for q in &mut self.queues {
+            q.tx.collect()?;
+            q.rx.collect()?;
+            if q.rx.refill()? {
+                self.env.notify(q.port);
+                self.notifies += 1;
+            }
         }
         Ok(())
     }
 
-    /// The next received packet.
+    /// The next received packet (queues taken in turn).
     pub fn receive(&mut self) -> Option<RxPacket> {
-        self.rx.pop()
+        let n = self.queues.len();
+        for _ in 0..n {
+            let i = self.next_rx_queue % n;
+            self.next_rx_queue = (i + 1) % n;
+            if let Some(p) = self.queues.get_mut(i).and_then(|q| q.rx.pop()) {
+                return Some(p);
+            }
+        }
+        None
     }
 
-    /// Wait for the backend's next event.
+    /// Wait for the backend's next event on any queue.
     pub async fn wait(&mut self) {
-        let port = self.port;
-        poll_fn(|cx| self.env.poll_event(port, cx)).await
+        let ports: Vec<Port> = self.queues.iter().map(|q| q.port).collect();
+        poll_fn(|cx| {
+            let mut ready = false;
+            for port in &ports {
+                // Poll every port (not just up to the first ready one) so
+                // each pending bit is consumed or a waker registered.
+                ready |= self.env.poll_event(*port, cx).is_ready();
+            }
+            if ready {
+                core::task::Poll::Ready(())
+            } else {
+                core::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Check the backend is still there and `Connected`; if not, the device
@@ -339,24 +477,30 @@ impl<E: NetEnv> Netfront<E> {
             return report;
         }
         self.released = true;
-        let grefs = [self.tx_ring_ref, self.rx_ring_ref]
-            .into_iter()
-            .chain(self.tx.bufs.iter().map(|b| b.gref))
-            .chain(self.rx.bufs.iter().map(|b| b.gref));
-        let grefs: Vec<GrantRef> = grefs.collect();
+        let mut grefs = Vec::new();
+        let mut ports = Vec::new();
+        for q in &self.queues {
+            grefs.push(q.tx_ring_ref);
+            grefs.push(q.rx_ring_ref);
+            grefs.extend(q.tx.bufs.iter().map(|b| b.gref));
+            grefs.extend(q.rx.bufs.iter().map(|b| b.gref));
+            ports.push(q.port);
+        }
         for gref in grefs {
             match self.env.end_access(gref) {
                 Ok(()) => report.revoked += 1,
                 Err(_) => report.leaked += 1,
             }
         }
-        self.env.close_port(self.port);
+        for port in ports {
+            self.env.close_port(port);
+        }
         report
     }
 
     /// Leave: publish `Closing` then `Closed` (best effort: the backend or
     /// xenstore may be gone), revoke every grant the backend no longer
-    /// maps and close the event channel. The device is unusable afterwards.
+    /// maps and close the event channels. The device is unusable afterwards.
     pub async fn disconnect(&mut self) -> DisconnectReport {
         self.broken.get_or_insert(NetfrontError::Disconnected);
         let xs = self.env.xenstore();
@@ -369,12 +513,5 @@ impl<E: NetEnv> Netfront<E> {
     /// to reconnect).
     pub fn into_env(self) -> E {
         self.env
-    }
-}
-
-impl<P: PageMemory> TxQueue<P> {
-    /// Events-free free-slot count, for callers sizing bursts.
-    pub fn free_slots(&self) -> u32 {
-        self.ring.free_requests()
     }
 }

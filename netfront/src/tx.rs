@@ -63,6 +63,11 @@ impl<P: PageMemory> TxQueue<P> {
         }
     }
 
+    /// Ring slots free for requests.
+    pub fn free_slots(&self) -> u32 {
+        self.ring.free_requests()
+    }
+
     /// Requests the backend has not answered yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight.iter().filter(|b| **b).count()

@@ -64,7 +64,7 @@ proptest! {
     fn hostile_responses_never_panic(actions in prop::collection::vec(action(), 1..40)) {
         let m = Machine::new();
         let mut back = m.backend();
-        let options = ConnectOptions { rx_csum_blank: true, rx_gso: true, ring_start: 0 };
+        let options = ConnectOptions { rx_csum_blank: true, rx_gso: true, ring_start: 0, max_queues: 1 };
         let mut front = connect(&m, &mut back, options).unwrap();
         let mut stopped = None;
         for a in actions {

@@ -12,6 +12,7 @@ fn options() -> ConnectOptions {
         rx_csum_blank: true,
         rx_gso: true,
         ring_start: 0,
+        max_queues: 1,
     }
 }
 
@@ -417,4 +418,70 @@ fn backend_restart_then_reconnect_carries_traffic_again() {
     assert_eq!(back.received.last().unwrap().data, pattern(5000, 2));
     assert!(back.send_rx(&pattern(5000, 3), 0, None));
     assert_eq!(pump_rx(&mut front).data, pattern(5000, 3));
+}
+
+#[test]
+fn several_queues_when_the_backend_offers_them() {
+    let m = Machine::new();
+    m.set(&format!("{BACK_PATH}/multi-queue-max-queues"), "4");
+    let mut back = m.backend();
+    let mut opts = options();
+    opts.max_queues = 2;
+    let mut front = connect(&m, &mut back, opts).unwrap();
+    assert_eq!(front.queues().len(), 2, "min(ours, backend's)");
+    assert_eq!(
+        m.get(&format!("{FRONT_ABS}/multi-queue-num-queues"))
+            .as_deref(),
+        Some("2")
+    );
+    assert!(m.get(&format!("{FRONT_ABS}/queue-1/tx-ring-ref")).is_some());
+    assert!(m.get(&format!("{FRONT_ABS}/tx-ring-ref")).is_none());
+    assert_eq!(back.conns.len(), 2);
+    assert_eq!(m.hv.grants_of(FRONT), 2 * 514);
+    for q in 0..2 {
+        back.active = q;
+        front
+            .send_on(q, &pattern(3000 + q, q as u8), TxOffload::default())
+            .unwrap();
+        assert_eq!(back.process_tx(), 1);
+        assert_eq!(
+            back.received.last().unwrap().data,
+            pattern(3000 + q, q as u8)
+        );
+        assert!(back.send_rx(&pattern(100 + q, 9), 0, None));
+    }
+    front.poll().unwrap();
+    let mut got: Vec<usize> = std::iter::from_fn(|| front.receive())
+        .map(|p| p.data.len())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![100, 101]);
+    // One flow always maps to the same queue.
+    let frame = {
+        let mut f = pattern(80, 1);
+        f[12] = 0x08;
+        f[13] = 0x00;
+        f[14] = 0x45;
+        f[23] = 6;
+        f
+    };
+    let q = netfront::front::flow_queue(&frame, 2);
+    assert_eq!(netfront::front::flow_queue(&frame, 2), q);
+    assert_eq!(netfront::front::flow_queue(&frame, 1), 0);
+    let report = run(front.disconnect(), || {});
+    assert_eq!(report.revoked + report.leaked, 2 * 514);
+}
+
+#[test]
+fn one_queue_when_the_backend_offers_none() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut opts = options();
+    opts.max_queues = 4;
+    let front = connect(&m, &mut back, opts).unwrap();
+    assert_eq!(front.queues().len(), 1);
+    assert!(m
+        .get(&format!("{FRONT_ABS}/multi-queue-num-queues"))
+        .is_none());
+    assert!(m.get(&format!("{FRONT_ABS}/tx-ring-ref")).is_some());
 }

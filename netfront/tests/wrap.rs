@@ -26,7 +26,7 @@ proptest! {
         let start = u32::MAX - back_off;
         let m = Machine::new();
         let mut back = m.backend();
-        let options = ConnectOptions { rx_csum_blank: true, rx_gso: true, ring_start: start };
+        let options = ConnectOptions { rx_csum_blank: true, rx_gso: true, ring_start: start, max_queues: 1 };
         let mut front = connect(&m, &mut back, options).unwrap();
         // Enough traffic that both rings pass 2^32 by at least a ring's worth.
         let needed = u64::from(back_off) + 300;

@@ -119,7 +119,8 @@ impl Machine {
         SimNetback {
             hv: self.hv.clone(),
             xsd: self.xsd.clone(),
-            conn: None,
+            conns: Vec::new(),
+            active: 0,
             received: Vec::new(),
             events_seen: 0,
         }
@@ -184,7 +185,9 @@ pub struct Conn {
 pub struct SimNetback {
     pub hv: SimHypervisor,
     pub xsd: Rc<RefCell<Xenstored>>,
-    pub conn: Option<Conn>,
+    /// One connection per queue; `active` is the one the methods use.
+    pub conns: Vec<Conn>,
+    pub active: usize,
     pub received: Vec<BackPacket>,
     pub events_seen: u64,
 }
@@ -205,31 +208,44 @@ impl SimNetback {
 
     /// React to the frontend's xenstore state, as netback's xenbus watch.
     pub fn step(&mut self) {
-        if self.conn.is_some() || self.front_key("state").as_deref() != Some("4") {
+        if !self.conns.is_empty() || self.front_key("state").as_deref() != Some("4") {
             return;
         }
-        let num = |k: &str| self.front_key(k).unwrap().parse::<u32>().unwrap();
         assert_eq!(self.front_key("request-rx-copy").as_deref(), Some("1"));
-        let (tx_ref, rx_ref, evtchn) =
-            (num("tx-ring-ref"), num("rx-ring-ref"), num("event-channel"));
-        let tx_page = self.hv.map_grant(BACK, FRONT, tx_ref, false).unwrap();
-        let rx_page = self.hv.map_grant(BACK, FRONT, rx_ref, false).unwrap();
-        let tx_view = SharedPage::new(tx_page.memory().clone());
-        let rx_view = SharedPage::new(rx_page.memory().clone());
-        // Attach where the frontend initialised the rings (rsp_prod).
-        let tx_start = read_u32(&tx_view, 8);
-        let rx_start = read_u32(&rx_view, 8);
-        let port = self.hv.bind_interdomain(BACK, FRONT, evtchn).unwrap();
-        self.conn = Some(Conn {
-            tx: tx_page.into_back_ring(tx_start),
-            rx: rx_page.into_back_ring(rx_start),
-            tx_page: tx_view,
-            rx_page: rx_view,
-            port,
-            tx_ref,
-            rx_ref,
-            rx_reqs: VecDeque::new(),
-        });
+        let dirs: Vec<String> = match self.front_key("multi-queue-num-queues") {
+            None => vec![String::new()],
+            Some(n) => (0..n.parse::<usize>().unwrap())
+                .map(|i| format!("queue-{i}/"))
+                .collect(),
+        };
+        for dir in dirs {
+            let num = |k: &str| {
+                self.front_key(&format!("{dir}{k}"))
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap()
+            };
+            let (tx_ref, rx_ref, evtchn) =
+                (num("tx-ring-ref"), num("rx-ring-ref"), num("event-channel"));
+            let tx_page = self.hv.map_grant(BACK, FRONT, tx_ref, false).unwrap();
+            let rx_page = self.hv.map_grant(BACK, FRONT, rx_ref, false).unwrap();
+            let tx_view = SharedPage::new(tx_page.memory().clone());
+            let rx_view = SharedPage::new(rx_page.memory().clone());
+            // Attach where the frontend initialised the rings (rsp_prod).
+            let tx_start = read_u32(&tx_view, 8);
+            let rx_start = read_u32(&rx_view, 8);
+            let port = self.hv.bind_interdomain(BACK, FRONT, evtchn).unwrap();
+            self.conns.push(Conn {
+                tx: tx_page.into_back_ring(tx_start),
+                rx: rx_page.into_back_ring(rx_start),
+                tx_page: tx_view,
+                rx_page: rx_view,
+                port,
+                tx_ref,
+                rx_ref,
+                rx_reqs: VecDeque::new(),
+            });
+        }
         self.xsd
             .borrow_mut()
             .set(&format!("{BACK_PATH}/state"), b"4");
@@ -238,7 +254,7 @@ impl SimNetback {
     /// netback restarts (dom0 service restart): it unmaps the rings,
     /// closes its port and publishes `Closed`; later `InitWait` again.
     pub fn restart(&mut self) {
-        if let Some(c) = self.conn.take() {
+        for c in self.conns.drain(..) {
             self.hv.unmap_grant(FRONT, c.tx_ref);
             self.hv.unmap_grant(FRONT, c.rx_ref);
             self.hv.close(BACK, c.port);
@@ -249,7 +265,7 @@ impl SimNetback {
     }
 
     pub fn conn(&mut self) -> &mut Conn {
-        self.conn.as_mut().expect("backend connected")
+        self.conns.get_mut(self.active).expect("backend connected")
     }
 
     fn notify_if(&mut self, needed: bool) {
@@ -408,7 +424,7 @@ impl SimNetback {
     /// The backend domain dies: its ports close, its mappings vanish, and
     /// the toolstack marks the backend closed.
     pub fn vanish(&mut self) {
-        self.conn = None;
+        self.conns.clear();
         self.hv.destroy_domain(BACK);
         self.xsd
             .borrow_mut()
