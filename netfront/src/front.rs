@@ -509,9 +509,62 @@ impl<E: NetEnv> Netfront<E> {
         self.release()
     }
 
+    /// After the backend went away (`xl network-detach`/`attach`, a
+    /// netback restart): disconnect, wait until the backend is back in
+    /// `InitWait` (through `Closed`, `Unknown` or a missing directory), and
+    /// connect again with `options`.
+    pub async fn reconnect(mut self, options: ConnectOptions) -> Result<Self, (E, NetfrontError)> {
+        self.disconnect().await;
+        let path = self.device.path.clone();
+        let mut env = self.env;
+        if let Err(e) = wait_backend_ready(&mut env, &path).await {
+            return Err((env, e));
+        }
+        Self::connect(env, &path, options).await
+    }
+
     /// Give the environment back (after [`disconnect`](Self::disconnect),
     /// to reconnect).
     pub fn into_env(self) -> E {
         self.env
     }
+}
+
+/// Wait until the backend of the device at `path` is in `InitWait`, ready
+/// for a (re)connection, whatever it goes through meanwhile. The backend
+/// path is re-read on every change, since a re-attached vif may have a new
+/// one.
+pub async fn wait_backend_ready<E: NetEnv>(env: &mut E, path: &str) -> Result<(), NetfrontError> {
+    let xs = env.xenstore();
+    let token = format!("netfront-ready:{path}");
+    // Watch our own directory (the toolstack rewrites `backend` on
+    // re-attach) and the backend's state.
+    xs.watch(path, &token).await?;
+    let result = async {
+        let mut watched_backend: Option<String> = None;
+        loop {
+            match XenbusDevice::open(xs, path).await {
+                Ok(dev) => {
+                    if watched_backend.as_deref() != Some(dev.backend.as_str()) {
+                        xs.watch(&format!("{}/state", dev.backend), &token).await?;
+                        watched_backend = Some(dev.backend.clone());
+                    }
+                    if dev.backend_state(xs).await? == XenbusState::InitWait {
+                        return Ok(watched_backend);
+                    }
+                }
+                // Not re-attached yet: wait for the toolstack.
+                Err(xen::xenbus::XenbusError::Xs(xen::xenstore::XsError::Enoent)) => {}
+                Err(e) => return Err(NetfrontError::from(e)),
+            }
+            xs.next_watch_event_for(&token).await?;
+        }
+    }
+    .await;
+    let _ = xs.unwatch(path, &token).await;
+    if let Ok(Some(backend)) = &result {
+        let _ = xs.unwatch(&format!("{backend}/state"), &token).await;
+    }
+    xs.discard_watch_events(&token);
+    result.map(|_| ())
 }

@@ -485,3 +485,46 @@ fn one_queue_when_the_backend_offers_none() {
         .is_none());
     assert!(m.get(&format!("{FRONT_ABS}/tx-ring-ref")).is_some());
 }
+
+#[test]
+fn reconnect_waits_through_a_backend_restart() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    front.send(&pattern(3000, 1), TxOffload::default()).unwrap();
+    back.restart();
+    assert!(run(front.check_backend(), || {}).is_err());
+    // The backend comes back (Unknown, Initialising, InitWait) only well
+    // after the frontend has closed and started waiting: connecting
+    // without waiting would fail on the backend's `Closed`.
+    let mut steps_after_close = 0;
+    let mut front = run(front.reconnect(options()), || {
+        if m.get(&format!("{FRONT_ABS}/state")).as_deref() == Some("6") || steps_after_close > 0 {
+            steps_after_close += 1;
+            let state = match steps_after_close {
+                50 => Some("0"),
+                100 => Some("1"),
+                150 => Some("2"),
+                _ => None,
+            };
+            if let Some(state) = state {
+                m.set(&format!("{BACK_PATH}/state"), state);
+            }
+        }
+        back.step()
+    })
+    .map_err(|(_, e)| e)
+    .expect("reconnected");
+    assert!(steps_after_close >= 150, "waited for the backend");
+    assert_eq!(m.get(&format!("{BACK_PATH}/state")).as_deref(), Some("4"));
+    assert_eq!(
+        m.hv.grants_of(FRONT),
+        514,
+        "old grants revoked, new ones made"
+    );
+    front.send(&pattern(4000, 2), TxOffload::default()).unwrap();
+    assert_eq!(back.process_tx(), 1);
+    assert_eq!(back.received.last().unwrap().data, pattern(4000, 2));
+    assert!(back.send_rx(&pattern(700, 3), 0, None));
+    assert_eq!(pump_rx(&mut front).data, pattern(700, 3));
+}
