@@ -1,7 +1,7 @@
 //! The Xen PV network frontend: our NIC, speaking the netif protocol
 //! (`io/netif.h`) to a backend (Linux netback, or a moat driver domain).
 //!
-//! - [`env`]: what the kernel provides (pages, grants, event channels,
+//! - [`env`](mod@env): what the kernel provides (pages, grants, event channels,
 //!   xenstore), as the [`NetEnv`] trait.
 //! - [`config`]: values read from xenstore (MAC, backend features), parsed.
 //! - [`tx`] / [`rx`]: the two rings with their granted buffer pools.
