@@ -888,7 +888,8 @@ impl<E: BlkEnv> Inner<E> {
                 r.waker = Some(cx.waker().clone());
             }
         }
-        if self.free_slots.is_empty() || items.is_empty() {
+        let registered = self.space_waiters.iter().any(|w| w.will_wake(cx.waker()));
+        if (self.free_slots.is_empty() || items.is_empty()) && !registered {
             self.space_waiters.push(cx.waker().clone());
         }
         let Some(ring) = self.ring.as_mut() else {

@@ -101,6 +101,10 @@ pub struct Hv {
     /// Refuse pages after this many (resource exhaustion tests).
     pub page_limit: Option<usize>,
     pub pages_allocated: usize,
+    /// The frontend's task waiting for an event.
+    pub front_waker: Option<Waker>,
+    /// Events sent to the frontend.
+    pub notifies_to_front: u64,
 }
 
 impl Hv {
@@ -168,7 +172,6 @@ impl RingPages for SimRing {
 /// The frontend's environment over the simulated hypervisor.
 pub struct SimEnv {
     pub hv: SharedHv,
-    pub waker: Option<Waker>,
 }
 
 impl BlkEnv for SimEnv {
@@ -251,7 +254,7 @@ impl BlkEnv for SimEnv {
             hv.front_pending = false;
             Poll::Ready(())
         } else {
-            self.waker = Some(cx.waker().clone());
+            hv.front_waker = Some(cx.waker().clone());
             Poll::Pending
         }
     }
@@ -333,6 +336,10 @@ pub struct Blkback {
     /// Take requests but do not answer them.
     pub hold: bool,
     pub hostility: Hostility,
+    /// Answer at most this many requests per run (the rest stay in the
+    /// backend's queue for its next run), like a backend whose disk is
+    /// slower than the ring.
+    pub answer_limit: Option<usize>,
     pub stats: BackendStats,
     pub ring_page_order: u32,
 }
@@ -351,6 +358,7 @@ impl Blkback {
             held: Vec::new(),
             hold: false,
             hostility: Hostility::None,
+            answer_limit: None,
             stats: BackendStats::default(),
             ring_page_order: 0,
         }
@@ -475,7 +483,8 @@ impl Blkback {
             .map_or(0, |(_, r)| r.unconsumed_requests().unwrap())
     }
 
-    /// Serve the ring: take every request, answer (unless holding).
+    /// Serve the ring: take every request, answer (unless holding), and
+    /// re-arm `req_event` before going idle, as blkback does.
     pub fn io_step(&mut self) {
         if self.ring.is_none() {
             return;
@@ -485,16 +494,40 @@ impl Blkback {
             return;
         }
         loop {
-            let outstanding = self.unconsumed() + self.held.len() as u32;
-            self.stats.max_outstanding = self.stats.max_outstanding.max(outstanding);
-            let (_, ring) = self.ring.as_mut().unwrap();
-            let Some(slot) = ring.take_request().expect("frontend ring indices") else {
-                break;
+            loop {
+                let outstanding = self.unconsumed() + self.held.len() as u32;
+                self.stats.max_outstanding = self.stats.max_outstanding.max(outstanding);
+                let (_, ring) = self.ring.as_mut().unwrap();
+                let Some(slot) = ring.take_request().expect("frontend ring indices") else {
+                    break;
+                };
+                let status = self.execute(&slot);
+                self.held.push((slot, status));
+            }
+            self.release();
+            let Some((_, ring)) = self.ring.as_mut() else {
+                return;
             };
-            let status = self.execute(&slot);
-            self.held.push((slot, status));
+            if !ring
+                .final_check_for_requests()
+                .expect("frontend ring indices")
+            {
+                return;
+            }
         }
-        self.release();
+    }
+
+    /// Notified, or requests still queued.
+    pub fn has_work(&self) -> bool {
+        self.hv.borrow().back_pending || !self.held.is_empty()
+    }
+
+    /// Serve the ring only if the frontend sent an event (as a real backend
+    /// runs only when notified).
+    pub fn io_step_if_notified(&mut self) {
+        if self.has_work() {
+            self.io_step();
+        }
     }
 
     /// Requests taken and not answered.
@@ -516,9 +549,12 @@ impl Blkback {
         self.stats.max_outstanding = self.stats.max_outstanding.max(outstanding);
     }
 
-    /// Answer every held request, newest first.
+    /// Answer held requests (up to `answer_limit`), newest first.
     pub fn release(&mut self) {
-        let mut answers = std::mem::take(&mut self.held);
+        let keep = self
+            .answer_limit
+            .map_or(0, |n| self.held.len().saturating_sub(n));
+        let mut answers = self.held.split_off(keep);
         answers.reverse();
         let Some((mem, ring)) = self.ring.as_mut() else {
             return;
@@ -553,10 +589,23 @@ impl Blkback {
         let notify = ring.push_responses_and_check_notify();
         if self.hostility == Hostility::BadProducerIndex {
             mem.poke_u32(8, 0x4000_0000);
+            self.send_event();
+        } else if notify {
+            self.send_event();
         }
-        let _ = notify;
-        // Always notify: the frontend only sleeps after re-arming anyway.
-        self.hv.borrow_mut().front_pending = true;
+    }
+
+    /// Raise the frontend's event channel and wake its waiting task.
+    pub fn send_event(&mut self) {
+        let waker = {
+            let mut hv = self.hv.borrow_mut();
+            hv.front_pending = true;
+            hv.notifies_to_front += 1;
+            hv.front_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Check a segment, returning the byte range of the disk page it
@@ -751,7 +800,6 @@ impl World {
     pub fn env(&self) -> SimEnv {
         SimEnv {
             hv: self.hv.clone(),
-            waker: None,
         }
     }
 }
@@ -800,4 +848,59 @@ pub fn run_all_with<'a, T>(
         between();
     }
     None
+}
+
+/// A task's "woken" flag.
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Like [`run_all`], but as a real executor: a future is polled only after
+/// its waker fired, and the backend runs only when notified. `None` if
+/// every future waits with nothing left to wake it (a lost wake-up).
+pub fn run_woken<'a, T>(
+    backend: &Rc<RefCell<Blkback>>,
+    mut futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>,
+) -> Option<Vec<T>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let flags: Vec<Arc<Flag>> = futures
+        .iter()
+        .map(|_| Arc::new(Flag(AtomicBool::new(true))))
+        .collect();
+    let wakers: Vec<Waker> = flags.iter().map(|f| Waker::from(f.clone())).collect();
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    for _ in 0..1_000_000 {
+        let mut progressed = false;
+        for i in 0..futures.len() {
+            if out[i].is_none() && flags[i].0.swap(false, Ordering::SeqCst) {
+                progressed = true;
+                let mut cx = Context::from_waker(&wakers[i]);
+                if let Poll::Ready(v) = futures[i].as_mut().poll(&mut cx) {
+                    out[i] = Some(v);
+                }
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            return Some(out.into_iter().map(Option::unwrap).collect());
+        }
+        let notified = backend.borrow().has_work();
+        {
+            let mut b = backend.borrow_mut();
+            b.xenbus_step();
+            b.io_step_if_notified();
+        }
+        let woken = flags
+            .iter()
+            .zip(&out)
+            .any(|(f, o)| o.is_none() && f.0.load(Ordering::SeqCst));
+        if !progressed && !notified && !woken {
+            return None;
+        }
+    }
+    panic!("futures kept waking without finishing (livelock)");
 }
