@@ -278,6 +278,17 @@ pub enum Hostility {
     IoError,
 }
 
+/// One scripted change to an outgoing response (property tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Garble {
+    /// XOR into the id.
+    pub id_xor: u64,
+    /// Replace the operation.
+    pub operation: Option<u8>,
+    /// Replace the status.
+    pub status: Option<i16>,
+}
+
 /// The disk and features the backend offers.
 #[derive(Clone, Debug)]
 pub struct BackendConfig {
@@ -340,6 +351,10 @@ pub struct Blkback {
     /// backend's queue for its next run), like a backend whose disk is
     /// slower than the ring.
     pub answer_limit: Option<usize>,
+    /// Applied to the next responses, one each.
+    pub script: std::collections::VecDeque<Garble>,
+    /// Written over the response producer index after the next push.
+    pub poke_rsp_prod: Option<u32>,
     pub stats: BackendStats,
     pub ring_page_order: u32,
 }
@@ -359,6 +374,8 @@ impl Blkback {
             hold: false,
             hostility: Hostility::None,
             answer_limit: None,
+            script: Default::default(),
+            poke_rsp_prod: None,
             stats: BackendStats::default(),
             ring_page_order: 0,
         }
@@ -577,6 +594,11 @@ impl Blkback {
                 Hostility::IoError => rsp.status = BLKIF_RSP_ERROR,
                 Hostility::Duplicate | Hostility::BadProducerIndex => {}
             }
+            if let Some(g) = self.script.pop_front() {
+                rsp.id ^= g.id_xor;
+                rsp.operation = g.operation.unwrap_or(rsp.operation);
+                rsp.status = g.status.unwrap_or(rsp.status);
+            }
             let _ = ring.queue_response(rsp);
             if first && self.hostility == Hostility::Duplicate {
                 // A second answer to the same request, in the slot of the
@@ -587,7 +609,10 @@ impl Blkback {
             }
         }
         let notify = ring.push_responses_and_check_notify();
-        if self.hostility == Hostility::BadProducerIndex {
+        if let Some(prod) = self.poke_rsp_prod.take() {
+            mem.poke_u32(8, prod);
+            self.send_event();
+        } else if self.hostility == Hostility::BadProducerIndex {
             mem.poke_u32(8, 0x4000_0000);
             self.send_event();
         } else if notify {
