@@ -2,9 +2,9 @@
 //!
 //! The kernel implements [`BlkEnv`] over its frame allocator, grant table
 //! and executor. Memory shared with the backend is reached only through
-//! [`SharedPage`] and [`RingPages`], whose implementations (in the kernel,
-//! or in a simulated hypervisor for tests) hold the `unsafe` accessors;
-//! this crate has none.
+//! `xen::shared_page` ([`SharedPage`] over the kernel's [`PageMemory`], whose
+//! one `unsafe impl` vouches for the page) and [`RingPages`]; this crate has
+//! no `unsafe`. A single-page ring is simply a [`PageFrontRing`].
 
 use core::task::{Context, Poll};
 use xen::abi::blkif::{BlkifRequestSlot, BlkifResponse};
@@ -12,23 +12,10 @@ use xen::abi::{DomId, GrantRef, Port};
 use xen::grant::GrantError;
 use xen::ring::FrontRing;
 
-/// Bytes in a page shared with the backend.
-pub const PAGE_SIZE: usize = 4096;
+pub use xen::shared_page::{PageFrontRing, PageMemory, SharedPage, PAGE_SIZE};
 
 /// The blkif front ring.
 pub type BlkFrontRing = FrontRing<BlkifRequestSlot, BlkifResponse>;
-
-/// One 4 KiB page of this domain that may be granted to another.
-pub trait SharedPage {
-    /// The frame number to put in a grant (a GFN on PVH, an MFN on PV).
-    fn frame(&self) -> u64;
-    /// Copy `buf.len()` bytes out of the page from `offset`. The caller
-    /// keeps `offset + buf.len() <= PAGE_SIZE`.
-    fn read(&self, offset: usize, buf: &mut [u8]);
-    /// Copy `data` into the page at `offset`. The caller keeps
-    /// `offset + data.len() <= PAGE_SIZE`.
-    fn write(&mut self, offset: usize, data: &[u8]);
-}
 
 /// `2^order` contiguous pages holding an initialised front ring, owned
 /// together so the ring can never outlive its memory.
@@ -52,15 +39,17 @@ pub enum EnvError {
 
 /// The kernel services the frontend uses.
 pub trait BlkEnv {
-    /// A page for data or indirect segment lists.
-    type Page: SharedPage;
+    /// Memory of a page for data or indirect segment lists.
+    type Mem: PageMemory;
     /// The ring's pages.
     type Ring: RingPages;
 
     /// A zeroed page that can be granted.
-    fn alloc_page(&mut self) -> Result<Self::Page, EnvError>;
+    fn alloc_page(&mut self) -> Result<SharedPage<Self::Mem>, EnvError>;
     /// `2^order` contiguous zeroed pages with a front ring initialised in
-    /// them (`FrontRing::init` over `PAGE_SIZE << order` bytes).
+    /// them (`FrontRing::init` over `PAGE_SIZE << order` bytes). Order 0
+    /// is all an environment must support (`SharedPage::into_front_ring`);
+    /// larger orders are asked for only if [`crate::BlkConfig`] allows them.
     fn alloc_ring(&mut self, order: u32) -> Result<Self::Ring, EnvError>;
     /// Grant `domid` access to `frame`.
     fn grant(&mut self, domid: DomId, frame: u64, readonly: bool) -> Result<GrantRef, GrantError>;
@@ -75,4 +64,16 @@ pub trait BlkEnv {
     /// Ready once an event arrived on `port` since the last `Ready`;
     /// registers `cx`'s waker otherwise.
     fn poll_event(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+impl<M: PageMemory> RingPages for PageFrontRing<M, BlkifRequestSlot, BlkifResponse> {
+    fn page_count(&self) -> usize {
+        1
+    }
+    fn frame(&self, _index: usize) -> u64 {
+        PageFrontRing::frame(self)
+    }
+    fn ring(&mut self) -> &mut BlkFrontRing {
+        self
+    }
 }

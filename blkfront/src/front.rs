@@ -11,7 +11,7 @@
 //! device broken: every operation fails from then on and the owner calls
 //! [`BlkFront::disconnect`].
 
-use crate::env::{BlkEnv, RingPages, SharedPage, PAGE_SIZE};
+use crate::env::{BlkEnv, RingPages, PAGE_SIZE};
 use crate::error::{BlkError, ProtocolViolation};
 use crate::info::{parse_u64, DiskInfo, RawDiskKeys};
 use crate::pool::{GrantPool, PageIndex};
@@ -109,7 +109,7 @@ struct Inner<E: BlkEnv> {
     ring: Option<E::Ring>,
     ring_grefs: Vec<GrantRef>,
     port: Port,
-    pool: GrantPool<E::Page>,
+    pool: GrantPool<E::Mem>,
     slots: Vec<Option<InFlight>>,
     generations: Vec<u32>,
     free_slots: Vec<usize>,
@@ -645,13 +645,15 @@ impl<E: BlkEnv> Inner<E> {
             Err(_) if in_flight > 0 => return Ok(None),
             Err(e) => return Err(e),
         };
+        let mut copied = true;
         if let Some(payload) = payload {
             for (i, &p) in pages.iter().take(data_pages).enumerate() {
                 let from = i * PAGE_SIZE;
                 let to = (from + PAGE_SIZE).min(payload.len());
-                if let (Some(page), Some(bytes)) = (self.pool.page_mut(p), payload.get(from..to)) {
-                    page.write(0, bytes);
-                }
+                copied &= match (self.pool.page(p), payload.get(from..to)) {
+                    (Some(page), Some(bytes)) => page.write(0, bytes).is_ok(),
+                    _ => false,
+                };
             }
         }
         let segments: Vec<BlkifRequestSegment> = (0..data_pages)
@@ -695,10 +697,10 @@ impl<E: BlkEnv> Inner<E> {
                     .iter()
                     .skip(k * BLKIF_SEGMENTS_PER_INDIRECT_PAGE)
                     .take(BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
-                if let Some(page) = self.pool.page_mut(p) {
-                    for (j, seg) in list.enumerate() {
-                        page.write(j * BLKIF_SEGMENT_SIZE, &seg.to_bytes());
-                    }
+                for (j, seg) in list.enumerate() {
+                    copied &= self.pool.page(p).is_some_and(|page| {
+                        page.write(j * BLKIF_SEGMENT_SIZE, &seg.to_bytes()).is_ok()
+                    });
                 }
             }
             BlkifRequestIndirect {
@@ -729,6 +731,11 @@ impl<E: BlkEnv> Inner<E> {
             .to_slot()
         };
 
+        if !copied {
+            // Cannot happen: every copy above stays inside its page.
+            self.pool.give_back(&pages);
+            return Err(BlkError::OutOfRange);
+        }
         let Some(ring) = self.ring.as_mut() else {
             self.pool.give_back(&pages);
             return Err(BlkError::Disconnected);
@@ -843,15 +850,17 @@ impl<E: BlkEnv> Inner<E> {
             return None;
         }
         let status = req.status?;
-        let result = match status {
+        let mut result = match status {
             BLKIF_RSP_OKAY => Ok(()),
             BLKIF_RSP_EOPNOTSUPP => Err(BlkError::NotSupported),
             _ => Err(BlkError::Io),
         };
         if let (Ok(()), Some(buf)) = (result, buf) {
             for (chunk, &p) in buf.chunks_mut(PAGE_SIZE).zip(&req.pages) {
-                if let Some(page) = self.pool.page(p) {
-                    page.read(0, chunk);
+                let read = self.pool.page(p).map(|page| page.read(0, chunk));
+                if !matches!(read, Some(Ok(()))) {
+                    // Cannot happen: chunks are at most a page.
+                    result = Err(BlkError::OutOfRange);
                 }
             }
         }

@@ -28,7 +28,7 @@ pub mod front;
 pub mod info;
 pub mod pool;
 
-pub use env::{BlkEnv, EnvError, RingPages, SharedPage};
+pub use env::{BlkEnv, EnvError, RingPages};
 pub use error::{BlkError, ProtocolViolation};
 pub use front::{BlkConfig, BlkFront, BlkStats};
 pub use info::DiskInfo;

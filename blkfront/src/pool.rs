@@ -4,21 +4,21 @@
 //! never shared and no grant is made or ended per request in steady state.
 //! The pool grows on demand up to a cap and hands pages out by index.
 
-use crate::env::{BlkEnv, SharedPage};
+use crate::env::{BlkEnv, PageMemory, SharedPage};
 use crate::error::BlkError;
 use alloc::vec::Vec;
 use xen::abi::{DomId, GrantRef};
 
 /// A granted page.
-struct PoolPage<P> {
-    page: P,
+struct PoolPage<M: PageMemory> {
+    page: SharedPage<M>,
     gref: GrantRef,
 }
 
 /// Pages granted (writable) to one backend domain.
-pub struct GrantPool<P> {
+pub struct GrantPool<M: PageMemory> {
     domid: DomId,
-    pages: Vec<PoolPage<P>>,
+    pages: Vec<PoolPage<M>>,
     free: Vec<usize>,
     cap: usize,
 }
@@ -26,7 +26,7 @@ pub struct GrantPool<P> {
 /// Index of a page handed out by the pool.
 pub type PageIndex = usize;
 
-impl<P: SharedPage> GrantPool<P> {
+impl<M: PageMemory> GrantPool<M> {
     /// An empty pool for `domid` that will hold at most `cap` pages.
     pub fn new(domid: DomId, cap: usize) -> Self {
         Self {
@@ -50,7 +50,7 @@ impl<P: SharedPage> GrantPool<P> {
     /// Hand out `n` pages, allocating and granting new ones while under
     /// the cap. `Ok(None)` if not enough can be had now (wait for pages to
     /// come back); an error if the kernel refused a page or a grant.
-    pub fn take<E: BlkEnv<Page = P>>(
+    pub fn take<E: BlkEnv<Mem = M>>(
         &mut self,
         env: &mut E,
         n: usize,
@@ -79,18 +79,13 @@ impl<P: SharedPage> GrantPool<P> {
     }
 
     /// Page `index`, to copy data in and out.
-    pub fn page(&self, index: PageIndex) -> Option<&P> {
+    pub fn page(&self, index: PageIndex) -> Option<&SharedPage<M>> {
         self.pages.get(index).map(|p| &p.page)
-    }
-
-    /// Page `index`, mutably.
-    pub fn page_mut(&mut self, index: PageIndex) -> Option<&mut P> {
-        self.pages.get_mut(index).map(|p| &mut p.page)
     }
 
     /// End every grant; returns how many the backend still held (those
     /// pages are leaked rather than reused while another domain maps them).
-    pub fn revoke_all<E: BlkEnv<Page = P>>(&mut self, env: &mut E) -> usize {
+    pub fn revoke_all<E: BlkEnv<Mem = M>>(&mut self, env: &mut E) -> usize {
         let mut still_mapped = 0;
         for p in self.pages.drain(..) {
             if env.revoke(p.gref).is_err() {

@@ -1,17 +1,18 @@
-//! A simulated hypervisor for blkfront's tests: frames, a grant table, one
-//! event channel pair, the simulated xenstored of the xen crate's tests,
-//! and a blkback that serves an in-memory disk over the real ring code.
+//! A simulated hypervisor for blkfront's tests: a grant table and one
+//! event channel pair (with the map/in-use behaviour blkfront relies on),
+//! pages and xenstored from `xen::sim`, and a blkback that serves an
+//! in-memory disk over the real ring code.
 //!
-//! Shared memory is heap memory reached through raw pointers by both the
-//! frontend's `FrontRing` and the backend's `BackRing`, exactly as the two
-//! domains share a granted page; that is the only `unsafe` here.
+//! Pages are `xen::sim` pages behind `xen::shared_page`, and a one-page
+//! ring is a `PageFrontRing`/`PageBackRing`, all safe. Only the multi-page
+//! ring (contiguous pages, which `xen::sim` does not hand out) is heap
+//! memory reached through raw pointers here.
 #![allow(dead_code)]
 
-#[path = "../../../xen/tests/common/xenstored.rs"]
-pub mod xenstored;
+pub use xen::sim::xenstored;
 
-use blkfront::env::{BlkFrontRing, PAGE_SIZE};
-use blkfront::{BlkEnv, EnvError, RingPages, SharedPage};
+use blkfront::env::{BlkFrontRing, PageFrontRing, SharedPage, PAGE_SIZE};
+use blkfront::{BlkEnv, EnvError, RingPages};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -23,6 +24,8 @@ use xen::abi::blkif::*;
 use xen::abi::{DomId, GrantRef, Port};
 use xen::grant::GrantError;
 use xen::ring::{BackRing, FrontRing};
+use xen::shared_page::PageBackRing;
+use xen::sim::{SimHypervisor, SimPage};
 use xen::xenstore::{XenStore, XsError, XsTransport};
 use xenstored::{SimTransport, Xenstored};
 
@@ -70,7 +73,8 @@ impl Drop for RingMem {
 /// What a frame number names.
 #[derive(Clone)]
 enum Frame {
-    Data(Rc<RefCell<Vec<u8>>>),
+    Data(SimPage),
+    RingPage(SimPage),
     Ring(Rc<RingMem>, usize),
 }
 
@@ -84,6 +88,8 @@ struct Grant {
 /// The hypervisor's state.
 #[derive(Default)]
 pub struct Hv {
+    /// Allocates the pages.
+    pub pages: SimHypervisor,
     frames: HashMap<u64, Frame>,
     next_frame: u64,
     grants: HashMap<GrantRef, Grant>,
@@ -114,7 +120,8 @@ impl Hv {
 
     fn new_frame(&mut self, f: Frame) -> u64 {
         self.next_frame += 1;
-        let n = 0x1000 + self.next_frame;
+        // Apart from the frames of `pages`.
+        let n = 0x100_0000 + self.next_frame;
         self.frames.insert(n, f);
         n
     }
@@ -132,40 +139,35 @@ impl Hv {
 
 pub type SharedHv = Rc<RefCell<Hv>>;
 
-/// A data page of the frontend.
-pub struct SimPage {
-    frame: u64,
-    mem: Rc<RefCell<Vec<u8>>>,
-}
-
-impl SharedPage for SimPage {
-    fn frame(&self) -> u64 {
-        self.frame
-    }
-    fn read(&self, offset: usize, buf: &mut [u8]) {
-        buf.copy_from_slice(&self.mem.borrow()[offset..offset + buf.len()]);
-    }
-    fn write(&mut self, offset: usize, data: &[u8]) {
-        self.mem.borrow_mut()[offset..offset + data.len()].copy_from_slice(data);
-    }
-}
-
-/// The frontend's ring pages.
-pub struct SimRing {
-    mem: Rc<RingMem>,
-    frames: Vec<u64>,
-    ring: BlkFrontRing,
+/// The frontend's ring pages: one `xen::shared_page` page, or contiguous
+/// pages of our own.
+pub enum SimRing {
+    One(PageFrontRing<SimPage, BlkifRequestSlot, BlkifResponse>),
+    Many {
+        mem: Rc<RingMem>,
+        frames: Vec<u64>,
+        ring: BlkFrontRing,
+    },
 }
 
 impl RingPages for SimRing {
     fn page_count(&self) -> usize {
-        self.frames.len()
+        match self {
+            SimRing::One(_) => 1,
+            SimRing::Many { frames, .. } => frames.len(),
+        }
     }
     fn frame(&self, index: usize) -> u64 {
-        self.frames[index]
+        match self {
+            SimRing::One(r) => RingPages::frame(r, index),
+            SimRing::Many { frames, .. } => frames[index],
+        }
     }
     fn ring(&mut self) -> &mut BlkFrontRing {
-        &mut self.ring
+        match self {
+            SimRing::One(r) => r.ring(),
+            SimRing::Many { ring, .. } => ring,
+        }
     }
 }
 
@@ -175,22 +177,29 @@ pub struct SimEnv {
 }
 
 impl BlkEnv for SimEnv {
-    type Page = SimPage;
+    type Mem = SimPage;
     type Ring = SimRing;
 
-    fn alloc_page(&mut self) -> Result<SimPage, EnvError> {
+    fn alloc_page(&mut self) -> Result<SharedPage<SimPage>, EnvError> {
         let mut hv = self.hv.borrow_mut();
         if hv.page_limit.is_some_and(|l| hv.pages_allocated >= l) {
             return Err(EnvError::OutOfMemory);
         }
         hv.pages_allocated += 1;
-        let mem = Rc::new(RefCell::new(vec![0u8; PAGE_SIZE]));
-        let frame = hv.new_frame(Frame::Data(mem.clone()));
-        Ok(SimPage { frame, mem })
+        let page = hv.pages.alloc_page();
+        hv.frames
+            .insert(page.frame(), Frame::Data(page.memory().clone()));
+        Ok(page)
     }
 
     fn alloc_ring(&mut self, order: u32) -> Result<SimRing, EnvError> {
         let mut hv = self.hv.borrow_mut();
+        if order == 0 {
+            let page = hv.pages.alloc_page();
+            hv.frames
+                .insert(page.frame(), Frame::RingPage(page.memory().clone()));
+            return Ok(SimRing::One(page.into_front_ring(hv.ring_start)));
+        }
         let mem = Rc::new(RingMem::new(order));
         let frames = (0..1usize << order)
             .map(|i| hv.new_frame(Frame::Ring(mem.clone(), i)))
@@ -199,7 +208,7 @@ impl BlkEnv for SimEnv {
         // the `Rc` in `SimRing` for the ring's lifetime, and accessed only
         // through the ring code (by both ends).
         let ring = unsafe { FrontRing::init_at(mem.ptr, mem.len(), hv.ring_start) };
-        Ok(SimRing { mem, frames, ring })
+        Ok(SimRing::Many { mem, frames, ring })
     }
 
     fn grant(&mut self, domid: DomId, frame: u64, readonly: bool) -> Result<GrantRef, GrantError> {
@@ -332,6 +341,39 @@ pub struct BackendStats {
     pub distinct_grefs: HashSet<GrantRef>,
 }
 
+/// The backend's mapping of the ring.
+enum BackSide {
+    One(
+        PageBackRing<SimPage, BlkifRequestSlot, BlkifResponse>,
+        SimPage,
+    ),
+    Many(Rc<RingMem>, BackRing<BlkifRequestSlot, BlkifResponse>),
+}
+
+impl BackSide {
+    fn ring(&mut self) -> &mut BackRing<BlkifRequestSlot, BlkifResponse> {
+        match self {
+            BackSide::One(r, _) => r,
+            BackSide::Many(_, r) => r,
+        }
+    }
+    fn ring_ref(&self) -> &BackRing<BlkifRequestSlot, BlkifResponse> {
+        match self {
+            BackSide::One(r, _) => r,
+            BackSide::Many(_, r) => r,
+        }
+    }
+    /// Overwrite a header index (a hostile backend's move).
+    fn poke_u32(&self, offset: usize, value: u32) {
+        match self {
+            BackSide::One(_, page) => SharedPage::new(page.clone())
+                .write(offset, &value.to_le_bytes())
+                .unwrap(),
+            BackSide::Many(mem, _) => mem.poke_u32(offset, value),
+        }
+    }
+}
+
 /// A blkback serving an in-memory disk.
 pub struct Blkback {
     pub hv: SharedHv,
@@ -339,7 +381,7 @@ pub struct Blkback {
     pub config: BackendConfig,
     pub disk: Vec<u8>,
     pub state: u32,
-    ring: Option<(Rc<RingMem>, BackRing<BlkifRequestSlot, BlkifResponse>)>,
+    ring: Option<BackSide>,
     ring_grefs: Vec<GrantRef>,
     /// Requests taken but not answered yet (answered in reverse order when
     /// released).
@@ -461,6 +503,7 @@ impl Blkback {
             (0..1u32 << order).map(|i| format!("ring-ref{i}")).collect()
         };
         let mut mem: Option<Rc<RingMem>> = None;
+        let mut one: Option<SimPage> = None;
         let mut hv = self.hv.borrow_mut();
         for (i, key) in keys.iter().enumerate() {
             let gref: GrantRef = self
@@ -473,6 +516,7 @@ impl Blkback {
                     assert_eq!(page, i, "ring pages in order");
                     mem = Some(m);
                 }
+                Some(Frame::RingPage(p)) if order == 0 => one = Some(p),
                 _ => panic!("{key} is not a granted ring page"),
             }
             hv.mapped.insert(gref);
@@ -480,12 +524,20 @@ impl Blkback {
         }
         assert_eq!(self.front("event-channel"), Some(PORT.to_string()));
         assert_eq!(self.front("protocol").as_deref(), Some("x86_64-abi"));
-        let mem = mem.unwrap();
-        assert_eq!(mem.len(), PAGE_SIZE << order);
-        // SAFETY: the ring memory stays alive through our `Rc`; both ends
-        // access it only through the ring code.
-        let back = unsafe { BackRing::attach(mem.ptr, mem.len(), hv.ring_start) };
-        self.ring = Some((mem, back));
+        let side = if let Some(page) = one {
+            BackSide::One(
+                SharedPage::new(page.clone()).into_back_ring(hv.ring_start),
+                page,
+            )
+        } else {
+            let mem = mem.unwrap();
+            assert_eq!(mem.len(), PAGE_SIZE << order);
+            // SAFETY: the ring memory stays alive through our `Rc`; both
+            // ends access it only through the ring code.
+            let back = unsafe { BackRing::attach(mem.ptr, mem.len(), hv.ring_start) };
+            BackSide::Many(mem, back)
+        };
+        self.ring = Some(side);
         self.ring_page_order = order;
     }
 
@@ -497,7 +549,7 @@ impl Blkback {
     pub fn unconsumed(&self) -> u32 {
         self.ring
             .as_ref()
-            .map_or(0, |(_, r)| r.unconsumed_requests().unwrap())
+            .map_or(0, |r| r.ring_ref().unconsumed_requests().unwrap())
     }
 
     /// Serve the ring: take every request, answer (unless holding), and
@@ -514,7 +566,7 @@ impl Blkback {
             loop {
                 let outstanding = self.unconsumed() + self.held.len() as u32;
                 self.stats.max_outstanding = self.stats.max_outstanding.max(outstanding);
-                let (_, ring) = self.ring.as_mut().unwrap();
+                let ring = self.ring.as_mut().unwrap().ring();
                 let Some(slot) = ring.take_request().expect("frontend ring indices") else {
                     break;
                 };
@@ -522,10 +574,11 @@ impl Blkback {
                 self.held.push((slot, status));
             }
             self.release();
-            let Some((_, ring)) = self.ring.as_mut() else {
+            let Some(side) = self.ring.as_mut() else {
                 return;
             };
-            if !ring
+            if !side
+                .ring()
                 .final_check_for_requests()
                 .expect("frontend ring indices")
             {
@@ -555,7 +608,7 @@ impl Blkback {
     /// Take every published request without answering.
     pub fn take_all_held(&mut self) {
         loop {
-            let (_, ring) = self.ring.as_mut().unwrap();
+            let ring = self.ring.as_mut().unwrap().ring();
             let Some(slot) = ring.take_request().unwrap() else {
                 break;
             };
@@ -573,7 +626,7 @@ impl Blkback {
             .map_or(0, |n| self.held.len().saturating_sub(n));
         let mut answers = self.held.split_off(keep);
         answers.reverse();
-        let Some((mem, ring)) = self.ring.as_mut() else {
+        let Some(side) = self.ring.as_mut() else {
             return;
         };
         let mut first = true;
@@ -599,21 +652,21 @@ impl Blkback {
                 rsp.operation = g.operation.unwrap_or(rsp.operation);
                 rsp.status = g.status.unwrap_or(rsp.status);
             }
-            let _ = ring.queue_response(rsp);
+            let _ = side.ring().queue_response(rsp);
             if first && self.hostility == Hostility::Duplicate {
                 // A second answer to the same request, in the slot of the
                 // next one (the ring code lets a backend write it only if a
                 // request was taken, so reuse the slot by publishing it).
                 first = false;
-                let _ = ring.queue_response(rsp);
+                let _ = side.ring().queue_response(rsp);
             }
         }
-        let notify = ring.push_responses_and_check_notify();
+        let notify = side.ring().push_responses_and_check_notify();
         if let Some(prod) = self.poke_rsp_prod.take() {
-            mem.poke_u32(8, prod);
+            side.poke_u32(8, prod);
             self.send_event();
         } else if self.hostility == Hostility::BadProducerIndex {
-            mem.poke_u32(8, 0x4000_0000);
+            side.poke_u32(8, 0x4000_0000);
             self.send_event();
         } else if notify {
             self.send_event();
@@ -639,14 +692,14 @@ impl Blkback {
         &mut self,
         seg: &BlkifRequestSegment,
         write_to_page: bool,
-    ) -> Option<Rc<RefCell<Vec<u8>>>> {
+    ) -> Option<SharedPage<SimPage>> {
         if seg.first_sect > seg.last_sect || seg.last_sect > 7 {
             return None;
         }
         self.stats.distinct_grefs.insert(seg.gref);
         match self.hv.borrow().lookup(seg.gref, write_to_page)? {
-            Frame::Data(mem) => Some(mem),
-            Frame::Ring(..) => None,
+            Frame::Data(page) => Some(SharedPage::new(page)),
+            Frame::Ring(..) | Frame::RingPage(_) => None,
         }
     }
 
@@ -683,11 +736,12 @@ impl Blkback {
                         self.stats.bad_requests += 1;
                         return BLKIF_RSP_ERROR;
                     };
-                    let page = page.borrow();
+                    let page = SharedPage::new(page);
                     let here = (n - k * BLKIF_SEGMENTS_PER_INDIRECT_PAGE)
                         .min(BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
                     for j in 0..here {
-                        let b: [u8; 8] = page[j * 8..j * 8 + 8].try_into().unwrap();
+                        let mut b = [0u8; 8];
+                        page.read(j * 8, &mut b).unwrap();
                         segs.push(BlkifRequestSegment::from_bytes(&b));
                     }
                 }
@@ -749,9 +803,9 @@ impl Blkback {
                 return BLKIF_RSP_ERROR;
             }
             if op == BLKIF_OP_READ {
-                page.borrow_mut()[from..from + len].copy_from_slice(&self.disk[pos..pos + len]);
+                page.write(from, &self.disk[pos..pos + len]).unwrap();
             } else {
-                self.disk[pos..pos + len].copy_from_slice(&page.borrow()[from..from + len]);
+                page.read(from, &mut self.disk[pos..pos + len]).unwrap();
             }
             pos += len;
         }
