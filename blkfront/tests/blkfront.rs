@@ -596,3 +596,35 @@ fn wakeups_are_never_lost_under_a_real_executor() {
         "{results:?}"
     );
 }
+
+#[test]
+fn short_of_pages_requests_wait_for_each_other() {
+    // Room for two 11-page requests at a time (plus change).
+    let mut hv = Hv::default();
+    hv.page_limit = Some(30);
+    let mut world = World::with_hv(BackendConfig::default(), hv);
+    let front = connect(&mut world, BlkConfig::default());
+    let backend = world.backend.clone();
+    let data = pattern(0, 1 << 20, 11);
+    run(&backend, front.write(0, &data)).unwrap();
+    let mut back = vec![0; data.len()];
+    run(&backend, front.read(0, &mut back)).unwrap();
+    assert_eq!(back, data);
+    let stats = front.stats();
+    assert_eq!(stats.pool_pages, 30);
+    assert_eq!(stats.max_in_flight, 2);
+
+    // Not even one request's worth, and nothing in flight to wait for.
+    let mut hv = Hv::default();
+    hv.page_limit = Some(5);
+    let mut world = World::with_hv(BackendConfig::default(), hv);
+    let front = connect(&mut world, BlkConfig::default());
+    let backend = world.backend.clone();
+    assert_eq!(
+        run(&backend, front.write(0, &[0; 8 * 4096])),
+        Err(BlkError::Env(blkfront::EnvError::OutOfMemory))
+    );
+    // Smaller requests still fit.
+    run(&backend, front.write(0, &[3; 4 * 4096])).unwrap();
+    assert!(backend.borrow().disk[..4 * 4096].iter().all(|&b| b == 3));
+}
