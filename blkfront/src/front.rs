@@ -214,6 +214,17 @@ impl<E: BlkEnv> BlkFront<E> {
         let pages_per_request =
             segments_per_request + segments_per_request.div_ceil(BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
         let pool = GrantPool::new(dev.backend_id, ring_size * pages_per_request);
+        log::info!(
+            "blkfront: {} connected: {} bytes, {}-byte sectors, ring of {} slots, {} segments per request{}{}{}",
+            dev.path,
+            info.capacity_bytes(),
+            info.sector_size,
+            ring_size,
+            segments_per_request,
+            if indirect { " (indirect)" } else { "" },
+            if info.flush_cache { ", flush" } else { "" },
+            if info.read_only() { ", read-only" } else { "" },
+        );
         let inner = Inner {
             env,
             ring: Some(ring),

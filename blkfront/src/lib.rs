@@ -7,11 +7,20 @@
 //! [`xen::xenstore::XenStore`] client, so the same code runs on Xen and
 //! against the simulated backend of the tests.
 //!
-//! - [`env`]: the seam to the kernel.
+//! - [`env`](mod@env): the seam to the kernel.
 //! - [`info`]: the backend's xenstore keys, parsed strictly into
 //!   [`DiskInfo`].
 //! - [`pool`]: bounce pages granted once and reused.
 //! - [`front`]: the handshake and the async block API ([`BlkFront`]).
+//!
+//! For the kernel: implement [`BlkEnv`] (a page allocator whose pages are
+//! `xen::shared_page::PageMemory`, a one-page ring as
+//! `SharedPage::into_front_ring`, grant/revoke on the grant table, an
+//! unbound event channel with notify and an async wait), then
+//! `BlkFront::connect(env, &mut xenstore, "device/vbd/<id>",
+//! BlkConfig::default())` from a task, and call `read`/`write`/`flush` from
+//! any number of tasks. On an error of kind [`BlkError::Protocol`] call
+//! [`BlkFront::disconnect`].
 //!
 //! Units: the API addresses the disk in its logical sectors
 //! ([`DiskInfo::sector_size`], 512 or 4096 bytes); the ring always speaks in
