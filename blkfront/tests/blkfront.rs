@@ -628,3 +628,26 @@ fn short_of_pages_requests_wait_for_each_other() {
     run(&backend, front.write(0, &[3; 4 * 4096])).unwrap();
     assert!(backend.borrow().disk[..4 * 4096].iter().all(|&b| b == 3));
 }
+
+#[test]
+fn data_survives_a_reconnect_as_after_a_guest_restart() {
+    let mut world = World::new(BackendConfig {
+        disk_bytes: 4 << 20,
+        max_indirect_segments: Some(32),
+        ..Default::default()
+    });
+    let data = pattern(0, 3 << 20, 0xfeed);
+    {
+        let front = connect(&mut world, BlkConfig::default());
+        let backend = world.backend.clone();
+        run(&backend, front.write(100, &data)).unwrap();
+        run(&backend, front.flush()).unwrap();
+        run(&backend, front.disconnect(&mut world.xs)).unwrap();
+    }
+    world.backend.borrow_mut().reinstall();
+    let front = connect(&mut world, BlkConfig::default());
+    let backend = world.backend.clone();
+    let mut back = vec![0; data.len()];
+    run(&backend, front.read(100, &mut back)).unwrap();
+    assert!(back == data, "read back identical after reconnecting");
+}

@@ -448,6 +448,16 @@ impl Blkback {
         xs.set(&format!("{BACKEND}/state"), b"1");
     }
 
+    /// The toolstack after a guest restart: a fresh device pair on the
+    /// same disk.
+    pub fn reinstall(&mut self) {
+        self.ring = None;
+        self.ring_grefs.clear();
+        self.held.clear();
+        self.state = 1;
+        self.install();
+    }
+
     /// Follow the xenbus handshake one step.
     pub fn xenbus_step(&mut self) {
         let front_state: u32 = self
