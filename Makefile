@@ -59,6 +59,7 @@ test-xen: images
 # Each fuzz target for a bounded time (longer runs: `bash fuzz/run.sh SECONDS`).
 fuzz: deps
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz bash fuzz/run.sh 30
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz-wg bash fuzz/wireguard/run.sh 30
 
 test: fmt lint test-host fuzz test-xen
 

@@ -98,7 +98,7 @@ pub struct StartInfoConsole {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StartInfo {
-    /// "xen-<version>-<platform>".
+    /// `xen-<version>-<platform>`.
     pub magic: [u8; 32],
     /// Pages allocated to this domain.
     pub nr_pages: u64,
