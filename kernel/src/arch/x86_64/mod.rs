@@ -306,7 +306,10 @@ extern "C" {
 const STACK_PAINT: u8 = 0x5A;
 
 fn stack_bounds() -> (usize, usize) {
-    (core::ptr::addr_of!(boot_stack) as usize, core::ptr::addr_of!(boot_stack_top) as usize)
+    (
+        core::ptr::addr_of!(boot_stack) as usize,
+        core::ptr::addr_of!(boot_stack_top) as usize,
+    )
 }
 
 /// Fills the unused part of the boot stack with a pattern, so that
