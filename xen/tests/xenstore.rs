@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::xenstored::{PageEvents, SharedPage, SimTransport, Xenstored};
+use common::xenstored::{PageEvents, SimTransport, XenstorePage as SharedPage, Xenstored};
 use common::{block_on, try_block_on};
 use proptest::prelude::*;
 use std::cell::RefCell;

@@ -2,7 +2,7 @@
 //! simulated xenstored with transports to reach it.
 #![allow(dead_code)]
 
-pub mod xenstored;
+pub use xen::sim::xenstored;
 
 use std::future::Future;
 use std::pin::pin;
