@@ -14,6 +14,10 @@
 # - g++: libFuzzer (fuzz/) and the tun-tap crate build C/C++.
 # - iproute2, curl, iperf3, nftables: the hosted firewall's namespace tests
 #   and its benchmark against Linux forwarding.
+# - wireguard-go, wireguard-tools, tcpdump: the hosted VPN gateway's
+#   end-to-end test (a real WireGuard peer, and a capture of the uplink).
+# - qemu-system-arm (bookworm-backports), device-tree-compiler (fdtput,
+#   fdtget): the arm32 Xen rig.
 set -euo pipefail
 
 SUDO=""
@@ -21,8 +25,8 @@ SUDO=""
 
 pkgs_main=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 rust-web-clippy rustfmt-web libxen-dev
            cpio kmod e2fsprogs gcc g++ make python3 gzip xz-utils binutils
-           iproute2 curl iperf3 nftables)
-pkgs_bpo=(qemu-system-x86)
+           iproute2 curl iperf3 nftables wireguard-go wireguard-tools tcpdump device-tree-compiler)
+pkgs_bpo=(qemu-system-x86 qemu-system-arm)
 
 missing=()
 for p in "${pkgs_main[@]}"; do
@@ -30,7 +34,9 @@ for p in "${pkgs_main[@]}"; do
 done
 need_qemu=0
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1 ||
-   ! qemu-system-x86_64 --version | grep -Eq 'version (9|1[0-9])\.'; then
+   ! qemu-system-x86_64 --version | grep -Eq 'version (9|1[0-9])\.' ||
+   ! command -v qemu-system-arm >/dev/null 2>&1 ||
+   ! qemu-system-arm --version | grep -Eq 'version (9|1[0-9])\.'; then
   need_qemu=1
 fi
 
@@ -38,7 +44,7 @@ if [ ${#missing[@]} -eq 0 ] && [ $need_qemu = 0 ]; then
   exit 0
 fi
 
-echo "install-deps: installing ${missing[*]} $([ $need_qemu = 1 ] && echo qemu-system-x86/bookworm-backports)" >&2
+echo "install-deps: installing ${missing[*]} $([ $need_qemu = 1 ] && echo qemu-system-x86 qemu-system-arm/bookworm-backports)" >&2
 if [ $need_qemu = 1 ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
   echo "deb http://deb.debian.org/debian bookworm-backports main" |
     $SUDO tee /etc/apt/sources.list.d/moat-backports.list >/dev/null
