@@ -2,18 +2,22 @@
 # Fetches Debian's real Xen, a Debian Linux kernel for dom0 and the dom0
 # toolstack, and builds the boot files of the test rig:
 #
-#   $MOAT_CACHE/rig-<arch>/boot/xen                 Xen (multiboot ELF, for QEMU -kernel)
+#   $MOAT_CACHE/rig-<arch>/boot/xen                 Xen (amd64: multiboot ELF, armhf: zImage;
+#                                                   both for QEMU -kernel)
 #   $MOAT_CACHE/rig-<arch>/boot/vmlinuz             the dom0 Linux kernel
 #   $MOAT_CACHE/rig-<arch>/boot/dom0-base.cpio.gz   the dom0 initramfs (busybox, xl, xenstored, ...)
+#   $MOAT_CACHE/rig-arm32/boot/virt.dtb             arm32 only: QEMU virt's device tree with
+#                                                   Xen's command lines (xenrig.py adds the modules)
 #
 # Nothing is installed on the host: packages are fetched with `apt-get
 # download` and unpacked with `dpkg -x`. The result is keyed by the package
 # versions and by the sources of this script and of the dom0 /init, so a
 # second run does nothing (a stamp file records the key).
 #
-# usage: rig/fetch.sh [--arch amd64] [--force]
-# Only amd64 exists today; an arm32 variant adds its package list and boot
-# file layout in the `case "$ARCH"` blocks below.
+# usage: rig/fetch.sh [--arch amd64|arm32|armhf] [--force]
+# arm32 (alias armhf, Debian's name; the cache is rig-arm32) enables
+# dpkg's armhf architecture and runs `apt-get update` once when apt has
+# no armhf lists yet.
 set -euo pipefail
 
 ARCH=amd64
@@ -22,11 +26,12 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --arch) ARCH="${2:?--arch needs a value}"; shift 2 ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "fetch.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
+[ "$ARCH" = armhf ] && ARCH=arm32
 RIG_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${MOAT_CACHE:-$HOME/.cache/moat}/rig-$ARCH"
 DEBS="$CACHE/debs"
@@ -58,12 +63,37 @@ case "$ARCH" in
     MULTIARCH=x86_64-linux-gnu
     XEN_PKG=xen-hypervisor-4.17-amd64
     KFLAVOUR=amd64
+    PKGSUFFIX=""
+    ;;
+  arm32)
+    MULTIARCH=arm-linux-gnueabihf
+    XEN_PKG=xen-hypervisor-4.17-armhf
+    KFLAVOUR=armmp-lpae
+    PKGSUFFIX=":armhf"
+    # armhf packages come from apt's armhf lists: enable the architecture
+    # once. `apt-get update` may report a failed index (bookworm-security's
+    # armhf list was caught mid-sync once); what matters is whether the
+    # packages below have candidates afterwards, which is checked there.
+    if ! dpkg --print-foreign-architectures | grep -qx armhf; then
+      dpkg --add-architecture armhf
+    fi
+    # (the policy is read into a variable first: grep -q would close the
+    # pipe early, which pipefail turns into a failure)
+    XEN_POLICY="$(apt-cache policy "$XEN_PKG:armhf" 2>/dev/null)"
+    if ! grep -q 'Candidate: [0-9]' <<<"$XEN_POLICY"; then
+      echo "fetch: apt has no armhf lists yet; apt-get update"
+      apt-get update -q || echo "fetch: apt-get update reported errors (continuing with the lists it got)"
+    fi
     ;;
   *)
-    echo "fetch.sh: arch $ARCH is not supported yet (only amd64)" >&2
+    echo "fetch.sh: unknown arch $ARCH (amd64, arm32 alias armhf)" >&2
     exit 2
     ;;
 esac
+
+# The rig sources the result depends on.
+KEY_FILES=("$RIG_DIR/fetch.sh" "$RIG_DIR/dom0/init")
+[ "$ARCH" = arm32 ] && KEY_FILES+=("$RIG_DIR/dom0/init-armhf")
 
 # A cheap key for the warm path: apt's package lists (their names, sizes and
 # times change with `apt-get update`) and the rig's own sources. Asking
@@ -71,12 +101,13 @@ esac
 # key changed.
 quick_key() {
   { ls -l --time-style=+%s /var/lib/apt/lists/ 2>/dev/null
-    sha256sum "$RIG_DIR/fetch.sh" "$RIG_DIR/dom0/init"
+    sha256sum "${KEY_FILES[@]}"
     echo "$ARCH"; } | sha256sum | cut -d' ' -f1
 }
 QUICK_KEY="$(quick_key)"
 boot_files_present() {
-  [ -f "$BOOT/xen" ] && [ -f "$BOOT/vmlinuz" ] && [ -f "$BOOT/dom0-base.cpio.gz" ]
+  [ -f "$BOOT/xen" ] && [ -f "$BOOT/vmlinuz" ] && [ -f "$BOOT/dom0-base.cpio.gz" ] &&
+    { [ "$ARCH" != arm32 ] || [ -f "$BOOT/virt.dtb" ]; }
 }
 elapsed() { awk "BEGIN{printf \"%.2f\", $(date +%s.%N)-$T_START}"; }
 if [ $FORCE = 0 ] && [ -f "$STAMP.quick" ] && [ "$(cat "$STAMP.quick")" = "$QUICK_KEY" ] && boot_files_present; then
@@ -107,6 +138,11 @@ PKGS=(
   libc6 libgcc-s1 libtinfo6 libncurses6 libuuid1 zlib1g liblzma5 libzstd1 libbz2-1.0
   libext2fs2 libcom-err2 libselinux1 libpcre2-8-0 libacl1 libattr1 bash util-linux coreutils
 )
+if [ "$ARCH" = arm32 ]; then
+  # Xen on Arm's toolstack also links libfdt; everything is the armhf build.
+  PKGS+=(libfdt1 libncursesw6)
+  PKGS=("${PKGS[@]/%/$PKGSUFFIX}")
+fi
 
 # "name=version" for every package, from apt's candidate versions.
 package_versions() {
@@ -120,7 +156,7 @@ if [ "$(echo "$VERSIONS" | grep -vc '=(none)$')" != "${#PKGS[@]}" ]; then
   echo "$VERSIONS" | grep '=(none)$' >&2 || true
   exit 1
 fi
-KEY="$( { echo "$VERSIONS"; sha256sum "$RIG_DIR/fetch.sh" "$RIG_DIR/dom0/init"; } | sha256sum | cut -d' ' -f1)"
+KEY="$( { echo "$VERSIONS"; sha256sum "${KEY_FILES[@]}"; } | sha256sum | cut -d' ' -f1)"
 
 if [ $FORCE = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && boot_files_present; then
   echo "$QUICK_KEY" >"$STAMP.quick"
@@ -131,7 +167,7 @@ fi
 # The downloaded .deb of package $1 at version $2, or nothing.
 # apt-get download names files name_version_arch.deb with ':' as %3a.
 deb_path() {
-  local matches=("$DEBS/${1}_${2//:/%3a}_"*.deb)
+  local matches=("$DEBS/${1%"$PKGSUFFIX"}_${2//:/%3a}_"*.deb)
   [ -e "${matches[0]}" ] && echo "${matches[0]}"
   return 0
 }
@@ -161,10 +197,34 @@ unpack() {
   depmod -b "$STAGE" "$KVER"
 }
 
+# The device tree QEMU's virt machine builds for the rig's QEMU options
+# (rig/xenrig.py's ARM_MACHINE and ARM_QEMU must match), with PCIe off (as
+# in Xen's CI) and Xen's and dom0's command lines in /chosen. xenrig.py adds
+# the module nodes per run, since the initramfs size changes.
+ARM_MACHINE="virt,virtualization=on,gic-version=2"
+ARM_QEMU=(-cpu cortex-a15 -m 1024 -smp 2 -nographic -nic none -no-reboot)
+arm_dtb() {
+  local dtb="$BOOT/virt.dtb.tmp"
+  qemu-system-arm -M "$ARM_MACHINE,dumpdtb=$dtb" "${ARM_QEMU[@]}" >/dev/null 2>&1
+  fdtput -p -t s "$dtb" /pcie@10000000 status disabled
+  fdtput -t x "$dtb" /chosen '#address-cells' 2
+  fdtput -t x "$dtb" /chosen '#size-cells' 2
+  fdtput -t s "$dtb" /chosen xen,xen-bootargs \
+    "console=dtuart dtuart=/pl011@9000000 dom0_mem=512M bootscrub=0 loglvl=all guest_loglvl=all noreboot"
+  fdtput -t s "$dtb" /chosen xen,dom0-bootargs "console=hvc0 earlycon=xenboot clk_ignore_unused rdinit=/init"
+  mv "$dtb" "$BOOT/virt.dtb"
+}
+
 boot_files() {
   mkdir -p "$BOOT"
-  # QEMU's multiboot loader takes the uncompressed 32-bit ELF.
-  zcat "$STAGE/boot/xen-4.17-amd64.gz" >"$BOOT/xen.tmp"
+  if [ "$ARCH" = arm32 ]; then
+    # An "ARM boot executable zImage": QEMU -kernel enters it in Hyp mode.
+    cp "$STAGE/boot/xen-4.17-armhf" "$BOOT/xen.tmp"
+    arm_dtb
+  else
+    # QEMU's multiboot loader takes the uncompressed 32-bit ELF.
+    zcat "$STAGE/boot/xen-4.17-amd64.gz" >"$BOOT/xen.tmp"
+  fi
   mv "$BOOT/xen.tmp" "$BOOT/xen"
   cp "$STAGE/boot/vmlinuz-$KVER" "$BOOT/vmlinuz.tmp"
   mv "$BOOT/vmlinuz.tmp" "$BOOT/vmlinuz"
@@ -205,7 +265,9 @@ dom0_root() {
   mkdir -p "$ROOT/usr/lib/xen-4.17"
   cp -a "$STAGE/usr/lib/xen-4.17/bin" "$ROOT/usr/lib/xen-4.17/bin"
   rm -f "$ROOT/usr/lib/xen-4.17/bin/pygrub" "$ROOT/usr/lib/xen-4.17/bin/oxenstored"
-  cp -a "$STAGE/usr/lib/xen-4.17/boot" "$ROOT/usr/lib/xen-4.17/boot"
+  if [ -d "$STAGE/usr/lib/xen-4.17/boot" ]; then   # amd64 only
+    cp -a "$STAGE/usr/lib/xen-4.17/boot" "$ROOT/usr/lib/xen-4.17/boot"
+  fi
   cp -a "$STAGE"/usr/bin/xenstore* "$ROOT/usr/bin/"
   rm -f "$ROOT/usr/bin/xenstore-control"   # a wrapper symlink; the real one is in xen-4.17/bin
   cp -a "$STAGE/etc/xen" "$ROOT/etc/xen"
@@ -214,13 +276,25 @@ dom0_root() {
   cp "$STAGE/bin/bash" "$ROOT/bin/bash"
   cp "$STAGE/usr/bin/flock" "$STAGE/usr/bin/stat" "$ROOT/usr/bin/"
   local applet
-  for applet in $("$ROOT/bin/busybox" --list-full); do
-    [ -e "$ROOT/$applet" ] || [ -L "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
-  done
+  if [ "$ARCH" = arm32 ]; then
+    # The host cannot run the armhf busybox to list its applets: /init
+    # (rig/dom0/init-armhf) runs `busybox --install -s` first, which
+    # leaves the real tools copied here in place.
+    ln -s busybox "$ROOT/bin/sh"
+  else
+    for applet in $("$ROOT/bin/busybox" --list-full); do
+      [ -e "$ROOT/$applet" ] || [ -L "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
+    done
+  fi
   # the dynamic loader, then every library the ELF files need; libgcc_s is
   # dlopen()ed by glibc's pthread_cancel, which xl uses (no NEEDED entry)
-  cp -L "$STAGE/lib/$MULTIARCH/ld-linux-x86-64.so.2" "$ROOT/lib/$MULTIARCH/"
-  ln -s /lib/$MULTIARCH/ld-linux-x86-64.so.2 "$ROOT/lib64/ld-linux-x86-64.so.2"
+  if [ "$ARCH" = arm32 ]; then
+    cp -L "$STAGE/lib/$MULTIARCH/ld-linux-armhf.so.3" "$ROOT/lib/$MULTIARCH/"
+    ln -s /lib/$MULTIARCH/ld-linux-armhf.so.3 "$ROOT/lib/ld-linux-armhf.so.3"
+  else
+    cp -L "$STAGE/lib/$MULTIARCH/ld-linux-x86-64.so.2" "$ROOT/lib/$MULTIARCH/"
+    ln -s /lib/$MULTIARCH/ld-linux-x86-64.so.2 "$ROOT/lib64/ld-linux-x86-64.so.2"
+  fi
   cp -L "$STAGE/lib/$MULTIARCH/libgcc_s.so.1" "$ROOT/lib/$MULTIARCH/"
   local f
   while IFS= read -r f; do
@@ -243,7 +317,12 @@ dom0_root() {
   echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
   echo "root:x:0:" >"$ROOT/etc/group"
   echo "dom0" >"$ROOT/etc/hostname"
-  install -m 0755 "$RIG_DIR/dom0/init" "$ROOT/init"
+  if [ "$ARCH" = arm32 ]; then
+    install -m 0755 "$RIG_DIR/dom0/init-armhf" "$ROOT/init"
+    install -m 0755 "$RIG_DIR/dom0/init" "$ROOT/init.rig"
+  else
+    install -m 0755 "$RIG_DIR/dom0/init" "$ROOT/init"
+  fi
 }
 
 initramfs() {
@@ -252,7 +331,7 @@ initramfs() {
   mv "$BOOT/dom0-base.cpio.gz.tmp" "$BOOT/dom0-base.cpio.gz"
 }
 
-echo "fetch: building the $ARCH rig in $CACHE ($KPKG, $(echo "$VERSIONS" | grep "^$XEN_PKG=" | cut -d= -f2))"
+echo "fetch: building the $ARCH rig in $CACHE ($KPKG, $(echo "$VERSIONS" | grep "^$XEN_PKG$PKGSUFFIX=" | cut -d= -f2))"
 step "download packages" download
 step "unpack packages" unpack
 step "boot files (xen, vmlinuz)" boot_files

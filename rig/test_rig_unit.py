@@ -286,5 +286,35 @@ class XlcaseOnHostTest(unittest.TestCase):
         self.assertEqual(t.failures, [])
 
 
+class ArmDeviceTree(unittest.TestCase):
+    """The arm32 rig's module nodes: what Xen's multiboot DT binding needs."""
+
+    def test_module_nodes_name_addresses_and_sizes(self):
+        cmds = xenrig.arm_module_nodes(0x545000, 0x44e1a9)
+        self.assertEqual(len(cmds), 4)
+        self.assertEqual(cmds[0][3], "/chosen/module@42000000")
+        self.assertEqual(cmds[0][5:], ["multiboot,kernel", "multiboot,module"])
+        self.assertEqual(cmds[1][5:], ["0", "42000000", "0", "545000"])
+        self.assertEqual(cmds[2][5:], ["multiboot,ramdisk", "multiboot,module"])
+        self.assertEqual(cmds[3][5:], ["0", "44000000", "0", "44e1a9"])
+
+    def test_a_kernel_overlapping_the_initramfs_is_refused(self):
+        with self.assertRaises(ValueError):
+            xenrig.arm_module_nodes(0x2000001, 100)
+
+    @unittest.skipUnless(shutil.which("fdtput") and shutil.which("fdtget")
+                         and shutil.which("dtc"), "device-tree-compiler not installed")
+    def test_fdtput_accepts_the_nodes(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dtb = Path(tmp) / "t.dts", Path(tmp) / "t.dtb"
+            src.write_text("/dts-v1/; / { chosen { #address-cells = <2>; #size-cells = <2>; }; };")
+            subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(dtb), str(src)], check=True)
+            for args in xenrig.arm_module_nodes(0x1000, 0x2000):
+                subprocess.run(["fdtput", str(dtb)] + args, check=True)
+            reg = subprocess.run(["fdtget", "-t", "x", str(dtb), "/chosen/module@44000000", "reg"],
+                                 check=True, capture_output=True, text=True).stdout.split()
+            self.assertEqual(reg, ["0", "44000000", "0", "2000"])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -4,7 +4,7 @@ Linux PV dom0, runs a shell script in dom0 and reports its serial output.
 
 Command line:
 
-    python3 rig/xenrig.py [--arch amd64] [--guest HOSTPATH[:NAME]]...
+    python3 rig/xenrig.py [--arch amd64|arm32] [--guest HOSTPATH[:NAME]]...
                           [--script FILE | --interactive]
                           [--timeout SECONDS] [--log FILE]
 
@@ -68,9 +68,8 @@ def cache_dir(arch: str) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
-    """How to boot the rig on one architecture. An arm32 variant would add a
-    device-tree step and `-device loader` modules (see
-    /work/shared/xen-in-qemu.md); only amd64 exists today."""
+    """How to boot the rig on one architecture: amd64 (multiboot modules)
+    or arm32 (a device tree naming modules QEMU's loader places in RAM)."""
 
     #: Debian architecture name, as in the cache directory.
     name: str
@@ -114,8 +113,54 @@ def _amd64_qemu_args(boot: Path, initrd: Path) -> list:
     ]
 
 
+#: Where the arm32 rig places dom0's kernel and initramfs in guest RAM
+#: (QEMU virt's RAM starts at 0x40000000; Xen's zImage goes lower).
+ARM_DOM0_KERNEL_ADDR = 0x42000000
+ARM_DOM0_INITRD_ADDR = 0x44000000
+#: QEMU's machine and options for arm32; rig/fetch.sh dumps the device tree
+#: (boot/virt.dtb) with the same ones, so they must stay in step.
+ARM_MACHINE = "virt,virtualization=on,gic-version=2"
+ARM_QEMU = ["-cpu", "cortex-a15", "-m", "1024", "-smp", "2",
+            "-nographic", "-nic", "none", "-no-reboot"]
+
+
+def arm_module_nodes(kernel_size: int, initrd_size: int) -> list:
+    """The fdtput commands (argument lists, without the program and file)
+    that describe dom0's kernel and initramfs to Xen as multiboot modules
+    under /chosen (docs/misc/arm/device-tree/booting.txt in Xen)."""
+    if initrd_size > 0x10000000 or kernel_size > ARM_DOM0_INITRD_ADDR - ARM_DOM0_KERNEL_ADDR:
+        raise ValueError("dom0 kernel or initramfs too large for the rig's layout")
+    out = []
+    for addr, size, kind in (
+        (ARM_DOM0_KERNEL_ADDR, kernel_size, "multiboot,kernel"),
+        (ARM_DOM0_INITRD_ADDR, initrd_size, "multiboot,ramdisk"),
+    ):
+        node = f"/chosen/module@{addr:x}"
+        out.append(["-p", "-t", "s", node, "compatible", kind, "multiboot,module"])
+        out.append(["-t", "x", node, "reg", "0", f"{addr:x}", "0", f"{size:x}"])
+    return out
+
+
+def _arm32_qemu_args(boot: Path, initrd: Path) -> list:
+    dtb = initrd.parent / "virt.dtb"
+    dtb.write_bytes((boot / "virt.dtb").read_bytes())
+    kernel = boot / "vmlinuz"
+    for args in arm_module_nodes(kernel.stat().st_size, initrd.stat().st_size):
+        subprocess.run(["fdtput", str(dtb)] + args, check=True)
+    return [
+        "-M", ARM_MACHINE, "-accel", "tcg,thread=multi",
+        *ARM_QEMU,
+        "-dtb", str(dtb),
+        # An "ARM boot executable zImage": QEMU enters it in Hyp mode.
+        "-kernel", str(boot / "xen"),
+        "-device", f"loader,file={kernel},addr={ARM_DOM0_KERNEL_ADDR:#x},force-raw=on",
+        "-device", f"loader,file={initrd},addr={ARM_DOM0_INITRD_ADDR:#x},force-raw=on",
+    ]
+
+
 ARCHES = {
     "amd64": ArchSpec(name="amd64", qemu="qemu-system-x86_64", qemu_args=_amd64_qemu_args),
+    "arm32": ArchSpec(name="arm32", qemu="qemu-system-arm", qemu_args=_arm32_qemu_args),
 }
 
 
