@@ -294,9 +294,9 @@ class ArmDeviceTree(unittest.TestCase):
         self.assertEqual(len(cmds), 4)
         self.assertEqual(cmds[0][3], "/chosen/module@42000000")
         self.assertEqual(cmds[0][5:], ["multiboot,kernel", "multiboot,module"])
-        self.assertEqual(cmds[1][5:], ["0", "42000000", "0", "545000"])
+        self.assertEqual(cmds[1][4:], ["0", "42000000", "0", "545000"])
         self.assertEqual(cmds[2][5:], ["multiboot,ramdisk", "multiboot,module"])
-        self.assertEqual(cmds[3][5:], ["0", "44000000", "0", "44e1a9"])
+        self.assertEqual(cmds[3][4:], ["0", "44000000", "0", "44e1a9"])
 
     def test_a_kernel_overlapping_the_initramfs_is_refused(self):
         with self.assertRaises(ValueError):
