@@ -9,8 +9,11 @@
 
 extern crate std;
 
-use crate::abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING};
-use crate::abi::{DomId, GrantRef, Port};
+use crate::abi::grant_table::{
+    GnttabCopy, GnttabCopyPtr, GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GTF_PERMIT_ACCESS,
+    GTF_READING, GTF_READONLY, GTF_WRITING,
+};
+use crate::abi::{DomId, GrantRef, Port, DOMID_SELF};
 use crate::grant::GrantError;
 use crate::shared_page::{PageMemory, SharedPage, PAGE_SIZE};
 use core::cell::{RefCell, UnsafeCell};
@@ -88,6 +91,51 @@ struct State {
     dead: Vec<DomId>,
     /// Grant-table operations (grant + revoke) per domain.
     grant_ops: BTreeMap<DomId, u64>,
+    /// Owners of frames allocated with [`SimHypervisor::alloc_page_of`].
+    owners: BTreeMap<u64, DomId>,
+    /// `GNTTABOP_copy` segments attempted per domain.
+    copy_ops: BTreeMap<DomId, u64>,
+}
+
+/// `GNTST_*` statuses the simulated grant copy reports.
+pub mod gntst {
+    /// `GNTST_bad_domain`.
+    pub const BAD_DOMAIN: i16 = -2;
+    /// `GNTST_bad_gntref`.
+    pub const BAD_GNTREF: i16 = -3;
+    /// `GNTST_permission_denied`.
+    pub const PERMISSION_DENIED: i16 = -8;
+    /// `GNTST_bad_page`.
+    pub const BAD_PAGE: i16 = -9;
+    /// `GNTST_bad_copy_arg`.
+    pub const BAD_COPY_ARG: i16 = -10;
+}
+
+/// A foreign grant mapped by [`SimHypervisor::map_grant_owned`]: the same
+/// memory as the granter's page, unmapped when dropped (as a kernel's
+/// mapping of a foreign page is).
+pub struct SimMapping {
+    page: SimPage,
+    hv: SimHypervisor,
+    granter: DomId,
+    gref: GrantRef,
+}
+
+// SAFETY: delegates to the `SimPage` it holds, which stays alive (and so
+// valid) as long as this value.
+unsafe impl PageMemory for SimMapping {
+    fn as_ptr(&self) -> *mut u8 {
+        self.page.as_ptr()
+    }
+    fn frame(&self) -> u64 {
+        self.page.frame()
+    }
+}
+
+impl Drop for SimMapping {
+    fn drop(&mut self) {
+        self.hv.unmap_grant(self.granter, self.gref);
+    }
 }
 
 /// Handle to the simulated hypervisor.
@@ -118,6 +166,14 @@ impl SimHypervisor {
         });
         s.frames.insert(frame, Rc::downgrade(&inner));
         SharedPage::new(SimPage(inner))
+    }
+
+    /// A new zeroed page owned by `dom`: [`grant_copy`](Self::grant_copy)
+    /// lets only `dom` name it as a local frame.
+    pub fn alloc_page_of(&self, dom: DomId) -> SharedPage<SimPage> {
+        let page = self.alloc_page();
+        self.0.borrow_mut().owners.insert(page.frame(), dom);
+        page
     }
 
     /// `dom` grants `grantee` access to its frame `frame`.
@@ -242,6 +298,107 @@ impl SimHypervisor {
     pub fn unmap_grant(&self, granter: DomId, gref: GrantRef) {
         if let Some(g) = self.0.borrow_mut().grants.get_mut(&(granter, gref)) {
             g.maps = g.maps.saturating_sub(1);
+        }
+    }
+
+    /// Like [`map_grant`](Self::map_grant), but the mapping unmaps itself
+    /// when dropped.
+    pub fn map_grant_owned(
+        &self,
+        mapper: DomId,
+        granter: DomId,
+        gref: GrantRef,
+        readonly: bool,
+    ) -> Result<SharedPage<SimMapping>, SimError> {
+        let page = self.map_grant(mapper, granter, gref, readonly)?;
+        Ok(SharedPage::new(SimMapping {
+            page: page.memory().clone(),
+            hv: self.clone(),
+            granter,
+            gref,
+        }))
+    }
+
+    /// Maps `granter`'s grants `mapper` holds (as [`grant_flags`](Self::grant_flags)
+    /// counts them).
+    pub fn maps_of(&self, mapper: DomId, granter: DomId) -> u32 {
+        self.0
+            .borrow()
+            .grants
+            .iter()
+            .filter(|((d, _), g)| *d == granter && g.grantee == mapper)
+            .map(|(_, g)| g.maps)
+            .sum()
+    }
+
+    /// `GNTTABOP_copy` segments `dom` has asked for so far.
+    pub fn copy_ops(&self, dom: DomId) -> u64 {
+        self.0.borrow().copy_ops.get(&dom).copied().unwrap_or(0)
+    }
+
+    fn copy_end(
+        s: &State,
+        dom: DomId,
+        end: &GnttabCopyPtr,
+        is_gref: bool,
+        write: bool,
+    ) -> Result<SimPage, i16> {
+        if is_gref {
+            let gref = GrantRef::try_from(end.u).map_err(|_| gntst::BAD_GNTREF)?;
+            return Self::check_grant(s, dom, end.domid, gref, write).map_err(|e| match e {
+                SimError::NoDomain => gntst::BAD_DOMAIN,
+                SimError::ReadOnly => gntst::PERMISSION_DENIED,
+                _ => gntst::BAD_GNTREF,
+            });
+        }
+        if end.domid != DOMID_SELF && end.domid != dom {
+            return Err(gntst::BAD_DOMAIN);
+        }
+        if s.owners.get(&end.u).is_some_and(|owner| *owner != dom) {
+            return Err(gntst::BAD_PAGE);
+        }
+        s.frames
+            .get(&end.u)
+            .and_then(Weak::upgrade)
+            .map(SimPage)
+            .ok_or(gntst::BAD_PAGE)
+    }
+
+    fn copy_one(&self, dom: DomId, op: &GnttabCopy) -> Result<(), i16> {
+        let s = self.0.borrow();
+        if s.dead.contains(&dom) {
+            return Err(gntst::BAD_DOMAIN);
+        }
+        let src = Self::copy_end(
+            &s,
+            dom,
+            &op.source,
+            op.flags & GNTCOPY_SOURCE_GREF != 0,
+            false,
+        )?;
+        let dst = Self::copy_end(&s, dom, &op.dest, op.flags & GNTCOPY_DEST_GREF != 0, true)?;
+        drop(s);
+        let len = usize::from(op.len);
+        let mut buf = std::vec![0u8; len];
+        SharedPage::new(src)
+            .read(usize::from(op.source.offset), &mut buf)
+            .map_err(|_| gntst::BAD_COPY_ARG)?;
+        SharedPage::new(dst)
+            .write(usize::from(op.dest.offset), &buf)
+            .map_err(|_| gntst::BAD_COPY_ARG)
+    }
+
+    /// `GNTTABOP_copy` by `dom`: each segment copies between a grant
+    /// (`GNTCOPY_*_gref`) and a local frame (or two of either), with Xen's
+    /// checks; its `status` is set to `GNTST_okay` or the failure, the
+    /// other segments going ahead regardless.
+    pub fn grant_copy(&self, dom: DomId, ops: &mut [GnttabCopy]) {
+        *self.0.borrow_mut().copy_ops.entry(dom).or_default() += ops.len() as u64;
+        for op in ops {
+            op.status = match self.copy_one(dom, op) {
+                Ok(()) => 0,
+                Err(status) => status,
+            };
         }
     }
 
@@ -467,6 +624,80 @@ mod tests {
             h.copy_from_grant(0, 1, gref, 0, &mut buf),
             Err(SimError::BadGrant)
         );
+    }
+
+    #[test]
+    fn batched_grant_copy_reports_each_segment() {
+        use crate::abi::grant_table::GnttabCopyPtr as P;
+        let h = SimHypervisor::new();
+        let front = h.alloc_page_of(1);
+        front.write(0, b"frontend").unwrap();
+        let ro = h.grant_access(1, 0, front.frame(), true).unwrap();
+        let local = h.alloc_page_of(0);
+        let other = h.alloc_page_of(2);
+        let copy = |source: P, dest: P, len: u16, flags: u16| GnttabCopy {
+            source,
+            dest,
+            len,
+            flags,
+            status: 99,
+        };
+        let mut ops = [
+            copy(
+                P::gref(ro, 1, 0),
+                P::frame(local.frame(), DOMID_SELF, 8),
+                8,
+                GNTCOPY_SOURCE_GREF,
+            ),
+            copy(
+                P::frame(local.frame(), DOMID_SELF, 0),
+                P::gref(ro, 1, 0),
+                4,
+                GNTCOPY_DEST_GREF,
+            ),
+            copy(
+                P::gref(ro + 1, 1, 0),
+                P::frame(local.frame(), 0, 0),
+                4,
+                GNTCOPY_SOURCE_GREF,
+            ),
+            copy(
+                P::gref(ro, 1, 4090),
+                P::frame(local.frame(), 0, 0),
+                8,
+                GNTCOPY_SOURCE_GREF,
+            ),
+            copy(
+                P::gref(ro, 1, 0),
+                P::frame(other.frame(), 0, 0),
+                4,
+                GNTCOPY_SOURCE_GREF,
+            ),
+        ];
+        h.grant_copy(0, &mut ops);
+        let status: Vec<i16> = ops.iter().map(|o| o.status).collect();
+        assert_eq!(
+            status,
+            [
+                0,
+                gntst::PERMISSION_DENIED,
+                gntst::BAD_GNTREF,
+                gntst::BAD_COPY_ARG,
+                gntst::BAD_PAGE
+            ]
+        );
+        let mut got = [0u8; 8];
+        local.read(8, &mut got).unwrap();
+        assert_eq!(&got, b"frontend");
+        assert_eq!(h.copy_ops(0), 5);
+        let m = h.map_grant_owned(0, 1, ro, true).unwrap();
+        assert_eq!(h.maps_of(0, 1), 1);
+        drop(m);
+        assert_eq!(h.maps_of(0, 1), 0);
+        h.destroy_domain(1);
+        let mut again = [ops[0]];
+        h.grant_copy(0, &mut again);
+        assert_eq!(again[0].status, gntst::BAD_DOMAIN);
     }
 
     #[test]

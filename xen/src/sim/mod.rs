@@ -9,5 +9,5 @@
 pub mod hypervisor;
 pub mod xenstored;
 
-pub use hypervisor::{SimError, SimHypervisor, SimPage};
+pub use hypervisor::{gntst, SimError, SimHypervisor, SimMapping, SimPage};
 pub use xenstored::{SimTransport, Xenstored};

@@ -33,6 +33,16 @@ struct Watch {
     /// form.
     path: String,
     token: String,
+    /// The connection that registered it (0: the default one).
+    conn: u32,
+}
+
+/// A further client connection ([`Xenstored::connect`]): another domain
+/// talking to the same daemon, with its own buffers, watches and home.
+struct Connection {
+    domid: u16,
+    input: Vec<u8>,
+    output: VecDeque<u8>,
 }
 
 /// The simulated daemon.
@@ -56,6 +66,10 @@ pub struct Xenstored {
     pub scheduled: VecDeque<(String, Vec<u8>)>,
     /// The first event of a new watch, sent after the reply.
     deferred_event: Option<Vec<u8>>,
+    /// Connections beyond the default one (number 0), by number.
+    conns: BTreeMap<u32, Connection>,
+    /// The connection whose request is being handled.
+    current: u32,
 }
 
 fn parent(path: &str) -> Option<&str> {
@@ -97,6 +111,8 @@ impl Xenstored {
             commits: 0,
             deferred_event: None,
             scheduled: VecDeque::new(),
+            conns: BTreeMap::new(),
+            current: 0,
         };
         let home = d.home();
         d.set(&format!("{home}/domid"), domid.to_string().as_bytes());
@@ -108,11 +124,45 @@ impl Xenstored {
         format!("/local/domain/{}", self.domid)
     }
 
+    /// Open another connection, for domain `domid` (relative paths resolve
+    /// under its home); talk over it with [`SimTransport::connection`].
+    /// The default connection is number 0, for [`domid`](Self::domid).
+    pub fn connect(&mut self, domid: u16) -> u32 {
+        let conn = self.conns.keys().next_back().map_or(1, |last| last + 1);
+        self.conns.insert(
+            conn,
+            Connection {
+                domid,
+                input: Vec::new(),
+                output: VecDeque::new(),
+            },
+        );
+        let node = format!("/local/domain/{domid}/domid");
+        create_with_parents(&mut self.tree, &node);
+        self.tree.insert(node, domid.to_string().into_bytes());
+        conn
+    }
+
+    fn conn_domid(&self, conn: u32) -> u16 {
+        self.conns.get(&conn).map_or(self.domid, |c| c.domid)
+    }
+
+    fn conn_home(&self) -> String {
+        format!("/local/domain/{}", self.conn_domid(self.current))
+    }
+
+    fn output_of(&mut self, conn: u32) -> &mut VecDeque<u8> {
+        match self.conns.get_mut(&conn) {
+            Some(c) => &mut c.output,
+            None => &mut self.output,
+        }
+    }
+
     fn resolve(&self, path: &str) -> String {
         if path.starts_with('/') {
             path.to_string()
         } else {
-            format!("{}/{}", self.home(), path)
+            format!("{}/{}", self.conn_home(), path)
         }
     }
 
@@ -152,6 +202,10 @@ impl Xenstored {
     }
 
     fn emit(&mut self, kind: u32, req_id: u32, tx_id: u32, payload: &[u8]) {
+        self.emit_to(self.current, kind, req_id, tx_id, payload)
+    }
+
+    fn emit_to(&mut self, conn: u32, kind: u32, req_id: u32, tx_id: u32, payload: &[u8]) {
         let mut header = [0u8; HEADER_LEN];
         for (i, v) in [kind, req_id, tx_id, payload.len() as u32]
             .into_iter()
@@ -159,15 +213,20 @@ impl Xenstored {
         {
             header[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
         }
-        self.output.extend(header);
-        self.output.extend(payload);
+        let out = self.output_of(conn);
+        out.extend(header);
+        out.extend(payload);
     }
 
     fn fire(&mut self, changed_abs: &str) {
-        let home = format!("{}/", self.home());
         let mut events = Vec::new();
         for w in &self.watches {
-            let watched = self.resolve(&w.path);
+            let home = format!("/local/domain/{}/", self.conn_domid(w.conn));
+            let watched = if w.path.starts_with('/') {
+                w.path.clone()
+            } else {
+                format!("{home}{}", w.path)
+            };
             if is_under(changed_abs, &watched) || is_under(&watched, changed_abs) {
                 let reported = if w.path.starts_with('/') {
                     changed_abs.to_string()
@@ -177,25 +236,44 @@ impl Xenstored {
                         .unwrap_or(changed_abs)
                         .to_string()
                 };
-                events.push(format!("{reported}\0{}\0", w.token));
+                events.push((w.conn, format!("{reported}\0{}\0", w.token)));
             }
         }
-        for e in events {
-            self.emit(XsdSockmsgType::WatchEvent as u32, 0, 0, e.as_bytes());
+        for (conn, e) in events {
+            self.emit_to(conn, XsdSockmsgType::WatchEvent as u32, 0, 0, e.as_bytes());
         }
     }
 
     /// Bytes from the client: process every whole message.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.input.extend_from_slice(bytes);
+        self.feed_from(0, bytes)
+    }
+
+    /// Bytes from connection `conn` (see [`connect`](Self::connect)).
+    pub fn feed_from(&mut self, conn: u32, bytes: &[u8]) {
+        let conn = if self.conns.contains_key(&conn) {
+            conn
+        } else {
+            0
+        };
+        self.current = conn;
+        match self.conns.get_mut(&conn) {
+            Some(c) => c.input.extend_from_slice(bytes),
+            None => self.input.extend_from_slice(bytes),
+        }
         loop {
-            let Ok(m) = Message::new_checked(&self.input[..]) else {
+            let input = match self.conns.get_mut(&conn) {
+                Some(c) => &mut c.input,
+                None => &mut self.input,
+            };
+            let Ok(m) = Message::new_checked(&input[..]) else {
+                self.current = 0;
                 return;
             };
             let (kind, req_id, tx_id) = (m.raw_type(), m.req_id(), m.tx_id());
             let payload = m.payload().to_vec();
             let total = m.total_len();
-            self.input.drain(..total);
+            input.drain(..total);
             self.requests.push((kind, req_id, tx_id));
             let reply_id = req_id.wrapping_add(self.reply_id_offset);
             match self.handle(kind, tx_id, &payload) {
@@ -218,8 +296,14 @@ impl Xenstored {
 
     /// Up to `max` bytes for the client.
     pub fn take_output(&mut self, max: usize) -> Vec<u8> {
-        let n = max.min(self.output.len());
-        self.output.drain(..n).collect()
+        self.take_output_from(0, max)
+    }
+
+    /// Up to `max` bytes of replies and events for connection `conn`.
+    pub fn take_output_from(&mut self, conn: u32, max: usize) -> Vec<u8> {
+        let out = self.output_of(conn);
+        let n = max.min(out.len());
+        out.drain(..n).collect()
     }
 
     fn tree_for(&mut self, tx_id: u32) -> Result<&mut Tree, &'static str> {
@@ -320,6 +404,7 @@ impl Xenstored {
                 self.watches.push(Watch {
                     path: path.clone(),
                     token: token.clone(),
+                    conn: self.current,
                 });
                 // The daemon fires a new watch once, after the reply.
                 self.deferred_event = Some(format!("{path}\0{token}\0").into_bytes());
@@ -328,8 +413,9 @@ impl Xenstored {
             XsdSockmsgType::Unwatch => {
                 let (path, token) = (arg(0)?, arg(1)?);
                 let before = self.watches.len();
+                let conn = self.current;
                 self.watches
-                    .retain(|w| !(w.path == path && w.token == token));
+                    .retain(|w| !(w.path == path && w.token == token && w.conn == conn));
                 if self.watches.len() == before {
                     Err("ENOENT")
                 } else {
@@ -389,6 +475,8 @@ pub struct SimTransport {
     /// If set, at most this many more bytes are delivered to the client.
     pub budget: Option<usize>,
     ready_next: bool,
+    /// The daemon connection this transport speaks on (0: the default).
+    pub conn: u32,
 }
 
 impl SimTransport {
@@ -399,6 +487,16 @@ impl SimTransport {
             notifies: 0,
             budget: None,
             ready_next: false,
+            conn: 0,
+        }
+    }
+
+    /// A transport over a further connection `conn` of the daemon (from
+    /// [`Xenstored::connect`]), so several domains' clients can share it.
+    pub fn connection(daemon: Rc<RefCell<Xenstored>>, conn: u32, chunk: usize) -> Self {
+        Self {
+            conn,
+            ..Self::new(daemon, chunk)
         }
     }
 }
@@ -406,7 +504,7 @@ impl SimTransport {
 impl XsTransport for SimTransport {
     fn send(&mut self, buf: &[u8]) -> Result<usize, XsError> {
         let n = buf.len().min(self.chunk);
-        self.daemon.borrow_mut().feed(&buf[..n]);
+        self.daemon.borrow_mut().feed_from(self.conn, &buf[..n]);
         Ok(n)
     }
 
@@ -415,7 +513,7 @@ impl XsTransport for SimTransport {
             .len()
             .min(self.chunk)
             .min(self.budget.unwrap_or(usize::MAX));
-        let bytes = self.daemon.borrow_mut().take_output(max);
+        let bytes = self.daemon.borrow_mut().take_output_from(self.conn, max);
         if let Some(budget) = &mut self.budget {
             *budget -= bytes.len();
         }
