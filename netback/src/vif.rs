@@ -459,7 +459,8 @@ impl<E: NetbackEnv> Vif<E> {
             let accepts = match p.data.get(12..14) {
                 Some([0x08, 0x00]) => self.front.csum_v4,
                 Some([0x86, 0xdd]) => self.front.csum_v6,
-                _ => false,
+                // Not IP: the flag is only passed on.
+                _ => self.front.csum_v4,
             };
             if !accepts {
                 if !fill_checksum(&mut p.data) {

@@ -175,6 +175,15 @@ impl Xenstored {
         self.fire(&abs);
     }
 
+    /// The toolstack removes a subtree (say, a destroyed domain's home):
+    /// fires watches.
+    pub fn remove(&mut self, path: &str) {
+        let abs = self.resolve(path);
+        self.tree.retain(|k, _| !is_under(k, &abs));
+        self.generation += 1;
+        self.fire(&abs);
+    }
+
     /// Time passes while the client waits: apply one scheduled change.
     pub fn tick(&mut self) {
         if let Some((path, value)) = self.scheduled.pop_front() {
