@@ -229,12 +229,14 @@ impl Device {
             if !crypto::mac_eq(msg.mac1(), &expect) {
                 return Err(Error::BadMac);
             }
-            let consumed =
-                noise::consume_initiation(&self.local, &msg).map_err(Error::Handshake)?;
+            // One DH to learn the sender; the peer's tunnel then finishes
+            // the message with its precomputed static-static DH.
+            let peer_static =
+                noise::initiator_static(&self.local, &msg).map_err(Error::Handshake)?;
             return self
                 .peers
                 .iter()
-                .position(|t| t.peer_public_key() == &consumed.peer_static)
+                .position(|t| t.peer_public_key() == &peer_static)
                 .map(PeerId)
                 .ok_or(Error::Handshake(noise::HandshakeError::WrongPeer));
         }

@@ -11,7 +11,11 @@ use crate::crypto::{self, HASH_LEN};
 use crate::wire::{Initiation, Response, INITIATION_LEN, RESPONSE_LEN};
 use crate::Random;
 
+/// The protocol name; [`INITIAL_CHAIN_KEY`] is its hash.
+#[cfg(test)]
 const CONSTRUCTION: &[u8] = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
+/// Mixed into [`INITIAL_CHAIN_HASH`].
+#[cfg(test)]
 const IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
 /// TAI64 label of 1970-01-01 (2^62 plus the TAI-UTC offset used by wireguard-go and boringtun).
 const TAI64_BASE: u64 = (1 << 62) + 37;
@@ -79,11 +83,16 @@ impl StaticKeys {
     }
 }
 
-fn initial_chain() -> ([u8; HASH_LEN], [u8; HASH_LEN]) {
-    let ck = crypto::hash(&[CONSTRUCTION]);
-    let h = crypto::hash(&[&ck, IDENTIFIER]);
-    (ck, h)
-}
+/// HASH(CONSTRUCTION), the initial chaining key (checked by a test).
+const INITIAL_CHAIN_KEY: [u8; HASH_LEN] = [
+    0x60, 0xe2, 0x6d, 0xae, 0xf3, 0x27, 0xef, 0xc0, 0x2e, 0xc3, 0x35, 0xe2, 0xa0, 0x25, 0xd2, 0xd0,
+    0x16, 0xeb, 0x42, 0x06, 0xf8, 0x72, 0x77, 0xf5, 0x2d, 0x38, 0xd1, 0x98, 0x8b, 0x78, 0xcd, 0x36,
+];
+/// HASH(INITIAL_CHAIN_KEY || IDENTIFIER), the initial hash (checked by a test).
+const INITIAL_CHAIN_HASH: [u8; HASH_LEN] = [
+    0x22, 0x11, 0xb3, 0x61, 0x08, 0x1a, 0xc5, 0x66, 0x69, 0x12, 0x43, 0xdb, 0x45, 0x8a, 0xd5, 0x32,
+    0x2d, 0x9c, 0x6c, 0x66, 0x22, 0x93, 0xe8, 0xb7, 0x0e, 0xe1, 0x9c, 0x65, 0xba, 0x07, 0x9e, 0xf3,
+];
 
 fn mix_key(ck: &mut Key, input: &[u8]) {
     let [c] = crypto::kdf::<1>(&ck.0, input);
@@ -100,38 +109,90 @@ fn mix_hash(h: &mut [u8; HASH_LEN], data: &[u8]) {
     *h = crypto::hash(&[h, data]);
 }
 
-/// Decrypts an initiation sent to `local`, before knowing which peer sent it.
-/// The message's macs must have been checked already.
-pub fn consume_initiation<T: AsRef<[u8]>>(
+/// The state after the first half of consuming an initiation.
+struct StaticDecrypted {
+    ck: Key,
+    h: [u8; HASH_LEN],
+    e: [u8; 32],
+    peer_static: [u8; 32],
+}
+
+impl Drop for StaticDecrypted {
+    fn drop(&mut self) {
+        self.h.zeroize();
+        self.e.zeroize();
+    }
+}
+
+/// The first half of consuming an initiation: one DH, then the sender's static key.
+fn decrypt_static<T: AsRef<[u8]>>(
     local: &StaticKeys,
     msg: &Initiation<T>,
-) -> Result<ConsumedInitiation, HandshakeError> {
-    let (ck0, h0) = initial_chain();
-    let mut ck = Key(ck0);
-    let mut h = h0;
+) -> Result<StaticDecrypted, HandshakeError> {
+    let mut ck = Key(INITIAL_CHAIN_KEY);
+    let mut h = INITIAL_CHAIN_HASH;
     mix_hash(&mut h, &local.public);
     let e = *msg.ephemeral();
     mix_key(&mut ck, &e);
     mix_hash(&mut h, &e);
-    let shared = crypto::dh(&local.secret, &e).ok_or(HandshakeError::LowOrderKey)?;
+    let mut shared = crypto::dh(&local.secret, &e).ok_or(HandshakeError::LowOrderKey)?;
     let k = mix_key_out(&mut ck, &shared);
+    shared.zeroize();
     let mut stat = *msg.encrypted_static();
     crypto::open(&k.0, 0, &h, &mut stat).map_err(|_| HandshakeError::Decrypt)?;
     mix_hash(&mut h, msg.encrypted_static());
     let mut peer_static = [0u8; 32];
     peer_static.copy_from_slice(&stat[..32]);
-    let ss = crypto::dh(&local.secret, &peer_static).ok_or(HandshakeError::LowOrderKey)?;
-    let k = mix_key_out(&mut ck, &ss);
+    Ok(StaticDecrypted {
+        ck,
+        h,
+        e,
+        peer_static,
+    })
+}
+
+/// The static public key of an initiation's sender (one DH), to find which
+/// peer it is for. The message's macs must have been checked already.
+pub fn initiator_static<T: AsRef<[u8]>>(
+    local: &StaticKeys,
+    msg: &Initiation<T>,
+) -> Result<[u8; 32], HandshakeError> {
+    decrypt_static(local, msg).map(|d| d.peer_static)
+}
+
+/// Decrypts an initiation sent to `local`, before knowing which peer sent it.
+/// The message's macs must have been checked already. `known` is a peer's
+/// static key with its precomputed DH(our static, its static): when the
+/// sender is that peer the second DH is skipped.
+pub fn consume_initiation<T: AsRef<[u8]>>(
+    local: &StaticKeys,
+    msg: &Initiation<T>,
+    known: Option<(&[u8; 32], &Key)>,
+) -> Result<ConsumedInitiation, HandshakeError> {
+    let d = decrypt_static(local, msg)?;
+    let mut ck = d.ck.clone();
+    let mut h = d.h;
+    let k = match known {
+        // Public keys: no need for a constant-time comparison.
+        Some((peer, ss)) if *peer == d.peer_static => mix_key_out(&mut ck, &ss.0),
+        _ => {
+            let mut ss =
+                crypto::dh(&local.secret, &d.peer_static).ok_or(HandshakeError::LowOrderKey)?;
+            let k = mix_key_out(&mut ck, &ss);
+            ss.zeroize();
+            k
+        }
+    };
     let mut ts = *msg.encrypted_timestamp();
     crypto::open(&k.0, 0, &h, &mut ts).map_err(|_| HandshakeError::Decrypt)?;
     mix_hash(&mut h, msg.encrypted_timestamp());
     let mut timestamp = [0u8; 12];
     timestamp.copy_from_slice(&ts[..12]);
     Ok(ConsumedInitiation {
-        peer_static,
+        peer_static: d.peer_static,
         timestamp,
         sender: msg.sender(),
-        peer_ephemeral: e,
+        peer_ephemeral: d.e,
         chaining_key: ck,
         hash: h,
     })
@@ -198,6 +259,15 @@ impl Handshake {
         &self.local.public
     }
 
+    /// [`consume_initiation`] for this peer's initiations: DH(static, static)
+    /// comes from the value computed once in [`Handshake::new`].
+    pub fn consume_initiation<T: AsRef<[u8]>>(
+        &self,
+        msg: &Initiation<T>,
+    ) -> Result<ConsumedInitiation, HandshakeError> {
+        consume_initiation(&self.local, msg, Some((&self.peer, &self.static_shared)))
+    }
+
     /// Our static keys.
     pub fn local_keys(&self) -> &StaticKeys {
         &self.local
@@ -226,9 +296,8 @@ impl Handshake {
         rng: &mut dyn Random,
         out: &mut [u8; INITIATION_LEN],
     ) {
-        let (ck0, h0) = initial_chain();
-        let mut ck = Key(ck0);
-        let mut h = h0;
+        let mut ck = Key(INITIAL_CHAIN_KEY);
+        let mut h = INITIAL_CHAIN_HASH;
         mix_hash(&mut h, &self.peer);
         let ephemeral = random_secret(rng);
         let e_pub = PublicKey::from(&ephemeral).to_bytes();
@@ -378,7 +447,9 @@ mod tests {
     fn initial_chain_matches_published_constants() {
         // The precomputed HASH(CONSTRUCTION) and HASH(C || IDENTIFIER) that
         // boringtun (src/noise/handshake.rs) ships as INITIAL_CHAIN_KEY/HASH.
-        let (ck, h) = initial_chain();
+        let ck = crypto::hash(&[CONSTRUCTION]);
+        let h = crypto::hash(&[&ck, IDENTIFIER]);
+        assert_eq!((ck, h), (INITIAL_CHAIN_KEY, INITIAL_CHAIN_HASH));
         assert_eq!(
             ck,
             [
@@ -411,10 +482,18 @@ mod tests {
         let mut rng = CountingRng(3);
         let mut init = [0u8; INITIATION_LEN];
         a.initiate(7, Duration::from_secs(1000), &mut rng, &mut init);
-        let consumed =
-            consume_initiation(b.local_keys(), &Initiation::new_checked(&init[..]).unwrap())
-                .unwrap();
+        let msg = Initiation::new_checked(&init[..]).unwrap();
+        let consumed = b.consume_initiation(&msg).unwrap();
         assert_eq!(&consumed.peer_static, a.local_public());
+        // The precomputed static-static DH gives the state a fresh DH gives.
+        let fresh = consume_initiation(b.local_keys(), &msg, None).unwrap();
+        assert_eq!(consumed.chaining_key.0, fresh.chaining_key.0);
+        assert_eq!(consumed.hash, fresh.hash);
+        assert_eq!(consumed.timestamp, fresh.timestamp);
+        assert_eq!(
+            initiator_static(b.local_keys(), &msg),
+            Ok(*a.local_public())
+        );
         let mut resp = [0u8; RESPONSE_LEN];
         let kb = b
             .respond(consumed, 9, Duration::ZERO, &mut rng, &mut resp)
@@ -428,9 +507,12 @@ mod tests {
         assert_eq!((ka.local_index, ka.remote_index), (7, 9));
         assert_eq!((kb.local_index, kb.remote_index), (9, 7));
         // Replaying the same initiation is refused by its timestamp.
-        let again =
-            consume_initiation(b.local_keys(), &Initiation::new_checked(&init[..]).unwrap())
-                .unwrap();
+        let again = consume_initiation(
+            b.local_keys(),
+            &Initiation::new_checked(&init[..]).unwrap(),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             b.respond(again, 10, Duration::from_secs(1), &mut rng, &mut resp)
                 .err(),
@@ -454,9 +536,12 @@ mod tests {
         let mut rng = CountingRng(3);
         let mut init = [0u8; INITIATION_LEN];
         a.initiate(7, Duration::from_secs(1000), &mut rng, &mut init);
-        let consumed =
-            consume_initiation(b.local_keys(), &Initiation::new_checked(&init[..]).unwrap())
-                .unwrap();
+        let consumed = consume_initiation(
+            b.local_keys(),
+            &Initiation::new_checked(&init[..]).unwrap(),
+            None,
+        )
+        .unwrap();
         let mut resp = [0u8; RESPONSE_LEN];
         b.respond(consumed, 9, Duration::ZERO, &mut rng, &mut resp)
             .unwrap();
@@ -475,11 +560,10 @@ mod tests {
         let mut rng = CountingRng(3);
         let mut init = [0u8; INITIATION_LEN];
         a.initiate(7, Duration::from_secs(1000), &mut rng, &mut init);
-        let consumed = consume_initiation(
-            c_view.local_keys(),
-            &Initiation::new_checked(&init[..]).unwrap(),
-        )
-        .unwrap();
+        // The expected peer is c, so the precomputed DH does not apply.
+        let consumed = c_view
+            .consume_initiation(&Initiation::new_checked(&init[..]).unwrap())
+            .unwrap();
         let mut resp = [0u8; RESPONSE_LEN];
         assert_eq!(
             c_view
@@ -491,11 +575,9 @@ mod tests {
             let mut bad = init;
             bad[i] ^= 0x40;
             assert!(
-                consume_initiation(
-                    c_view.local_keys(),
-                    &Initiation::new_checked(&bad[..]).unwrap()
-                )
-                .is_err(),
+                c_view
+                    .consume_initiation(&Initiation::new_checked(&bad[..]).unwrap())
+                    .is_err(),
                 "byte {i}"
             );
         }

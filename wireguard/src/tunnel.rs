@@ -15,7 +15,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::time::Duration;
 
 use crate::cookie::{MacCheck, MacSender, MacVerifier};
-use crate::noise::{self, Handshake, HandshakeError, StaticKeys};
+use crate::noise::{Handshake, HandshakeError, StaticKeys};
 use crate::session::{Keypair, SessionError};
 use crate::timers::*;
 use crate::wire::{self, CookieReply, Initiation, MessageKind, Response, Transport, WireError};
@@ -463,7 +463,7 @@ impl Tunnel {
             Err(Ok(n)) => return Action::WriteToNetwork(&mut out[..n]),
             Err(Err(e)) => return e.into(),
         }
-        let consumed = match noise::consume_initiation(self.handshake.local_keys(), &msg) {
+        let consumed = match self.handshake.consume_initiation(&msg) {
             Ok(c) => c,
             Err(e) => return Error::Handshake(e).into(),
         };
