@@ -70,6 +70,9 @@ pub struct BackendOptions {
     /// Packets kept for the frontend while it has no RX buffer posted;
     /// more are dropped (counted).
     pub rx_queue_max: usize,
+    /// Bytes kept in that queue at most (a frontend that never posts
+    /// buffers costs us no more than this).
+    pub rx_queue_bytes_max: usize,
 }
 
 impl Default for BackendOptions {
@@ -82,6 +85,7 @@ impl Default for BackendOptions {
             split_event_channels: true,
             violation_limit: 32,
             rx_queue_max: 256,
+            rx_queue_bytes_max: 1 << 20,
         }
     }
 }

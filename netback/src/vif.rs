@@ -87,6 +87,7 @@ pub struct Vif<E: NetbackEnv> {
     rx_port: Port,
     bounce: Vec<SharedPage<E::Page>>,
     rx_queue: VecDeque<Packet>,
+    rx_queue_bytes: usize,
     stats: VifStats,
     fatal: Option<Fatal>,
 }
@@ -153,6 +154,7 @@ impl<E: NetbackEnv> Vif<E> {
             rx_port,
             bounce,
             rx_queue: VecDeque::new(),
+            rx_queue_bytes: 0,
             stats: VifStats::default(),
             fatal: None,
         })
@@ -429,12 +431,28 @@ impl<E: NetbackEnv> Vif<E> {
     /// Queue `packet` for the frontend (delivered by [`deliver`](Self::deliver));
     /// false if it was dropped (queue full, or the vif stopped).
     pub fn send(&mut self, packet: Packet) -> bool {
-        if self.fatal.is_some() || self.rx_queue.len() >= self.options.rx_queue_max {
+        let bytes = self.rx_queue_bytes.saturating_add(packet.data.len());
+        if self.fatal.is_some()
+            || self.rx_queue.len() >= self.options.rx_queue_max
+            || bytes > self.options.rx_queue_bytes_max
+        {
             self.stats.rx_dropped += 1;
             return false;
         }
+        self.rx_queue_bytes = bytes;
         self.rx_queue.push_back(packet);
         true
+    }
+
+    fn pop_rx(&mut self) -> Option<Packet> {
+        let p = self.rx_queue.pop_front()?;
+        self.rx_queue_bytes = self.rx_queue_bytes.saturating_sub(p.data.len());
+        Some(p)
+    }
+
+    fn unpop_rx(&mut self, p: Packet) {
+        self.rx_queue_bytes = self.rx_queue_bytes.saturating_add(p.data.len());
+        self.rx_queue.push_front(p);
     }
 
     /// Make `p` acceptable to the frontend, or say it cannot be.
@@ -488,7 +506,7 @@ impl<E: NetbackEnv> Vif<E> {
             if done >= budget {
                 break Ok(true);
             }
-            let Some(mut p) = self.rx_queue.pop_front() else {
+            let Some(mut p) = self.pop_rx() else {
                 break Ok(false);
             };
             if !self.adapt(&mut p) {
@@ -512,7 +530,7 @@ impl<E: NetbackEnv> Vif<E> {
                 Err(e) => break Err(ring_fatal(e)),
             };
             if (avail as usize) < need {
-                self.rx_queue.push_front(p);
+                self.unpop_rx(p);
                 break Ok(false);
             }
             if let Err(f) = self.rx_packet(env, &p, chunks, need) {

@@ -446,3 +446,44 @@ fn frontends_that_do_not_offer_rx_copy_are_refused() {
     assert_eq!(r.err(), Some(netback::NetbackError::Queues(4)));
     let _ = Violation::ALL;
 }
+
+#[test]
+fn toolstack_detach_closes_the_vif_and_idle_frontends_cost_bounded_memory() {
+    let m = Machine::new();
+    m.add_vif(FRONT);
+    let mut back = Backend::new(&m);
+    let (f, v) = connect_pair(
+        &m,
+        &mut back,
+        FRONT,
+        front_options(),
+        BackendOptions::default(),
+    );
+    let (mut f, mut v) = (f.unwrap(), v.unwrap());
+    // The frontend stops reading: queued packets are bounded in bytes.
+    let mut queued = 0;
+    for k in 0..100 {
+        if v.send(Packet {
+            data: pattern(60_000, k),
+            offload: Offload::default(),
+        }) {
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, (1 << 20) / 60_000);
+    assert_eq!(v.stats().rx_dropped, 100 - queued as u64);
+    // `xl network-detach`: online 0, state Closing.
+    let b = back_path(FRONT);
+    m.set(&format!("{b}/online"), "0");
+    m.set(&format!("{b}/state"), "5");
+    assert_eq!(run(v.device().health(&mut back.xs)), Ok(Health::Detached));
+    let ports = v.ports();
+    run(v.close(&mut back.env, &mut back.xs));
+    assert_eq!(m.get(&format!("{b}/state")).as_deref(), Some("6"));
+    assert_eq!(m.hv.maps_of(BACK, FRONT), 0);
+    assert!(!m.hv.port_open(BACK, ports.0));
+    assert!(run(f.check_backend()).is_err());
+    let report = run(f.disconnect());
+    assert_eq!(report.leaked, 0);
+    assert_eq!(m.hv.grants_of(FRONT), 0);
+}

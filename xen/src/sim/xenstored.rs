@@ -630,3 +630,48 @@ impl XsEvents for PageEvents {
         Poll::Ready(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xenstore::XenStore;
+    use core::future::Future;
+    use core::pin::pin;
+    use std::task::Waker;
+
+    fn run<F: Future>(f: F) -> F::Output {
+        let mut f = pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    #[test]
+    fn connections_have_their_own_replies_watches_and_home() {
+        let d = Rc::new(RefCell::new(Xenstored::new(0)));
+        let c1 = d.borrow_mut().connect(1);
+        let c2 = d.borrow_mut().connect(2);
+        let mut a = XenStore::new(SimTransport::connection(d.clone(), c1, 7));
+        let mut b = XenStore::new(SimTransport::connection(d.clone(), c2, 64));
+        run(a.write("device/x", b"1")).unwrap();
+        assert_eq!(
+            d.borrow().get("/local/domain/1/device/x"),
+            Some(b"1".to_vec())
+        );
+        run(b.watch("/local/domain/1/device/x", "tb")).unwrap();
+        assert_eq!(run(b.next_watch_event_for("tb")).unwrap().token, "tb");
+        // A's write fires B's watch only; A's replies stay A's.
+        run(a.write("device/x", b"2")).unwrap();
+        assert_eq!(run(a.read("device/x")).unwrap(), b"2");
+        let e = run(b.next_watch_event_for("tb")).unwrap();
+        assert_eq!(e.path, "/local/domain/1/device/x");
+        assert_eq!(run(b.read("domid")).unwrap(), b"2");
+        assert_eq!(d.borrow().pending_output(), 0);
+        d.borrow_mut().remove("/local/domain/1");
+        assert_eq!(d.borrow().get("/local/domain/1/device/x"), None);
+        assert!(run(b.next_watch_event_for("tb")).is_ok());
+    }
+}
