@@ -14,7 +14,7 @@ export CARGO_TARGET_DIR := $(abspath $(TARGET_DIR))
 
 # Service images: each becomes target/images/<arch>/<name>, one ELF that
 # Xen boots as a PV or as a PVH guest.
-IMAGES := selftest
+IMAGES := selftest netdemo
 AMD64 := x86_64-unknown-none
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64

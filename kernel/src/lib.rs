@@ -17,10 +17,15 @@ pub mod arch {
     mod x86_64;
     pub use x86_64::*;
 }
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+#[path = "arch/arm.rs"]
+pub mod arch;
 #[cfg(target_os = "none")]
 pub mod boot;
 pub mod cmdline;
 pub mod console;
+#[cfg(target_os = "none")]
+pub mod devices;
 pub mod executor;
 pub mod frames;
 pub mod heap;

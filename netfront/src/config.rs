@@ -46,6 +46,17 @@ impl core::fmt::Debug for ValuePrefix {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MacAddress(pub [u8; 6]);
 
+impl core::fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
 impl MacAddress {
     /// Parse `xx:xx:xx:xx:xx:xx` (hex digits, either case), nothing else.
     pub fn parse(value: &[u8]) -> Result<Self, NetfrontError> {

@@ -77,6 +77,33 @@ impl From<RingError> for NetfrontError {
     }
 }
 
+impl core::fmt::Display for NetfrontError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NetfrontError::Xenbus(XenbusError::Xs(e)) => write!(f, "xenstore: {e}"),
+            NetfrontError::Xenbus(e) => write!(f, "xenbus: {e:?}"),
+            NetfrontError::Env(e) => write!(f, "platform: {e:?}"),
+            NetfrontError::Grant(e) => write!(f, "grant table: {e}"),
+            NetfrontError::BadMac(v) => write!(f, "bad mac {v:?}"),
+            NetfrontError::BadFeature(v) => write!(f, "bad feature flag {v:?}"),
+            NetfrontError::NoRxCopy => f.write_str("backend lacks feature-rx-copy"),
+            NetfrontError::Ring(e) => write!(f, "backend broke the ring: {e:?}"),
+            NetfrontError::BadTxId(id) => write!(f, "backend answered unknown tx id {id}"),
+            NetfrontError::BadRxId { expected, got } => {
+                write!(f, "backend answered rx id {got}, expected {expected}")
+            }
+            NetfrontError::BadRxSize { offset, size } => {
+                write!(
+                    f,
+                    "backend rx response leaves the page (offset {offset}, size {size})"
+                )
+            }
+            NetfrontError::BackendGone(state) => write!(f, "backend left (state {state:?})"),
+            NetfrontError::Disconnected => f.write_str("disconnected"),
+        }
+    }
+}
+
 /// Why a packet was not queued for sending (the device stays usable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxError {

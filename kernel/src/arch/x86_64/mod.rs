@@ -116,6 +116,12 @@ pub fn virt_to_pfn(va: u64) -> u64 {
     va >> 12
 }
 
+/// Where the kernel reaches pseudo-physical frame `pfn` (RAM is mapped at
+/// `pfn << 12` in both guest types).
+pub fn pfn_to_ptr(pfn: u64) -> *mut u8 {
+    (pfn << 12) as *mut u8
+}
+
 /// The frame number Xen expects in grant entries and grant copies for one
 /// of our pfns: the machine frame for PV (Xen does not translate PV
 /// guests), the pfn itself for PVH.

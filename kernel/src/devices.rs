@@ -1,0 +1,309 @@
+//! What the PV drivers get from the kernel: pages they may share with
+//! another domain, this domain's grant table, and event channels wired to
+//! the executor.
+//!
+//! [`XenEnv`] is the one implementation of the drivers' environment traits
+//! on real Xen (`netfront::NetEnv`, `blkfront::BlkEnv`, each behind the
+//! cargo feature of the same name); host tests implement the same traits
+//! over `xen::sim`. The only `unsafe` here is [`SharedFrame`]'s promise
+//! that a frame from the allocator is a page nobody else references.
+//!
+//! A page stays granted as long as the other domain maps it: when a driver
+//! cannot revoke a grant ([`GrantError::InUse`]), the frame is quarantined
+//! and never returned to the allocator, so a backend that keeps a mapping
+//! can never see memory reused for something else.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use core::task::{Context, Poll};
+
+use spin::Mutex;
+use xen::abi::{DomId, GrantRef, Port};
+use xen::grant::GrantError;
+use xen::shared_page::{PageMemory, SharedPage, PAGE_SIZE};
+use xen::xenstore::{XenStore, XsRing};
+
+use crate::boot::{Platform, XsPort};
+use crate::executor::{EventListener, Handle};
+use crate::frames::Pfn;
+
+/// Frames whose grant could not be revoked: never freed again.
+static QUARANTINE: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+
+/// One frame from the kernel's allocator, zeroed, owned until dropped.
+pub struct SharedFrame {
+    pfn: u64,
+    gfn: u64,
+    frames: &'static spin::Mutex<crate::frames::FrameAllocator<'static>>,
+}
+
+impl SharedFrame {
+    /// A zeroed frame, or `None` when memory is exhausted.
+    pub fn alloc(platform: &'static Platform) -> Option<Self> {
+        // The lock is released before anything below could allocate.
+        let pfn = platform.frames.lock().alloc()?.0;
+        let ptr = crate::arch::pfn_to_ptr(pfn);
+        // SAFETY: the allocator handed out this frame, which every guest
+        // type maps read-write at `pfn_to_ptr`; nothing else refers to it.
+        unsafe { core::ptr::write_bytes(ptr, 0, PAGE_SIZE) };
+        Some(Self {
+            pfn,
+            gfn: crate::arch::pfn_to_gfn(pfn),
+            frames: platform.frames,
+        })
+    }
+
+    /// The pseudo-physical frame number.
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+}
+
+// SAFETY: the frame is mapped at a fixed address for the kernel's life,
+// page-aligned, read-write, owned by this value alone (no Rust reference to
+// it exists: it is only reached through `SharedPage`'s volatile accessors),
+// and freed only on drop — or never, if quarantined.
+unsafe impl PageMemory for SharedFrame {
+    fn as_ptr(&self) -> *mut u8 {
+        crate::arch::pfn_to_ptr(self.pfn)
+    }
+
+    fn frame(&self) -> u64 {
+        self.gfn
+    }
+}
+
+impl Drop for SharedFrame {
+    fn drop(&mut self) {
+        if QUARANTINE.lock().contains(&self.gfn) {
+            log::warn!("frame {:#x} still granted: leaked, not reused", self.pfn);
+            return;
+        }
+        let _ = self.frames.lock().free(Pfn(self.pfn));
+    }
+}
+
+/// The xenstore client every driver of a service shares.
+pub type KernelXenStore = XenStore<XsRing<XsPort>>;
+
+/// The drivers' environment on real Xen.
+pub struct XenEnv {
+    platform: &'static Platform,
+    executor: Handle,
+    /// Ports we allocated, each with its listener (created with the port,
+    /// so no notification is missed before the first poll).
+    ports: BTreeMap<Port, EventListener>,
+    /// Granted frame of each reference we handed out.
+    granted: BTreeMap<GrantRef, u64>,
+    /// The xenstore connection, if this env owns it (netfront's needs it).
+    xenstore: Option<KernelXenStore>,
+}
+
+/// The platform could not provide what a driver asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceEnvError {
+    /// No free frame.
+    OutOfMemory,
+    /// A hypercall failed with this (negative) errno.
+    Xen(i32),
+}
+
+impl XenEnv {
+    /// An environment over `platform`, with events delivered by `executor`
+    /// and (for drivers that need it) the xenstore connection.
+    pub fn new(
+        platform: &'static Platform,
+        executor: Handle,
+        xenstore: Option<KernelXenStore>,
+    ) -> Self {
+        Self {
+            platform,
+            executor,
+            ports: BTreeMap::new(),
+            granted: BTreeMap::new(),
+            xenstore,
+        }
+    }
+
+    /// The xenstore connection, if this env holds it.
+    pub fn xenstore_mut(&mut self) -> Option<&mut KernelXenStore> {
+        self.xenstore.as_mut()
+    }
+
+    /// Take the xenstore connection back.
+    pub fn take_xenstore(&mut self) -> Option<KernelXenStore> {
+        self.xenstore.take()
+    }
+
+    /// Grants currently handed out through this env.
+    pub fn grants_outstanding(&self) -> usize {
+        self.granted.len()
+    }
+
+    fn alloc_shared(&mut self) -> Result<SharedPage<SharedFrame>, DeviceEnvError> {
+        SharedFrame::alloc(self.platform)
+            .map(SharedPage::new)
+            .ok_or(DeviceEnvError::OutOfMemory)
+    }
+
+    fn grant(&mut self, domid: DomId, frame: u64, readonly: bool) -> Result<GrantRef, GrantError> {
+        let gref = self
+            .platform
+            .grants
+            .lock()
+            .grant_access(domid, frame, readonly)?;
+        self.granted.insert(gref, frame);
+        Ok(gref)
+    }
+
+    fn revoke(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+        let result = self.platform.grants.lock().end_access(gref);
+        match result {
+            Ok(()) => {
+                self.granted.remove(&gref);
+            }
+            Err(GrantError::InUse) => {
+                // The peer still maps it: the frame must never be reused.
+                if let Some(frame) = self.granted.get(&gref) {
+                    QUARANTINE.lock().insert(*frame);
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn alloc_port(&mut self, remote: DomId) -> Result<Port, DeviceEnvError> {
+        let port =
+            xen::hypercall::evtchn_alloc_unbound(remote).map_err(|e| DeviceEnvError::Xen(-e.0))?;
+        self.ports.insert(port, self.executor.event_listener(port));
+        Ok(port)
+    }
+
+    fn poll_port(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()> {
+        let executor = &self.executor;
+        self.ports
+            .entry(port)
+            .or_insert_with(|| executor.event_listener(port))
+            .poll_wait(cx)
+    }
+
+    fn close_port(&mut self, port: Port) {
+        self.ports.remove(&port);
+        let _ = xen::hypercall::evtchn_close(port);
+    }
+}
+
+#[cfg(feature = "netfront")]
+mod net {
+    use super::*;
+    use netfront::{EnvError, NetEnv};
+
+    impl From<DeviceEnvError> for EnvError {
+        fn from(e: DeviceEnvError) -> Self {
+            match e {
+                DeviceEnvError::OutOfMemory => EnvError::OutOfMemory,
+                DeviceEnvError::Xen(errno) => EnvError::Hypercall(errno),
+            }
+        }
+    }
+
+    impl NetEnv for XenEnv {
+        type Page = SharedFrame;
+        type Xs = XsRing<XsPort>;
+
+        fn alloc_page(&mut self) -> Result<SharedPage<SharedFrame>, EnvError> {
+            Ok(self.alloc_shared()?)
+        }
+        fn grant_access(
+            &mut self,
+            domid: DomId,
+            frame: u64,
+            readonly: bool,
+        ) -> Result<GrantRef, GrantError> {
+            self.grant(domid, frame, readonly)
+        }
+        fn end_access(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+            self.revoke(gref)
+        }
+        fn alloc_unbound(&mut self, remote: DomId) -> Result<Port, EnvError> {
+            Ok(self.alloc_port(remote)?)
+        }
+        fn notify(&mut self, port: Port) {
+            let _ = xen::hypercall::evtchn_send(port);
+        }
+        fn poll_event(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()> {
+            self.poll_port(port, cx)
+        }
+        fn close_port(&mut self, port: Port) {
+            XenEnv::close_port(self, port)
+        }
+        fn xenstore(&mut self) -> &mut XenStore<Self::Xs> {
+            // A netfront env is always built with the connection
+            // (`XenEnv::new(.., Some(xs))`); see `Netdev` in services.
+            match self.xenstore.as_mut() {
+                Some(xs) => xs,
+                None => crate::boot::fatal(format_args!(
+                    "netfront environment built without the xenstore connection"
+                )),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "blkfront")]
+mod blk {
+    use super::*;
+    use blkfront::env::{BlkEnv, EnvError};
+    use xen::abi::blkif::{BlkifRequestSlot, BlkifResponse};
+    use xen::shared_page::PageFrontRing;
+
+    impl From<DeviceEnvError> for EnvError {
+        fn from(e: DeviceEnvError) -> Self {
+            match e {
+                DeviceEnvError::OutOfMemory => EnvError::OutOfMemory,
+                DeviceEnvError::Xen(errno) => EnvError::Xen(errno),
+            }
+        }
+    }
+
+    impl BlkEnv for XenEnv {
+        type Mem = SharedFrame;
+        type Ring = PageFrontRing<SharedFrame, BlkifRequestSlot, BlkifResponse>;
+
+        fn alloc_page(&mut self) -> Result<SharedPage<SharedFrame>, EnvError> {
+            Ok(self.alloc_shared()?)
+        }
+        fn alloc_ring(&mut self, order: u32) -> Result<Self::Ring, EnvError> {
+            // Single-page rings only (`BlkConfig::max_ring_page_order` 0,
+            // the default): 32 requests of up to 32 indirect segments each
+            // already keep Linux blkback busy.
+            if order != 0 {
+                return Err(EnvError::Xen(-xen::hypercall::XenError::EINVAL.0));
+            }
+            Ok(self.alloc_shared()?.into_front_ring(0))
+        }
+        fn grant(
+            &mut self,
+            domid: DomId,
+            frame: u64,
+            readonly: bool,
+        ) -> Result<GrantRef, GrantError> {
+            XenEnv::grant(self, domid, frame, readonly)
+        }
+        fn revoke(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+            XenEnv::revoke(self, gref)
+        }
+        fn alloc_unbound(&mut self, remote: DomId) -> Result<Port, EnvError> {
+            Ok(self.alloc_port(remote)?)
+        }
+        fn close(&mut self, port: Port) {
+            self.close_port(port)
+        }
+        fn notify(&mut self, port: Port) {
+            let _ = xen::hypercall::evtchn_send(port);
+        }
+        fn poll_event(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()> {
+            self.poll_port(port, cx)
+        }
+    }
+}

@@ -1,0 +1,107 @@
+#!/bin/bash
+# Runs moat's netdemo image in the rig's dom0 and exercises it from dom0
+# through Linux netback and the bridge xenbr0 (10.99.0.1/24).
+#
+# usage: bash netcase.sh NAME CONFIG MIB PINGS DETACH
+#   MIB     MiB sent each way over TCP (a multiple of 16)
+#   PINGS   pings at 10 ms intervals
+#   DETACH  1: detach and re-attach the vif while a ping runs
+#
+# Every report is one line starting with "RIG " (parsed by
+# rig/test_netdemo.py); the guest's console log follows, each line
+# prefixed "GUEST ".
+#   RIG create NAME
+#   RIG ready NAME SECONDS                   `netdemo: ready` seen after SECONDS
+#   RIG not-ready NAME
+#   RIG ping NAME SENT RECEIVED
+#   RIG tcp-echo NAME ok|bad
+#   RIG udp-echo NAME ok|bad
+#   RIG source NAME BYTES CRC SECONDS        what dom0 received from port 5002
+#   RIG sink NAME BYTES CRC SECONDS          what dom0 sent to port 5001
+#   RIG reattach NAME reconnected|stuck SECONDS
+#   RIG after-reattach NAME PING_RECEIVED_OF_20
+#   RIG during-reattach NAME SENT RECEIVED   the background ping's totals
+#   RIG end NAME
+set -u
+name=$1 cfg=$2 mib=$3 pings=$4 detach=$5
+ip=10.99.0.2
+mac=00:16:3e:6d:6f:01
+log=/var/log/xen/console/guest-$name.log
+rm -f "$log"
+
+now() { read -r t _ </proc/uptime; echo "$t"; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+# wait_log PATTERN SECONDS: until the guest's console log has PATTERN.
+wait_log() {
+  local i=0
+  while [ $i -lt $(($2 * 5)) ]; do
+    grep -q "$1" "$log" 2>/dev/null && return 0
+    sleep 0.2; i=$((i + 1))
+  done
+  return 1
+}
+finish() {
+  sed 's/^/GUEST /' "$log" 2>/dev/null
+  xl destroy "$name" 2>/dev/null
+  echo "RIG end $name"
+}
+
+echo "RIG create $name"
+t0=$(now)
+if ! xl create "$cfg" "name=\"$name\"" >/dev/null 2>&1; then
+  echo "RIG not-ready $name"; finish; exit 0
+fi
+if ! wait_log "netdemo: ready" 60; then
+  echo "RIG not-ready $name"; finish; exit 0
+fi
+echo "RIG ready $name $(elapsed "$t0")"
+
+out=$(ping -q -c "$pings" -i 0.01 -W 2 "$ip" 2>&1)
+set -- $(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\1 \2/p')
+echo "RIG ping $name ${1:-0} ${2:-0}"
+
+word=moat-echo-$RANDOM
+[ "$(echo "$word" | nc -w 3 "$ip" 7)" = "$word" ] && r=ok || r=bad
+echo "RIG tcp-echo $name $r"
+# busybox nc has no UDP: bash's /dev/udp connects a datagram socket.
+r=bad
+if exec 3<>"/dev/udp/$ip/7"; then
+  echo "$word" >&3
+  read -r -t 3 reply <&3 && [ "$reply" = "$word" ] && r=ok
+  exec 3<&-
+fi
+echo "RIG udp-echo $name $r"
+
+bytes=$((mib * 1048576))
+t=$(now)
+crc=$(echo "$bytes" | nc "$ip" 5002 | tee >(wc -c > /tmp/src.len) | crc32)
+sleep 0.5
+echo "RIG source $name $(tr -d ' ' </tmp/src.len) $crc $(elapsed "$t")"
+
+head -c 16777216 /dev/urandom > /tmp/r16
+t=$(now)
+for i in $(seq $((mib / 16))); do cat /tmp/r16; done |
+  tee >(crc32 > /tmp/sent.crc) | nc "$ip" 5001
+sleep 0.5
+echo "RIG sink $name $bytes $(cat /tmp/sent.crc) $(elapsed "$t")"
+rm -f /tmp/r16
+
+if [ "$detach" = 1 ]; then
+  ping -c 600 -i 0.05 -W 1 "$ip" > /tmp/bg.ping 2>&1 &
+  bg=$!
+  sleep 2
+  t=$(now)
+  xl network-detach "$name" 0
+  wait_log "netdemo: backend gone" 30
+  sleep 1
+  xl network-attach "$name" "bridge=xenbr0,mac=$mac"
+  if wait_log "netdemo: reconnected" 60; then r=reconnected; else r=stuck; fi
+  echo "RIG reattach $name $r $(elapsed "$t")"
+  out=$(ping -q -c 20 -i 0.1 -W 2 "$ip" 2>&1)
+  set -- $(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\1 \2/p')
+  echo "RIG after-reattach $name ${2:-0}"
+  kill -INT $bg 2>/dev/null; wait $bg 2>/dev/null
+  set -- $(sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\1 \2/p' /tmp/bg.ping)
+  echo "RIG during-reattach $name ${1:-0} ${2:-0}"
+fi
+finish

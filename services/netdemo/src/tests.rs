@@ -1,0 +1,198 @@
+//! The services over smoltcp's loopback device: real TCP and UDP, no Xen.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::{Loopback, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+
+use crate::apps::{self, Apps, Report};
+use crate::stream::{Crc32, Pattern};
+
+struct Net {
+    dev: Loopback,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    apps: Apps,
+    now_ms: i64,
+    reports: Vec<Report>,
+}
+
+impl Net {
+    fn new() -> Self {
+        let mut dev = Loopback::new(Medium::Ip);
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, Instant::ZERO);
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8)).unwrap();
+        });
+        let mut sockets = SocketSet::new(Vec::new());
+        let apps = Apps::new(&mut sockets, 64 * 1024);
+        Self {
+            dev,
+            iface,
+            sockets,
+            apps,
+            now_ms: 0,
+            reports: Vec::new(),
+        }
+    }
+
+    fn step(&mut self) {
+        self.now_ms += 1;
+        let now = Instant::from_millis(self.now_ms);
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        let reports = &mut self.reports;
+        self.apps.run(
+            &mut self.sockets,
+            self.now_ms as u64 * 1_000_000,
+            &mut |r| reports.push(r),
+        );
+    }
+
+    fn client(&mut self, port: u16, local: u16) -> smoltcp::iface::SocketHandle {
+        let s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+            tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+        );
+        let h = self.sockets.add(s);
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(cx, (IpAddress::v4(127, 0, 0, 1), port), local)
+            .unwrap();
+        h
+    }
+}
+
+#[test]
+fn sink_reports_the_crc_of_what_was_sent() {
+    let mut net = Net::new();
+    let h = net.client(apps::SINK_PORT, 40000);
+    let mut data = vec![0u8; 300_000];
+    Pattern::new(5).fill(&mut data);
+    let mut sent = 0;
+    for _ in 0..20_000 {
+        net.step();
+        let s = net.sockets.get_mut::<tcp::Socket>(h);
+        if s.can_send() && sent < data.len() {
+            sent += s.send_slice(&data[sent..]).unwrap();
+            if sent == data.len() {
+                s.close();
+            }
+        }
+        if !net.reports.is_empty() {
+            break;
+        }
+    }
+    let mut expect = Crc32::new();
+    expect.update(&data);
+    match net.reports.as_slice() {
+        [Report::Sink { bytes, crc32, .. }] => {
+            assert_eq!(*bytes, data.len() as u64);
+            assert_eq!(*crc32, expect.value());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn source_sends_the_pattern_it_reports() {
+    let mut net = Net::new();
+    let h = net.client(apps::SOURCE_PORT, 40001);
+    let want = 200_001u64;
+    let mut asked = false;
+    let mut got = Vec::new();
+    for _ in 0..20_000 {
+        net.step();
+        let s = net.sockets.get_mut::<tcp::Socket>(h);
+        if !asked && s.can_send() {
+            s.send_slice(format!("{want}\n").as_bytes()).unwrap();
+            asked = true;
+        }
+        while s.can_recv() {
+            s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        if !s.may_recv() && asked && got.len() as u64 == want {
+            break;
+        }
+    }
+    let mut expect = vec![0u8; want as usize];
+    Pattern::new(apps::SOURCE_SEED).fill(&mut expect);
+    assert_eq!(got.len(), expect.len());
+    assert!(got == expect, "source bytes differ from the pattern");
+    let mut sum = Crc32::new();
+    sum.update(&expect);
+    assert!(net.reports.iter().any(|r| matches!(r,
+        Report::Source { bytes, crc32, .. } if *bytes == want && *crc32 == sum.value())));
+}
+
+#[test]
+fn source_rejects_a_request_that_is_not_a_count() {
+    let mut net = Net::new();
+    let h = net.client(apps::SOURCE_PORT, 40002);
+    let mut asked = false;
+    for _ in 0..2000 {
+        net.step();
+        let s = net.sockets.get_mut::<tcp::Socket>(h);
+        if !asked && s.can_send() {
+            s.send_slice(b"lots please\n").unwrap();
+            asked = true;
+        }
+        if net.reports.contains(&Report::BadSourceRequest) {
+            return;
+        }
+    }
+    panic!("no BadSourceRequest: {:?}", net.reports);
+}
+
+#[test]
+fn tcp_and_udp_echo() {
+    let mut net = Net::new();
+    let h = net.client(apps::ECHO_PORT, 40003);
+    let mut u = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+    );
+    u.bind(41000).unwrap();
+    let uh = net.sockets.add(u);
+    let server = IpEndpoint::new(IpAddress::v4(127, 0, 0, 1), apps::ECHO_PORT);
+    net.sockets
+        .get_mut::<udp::Socket>(uh)
+        .send_slice(b"ping over udp", server)
+        .unwrap();
+    let msg: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = false;
+    let mut back = Vec::new();
+    let mut udp_back = None;
+    for _ in 0..5000 {
+        net.step();
+        let s = net.sockets.get_mut::<tcp::Socket>(h);
+        if !sent && s.can_send() {
+            assert_eq!(s.send_slice(&msg).unwrap(), msg.len());
+            sent = true;
+        }
+        while s.can_recv() {
+            s.recv(|b| {
+                back.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        if let Ok((d, _)) = net.sockets.get_mut::<udp::Socket>(uh).recv() {
+            udp_back = Some(d.to_vec());
+        }
+        if back.len() == msg.len() && udp_back.is_some() {
+            break;
+        }
+    }
+    assert_eq!(back, msg);
+    assert_eq!(udp_back.as_deref(), Some(&b"ping over udp"[..]));
+    assert_eq!(net.apps.counters().udp_echoed, 1);
+    assert_eq!(net.apps.counters().tcp_echoed, msg.len() as u64);
+}
