@@ -549,3 +549,149 @@ fn a_flood_cannot_starve_another_frontend() {
         "flood: {flood_pushed} requests pushed, {flood_served} served at {BUDGET}/round; good frontend 200/200 rounds served"
     );
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn gref_of(h: &Hostile, choice: u8, raw: u32) -> GrantRef {
+        match choice % 4 {
+            0 => h.data,
+            1 => 4000,
+            2 => h.data_elsewhere,
+            _ => raw,
+        }
+    }
+
+    fn tx_req() -> impl Strategy<Value = (u8, u32, u16, u16, u16, u16)> {
+        prop_oneof![
+            (
+                Just(0u8),
+                Just(0u32),
+                0u16..64,
+                Just(0u16),
+                any::<u16>(),
+                14u16..=1500
+            ),
+            (
+                Just(0u8),
+                Just(0u32),
+                0u16..64,
+                prop_oneof![Just(NETTXF_MORE_DATA), Just(0u16)],
+                any::<u16>(),
+                14u16..=2000
+            ),
+            raw_req(),
+        ]
+    }
+
+    fn raw_req() -> impl Strategy<Value = (u8, u32, u16, u16, u16, u16)> {
+        (
+            any::<u8>(),
+            any::<u32>(),
+            prop_oneof![0u16..64, any::<u16>()],
+            prop_oneof![Just(0u16), 0u16..16, any::<u16>()],
+            any::<u16>(),
+            prop_oneof![0u16..100, 14u16..=4096, any::<u16>()],
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Whatever a frontend puts in its rings, the backend answers or
+        /// disconnects; it never panics, never answers more than it took,
+        /// and closes cleanly; a good frontend keeps service.
+        #[test]
+        fn random_rings_never_break_the_backend(
+            reqs in prop::collection::vec(tx_req(), 1..300),
+            rx in prop::collection::vec((any::<u8>(), any::<u32>(), 1usize..9000), 0..40),
+            wrap in any::<bool>(),
+            budget in 1usize..40,
+            limit in 1u32..64,
+        ) {
+            let m = Machine::new();
+            let mut back = Backend::new(&m);
+            let mut good = Good::new(&m, &mut back);
+            let start = if wrap { u32::MAX - 100 } else { 0 };
+            let options = BackendOptions { violation_limit: limit, ..BackendOptions::default() };
+            let (mut h, mut vif) = Hostile::attach(&m, &mut back, FRONT, start, options);
+            let mut pushed = 0usize;
+            let mut answered = 0usize;
+            let mut ok_rsp = 0usize;
+            let mut received = 0usize;
+            let mut fatal = None;
+            let mut i = 0;
+            while i < reqs.len() && fatal.is_none() {
+                let free = h.tx.free_requests() as usize;
+                let n = free.min(reqs.len() - i);
+                let batch: Vec<NetifTxRequest> = reqs[i..i + n]
+                    .iter()
+                    .map(|&(c, raw, offset, flags, id, size)| req(gref_of(&h, c, raw), offset, flags, id, size))
+                    .collect();
+                h.push(&batch);
+                pushed += n;
+                i += n;
+                loop {
+                    let mut out = Vec::new();
+                    match vif.receive(&mut back.env, budget, &mut out) {
+                        Ok(p) => {
+                            prop_assert!(p.packets <= budget);
+                            received += out.len();
+                            for pk in &out {
+                                prop_assert!(pk.data.len() >= 14 && pk.data.len() <= 65535);
+                            }
+                            if !p.more { break; }
+                        }
+                        Err(f) => { fatal = Some(f); break; }
+                    }
+                }
+                for r in h.responses() {
+                    answered += 1;
+                    prop_assert!([0, -1, 1].contains(&r.status), "status {}", r.status);
+                    if r.status == 0 { ok_rsp += 1; }
+                }
+            }
+            prop_assert!(answered <= pushed);
+            if fatal.is_none() {
+                // Everything taken was answered, and only whole packets were taken.
+                prop_assert_eq!(answered, pushed);
+                // RX: random buffers, random packets.
+                for (k, &(c, raw, _)) in rx.iter().enumerate() {
+                    let gref = match c % 3 {
+                        0 => h.rx_bufs[k % h.rx_bufs.len()].1,
+                        1 => gref_of(&h, c, raw),
+                        _ => raw,
+                    };
+                    h.rx.queue_request(NetifRxRequest { id: k as u16, pad: 0, gref }).unwrap();
+                }
+                h.rx.push_requests_and_check_notify();
+                for (k, &(_, _, len)) in rx.iter().enumerate() {
+                    vif.send(Packet { data: pattern(len, k as u8), offload: Offload::default() });
+                }
+                match vif.deliver(&mut back.env, 64) {
+                    Ok(_) => {
+                        let mut n = 0;
+                        while let Some(r) = h.rx.take_response().unwrap() {
+                            prop_assert!(r.status == -1 || (r.status > 0 && r.status <= 4096));
+                            n += 1;
+                        }
+                        prop_assert!(n <= rx.len());
+                    }
+                    Err(f) => fatal = Some(f),
+                }
+            }
+            // Packets handed out match the OK answers to their first slots.
+            prop_assert!(received <= ok_rsp);
+            prop_assert!(vif.stats().violations <= limit);
+            if let Some(f) = fatal {
+                prop_assert_eq!(vif.fatal(), Some(f));
+                let mut out = Vec::new();
+                prop_assert_eq!(vif.poll(&mut back.env, 8, &mut out), Err(f));
+            }
+            run(vif.close(&mut back.env, &mut back.xs));
+            prop_assert_eq!(m.hv.maps_of(BACK, FRONT), 0);
+            good.exchange(&mut back);
+        }
+    }
+}
