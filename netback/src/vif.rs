@@ -221,6 +221,11 @@ impl<E: NetbackEnv> Vif<E> {
         }
     }
 
+    /// Wait for the frontend's next event on either port.
+    pub async fn wait(&mut self, env: &mut E) {
+        core::future::poll_fn(|cx| self.poll_event(env, cx)).await
+    }
+
     /// Take up to `budget` TX packets from the frontend into `out`,
     /// answering every request. Stops the vif on a fatal fault.
     pub fn receive(

@@ -52,6 +52,19 @@ impl Hostile {
         start: u32,
         options: BackendOptions,
     ) -> (Self, Vif<SimNetbackEnv>) {
+        Self::attach_with(m, back, dom, start, options, None)
+    }
+
+    /// With `split`, the rings get separate event channels (TX, RX), as
+    /// Linux's netfront sets up when the backend offers them.
+    fn attach_with(
+        m: &Machine,
+        back: &mut Backend,
+        dom: DomId,
+        start: u32,
+        options: BackendOptions,
+        split: Option<(Port, Port)>,
+    ) -> (Self, Vif<SimNetbackEnv>) {
         m.add_vif(dom);
         let hv = m.hv.clone();
         let tx_page = hv.alloc_page_of(dom);
@@ -74,10 +87,19 @@ impl Hostile {
             })
             .collect();
         let f = front_path(dom);
+        let events = match split {
+            None => vec![("event-channel", port.to_string())],
+            Some((tx, rx)) => vec![
+                ("event-channel-tx", tx.to_string()),
+                ("event-channel-rx", rx.to_string()),
+            ],
+        };
+        for (k, v) in events {
+            m.set(&format!("{f}/{k}"), &v);
+        }
         for (k, v) in [
             ("tx-ring-ref", tx_ref.to_string()),
             ("rx-ring-ref", rx_ref.to_string()),
-            ("event-channel", port.to_string()),
             ("request-rx-copy", "1".into()),
             ("feature-rx-notify", "1".into()),
             ("feature-sg", "1".into()),
@@ -469,6 +491,67 @@ fn unparseable_rings_disconnect_at_once_and_others_keep_service() {
         good.exchange(&mut back);
         let _ = h.rx_raw.frame();
     }
+}
+
+#[test]
+fn split_event_channels_notify_each_ring_on_its_own_port() {
+    let m = Machine::new();
+    let mut back = Backend::new(&m);
+    let tx_port = m.hv.alloc_unbound(FRONT, BACK).unwrap();
+    let rx_port = m.hv.alloc_unbound(FRONT, BACK).unwrap();
+    let (mut h, mut vif) = Hostile::attach_with(
+        &m,
+        &mut back,
+        FRONT,
+        0,
+        BackendOptions::default(),
+        Some((tx_port, rx_port)),
+    );
+    assert_eq!(
+        m.get(&format!(
+            "{}/feature-split-event-channels",
+            back_path(FRONT)
+        ))
+        .as_deref(),
+        Some("1")
+    );
+    let (btx, brx) = vif.ports();
+    assert_ne!(btx, brx);
+    // TX: the frontend kicks its TX channel; the answer comes back on it.
+    let r = h.good(5);
+    h.tx.queue_request(r).unwrap();
+    h.tx.push_requests_and_check_notify();
+    m.hv.send(FRONT, tx_port).unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(vif.poll_event(&mut back.env, &mut cx).is_ready());
+    let mut out = Vec::new();
+    vif.receive(&mut back.env, 8, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(m.hv.is_pending(FRONT, tx_port));
+    assert!(!m.hv.is_pending(FRONT, rx_port));
+    assert_eq!(h.responses(), [NetifTxResponse { id: 5, status: 0 }]);
+    // RX: buffers posted on the RX channel, the packet signalled on it.
+    let gref = h.rx_bufs[0].1;
+    h.rx.queue_request(NetifRxRequest {
+        id: 0,
+        pad: 0,
+        gref,
+    })
+    .unwrap();
+    h.rx.push_requests_and_check_notify();
+    m.hv.send(FRONT, rx_port).unwrap();
+    assert!(vif.poll_event(&mut back.env, &mut cx).is_ready());
+    assert!(vif.poll_event(&mut back.env, &mut cx).is_pending());
+    vif.send(Packet {
+        data: pattern(64, 1),
+        offload: Offload::default(),
+    });
+    vif.deliver(&mut back.env, 8).unwrap();
+    assert!(m.hv.is_pending(FRONT, rx_port));
+    let r = h.rx.take_response().unwrap().unwrap();
+    assert_eq!((r.id, r.status), (0, 64));
+    run(vif.close(&mut back.env, &mut back.xs));
+    assert!(!m.hv.port_open(BACK, btx) && !m.hv.port_open(BACK, brx));
 }
 
 #[test]
