@@ -13,7 +13,7 @@ use crate::cookie;
 use crate::crypto;
 use crate::noise::{self, StaticKeys};
 use crate::tunnel::{Action, Error, Tunnel, TunnelConfig};
-use crate::wire::{self, Initiation, MessageKind};
+use crate::wire::{self, Initiation, MessageKind, Response};
 use crate::Random;
 
 /// Identifies a peer of a [`Device`] (its position, in configuration order).
@@ -241,8 +241,16 @@ impl Device {
                 .ok_or(Error::Handshake(noise::HandshakeError::WrongPeer));
         }
         // Responses, cookie replies and transport messages carry our index,
-        // whose upper 24 bits are the peer's position plus one.
-        let receiver = u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
+        // whose upper 24 bits are the peer's position plus one. In a
+        // response it follows the responder's own index (bytes 4..8, which
+        // the peer chooses freely); in the others it comes first.
+        let receiver = if kind == MessageKind::Response {
+            Response::new_checked(datagram)
+                .map_err(Error::Wire)?
+                .receiver()
+        } else {
+            u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]])
+        };
         let pos = (receiver >> 8) as usize;
         if pos == 0 || pos > self.peers.len() {
             return Err(Error::UnknownIndex);

@@ -294,3 +294,49 @@ fn under_load_the_device_answers_with_a_cookie_before_any_dh() {
     let (_, other) = n.dev_decap(0, &init);
     assert_eq!(other.unwrap().len(), 64);
 }
+
+#[test]
+fn device_initiates_and_accepts_the_peers_response() {
+    // The responder's own index is whatever it likes (boringtun's are
+    // `index << 8 | random`, wireguard-go's fully random): the device must
+    // find the tunnel by the receiver index, which is ours.
+    let mut n = setup();
+    let pkt = ipv4([10, 0, 0, 5], [10, 2, 3, 1], 9);
+    let peer = n.dev.route(ip("10.2.3.1")).unwrap();
+    assert_eq!(peer, PeerId(2));
+    let mut out = vec![0u8; 2048];
+    let Action::WriteToNetwork(init) = n.dev.encapsulate(n.now, &mut n.rng, peer, &pkt, &mut out)
+    else {
+        panic!("no initiation")
+    };
+    let init = init.to_vec();
+    let mut buf = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(resp) = n.peers[2].decapsulate(None, &init, &mut buf) else {
+        panic!("boringtun did not answer")
+    };
+    let resp = resp.to_vec();
+    assert_eq!(resp[0], 2);
+    let responder_index = u32::from_le_bytes([resp[4], resp[5], resp[6], resp[7]]);
+    assert_ne!(
+        responder_index >> 8,
+        3,
+        "the test needs an index unlike ours"
+    );
+    // The response completes the handshake; the queued packet then goes out.
+    let (p, r) = n.dev_decap(2, &resp);
+    assert_eq!(p, Some(PeerId(2)));
+    assert!(!matches!(r, Err(Some(_))), "response refused: {r:?}");
+    assert!(n.dev.peer(PeerId(2)).unwrap().has_session(n.now));
+    let mut flushed = vec![0u8; 2048];
+    let (_, a) = n
+        .dev
+        .decapsulate(n.now, &mut n.rng, None, &[], Some(PeerId(2)), &mut flushed);
+    let Action::WriteToNetwork(d) = a else {
+        panic!("queued packet not sent: {a:?}")
+    };
+    let d = d.to_vec();
+    match n.peers[2].decapsulate(None, &d, &mut buf) {
+        TunnResult::WriteToTunnelV4(p, _) => assert_eq!(p, &pkt[..]),
+        other => panic!("{other:?}"),
+    }
+}
