@@ -3,7 +3,11 @@
 //! The firewall's configuration comes from a text file that mirrors the
 //! QubesDB keys dom0 writes (see [`qubesdb_file`]), so the same rule sets
 //! and addresses drive the hosted process and, later, the VM.
+//!
+//! The VPN gateway (`hosted-vpn`) does its own Ethernet, ARP, IPv4 and UDP
+//! on its two TAP devices with [`link`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod link;
 pub mod qubesdb_file;

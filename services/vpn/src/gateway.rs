@@ -105,6 +105,7 @@ pub struct Gateway {
     dns: DnsRedirect,
     mtu: usize,
     counters: Counters,
+    last_uplink_error: Option<wireguard::Error>,
     buf: Vec<u8>,
 }
 
@@ -130,6 +131,7 @@ impl Gateway {
             dns: DnsRedirect::new(config.interface.dns.clone()),
             mtu,
             counters: Counters::default(),
+            last_uplink_error: None,
             buf: vec![0; 65535 + 64],
         })
     }
@@ -137,6 +139,11 @@ impl Gateway {
     /// Drop and event counters.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Why the tunnel last refused a datagram from the uplink (for logs).
+    pub fn last_uplink_error(&self) -> Option<wireguard::Error> {
+        self.last_uplink_error
     }
 
     /// The WireGuard device (peers, sessions, statistics).
@@ -235,11 +242,12 @@ impl Gateway {
             let (net, client) = match action {
                 Action::WriteToNetwork(b) => (Some(b.len()), None),
                 Action::WriteToTunnel(b, _) => (None, Some(b.to_vec())),
-                Action::Err(_) => {
+                Action::Err(e) => {
                     if input.is_empty() {
                         self.counters.tunnel_dropped += 1;
                     } else {
                         self.counters.uplink_rejected += 1;
+                        self.last_uplink_error = Some(e);
                     }
                     (None, None)
                 }
