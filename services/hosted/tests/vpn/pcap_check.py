@@ -8,25 +8,29 @@ Frames towards the gateway may be ARP, WireGuard from the peer, or ICMP errors
 from the peer (its port is closed while it is down): these are counted.
 
 Usage: pcap_check.py PCAP GW_MAC GW_IP PORT PEER_IP PEER_PORT CLIENT_NET
-       SECRET DOWN_START DOWN_END
+       SECRET [PHASE=START,END]...
 (CLIENT_NET as a.b.c.d/len; SECRET: bytes that must never appear in clear;
-DOWN_START/DOWN_END: Unix times of the window with the peer stopped.)
-Prints one `name value` per line, then `PCAP: ok` or the violations; exit 1
-on any violation.
+each PHASE names a window of Unix times, e.g. down=1700000000.1,1700000030.2;
+frames outside every window belong to phase `up`.)
+Prints per-phase counts, one `name value` per line, then `PCAP: ok` or the
+violations; exit 1 on any violation.
 """
 import ipaddress
 import struct
 import sys
 
-(path, gw_mac, gw_ip, port, peer_ip, peer_port, client_net, secret,
- down_start, down_end) = sys.argv[1:11]
+(path, gw_mac, gw_ip, port, peer_ip, peer_port, client_net, secret) = sys.argv[1:9]
+phases = []
+for arg in sys.argv[9:]:
+    name, window = arg.split("=", 1)
+    start, end = window.split(",")
+    phases.append((name, float(start), float(end)))
 gw_mac = bytes.fromhex(gw_mac.replace(":", ""))
 gw_ip = ipaddress.IPv4Address(gw_ip)
 peer_ip = ipaddress.IPv4Address(peer_ip)
 port, peer_port = int(port), int(peer_port)
 client_net = ipaddress.IPv4Network(client_net)
 secret = secret.encode()
-down_start, down_end = float(down_start), float(down_end)
 
 # Expected sizes of WireGuard messages: initiation, response, cookie reply;
 # transport data is 16 bytes of header, a 16-byte tag and padded plaintext.
@@ -77,7 +81,7 @@ while at + 16 <= len(data):
     at += 16 + caplen
     index += 1
     t = sec + frac / tsdiv
-    phase = "down" if down_start <= t < down_end else "up"
+    phase = next((name for name, start, end in phases if start <= t < end), "up")
     count("frames")
     if secret in frame:
         violations.append(f"frame {index}: the HTTP page in clear")

@@ -32,10 +32,10 @@ SECRET="hello from behind the peer $$"
 URL=http://10.200.0.80:8080/
 FAILS=0
 PIDS=()
-GW_PID= WG_PID= DUMP_PID=
+GW_PID= WG_PID= DUMP_PID= COUNT_PID=
 
 cleanup() {
-    for pid in $WG_PID $DUMP_PID $GW_PID "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    for pid in $WG_PID $DUMP_PID $GW_PID $COUNT_PID "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     wait 2>/dev/null
     for ns in $NS_C $NS_R $NS_S; do ip netns del "$ns" 2>/dev/null; done
     for link in $TAP_C $TAP_U; do ip link del "$link" 2>/dev/null; done
@@ -124,15 +124,38 @@ PIDS+=($!)
 ip netns exec "$NS_R" tcpdump -Z root -U -n -i "$TAP_U" -w "$WORK/uplink.pcap" 2> "$WORK/tcpdump.log" &
 DUMP_PID=$!
 for _ in $(seq 50); do grep -q "listening on" "$WORK/tcpdump.log" && break; sleep 0.1; done
+
+# --- phase 0: cold start, no peer yet: client packets wait in the bounded queue ---
+ip netns exec "$NS_S" "$PY" "$E2E/udp_count.py" 10.200.0.80 9999 12 > "$WORK/udp_sources" &
+COUNT_PID=$!
+sleep 0.3
+cold_start=$(now)
+in_c "$PY" -c "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(300):
+    s.sendto(b'queued %d' % i, ('10.200.0.80', 9999))"
+sleep 1
+queued=$(stat_of peer0_queued_packets) dropped=$(stat_of gw_tunnel_dropped)
+if [ "$queued" = 256 ] && [ "$dropped" -ge 44 ]; then
+    pass "no session: 300 client datagrams, $queued held in the queue, $dropped dropped and counted"
+else fail "no session: queued=$queued dropped=$dropped"; fi
+peer_start_ns=$(date +%s%N)
+cold_end=$(now)
 start_peer || fail "wireguard-go did not start"
-sleep 0.5
+for _ in $(seq 100); do [ "$(stat_of peer0_handshakes)" -ge 1 ] && break; sleep 0.1; done
+echo "first handshake $(ms_since "$peer_start_ns") ms after wireguard-go started (the gateway retries every 5 s)"
+wait "$COUNT_PID"
+delivered=$(wc -w < "$WORK/udp_sources")
+[ "$delivered" = "$queued" ] && pass "the $delivered queued datagrams were delivered through the tunnel after the handshake" \
+    || fail "queued $queued, delivered $delivered"
 
 # --- phase 1: through the tunnel ---
 t0=$(date +%s%N)
 out=""
 for _ in $(seq 10); do out=$(fetch 2) && break; done
 if [ "$out" = "$SECRET" ]; then
-    pass "HTTP through the tunnel ($(ms_since "$t0") ms including the handshake)"
+    pass "HTTP through the tunnel ($(ms_since "$t0") ms)"
 else fail "HTTP through the tunnel: '$out'"; fi
 if out=$(in_c "$PY" "$E2E/dns_query.py" 10.139.1.1 server.vpn.test) && [ "$out" = "10.200.0.80" ]; then
     pass "DNS to 10.139.1.1 answered by the tunnel's DNS server"
@@ -205,13 +228,14 @@ sleep 0.3
 kill -INT "$DUMP_PID"; wait "$DUMP_PID" 2>/dev/null; DUMP_PID=
 echo "--- uplink capture ---"
 if "$PY" "$HERE/pcap_check.py" "$WORK/uplink.pcap" "$GW_MAC" 192.0.2.2 51820 198.51.100.1 51820 \
-    10.138.0.0/24 "$SECRET" "$down_start" "$down_end" > "$WORK/pcap.txt"; then
+    10.138.0.0/24 "$SECRET" "cold=$cold_start,$cold_end" "down=$down_start,$down_end" > "$WORK/pcap.txt"; then
     pass "uplink capture: only ARP and WireGuard UDP to/from the peer, no cleartext"
 else fail "uplink capture"; fi
 cat "$WORK/pcap.txt"
 pc() { awk -v k="$1" '$1 == k { print $2 }' "$WORK/pcap.txt"; }
 [ "${pc_down:=$(pc down_cleartext_client)}" = "" ] && pass "zero cleartext client packets while the peer was down" || fail "cleartext while down: $pc_down"
 [ "$(pc down_from_gw_wg_initiation)" -ge 2 ] 2>/dev/null && pass "handshake retried while the peer was down ($(pc down_from_gw_wg_initiation) initiations)" || fail "no handshake retries while down"
+[ -z "$(pc cold_from_gw_wg_data)" ] && [ "$(pc cold_from_gw_wg_initiation)" -ge 1 ] 2>/dev/null && pass "no session: only initiations left ($(pc cold_from_gw_wg_initiation))" || fail "cold start capture"
 [ "$(pc up_from_gw_wg_data)" -ge 1 ] 2>/dev/null && [ "$(pc up_to_gw_wg_data)" -ge 1 ] 2>/dev/null && pass "encrypted data both ways" || fail "no encrypted data on the uplink"
 
 echo "--- counters before the outage ---"; cat "$WORK/stats.before"
