@@ -10,9 +10,11 @@ One rig boot (rig/xenrig.py) runs, in dom0, for each guest type:
 Then it asserts on the serial output and prints every failed assertion,
 benchmark figures (never asserted), and a final `N passed, M failed`.
 
-usage: python3 rig/test_selftest.py [--image PATH] [--types pv,pvh]
-                                    [--timeout SECONDS] [--log FILE]
-The image defaults to target/images/amd64/selftest in the repository.
+usage: python3 rig/test_selftest.py [--arch amd64|arm32] [--image PATH]
+                                    [--types pv,pvh] [--timeout SECONDS] [--log FILE]
+The image defaults to target/images/<arch>/selftest in the repository. On
+arm32 (the arm32 rig, rig/xenrig.py --arch arm32) the one guest type is
+`arm32` (configs/selftest-arm32.cfg).
 Exit status: 0 when every assertion held, 1 otherwise, 2 on bad usage.
 """
 
@@ -55,6 +57,10 @@ EXPECTED_CHECKS = [
     "grant-copy",
     "executor",
 ]
+
+#: The guest types of each rig architecture (each has a
+#: configs/selftest-<type>.cfg).
+GUEST_TYPES = {"amd64": ["pv", "pvh"], "arm32": ["arm32"]}
 
 #: The guest may use at most this share of a CPU while it idles.
 IDLE_CPU_LIMIT = 0.05
@@ -261,17 +267,20 @@ def print_benchmarks(lines: list, types: list) -> None:
 def main(argv: Optional[list] = None) -> int:
     """Runs the test; see the module doc."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--image", type=Path, default=REPO / "target/images/amd64/selftest")
-    ap.add_argument("--types", default="pv,pvh", help="guest types, comma-separated (pv,pvh)")
+    ap.add_argument("--arch", default="amd64", choices=sorted(GUEST_TYPES))
+    ap.add_argument("--image", type=Path, help="default: target/images/<arch>/selftest")
+    ap.add_argument("--types", help="guest types, comma-separated (amd64: pv,pvh; arm32: arm32)")
     ap.add_argument("--timeout", type=float, default=1500.0, help="seconds for the whole rig run")
     ap.add_argument("--log", type=Path, help="raw serial log")
     ap.add_argument("--quiet", action="store_true", help="do not stream the serial output")
     args = ap.parse_args(argv)
 
-    types = [t for t in args.types.split(",") if t]
+    if args.image is None:
+        args.image = REPO / f"target/images/{args.arch}/selftest"
+    types = [t for t in (args.types or ",".join(GUEST_TYPES[args.arch])).split(",") if t]
     for t in types:
-        if t not in ("pv", "pvh"):
-            ap.error(f"unknown guest type {t!r}")
+        if t not in GUEST_TYPES[args.arch]:
+            ap.error(f"unknown guest type {t!r} for {args.arch}")
     if not args.image.is_file():
         print(
             f"test_selftest: no selftest image at {args.image}; build it first "
@@ -284,7 +293,8 @@ def main(argv: Optional[list] = None) -> int:
 
     xenrig.exit_on_sigterm()
     result = xenrig.run_script(
-        dom0_script(types), guests, timeout=args.timeout, log=args.log, echo=not args.quiet
+        dom0_script(types), guests, arch=args.arch, timeout=args.timeout, log=args.log,
+        echo=not args.quiet
     )
     tallies = []
     rig = Tally("rig")

@@ -240,6 +240,10 @@ impl Idle for XenIdle {
     }
 
     fn block(&mut self, deadline_ns: Option<u64>) {
+        // Arm has no VCPUOP_set_singleshot_timer: the virtual timer.
+        #[cfg(target_arch = "arm")]
+        arch::set_timer(deadline_ns);
+        #[cfg(not(target_arch = "arm"))]
         match deadline_ns {
             Some(d) => {
                 let _ = xen::hypercall::set_singleshot_timer(0, d);

@@ -178,12 +178,59 @@ mod raw {
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub use raw::hypercall;
 
+/// Arm (arm32 here): `hvc #0xEA1` with the hypercall number in r12,
+/// arguments in r0-r4 and the result in r0 (xen/include/public/arch-arm.h).
+/// Xen may clobber r12 and the argument registers; all are declared so.
+/// Pointers are guest-physical on Arm; with the kernel's 1:1 map they equal
+/// the virtual addresses the wrappers pass.
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+mod raw_arm {
+    /// Traps into Xen with up to five arguments.
+    ///
+    /// # Safety
+    /// The arguments must be valid for hypercall `nr`: any pointer among
+    /// them must point to memory of the type and size the operation reads
+    /// or writes, live for the call.
+    #[inline]
+    pub unsafe fn hypercall(
+        nr: usize,
+        a1: usize,
+        a2: usize,
+        a3: usize,
+        a4: usize,
+        a5: usize,
+    ) -> isize {
+        let ret: isize;
+        // SAFETY: `hvc #0xEA1` is Xen's hypercall trap on Arm; it touches
+        // only the registers declared here and the memory the caller
+        // vouches for.
+        unsafe {
+            core::arch::asm!(
+                // `hvc #0xEA1`, encoded by hand (A32): the target's
+                // baseline lacks the virtualization extension's mnemonic.
+                ".inst 0xe140ea71",
+                in("r12") nr,
+                inlateout("r0") a1 => ret,
+                inlateout("r1") a2 => _,
+                inlateout("r2") a3 => _,
+                inlateout("r3") a4 => _,
+                inlateout("r4") a5 => _,
+                options(nostack)
+            );
+        }
+        ret
+    }
+}
+
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+pub use raw_arm::hypercall;
+
 /// Host builds (unit tests) have no hypervisor: every hypercall fails with
 /// `ENOSYS`, so code that reaches one by mistake gets an error, not UB.
 ///
 /// # Safety
 /// Always safe on the host; `unsafe` to match the real signature.
-#[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
+#[cfg(not(all(any(target_arch = "x86_64", target_arch = "arm"), target_os = "none")))]
 pub unsafe fn hypercall(
     _nr: usize,
     _a1: usize,

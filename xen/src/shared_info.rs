@@ -6,6 +6,9 @@
 //! reference to the whole structure. This module is one of the few places
 //! with `unsafe`; the rest of the crate sees safe methods.
 
+// On Arm the page holds one vcpu_info, so the clamps below are constant.
+#![cfg_attr(target_arch = "arm", allow(clippy::unnecessary_min_or_max))]
+
 use core::ptr::{addr_of, addr_of_mut, NonNull};
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -183,8 +186,17 @@ impl SharedInfoPage {
         self.vcpu_field_u8(vcpu, false).load(Ordering::SeqCst) != 0
     }
 
+    /// Arm: Xen keeps no PV clock record there (guests read the generic
+    /// timer), so this is the equivalent record for the counter
+    /// [`crate::time::rdtsc`] reads: system time = count scaled by CNTFRQ.
+    #[cfg(all(target_arch = "arm", target_os = "none"))]
+    pub fn vcpu_time(&self, _vcpu: usize) -> VcpuTimeInfo {
+        crate::time::record_for_hz(crate::time::counter_hz())
+    }
+
     /// A consistent snapshot of `vcpu`'s PV clock record (the version
     /// protocol: retry while odd or changed across the read).
+    #[cfg(not(all(target_arch = "arm", target_os = "none")))]
     pub fn vcpu_time(&self, vcpu: usize) -> VcpuTimeInfo {
         let vcpu = vcpu.min(XEN_LEGACY_MAX_VCPUS - 1);
         // SAFETY: projection to `vcpu_info[vcpu].time`, read volatile.

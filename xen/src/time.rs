@@ -54,6 +54,76 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// Arm has no TSC: this reads the generic timer's virtual count
+/// (CNTVCT), the counter Xen's Arm guests keep time with (see
+/// [`counter_hz`]). The name matches amd64 so the portable code reads
+/// "the counter" the same way on both.
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reading CNTVCT (mrrc p15, 1, c14) has no side effects; PL1
+    // may always read it. The isb orders it after earlier instructions.
+    unsafe {
+        core::arch::asm!("isb", "mrrc p15, 1, {}, {}, c14", out(reg) lo, out(reg) hi,
+                         options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Arm: the generic timer's frequency (CNTFRQ) in Hz.
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+pub fn counter_hz() -> u64 {
+    let f: u32;
+    // SAFETY: reading CNTFRQ has no side effects.
+    unsafe {
+        core::arch::asm!("mrc p15, 0, {}, c14, c0, 0", out(reg) f,
+                         options(nomem, nostack, preserves_flags))
+    };
+    u64::from(f)
+}
+
+/// A PV clock record (timestamp 0, system time 0) that scales a counter
+/// running at `hz` to nanoseconds, as Xen would publish for a TSC of that
+/// rate: the smallest shift that keeps the multiplier in 32 bits. 0 Hz
+/// gives a record with multiplier 0.
+pub fn record_for_hz(hz: u64) -> VcpuTimeInfo {
+    let mut rec = VcpuTimeInfo::default();
+    if hz == 0 {
+        return rec;
+    }
+    // ns = (delta << shift) * mul / 2^32, so mul = 1e9 * 2^32 / (hz << shift).
+    let mut shift: i8 = 0;
+    let mut mul = (1_000_000_000u128 << 32) / u128::from(hz);
+    while mul > u128::from(u32::MAX) && shift < 31 {
+        shift += 1;
+        mul >>= 1;
+    }
+    while mul < (1 << 31) && shift > -31 {
+        shift -= 1;
+        mul <<= 1;
+    }
+    rec.tsc_to_system_mul = mul.min(u128::from(u32::MAX)) as u32;
+    rec.tsc_shift = shift;
+    rec
+}
+
+/// Nanoseconds for `ticks` of a counter running at `hz` (0 Hz gives 0),
+/// without overflow for any 64-bit tick count.
+pub fn ticks_to_ns(ticks: u64, hz: u64) -> u64 {
+    if hz == 0 {
+        return 0;
+    }
+    (u128::from(ticks) * 1_000_000_000 / u128::from(hz)).min(u128::from(u64::MAX)) as u64
+}
+
+/// Counter ticks for `ns` nanoseconds at `hz`, rounded up (a deadline
+/// never fires early).
+pub fn ns_to_ticks(ns: u64, hz: u64) -> u64 {
+    (u128::from(ns) * u128::from(hz))
+        .div_ceil(1_000_000_000)
+        .min(u128::from(u64::MAX)) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +171,38 @@ mod tests {
     fn tsc_before_record_counts_as_zero() {
         let r = rec(0x8000_0000, 0);
         assert_eq!(system_time_ns(&r, 10), 5_000);
+    }
+
+    #[test]
+    fn records_for_counter_rates() {
+        for hz in [
+            62_500_000u64,
+            24_000_000,
+            1_000_000_000,
+            3_000_000_000,
+            19_200_000,
+        ] {
+            let r = record_for_hz(hz);
+            let got = system_time_ns(&r, hz); // one second of ticks
+            assert!(got.abs_diff(1_000_000_000) <= 1, "{hz} Hz: {got} ns");
+            assert!(
+                tsc_hz(&r).abs_diff(hz) <= hz / 1_000_000,
+                "{hz} Hz: {}",
+                tsc_hz(&r)
+            );
+        }
+        assert_eq!(record_for_hz(0).tsc_to_system_mul, 0);
+    }
+
+    #[test]
+    fn counter_conversions_round_trip_and_round_up() {
+        // 62.5 MHz, the generic timer of QEMU's virt machine.
+        assert_eq!(ticks_to_ns(62_500_000, 62_500_000), 1_000_000_000);
+        assert_eq!(ns_to_ticks(1_000_000_000, 62_500_000), 62_500_000);
+        assert_eq!(ns_to_ticks(1, 62_500_000), 1);
+        assert_eq!(ticks_to_ns(1, 62_500_000), 16);
+        assert_eq!(ticks_to_ns(5, 0), 0);
+        assert_eq!(ticks_to_ns(u64::MAX, 1), u64::MAX);
     }
 
     #[test]

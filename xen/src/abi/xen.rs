@@ -43,7 +43,12 @@ pub const SIF_INITDOMAIN: u32 = 1 << 1;
 /// `MAX_GUEST_CMDLINE`
 pub const MAX_GUEST_CMDLINE: usize = 1024;
 /// `XEN_LEGACY_MAX_VCPUS` on x86.
+#[cfg(not(target_arch = "arm"))]
 pub const XEN_LEGACY_MAX_VCPUS: usize = 32;
+/// `XEN_LEGACY_MAX_VCPUS` on Arm: the shared info page holds one
+/// `vcpu_info`; other vCPUs must use `VCPUOP_register_vcpu_info`.
+#[cfg(target_arch = "arm")]
+pub const XEN_LEGACY_MAX_VCPUS: usize = 1;
 /// Bits in a `xen_ulong_t` (the 2-level event channel word).
 pub const XEN_ULONG_BITS: usize = 64;
 
@@ -152,7 +157,15 @@ pub struct VcpuTimeInfo {
     pub pad1: [u8; 2],
 }
 
+/// `struct arch_vcpu_info` on Arm: empty (C gives it size 0), so
+/// `vcpu_info` is 48 bytes there.
+#[cfg(target_arch = "arm")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArchVcpuInfo {}
+
 /// `struct arch_vcpu_info` on x86_64.
+#[cfg(not(target_arch = "arm"))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ArchVcpuInfo {
@@ -178,7 +191,8 @@ pub struct VcpuInfo {
     pub time: VcpuTimeInfo,
 }
 
-/// `struct arch_shared_info` on x86_64.
+/// `struct arch_shared_info` on x86_64. (Arm's is empty; it is the last
+/// field of the page, so keeping these words there moves nothing.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ArchSharedInfo {
@@ -200,7 +214,7 @@ pub struct ArchSharedInfo {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SharedInfo {
-    /// vCPU state of the first 32 vCPUs.
+    /// vCPU state of the first vCPUs (32 on x86, 1 on Arm).
     pub vcpu_info: [VcpuInfo; XEN_LEGACY_MAX_VCPUS],
     /// 2-level event channel pending bits.
     pub evtchn_pending: [u64; XEN_ULONG_BITS],

@@ -1,0 +1,124 @@
+//! Grants of other domains mapped into our guest-physical space (Arm:
+//! `host_addr` is a guest-physical address in the foreign window).
+
+use crate::machine::foreign_window;
+
+/// A grant of another domain (or our own) mapped into our address space,
+/// for backends. The page stays mapped while this value lives; dropping it
+/// unmaps.
+pub struct ForeignPage {
+    slot: usize,
+    addr: u64,
+    handle: u32,
+    writable: bool,
+}
+
+/// Why mapping a grant failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// Every slot of the foreign window is in use.
+    WindowFull,
+    /// The hypercall failed.
+    Xen(xen::hypercall::XenError),
+    /// Xen refused the grant (bad reference, permission, ...).
+    Grant(xen::hypercall::GrantStatus),
+}
+
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MapError::WindowFull => f.write_str("foreign mapping window full"),
+            MapError::Xen(e) => write!(f, "{e}"),
+            MapError::Grant(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+static FOREIGN_SLOTS: spin::Mutex<[u64; 8]> = spin::Mutex::new([0; 8]);
+
+impl ForeignPage {
+    /// Maps grant `gref` of domain `domid`.
+    pub fn map(domid: u16, gref: u32, readonly: bool) -> Result<Self, MapError> {
+        use xen::abi::grant_table::*;
+        let (base, pages) = foreign_window();
+        let slot = {
+            let mut slots = FOREIGN_SLOTS.lock();
+            let free = (0..pages.min(512))
+                .find(|&i| slots[i / 64] & (1 << (i % 64)) == 0)
+                .ok_or(MapError::WindowFull)?;
+            slots[free / 64] |= 1 << (free % 64);
+            free
+        };
+        let addr = base + slot as u64 * 4096;
+        let mut op = GnttabMapGrantRef {
+            host_addr: addr,
+            flags: GNTMAP_HOST_MAP | if readonly { GNTMAP_READONLY } else { 0 },
+            ref_: gref,
+            dom: domid,
+            ..Default::default()
+        };
+        // SAFETY: `addr` is a slot of the foreign window that we just
+        // reserved: nothing else maps or references it.
+        let r = unsafe { xen::hypercall::gnttab_map(&mut op) }
+            .map_err(MapError::Xen)
+            .and_then(|()| xen::hypercall::GrantStatus::check(op.status).map_err(MapError::Grant));
+        match r {
+            Ok(()) => Ok(ForeignPage {
+                slot,
+                addr,
+                handle: op.handle,
+                writable: !readonly,
+            }),
+            Err(e) => {
+                FOREIGN_SLOTS.lock()[slot / 64] &= !(1 << (slot % 64));
+                Err(e)
+            }
+        }
+    }
+
+    /// The mapped page.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the grant is mapped at `addr` for as long as `self` lives;
+        // the granting domain may change the bytes concurrently, which for
+        // plain `u8` data is a race on values only (callers copy and parse).
+        unsafe { core::slice::from_raw_parts(self.addr as usize as *const u8, 4096) }
+    }
+
+    /// The mapped page, writable (only for writable mappings).
+    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        // SAFETY: as in `bytes`, and the mapping is writable.
+        self.writable.then(|| unsafe {
+            core::slice::from_raw_parts_mut(self.addr as usize as *mut u8, 4096)
+        })
+    }
+
+    /// Unmaps, reporting failure (dropping unmaps too, ignoring errors).
+    pub fn unmap(self) -> Result<(), MapError> {
+        let r = self.do_unmap();
+        core::mem::forget(self);
+        r
+    }
+
+    fn do_unmap(&self) -> Result<(), MapError> {
+        let mut op = xen::abi::grant_table::GnttabUnmapGrantRef {
+            host_addr: self.addr,
+            dev_bus_addr: 0,
+            handle: self.handle,
+            status: 0,
+        };
+        // SAFETY: `bytes` borrows `self`, so no reference outlives this.
+        let r = unsafe { xen::hypercall::gnttab_unmap(&mut op) }
+            .map_err(MapError::Xen)
+            .and_then(|()| xen::hypercall::GrantStatus::check(op.status).map_err(MapError::Grant));
+        if r.is_ok() {
+            FOREIGN_SLOTS.lock()[self.slot / 64] &= !(1 << (self.slot % 64));
+        }
+        r
+    }
+}
+
+impl Drop for ForeignPage {
+    fn drop(&mut self) {
+        let _ = self.do_unmap();
+    }
+}

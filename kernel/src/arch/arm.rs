@@ -1,0 +1,36 @@
+//! The arm32 arch layer: the `arm32` crate's surface (the same names as
+//! the amd64 module's), and the kernel's side of the arm32 boot, which
+//! turns what the arm32 entry found into a [`crate::boot::BootInfo`].
+
+pub use arm32::*;
+
+use crate::boot::{BootInfo, RegionList};
+
+/// Called by the arm32 entry once the MMU is on and Xen's pages are
+/// mapped.
+#[no_mangle]
+fn __moat_arm32_main(boot: Boot) -> ! {
+    let cmdline = crate::boot::save_cmdline(boot.dt.bootargs);
+    let mut ram = RegionList::default();
+    let mut total_pages = 0;
+    for bank in ram_banks(&boot.dt) {
+        total_pages += bank.end - bank.start;
+        ram.push(bank);
+    }
+    // The image with its .bss, the device tree, and the low 32 KiB below
+    // the image that xl leaves unused (kept out of reach all the same).
+    let image = image_frames();
+    ram.remove(image.start.saturating_sub(8)..image.end);
+    ram.remove((boot.dtb.start >> 12)..boot.dtb.end.div_ceil(4096));
+    crate::boot::start(BootInfo {
+        guest: guest_type(),
+        cmdline,
+        ram,
+        memory_source: "device tree",
+        total_pages,
+        shared: boot.shared,
+        console: boot.console,
+        store: boot.store,
+        initial_domain: false,
+    })
+}
