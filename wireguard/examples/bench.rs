@@ -1,7 +1,22 @@
-//! Throughput and handshake rate, ours beside boringtun, in one run on one
+//! Throughput and handshake rate, ours beside boringtun, in one process on one
 //! core. Prints figures and ratios; asserts nothing about speed.
 //!
-//! Run: `cargo run --release -p wireguard --example bench`
+//! Run pinned to one CPU so both sides share a core and its caches:
+//!
+//! ```text
+//! cargo build --release -p wireguard --example bench
+//! taskset -c 0 target/release/examples/bench [ROUNDS [ROW]]
+//! ```
+//!
+//! ROW (`1420`, `64` or `handshakes`) runs one row only, e.g. under a profiler.
+//!
+//! Method: each row runs ROUNDS (default 15) rounds after one warm-up round.
+//! A round times ours and boringtun for SLICE each, alternating which goes
+//! first, so load from other processes falls on both sides alike. The table
+//! gives the median rate of each side and the median of the per-round ratios.
+//! Both sides do the same work per iteration: encapsulate one packet on one
+//! tunnel and decapsulate it on its peer (MB/s counts the packet once), or
+//! one full handshake (initiation, response, first transport message).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -27,7 +42,7 @@ impl Random for XorShift {
 
 const A: [u8; 32] = [0x61; 32];
 const B: [u8; 32] = [0x62; 32];
-const RUN: Duration = Duration::from_millis(1500);
+const SLICE: Duration = Duration::from_millis(200);
 
 fn public(k: [u8; 32]) -> [u8; 32] {
     PublicKey::from(&StaticSecret::from(k)).to_bytes()
@@ -54,17 +69,13 @@ fn theirs(me: [u8; 32], peer: [u8; 32], index: u32) -> Tunn {
     ));
     Tunn::new(
         StaticSecret::from(me),
-        PublicKey::from(peer_pub(peer)),
+        PublicKey::from(public(peer)),
         None,
         None,
         index,
         Some(limiter),
     )
     .unwrap()
-}
-
-fn peer_pub(k: [u8; 32]) -> [u8; 32] {
-    public(k)
 }
 
 fn ip_packet(len: usize) -> Vec<u8> {
@@ -75,20 +86,48 @@ fn ip_packet(len: usize) -> Vec<u8> {
     p
 }
 
-/// Runs `f` repeatedly for RUN; returns iterations per second.
-fn rate(mut f: impl FnMut()) -> f64 {
-    for _ in 0..100 {
-        f();
-    }
+/// Runs `f` for SLICE; returns iterations per second.
+fn slice(f: &mut dyn FnMut()) -> f64 {
     let start = Instant::now();
     let mut n = 0u64;
-    while start.elapsed() < RUN {
-        for _ in 0..64 {
+    while start.elapsed() < SLICE {
+        for _ in 0..16 {
             f();
         }
-        n += 64;
+        n += 16;
     }
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Medians of (ours/s, theirs/s, per-round ratio) over `rounds` interleaved rounds.
+fn compare(rounds: usize, ours: &mut dyn FnMut(), theirs: &mut dyn FnMut()) -> (f64, f64, f64) {
+    // Warm-up: caches, branch predictors, CPU frequency, lazy CPUID detection.
+    slice(ours);
+    slice(theirs);
+    let (mut o, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let (x, y) = if i % 2 == 0 {
+            let x = slice(ours);
+            (x, slice(theirs))
+        } else {
+            let y = slice(theirs);
+            (slice(ours), y)
+        };
+        o.push(x);
+        t.push(y);
+        r.push(x / y);
+    }
+    (median(&mut o), median(&mut t), median(&mut r))
 }
 
 fn ours_pair(rng: &mut XorShift) -> (Tunnel, Tunnel, Duration) {
@@ -134,18 +173,81 @@ fn theirs_pair() -> (Tunn, Tunn) {
     (a, b)
 }
 
-fn main() {
-    let mut rng = XorShift(42);
+/// What the kernel lets this process run on, and the CPU, for the header.
+fn environment() -> (String, String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cpus = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|s| s.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "?".into());
+    let simd: Vec<&str> = ["ssse3", "avx2", "avx512f"]
+        .into_iter()
+        .filter(|f| info.split_whitespace().any(|w| w == *f))
+        .collect();
+    (cpus, format!("{model} ({})", simd.join(" ")))
+}
+
+fn row(name: &str, unit: &str, scale: f64, (o, t, r): (f64, f64, f64)) {
     println!(
-        "one core, {} ms per figure; encapsulate + decapsulate of one packet per iteration",
-        RUN.as_millis()
+        "{name:<22} {:>10.1} {unit:<5} {:>10.1} {unit:<5} {r:>6.2}x",
+        o * scale,
+        t * scale
     );
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().expect("ROUNDS must be a number"))
+        .unwrap_or(15);
+    let only = std::env::args().nth(2);
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let (cpus, cpu) = environment();
+    println!("cpu: {cpu}; allowed CPUs: {cpus}");
+    if cpus.contains([',', '-']) {
+        println!("warning: not pinned to one CPU; run under `taskset -c 0` for one shared core");
+    }
+    println!(
+        "{rounds} interleaved rounds of {} ms per side after a warm-up; medians",
+        SLICE.as_millis()
+    );
+    println!(
+        "{:<22} {:>16} {:>16} {:>7}",
+        "", "ours", "boringtun", "ratio"
+    );
+    let mut rng = XorShift(42);
     for len in [1420usize, 64] {
+        if !wanted(&len.to_string()) {
+            continue;
+        }
         let p = ip_packet(len);
         let (mut a, mut b, now) = ours_pair(&mut rng);
+        let (mut ta, mut tb) = theirs_pair();
         let mut buf = vec![0u8; 2048];
         let mut buf2 = vec![0u8; 2048];
-        let r_ours = rate(|| {
+        // Both sides deliver the packet intact before anything is timed.
+        let Action::WriteToNetwork(d) = a.encapsulate(now, &mut rng, &p, &mut buf) else {
+            panic!()
+        };
+        let Action::WriteToTunnel(q, _) = b.decapsulate(now, &mut rng, None, d, &mut buf2) else {
+            panic!()
+        };
+        assert_eq!(q, &p[..]);
+        let TunnResult::WriteToNetwork(d) = ta.encapsulate(&p, &mut buf) else {
+            panic!()
+        };
+        let TunnResult::WriteToTunnelV4(q, _) = tb.decapsulate(None, d, &mut buf2) else {
+            panic!()
+        };
+        assert_eq!(q, &p[..]);
+        let mut run_ours = || {
             let Action::WriteToNetwork(d) = a.encapsulate(now, &mut rng, &p, &mut buf) else {
                 panic!()
             };
@@ -154,34 +256,30 @@ fn main() {
                 panic!()
             };
             black_box(q);
-        });
-        let (mut ta, mut tb) = theirs_pair();
-        let r_theirs = rate(|| {
-            let TunnResult::WriteToNetwork(d) = ta.encapsulate(&p, &mut buf) else {
+        };
+        let mut buf3 = vec![0u8; 2048];
+        let mut buf4 = vec![0u8; 2048];
+        let mut run_theirs = || {
+            let TunnResult::WriteToNetwork(d) = ta.encapsulate(&p, &mut buf3) else {
                 panic!()
             };
-            let TunnResult::WriteToTunnelV4(q, _) = tb.decapsulate(None, d, &mut buf2) else {
+            let TunnResult::WriteToTunnelV4(q, _) = tb.decapsulate(None, d, &mut buf4) else {
                 panic!()
             };
             black_box(q);
-        });
-        let mb = |r: f64| r * len as f64 / 1e6;
-        println!(
-            "{len:>5}-byte packets: ours {:8.1} MB/s ({:9.0} pkt/s)   boringtun {:8.1} MB/s ({:9.0} pkt/s)   ratio {:.2}x",
-            mb(r_ours),
-            r_ours,
-            mb(r_theirs),
-            r_theirs,
-            r_ours / r_theirs
-        );
+        };
+        let m = compare(rounds, &mut run_ours, &mut run_theirs);
+        row(&format!("{len}-byte packets"), "MB/s", len as f64 / 1e6, m);
+    }
+    if !wanted("handshakes") {
+        return;
     }
     // A full handshake per iteration: initiation, response, confirmation.
     let mut a = ours(A, B, 1);
     let mut b = ours(B, A, 2);
     let mut now = Duration::from_secs(1);
-    let mut buf = vec![0u8; 2048];
-    let mut buf2 = vec![0u8; 2048];
-    let h_ours = rate(|| {
+    let (mut buf, mut buf2) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let mut run_ours = || {
         now += Duration::from_millis(25); // beyond the responder's flood interval
         let Action::WriteToNetwork(init) = a.force_handshake(now, &mut rng, &mut buf) else {
             panic!()
@@ -194,24 +292,23 @@ fn main() {
             panic!()
         };
         black_box(ka);
-    });
+    };
     let mut ta = theirs(A, B, 1);
     let mut tb = theirs(B, A, 2);
-    let h_theirs = rate(|| {
-        let TunnResult::WriteToNetwork(init) = ta.format_handshake_initiation(&mut buf, true)
+    let (mut buf3, mut buf4) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let mut run_theirs = || {
+        let TunnResult::WriteToNetwork(init) = ta.format_handshake_initiation(&mut buf3, true)
         else {
             panic!()
         };
-        let TunnResult::WriteToNetwork(resp) = tb.decapsulate(None, init, &mut buf2) else {
+        let TunnResult::WriteToNetwork(resp) = tb.decapsulate(None, init, &mut buf4) else {
             panic!("boringtun refused")
         };
-        let TunnResult::WriteToNetwork(ka) = ta.decapsulate(None, resp, &mut buf) else {
+        let TunnResult::WriteToNetwork(ka) = ta.decapsulate(None, resp, &mut buf3) else {
             panic!()
         };
         black_box(ka);
-    });
-    println!(
-        "handshakes:          ours {h_ours:8.0} /s                  boringtun {h_theirs:8.0} /s                  ratio {:.2}x",
-        h_ours / h_theirs
-    );
+    };
+    let m = compare(rounds, &mut run_ours, &mut run_theirs);
+    row("handshakes", "/s", 1.0, m);
 }

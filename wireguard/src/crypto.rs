@@ -109,109 +109,152 @@ fn counter_nonce(counter: u64) -> [u8; 12] {
     nonce
 }
 
-/// AEAD(key, counter, plaintext, aad) in place: `buf` holds the plaintext in
-/// its first `buf.len() - TAG_LEN` bytes and receives ciphertext || tag.
-pub fn seal(key: &[u8; HASH_LEN], counter: u64, aad: &[u8], buf: &mut [u8]) {
-    let split = buf.len().saturating_sub(TAG_LEN);
-    let (data, tag_out) = buf.split_at_mut(split);
-    aead::seal(key, &counter_nonce(counter), aad, data, tag_out);
+/// A ChaCha20-Poly1305 key prepared once for many messages: the transport keys
+/// of a session. With ring the key object is built once (building it per
+/// packet costs about as much as sealing a 64-byte packet).
+pub struct AeadKey(aead::Prepared);
+
+impl AeadKey {
+    /// Prepares `key`.
+    pub fn new(key: &[u8; HASH_LEN]) -> Self {
+        Self(aead::Prepared::new(key))
+    }
+
+    /// AEAD(key, counter, plaintext, aad) in place: `buf` holds the plaintext
+    /// in its first `buf.len() - TAG_LEN` bytes and receives ciphertext || tag.
+    pub fn seal(&self, counter: u64, aad: &[u8], buf: &mut [u8]) {
+        let split = buf.len().saturating_sub(TAG_LEN);
+        let (data, tag_out) = buf.split_at_mut(split);
+        self.0.seal(&counter_nonce(counter), aad, data, tag_out);
+    }
+
+    /// Inverse of [`AeadKey::seal`]: `buf` holds ciphertext || tag; on
+    /// success its first `buf.len() - TAG_LEN` bytes are the plaintext.
+    pub fn open(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> Result<(), AuthFailed> {
+        if buf.len() < TAG_LEN {
+            return Err(AuthFailed);
+        }
+        self.0.open(&counter_nonce(counter), aad, buf)
+    }
 }
 
-/// Inverse of [`seal`]: `buf` holds ciphertext || tag; on success its first
-/// `buf.len() - TAG_LEN` bytes are the plaintext.
+/// AEAD(key, counter, plaintext, aad) in place with a one-off key (handshake
+/// fields); see [`AeadKey::seal`].
+pub fn seal(key: &[u8; HASH_LEN], counter: u64, aad: &[u8], buf: &mut [u8]) {
+    AeadKey::new(key).seal(counter, aad, buf);
+}
+
+/// Inverse of [`seal`]; see [`AeadKey::open`].
 pub fn open(
     key: &[u8; HASH_LEN],
     counter: u64,
     aad: &[u8],
     buf: &mut [u8],
 ) -> Result<(), AuthFailed> {
-    if buf.len() < TAG_LEN {
-        return Err(AuthFailed);
-    }
-    aead::open(key, &counter_nonce(counter), aad, buf)
+    AeadKey::new(key).open(counter, aad, buf)
 }
 
 /// ChaCha20-Poly1305 (RFC 8439) by ring: assembly whose SSSE3/AVX2 paths are
-/// chosen at run time with CPUID. The key object is built per call from our
-/// zeroizing key copy (a few nanoseconds) so that no long-lived key is held
-/// by a type that does not zero itself.
+/// chosen at run time with CPUID.
+///
+/// ring does not zero its key objects when they are dropped; like any value
+/// Rust moves, the copy stays in memory until overwritten.
 #[cfg(not(target_os = "none"))]
 mod aead {
     use super::{AuthFailed, HASH_LEN, TAG_LEN};
     use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
-    fn key(k: &[u8; HASH_LEN]) -> Option<LessSafeKey> {
-        // ring refuses only keys of the wrong length, which the type rules out.
-        UnboundKey::new(&CHACHA20_POLY1305, k)
-            .ok()
-            .map(LessSafeKey::new)
-    }
+    pub(super) struct Prepared(Option<LessSafeKey>);
 
-    pub(super) fn seal(
-        k: &[u8; HASH_LEN],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        data: &mut [u8],
-        tag_out: &mut [u8],
-    ) {
-        let Some(k) = key(k) else { return };
-        // Sealing fails only for messages longer than 256 GiB.
-        if let Ok(tag) =
-            k.seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), data)
-        {
-            tag_out.copy_from_slice(tag.as_ref());
+    impl Prepared {
+        pub(super) fn new(k: &[u8; HASH_LEN]) -> Self {
+            // ring refuses only keys of the wrong length, which the type rules
+            // out; a refused key would seal nothing and open nothing.
+            Self(
+                UnboundKey::new(&CHACHA20_POLY1305, k)
+                    .ok()
+                    .map(LessSafeKey::new),
+            )
         }
-    }
 
-    /// `buf` is ciphertext || tag, at least TAG_LEN long.
-    pub(super) fn open(
-        k: &[u8; HASH_LEN],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<(), AuthFailed> {
-        debug_assert!(buf.len() >= TAG_LEN);
-        let k = key(k).ok_or(AuthFailed)?;
-        k.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
-            .map(|_| ())
-            .map_err(|_| AuthFailed)
+        pub(super) fn seal(
+            &self,
+            nonce: &[u8; 12],
+            aad: &[u8],
+            data: &mut [u8],
+            tag_out: &mut [u8],
+        ) {
+            let Some(k) = &self.0 else { return };
+            // Sealing fails only for messages longer than 256 GiB.
+            if let Ok(tag) = k.seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                data,
+            ) {
+                tag_out.copy_from_slice(tag.as_ref());
+            }
+        }
+
+        /// `buf` is ciphertext || tag, at least TAG_LEN long.
+        pub(super) fn open(
+            &self,
+            nonce: &[u8; 12],
+            aad: &[u8],
+            buf: &mut [u8],
+        ) -> Result<(), AuthFailed> {
+            debug_assert!(buf.len() >= TAG_LEN);
+            let k = self.0.as_ref().ok_or(AuthFailed)?;
+            k.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
+                .map(|_| ())
+                .map_err(|_| AuthFailed)
+        }
     }
 }
 
 /// ChaCha20-Poly1305 by RustCrypto, for bare-metal images: portable code
 /// (the kernel does not enable SSE/AVX state, and the target is soft-float).
+/// The cipher is built per message from a key copy that is zeroed on drop.
 #[cfg(target_os = "none")]
 mod aead {
     use super::{AuthFailed, HASH_LEN, TAG_LEN};
     use chacha20poly1305::aead::AeadInPlace;
     use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+    use zeroize::Zeroizing;
 
-    pub(super) fn seal(
-        k: &[u8; HASH_LEN],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        data: &mut [u8],
-        tag_out: &mut [u8],
-    ) {
-        let cipher = ChaCha20Poly1305::new(k.into());
-        // Encryption fails only for messages longer than 256 GiB.
-        if let Ok(tag) = cipher.encrypt_in_place_detached(nonce.into(), aad, data) {
-            tag_out.copy_from_slice(&tag);
+    pub(super) struct Prepared(Zeroizing<[u8; HASH_LEN]>);
+
+    impl Prepared {
+        pub(super) fn new(k: &[u8; HASH_LEN]) -> Self {
+            Self(Zeroizing::new(*k))
         }
-    }
 
-    /// `buf` is ciphertext || tag, at least TAG_LEN long.
-    pub(super) fn open(
-        k: &[u8; HASH_LEN],
-        nonce: &[u8; 12],
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<(), AuthFailed> {
-        let (data, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
-        let cipher = ChaCha20Poly1305::new(k.into());
-        cipher
-            .decrypt_in_place_detached(nonce.into(), aad, data, (&*tag).into())
-            .map_err(|_| AuthFailed)
+        pub(super) fn seal(
+            &self,
+            nonce: &[u8; 12],
+            aad: &[u8],
+            data: &mut [u8],
+            tag_out: &mut [u8],
+        ) {
+            let cipher = ChaCha20Poly1305::new((&*self.0).into());
+            // Encryption fails only for messages longer than 256 GiB.
+            if let Ok(tag) = cipher.encrypt_in_place_detached(nonce.into(), aad, data) {
+                tag_out.copy_from_slice(&tag);
+            }
+        }
+
+        /// `buf` is ciphertext || tag, at least TAG_LEN long.
+        pub(super) fn open(
+            &self,
+            nonce: &[u8; 12],
+            aad: &[u8],
+            buf: &mut [u8],
+        ) -> Result<(), AuthFailed> {
+            let (data, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
+            let cipher = ChaCha20Poly1305::new((&*self.0).into());
+            cipher
+                .decrypt_in_place_detached(nonce.into(), aad, data, (&*tag).into())
+                .map_err(|_| AuthFailed)
+        }
     }
 }
 
@@ -325,11 +368,12 @@ mod tests {
         let plain = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
         let mut msg = plain.to_vec();
         let mut tag = [0u8; TAG_LEN];
-        aead::seal(&key, &nonce, &aad, &mut msg, &mut tag);
+        let k = aead::Prepared::new(&key);
+        k.seal(&nonce, &aad, &mut msg, &mut tag);
         assert_eq!(tag.to_vec(), hex("1ae10b594f09e26a7e902ecbd0600691"));
         assert_eq!(&msg[..4], &hex("d31a8d34")[..]);
         msg.extend_from_slice(&tag);
-        aead::open(&key, &nonce, &aad, &mut msg).unwrap();
+        k.open(&nonce, &aad, &mut msg).unwrap();
         assert_eq!(&msg[..plain.len()], &plain[..]);
     }
 

@@ -55,6 +55,14 @@ impl ReplayWindow {
         if !self.would_accept(counter) {
             return false;
         }
+        self.record(counter);
+        true
+    }
+
+    /// Records `counter`, which [`ReplayWindow::would_accept`] must have
+    /// approved with no change to the window since.
+    pub fn record(&mut self, counter: u64) {
+        debug_assert!(self.would_accept(counter));
         if counter > self.newest {
             let current = self.newest / BITS;
             let target = counter / BITS;
@@ -67,7 +75,6 @@ impl ReplayWindow {
         }
         let (block, bit) = Self::position(counter);
         self.bitmap[block] |= bit;
-        true
     }
 
     fn position(counter: u64) -> (usize, u64) {

@@ -3,10 +3,12 @@
 
 use core::time::Duration;
 
-use crate::crypto::{self, TAG_LEN};
-use crate::noise::{Key, SessionKeys};
+use crate::crypto::{AeadKey, TAG_LEN};
+use crate::noise::SessionKeys;
 use crate::replay::ReplayWindow;
-use crate::timers::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
+use crate::timers::{
+    KEEPALIVE_TIMEOUT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT,
+};
 use crate::wire::{Transport, TRANSPORT_HEADER_LEN};
 
 /// Why a transport message could not be sent or received with a keypair.
@@ -24,8 +26,8 @@ pub enum SessionError {
 
 /// Transport keys of one completed handshake.
 pub struct Keypair {
-    send: Key,
-    recv: Key,
+    send: AeadKey,
+    recv: AeadKey,
     /// Next counter to send.
     pub send_counter: u64,
     /// Our index (receiver field of messages to us).
@@ -37,6 +39,17 @@ pub struct Keypair {
     /// Whether we were the initiator.
     pub initiator: bool,
     replay: ReplayWindow,
+    /// `created` + REJECT_AFTER_TIME: unusable from then on.
+    expires: Duration,
+    /// `created` + REKEY_AFTER_TIME: an initiator sending with these keys rekeys from then on.
+    send_rekey_at: Duration,
+    /// `created` + REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT: an
+    /// initiator receiving with these keys rekeys from then on.
+    recv_rekey_at: Duration,
+}
+
+fn deadline(created: Duration, after: Duration) -> Duration {
+    created.checked_add(after).unwrap_or(Duration::MAX)
 }
 
 /// Bytes a payload of `len` takes once padded to 16 and sealed, plus the header.
@@ -48,20 +61,37 @@ impl Keypair {
     /// Installs freshly derived keys at time `now`.
     pub fn new(keys: SessionKeys, now: Duration) -> Self {
         Self {
-            send: keys.send.clone(),
-            recv: keys.recv.clone(),
+            send: AeadKey::new(&keys.send.0),
+            recv: AeadKey::new(&keys.recv.0),
             send_counter: 0,
             local_index: keys.local_index,
             remote_index: keys.remote_index,
             created: now,
             initiator: keys.initiator,
             replay: ReplayWindow::new(),
+            expires: deadline(now, REJECT_AFTER_TIME),
+            send_rekey_at: deadline(now, REKEY_AFTER_TIME),
+            recv_rekey_at: deadline(now, REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT),
         }
     }
 
     /// Whether the keys are still usable at `now`.
     pub fn is_valid(&self, now: Duration) -> bool {
-        now.saturating_sub(self.created) < REJECT_AFTER_TIME
+        now < self.expires
+    }
+
+    /// Whether an initiator that sent with these keys at `now` should start a
+    /// new handshake (REKEY_AFTER_TIME or REKEY_AFTER_MESSAGES reached).
+    pub fn wants_rekey_after_send(&self, now: Duration) -> bool {
+        self.initiator
+            && (now >= self.send_rekey_at
+                || self.send_counter >= crate::timers::REKEY_AFTER_MESSAGES)
+    }
+
+    /// Whether an initiator that received with these keys at `now` should
+    /// start a new handshake (REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT reached).
+    pub fn wants_rekey_after_receive(&self, now: Duration) -> bool {
+        self.initiator && now >= self.recv_rekey_at
     }
 
     /// Encrypts `payload` (padded to a multiple of 16) into `out`; returns the message length.
@@ -83,7 +113,7 @@ impl Keypair {
         let body = msg.payload_mut();
         body[..payload.len()].copy_from_slice(payload);
         body[payload.len()..].fill(0);
-        crypto::seal(&self.send.0, counter, &[], body);
+        self.send.seal(counter, &[], body);
         Ok(total)
     }
 
@@ -99,6 +129,8 @@ impl Keypair {
             return Err(SessionError::Expired);
         }
         let counter = msg.counter();
+        // Checked before the costly authentication so replays are dropped early;
+        // recorded only after it, so forged counters cannot move the window.
         if !self.replay.would_accept(counter) {
             return Err(SessionError::Replay);
         }
@@ -107,10 +139,11 @@ impl Keypair {
             .get_mut(..body.len())
             .ok_or(SessionError::BufferTooSmall)?;
         buf.copy_from_slice(body);
-        crypto::open(&self.recv.0, counter, &[], buf).map_err(|_| SessionError::Decrypt)?;
-        if !self.replay.accept(counter) {
-            return Err(SessionError::Replay);
-        }
+        self.recv
+            .open(counter, &[], buf)
+            .map_err(|_| SessionError::Decrypt)?;
+        // `would_accept` held above and nothing touched the window since.
+        self.replay.record(counter);
         Ok(body.len() - TAG_LEN)
     }
 }

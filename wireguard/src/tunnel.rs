@@ -328,21 +328,11 @@ impl Tunnel {
         packet: &[u8],
         out: &'a mut [u8],
     ) -> Action<'a> {
-        let sealed = self.current.as_mut().filter(|k| k.is_valid(now)).map(|kp| {
-            (
-                kp.seal(now, packet, out),
-                kp.initiator,
-                kp.created,
-                kp.send_counter,
-            )
-        });
-        if let Some((result, initiator, created, send_counter)) = sealed {
-            match result {
+        if let Some(kp) = self.current.as_mut() {
+            // `seal` refuses expired or exhausted keys; then fall through to a new handshake.
+            match kp.seal(now, packet, out) {
                 Ok(n) => {
-                    if initiator
-                        && (now.saturating_sub(created) >= REKEY_AFTER_TIME
-                            || send_counter >= REKEY_AFTER_MESSAGES)
-                    {
+                    if kp.wants_rekey_after_send(now) {
                         self.rekey_wanted = true;
                     }
                     self.last_sent = Some(now);
@@ -354,7 +344,7 @@ impl Tunnel {
                     return Action::WriteToNetwork(&mut out[..n]);
                 }
                 Err(SessionError::BufferTooSmall) => return Error::BufferTooSmall.into(),
-                Err(_) => {} // Exhausted: fall through to a new handshake.
+                Err(_) => {}
             }
         }
         if packet.is_empty() {
@@ -563,13 +553,12 @@ impl Tunnel {
             self.current = self.next.take();
         }
         self.after_authenticated(now, src);
-        if let Some(c) = &self.current {
-            if c.initiator
-                && now.saturating_sub(c.created)
-                    >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
-            {
-                self.rekey_wanted = true;
-            }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.wants_rekey_after_receive(now))
+        {
+            self.rekey_wanted = true;
         }
         if len == 0 {
             return Action::Done; // keepalive
