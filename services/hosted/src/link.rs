@@ -30,6 +30,8 @@ const ARP_LEN: usize = 28;
 pub const MAX_NEIGHBOURS: usize = 256;
 /// Datagrams held on the uplink while their next hop is being resolved.
 pub const MAX_PENDING: usize = 64;
+/// The largest UDP payload one IPv4 packet can carry.
+pub const MAX_UDP_PAYLOAD: usize = 65535 - 20 - 8;
 /// Time between two ARP requests for the same address.
 pub const ARP_RETRY: Duration = Duration::from_secs(1);
 
@@ -174,6 +176,8 @@ pub struct UplinkCounters {
     pub tx_no_ipv6: u64,
     /// Datagrams dropped while their next hop did not answer ARP.
     pub tx_unresolved: u64,
+    /// Datagrams too large for one IPv4 packet.
+    pub tx_too_big: u64,
 }
 
 /// A WireGuard datagram received on the uplink.
@@ -350,6 +354,10 @@ impl Uplink {
             self.counters.tx_no_ipv6 += 1;
             return;
         };
+        if payload.len() > MAX_UDP_PAYLOAD {
+            self.counters.tx_too_big += 1;
+            return;
+        }
         let packet = self.udp_packet(*dst.ip(), dst.port(), payload);
         let hop = if self.on_link(*dst.ip()) {
             *dst.ip()

@@ -176,6 +176,7 @@ fn stats_text(gw: &Gateway, up: &Uplink, clients: &ClientLink) -> String {
     line("uplink_rx_malformed", u.rx_malformed);
     line("uplink_tx_no_ipv6", u.tx_no_ipv6);
     line("uplink_tx_unresolved", u.tx_unresolved);
+    line("uplink_tx_too_big", u.tx_too_big);
     let k = clients.counters();
     line("clients_rx_packets", k.rx_packets);
     line("clients_tx_packets", k.tx_packets);

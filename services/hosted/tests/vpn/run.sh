@@ -116,6 +116,7 @@ ip -n "$NS_S" addr add 10.200.0.80/24 dev "$VETH_S"
 ip -n "$NS_S" link set "$VETH_S" up
 ip -n "$NS_S" route add default via 10.200.0.1
 mkdir -p "$WORK/www" && echo "$SECRET" > "$WORK/www/index.html"
+head -c 300000 /dev/urandom > "$WORK/www/big.bin"
 (cd "$WORK/www" && exec ip netns exec "$NS_S" "$PY" -m http.server --bind 10.200.0.80 8080) > /dev/null 2>&1 &
 PIDS+=($!)
 ip netns exec "$NS_S" "$PY" "$E2E/dns_server.py" 10.200.0.80 server.vpn.test=10.200.0.80 &
@@ -157,6 +158,12 @@ for _ in $(seq 10); do out=$(fetch 2) && break; done
 if [ "$out" = "$SECRET" ]; then
     pass "HTTP through the tunnel ($(ms_since "$t0") ms)"
 else fail "HTTP through the tunnel: '$out'"; fi
+want=$(sha256sum < "$WORK/www/big.bin")
+t0=$(date +%s%N)
+got=$(in_c curl -sS --max-time 10 "${URL}big.bin" | sha256sum)
+if [ "$got" = "$want" ]; then
+    pass "300 kB download through the tunnel intact ($(ms_since "$t0") ms)"
+else fail "300 kB download: sha256 $got, want $want"; fi
 if out=$(in_c "$PY" "$E2E/dns_query.py" 10.139.1.1 server.vpn.test) && [ "$out" = "10.200.0.80" ]; then
     pass "DNS to 10.139.1.1 answered by the tunnel's DNS server"
 else fail "DNS via 10.139.1.1: $out"; fi
