@@ -63,11 +63,12 @@ echo "RIG ping $name ${1:-0} ${2:-0}"
 word=moat-echo-$RANDOM
 [ "$(echo "$word" | nc -w 3 "$ip" 7)" = "$word" ] && r=ok || r=bad
 echo "RIG tcp-echo $name $r"
-# busybox nc has no UDP: bash's /dev/udp connects a datagram socket.
+# busybox nc has no UDP: bash's /dev/udp connects a datagram socket; cat
+# (not read, which takes a datagram per byte) gets the whole answer.
 r=bad
 if exec 3<>"/dev/udp/$ip/7"; then
   echo "$word" >&3
-  read -r -t 3 reply <&3 && [ "$reply" = "$word" ] && r=ok
+  [ "$(timeout 3 cat <&3)" = "$word" ] && r=ok
   exec 3<&-
 fi
 echo "RIG udp-echo $name $r"
@@ -94,7 +95,7 @@ if [ "$detach" = 1 ]; then
   xl network-detach "$name" 0
   wait_log "netdemo: backend gone" 30
   sleep 1
-  xl network-attach "$name" "bridge=xenbr0,mac=$mac"
+  xl network-attach "$name" bridge=xenbr0 "mac=$mac"
   if wait_log "netdemo: reconnected" 60; then r=reconnected; else r=stuck; fi
   echo "RIG reattach $name $r $(elapsed "$t")"
   out=$(ping -q -c 20 -i 0.1 -W 2 "$ip" 2>&1)

@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 
-use crate::stream::{Crc32, Pattern};
+use netdemo::stream::{Crc32, Pattern};
 
 /// TCP echo port (also UDP echo).
 pub const ECHO_PORT: u16 = 7;
@@ -95,10 +95,15 @@ pub struct Apps {
     tcp_echo: Vec<SocketHandle>,
     udp_echo: SocketHandle,
     udp_discard: SocketHandle,
-    sink: Sink,
-    source: Source,
+    sinks: Vec<Sink>,
+    sources: Vec<Source>,
     counters: Counters,
 }
+
+/// Sockets per TCP service: a new connection is accepted while an old one
+/// still lingers (the source closes first, so its socket sits in
+/// `TimeWait` for a while).
+const SOCKETS_PER_SERVICE: usize = 3;
 
 fn tcp_socket(buffer: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
@@ -142,21 +147,25 @@ impl Apps {
         let mut discard = udp_socket(256);
         let _ = discard.bind(DISCARD_PORT);
         let udp_discard = sockets.add(discard);
-        let sink = Sink {
-            handle: sockets.add(tcp_socket(tcp_buffer)),
-            sum: Crc32::new(),
-            started_ns: None,
-        };
-        let source = Source {
-            handle: sockets.add(tcp_socket(tcp_buffer)),
-            state: SourceState::Listening,
-        };
+        let sinks = (0..SOCKETS_PER_SERVICE)
+            .map(|_| Sink {
+                handle: sockets.add(tcp_socket(tcp_buffer)),
+                sum: Crc32::new(),
+                started_ns: None,
+            })
+            .collect();
+        let sources = (0..SOCKETS_PER_SERVICE)
+            .map(|_| Source {
+                handle: sockets.add(tcp_socket(tcp_buffer)),
+                state: SourceState::Listening,
+            })
+            .collect();
         let mut apps = Self {
             tcp_echo,
             udp_echo,
             udp_discard,
-            sink,
-            source,
+            sinks,
+            sources,
             counters: Counters::default(),
         };
         apps.run(sockets, 0, &mut |_| {});
@@ -178,8 +187,12 @@ impl Apps {
     ) {
         self.run_tcp_echo(sockets);
         self.run_udp(sockets);
-        self.run_sink(sockets, now_ns, report);
-        self.run_source(sockets, now_ns, report);
+        for sink in &mut self.sinks {
+            run_sink(sink, sockets, now_ns, report);
+        }
+        for source in &mut self.sources {
+            run_source(source, sockets, now_ns, report);
+        }
     }
 
     fn run_tcp_echo(&mut self, sockets: &mut SocketSet<'static>) {
@@ -222,148 +235,146 @@ impl Apps {
             self.counters.udp_discarded += 1;
         }
     }
+}
 
-    fn run_sink(
-        &mut self,
-        sockets: &mut SocketSet<'static>,
-        now_ns: u64,
-        report: &mut dyn FnMut(Report),
-    ) {
-        let sink = &mut self.sink;
-        let s = sockets.get_mut::<tcp::Socket>(sink.handle);
-        if relisten(s, SINK_PORT) {
-            sink.sum = Crc32::new();
-            sink.started_ns = None;
-            return;
-        }
-        while s.can_recv() {
-            let sum = &mut sink.sum;
-            let _ = s.recv(|buf| {
-                sum.update(buf);
-                (buf.len(), ())
-            });
-            sink.started_ns.get_or_insert(now_ns);
-        }
-        // Only once the peer has closed its side (`CloseWait`), not while
-        // the connection is still being set up.
-        if s.state() == tcp::State::CloseWait {
-            report(Report::Sink {
-                bytes: sink.sum.len(),
-                crc32: sink.sum.value(),
-                elapsed_ns: now_ns.saturating_sub(sink.started_ns.unwrap_or(now_ns)),
-            });
-            s.close();
-            sink.sum = Crc32::new();
-            sink.started_ns = None;
-        }
+fn run_sink(
+    sink: &mut Sink,
+    sockets: &mut SocketSet<'static>,
+    now_ns: u64,
+    report: &mut dyn FnMut(Report),
+) {
+    let s = sockets.get_mut::<tcp::Socket>(sink.handle);
+    if relisten(s, SINK_PORT) {
+        sink.sum = Crc32::new();
+        sink.started_ns = None;
+        return;
     }
+    while s.can_recv() {
+        let sum = &mut sink.sum;
+        let _ = s.recv(|buf| {
+            sum.update(buf);
+            (buf.len(), ())
+        });
+        sink.started_ns.get_or_insert(now_ns);
+    }
+    // Only once the peer has closed its side (`CloseWait`), not while
+    // the connection is still being set up.
+    if s.state() == tcp::State::CloseWait {
+        report(Report::Sink {
+            bytes: sink.sum.len(),
+            crc32: sink.sum.value(),
+            elapsed_ns: now_ns.saturating_sub(sink.started_ns.unwrap_or(now_ns)),
+        });
+        s.close();
+        sink.sum = Crc32::new();
+        sink.started_ns = None;
+    }
+}
 
-    fn run_source(
-        &mut self,
-        sockets: &mut SocketSet<'static>,
-        now_ns: u64,
-        report: &mut dyn FnMut(Report),
-    ) {
-        let src = &mut self.source;
-        let s = sockets.get_mut::<tcp::Socket>(src.handle);
-        if relisten(s, SOURCE_PORT) {
-            src.state = SourceState::Listening;
-            return;
-        }
-        loop {
-            match &mut src.state {
-                SourceState::Listening => {
-                    if !s.is_active() {
-                        return;
-                    }
-                    src.state = SourceState::Reading(Vec::new());
+fn run_source(
+    src: &mut Source,
+    sockets: &mut SocketSet<'static>,
+    now_ns: u64,
+    report: &mut dyn FnMut(Report),
+) {
+    let s = sockets.get_mut::<tcp::Socket>(src.handle);
+    if relisten(s, SOURCE_PORT) {
+        src.state = SourceState::Listening;
+        return;
+    }
+    loop {
+        match &mut src.state {
+            SourceState::Listening => {
+                if !s.is_active() {
+                    return;
                 }
-                SourceState::Reading(line) => {
-                    let mut done = false;
-                    while s.can_recv() && !done {
-                        let _ = s.recv(|buf| {
-                            let mut used = 0;
-                            for &b in buf.iter() {
-                                used += 1;
-                                if b == b'\n' {
-                                    done = true;
-                                    break;
-                                }
-                                line.push(b);
-                                if line.len() > MAX_LENGTH_LINE {
-                                    done = true;
-                                    break;
-                                }
+                src.state = SourceState::Reading(Vec::new());
+            }
+            SourceState::Reading(line) => {
+                let mut done = false;
+                while s.can_recv() && !done {
+                    let _ = s.recv(|buf| {
+                        let mut used = 0;
+                        for &b in buf.iter() {
+                            used += 1;
+                            if b == b'\n' {
+                                done = true;
+                                break;
                             }
-                            (used, ())
-                        });
-                    }
-                    if !done {
-                        if s.state() == tcp::State::CloseWait {
-                            report(Report::BadSourceRequest);
-                            s.close();
-                            src.state = SourceState::Closing;
-                        }
-                        return;
-                    }
-                    let count = core::str::from_utf8(line)
-                        .ok()
-                        .map(|t| t.trim_end_matches('\r'))
-                        .and_then(|t| t.parse::<u64>().ok());
-                    match count {
-                        Some(n) => {
-                            src.state = SourceState::Sending {
-                                remaining: n,
-                                pattern: Pattern::new(SOURCE_SEED),
-                                sum: Crc32::new(),
-                                started_ns: now_ns,
+                            line.push(b);
+                            if line.len() > MAX_LENGTH_LINE {
+                                done = true;
+                                break;
                             }
                         }
-                        None => {
-                            report(Report::BadSourceRequest);
-                            s.close();
-                            src.state = SourceState::Closing;
-                            return;
-                        }
-                    }
+                        (used, ())
+                    });
                 }
-                SourceState::Sending {
-                    remaining,
-                    pattern,
-                    sum,
-                    started_ns,
-                } => {
-                    while *remaining > 0 && s.can_send() {
-                        let want = *remaining;
-                        let sent = s
-                            .send(|buf| {
-                                let n = buf.len().min(usize::try_from(want).unwrap_or(usize::MAX));
-                                pattern.fill(&mut buf[..n]);
-                                sum.update(&buf[..n]);
-                                (n, n)
-                            })
-                            .unwrap_or(0);
-                        if sent == 0 {
-                            break;
-                        }
-                        *remaining -= sent as u64;
-                    }
-                    if *remaining == 0 {
-                        report(Report::Source {
-                            bytes: sum.len(),
-                            crc32: sum.value(),
-                            elapsed_ns: now_ns.saturating_sub(*started_ns),
-                        });
+                if !done {
+                    if s.state() == tcp::State::CloseWait {
+                        report(Report::BadSourceRequest);
                         s.close();
-                        src.state = SourceState::Closing;
-                    } else if !s.may_send() {
-                        // The peer reset or went away mid-transfer.
                         src.state = SourceState::Closing;
                     }
                     return;
                 }
-                SourceState::Closing => return,
+                let count = core::str::from_utf8(line)
+                    .ok()
+                    .map(|t| t.trim_end_matches('\r'))
+                    .and_then(|t| t.parse::<u64>().ok());
+                match count {
+                    Some(n) => {
+                        src.state = SourceState::Sending {
+                            remaining: n,
+                            pattern: Pattern::new(SOURCE_SEED),
+                            sum: Crc32::new(),
+                            started_ns: now_ns,
+                        }
+                    }
+                    None => {
+                        report(Report::BadSourceRequest);
+                        s.close();
+                        src.state = SourceState::Closing;
+                        return;
+                    }
+                }
             }
+            SourceState::Sending {
+                remaining,
+                pattern,
+                sum,
+                started_ns,
+            } => {
+                while *remaining > 0 && s.can_send() {
+                    let want = *remaining;
+                    let sent = s
+                        .send(|buf| {
+                            let n = buf.len().min(usize::try_from(want).unwrap_or(usize::MAX));
+                            pattern.fill(&mut buf[..n]);
+                            sum.update(&buf[..n]);
+                            (n, n)
+                        })
+                        .unwrap_or(0);
+                    if sent == 0 {
+                        break;
+                    }
+                    *remaining -= sent as u64;
+                }
+                if *remaining == 0 {
+                    report(Report::Source {
+                        bytes: sum.len(),
+                        crc32: sum.value(),
+                        elapsed_ns: now_ns.saturating_sub(*started_ns),
+                    });
+                    s.close();
+                    src.state = SourceState::Closing;
+                } else if !s.may_send() {
+                    // The peer reset or went away mid-transfer.
+                    src.state = SourceState::Closing;
+                }
+                return;
+            }
+            SourceState::Closing => return,
         }
     }
 }

@@ -22,8 +22,6 @@ extern crate alloc;
 mod apps;
 #[cfg(any(target_os = "none", test))]
 mod settings;
-#[cfg(any(target_os = "none", test))]
-mod stream;
 
 #[cfg(test)]
 mod tests;

@@ -78,6 +78,11 @@ impl Crc32 {
         self.len
     }
 
+    /// Whether nothing was summed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The CRC of the bytes so far.
     pub fn value(&self) -> u32 {
         self.crc
