@@ -285,6 +285,27 @@ pub struct Page(pub [u8; 4096]);
 /// The page the shared info frame replaces (XENMAPSPACE_shared_info).
 static mut SHARED_PAGE: Page = Page([0; 4096]);
 
+/// vCPU 0's `vcpu_info`, registered with `VCPUOP_register_vcpu_info`
+/// (Xen's Arm ABI: the shared info page's slot is a legacy).
+#[repr(C, align(64))]
+struct VcpuInfoSlot(xen::abi::xen::VcpuInfo);
+static mut VCPU0_INFO: VcpuInfoSlot = VcpuInfoSlot(xen::abi::xen::VcpuInfo {
+    evtchn_upcall_pending: 0,
+    evtchn_upcall_mask: 0,
+    evtchn_pending_sel: 0,
+    arch: xen::abi::xen::ArchVcpuInfo {},
+    time: xen::abi::xen::VcpuTimeInfo {
+        version: 0,
+        pad0: 0,
+        tsc_timestamp: 0,
+        system_time: 0,
+        tsc_to_system_mul: 0,
+        tsc_shift: 0,
+        flags: 0,
+        pad1: [0; 2],
+    },
+});
+
 /// Most grant-table frames mapped.
 pub const GRANT_FRAMES: usize = 4;
 static GRANT_BASE: AtomicU64 = AtomicU64::new(0);
@@ -415,11 +436,27 @@ extern "C" fn moat_arm32_start(dtb: usize) -> ! {
         early_fail(console, b"XENMAPSPACE_shared_info failed");
     }
     // SAFETY: the page is mapped for good and only used through the handle.
-    let shared = unsafe {
+    let mut shared = unsafe {
         SharedInfoPage::new(NonNull::new_unchecked(
             addr_of_mut!(SHARED_PAGE) as *mut SharedInfo
         ))
     };
+    // vCPU 0's vcpu_info in our own memory.
+    let info = addr_of_mut!(VCPU0_INFO) as usize;
+    // SAFETY: VCPU0_INFO is a static dedicated to this, 64-byte aligned
+    // (inside one page), only accessed through the SharedInfoPage after.
+    match unsafe {
+        xen::hypercall::register_vcpu_info(0, (info >> 12) as u64, (info & 0xfff) as u32)
+    } {
+        // SAFETY: as above; the pointer is non-null (a static).
+        Ok(()) => {
+            shared = unsafe { shared.with_vcpu0_info(NonNull::new_unchecked(info as *mut _)) }
+        }
+        Err(_) => early_print(
+            console,
+            b"moat arm32: VCPUOP_register_vcpu_info failed; using the shared info slot\n",
+        ),
+    }
     let store = hvm_page::<XenstoreDomainInterface>(HVM_PARAM_STORE_PFN, HVM_PARAM_STORE_EVTCHN);
     let boot = Boot {
         dt,

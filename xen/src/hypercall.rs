@@ -392,6 +392,34 @@ pub fn set_singleshot_timer(vcpu: u32, deadline_ns: u64) -> Result<(), XenError>
     .map(|_| ())
 }
 
+/// `VCPUOP_register_vcpu_info`: Xen keeps `vcpu`'s event and time state
+/// at `offset` in guest frame `gfn` from now on (it copies the current
+/// state there first).
+///
+/// # Safety
+/// The `vcpu_info`-sized range at `gfn`/`offset` must be memory the
+/// kernel dedicates to this for the domain's lifetime.
+pub unsafe fn register_vcpu_info(vcpu: u32, gfn: u64, offset: u32) -> Result<(), XenError> {
+    let mut op = VcpuRegisterVcpuInfo {
+        mfn: gfn,
+        offset,
+        rsvd: 0,
+    };
+    // SAFETY: `op` is the `vcpu_register_vcpu_info` argument; the caller
+    // vouches for the frame.
+    XenError::check(unsafe {
+        hypercall(
+            nr::VCPU_OP,
+            VCPUOP_REGISTER_VCPU_INFO as usize,
+            vcpu as usize,
+            ptr(&mut op),
+            0,
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
 /// `VCPUOP_stop_singleshot_timer`.
 pub fn stop_singleshot_timer(vcpu: u32) -> Result<(), XenError> {
     // SAFETY: no argument structure.

@@ -12,7 +12,7 @@
 use core::ptr::{addr_of, addr_of_mut, NonNull};
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use crate::abi::xen::{SharedInfo, VcpuTimeInfo, XEN_LEGACY_MAX_VCPUS, XEN_ULONG_BITS};
+use crate::abi::xen::{SharedInfo, VcpuInfo, VcpuTimeInfo, XEN_LEGACY_MAX_VCPUS, XEN_ULONG_BITS};
 use crate::abi::Port;
 
 /// Number of ports the 2-level ABI addresses on amd64 (64 * 64).
@@ -22,6 +22,9 @@ pub const NR_EVENT_CHANNELS: u32 = (XEN_ULONG_BITS * XEN_ULONG_BITS) as u32;
 #[derive(Clone, Copy, Debug)]
 pub struct SharedInfoPage {
     ptr: NonNull<SharedInfo>,
+    /// vCPU 0's `vcpu_info` when the kernel moved it out of the page with
+    /// `VCPUOP_register_vcpu_info` (Arm); `None`: the page's own slot.
+    vcpu0: Option<NonNull<VcpuInfo>>,
 }
 
 // SAFETY: the page is plain memory shared with Xen; all accesses are atomic
@@ -47,7 +50,32 @@ impl SharedInfoPage {
     /// out like one, in tests) that stays mapped for the handle's lifetime
     /// and that no Rust reference aliases.
     pub unsafe fn new(ptr: NonNull<SharedInfo>) -> Self {
-        Self { ptr }
+        Self { ptr, vcpu0: None }
+    }
+
+    /// The same page, with vCPU 0's event and time state read from `info`,
+    /// where `VCPUOP_register_vcpu_info` placed it.
+    ///
+    /// # Safety
+    /// `info` must be the `vcpu_info` Xen now updates for vCPU 0, mapped
+    /// for the handle's lifetime and aliased by no Rust reference.
+    pub unsafe fn with_vcpu0_info(self, info: NonNull<VcpuInfo>) -> Self {
+        Self {
+            vcpu0: Some(info),
+            ..self
+        }
+    }
+
+    /// Where `vcpu`'s `vcpu_info` is (clamped to the page's slots).
+    fn vcpu_info_ptr(&self, vcpu: usize) -> *mut VcpuInfo {
+        match self.vcpu0 {
+            Some(p) if vcpu == 0 => p.as_ptr(),
+            _ => {
+                let vcpu = vcpu.min(XEN_LEGACY_MAX_VCPUS - 1);
+                // SAFETY: projection to a field of the page, no reference created.
+                unsafe { addr_of_mut!((*self.ptr.as_ptr()).vcpu_info[vcpu]) }
+            }
+        }
     }
 
     fn word(&self, array: *mut u64, index: usize) -> &AtomicU64 {
@@ -71,11 +99,10 @@ impl SharedInfoPage {
     }
 
     fn vcpu_field_u8(&self, vcpu: usize, upcall_mask: bool) -> &AtomicU8 {
-        let vcpu = vcpu.min(XEN_LEGACY_MAX_VCPUS - 1);
-        // SAFETY: projection to a byte field of `vcpu_info[vcpu]` (bounded
-        // above), accessed atomically only.
+        // SAFETY: projection to a byte field of vcpu's `vcpu_info`,
+        // accessed atomically only.
         unsafe {
-            let info = addr_of_mut!((*self.ptr.as_ptr()).vcpu_info[vcpu]);
+            let info = self.vcpu_info_ptr(vcpu);
             let p = if upcall_mask {
                 addr_of_mut!((*info).evtchn_upcall_mask)
             } else {
@@ -86,14 +113,9 @@ impl SharedInfoPage {
     }
 
     fn pending_sel(&self, vcpu: usize) -> &AtomicU64 {
-        let vcpu = vcpu.min(XEN_LEGACY_MAX_VCPUS - 1);
-        // SAFETY: projection to `vcpu_info[vcpu].evtchn_pending_sel`,
-        // 8-byte aligned, accessed atomically only.
-        unsafe {
-            AtomicU64::from_ptr(addr_of_mut!(
-                (*self.ptr.as_ptr()).vcpu_info[vcpu].evtchn_pending_sel
-            ))
-        }
+        // SAFETY: projection to vcpu's `evtchn_pending_sel`, 8-byte
+        // aligned, accessed atomically only.
+        unsafe { AtomicU64::from_ptr(addr_of_mut!((*self.vcpu_info_ptr(vcpu)).evtchn_pending_sel)) }
     }
 
     fn split(port: Port) -> Option<(usize, u64)> {
@@ -198,9 +220,8 @@ impl SharedInfoPage {
     /// protocol: retry while odd or changed across the read).
     #[cfg(not(all(target_arch = "arm", target_os = "none")))]
     pub fn vcpu_time(&self, vcpu: usize) -> VcpuTimeInfo {
-        let vcpu = vcpu.min(XEN_LEGACY_MAX_VCPUS - 1);
-        // SAFETY: projection to `vcpu_info[vcpu].time`, read volatile.
-        let rec = unsafe { addr_of!((*self.ptr.as_ptr()).vcpu_info[vcpu].time) };
+        // SAFETY: projection to vcpu's `time` record, read volatile.
+        let rec = unsafe { addr_of!((*self.vcpu_info_ptr(vcpu)).time) };
         // SAFETY: `version` is the first, 4-byte aligned field of `rec`.
         let version = unsafe { AtomicU32::from_ptr(rec as *mut u32) };
         loop {
@@ -283,6 +304,35 @@ mod tests {
         let mut v = Vec::new();
         h.take_pending(0, |p| v.push(p));
         v
+    }
+
+    #[test]
+    fn a_registered_vcpu_info_replaces_the_page_slot_for_vcpu0() {
+        let (b, h) = page();
+        let mut info = Box::new(VcpuInfo::default());
+        // SAFETY: the box outlives the handle; only the handle touches it.
+        let h = unsafe { h.with_vcpu0_info(NonNull::new(&mut *info as *mut VcpuInfo).unwrap()) };
+        xen_raise(&h, 70);
+        // The upcall flag and the selector went to the registered copy,
+        // not to the page's own slot.
+        assert!(h.upcall_pending(0));
+        // SAFETY: reading the zeroed page's slot, which nothing else uses now.
+        let slot = unsafe { &(*b.as_ptr()).vcpu_info[0] };
+        assert_eq!(
+            (slot.evtchn_upcall_pending, slot.evtchn_pending_sel),
+            (0, 0)
+        );
+        assert_eq!(info_pending(&h), (1, 1 << 1));
+        assert_eq!(scan(&h), [70]);
+        assert!(!h.upcall_pending(0));
+        drop(b);
+    }
+
+    fn info_pending(h: &SharedInfoPage) -> (u8, u64) {
+        (
+            h.vcpu_field_u8(0, false).load(Ordering::SeqCst),
+            h.pending_sel(0).load(Ordering::SeqCst),
+        )
     }
 
     #[test]
