@@ -288,12 +288,49 @@ pub fn xopen(
 /// X25519 Diffie-Hellman. Returns `None` for a low-order peer point (an
 /// all-zero shared secret), which the protocol must reject.
 pub fn dh(secret: &x25519_dalek::StaticSecret, public: &[u8; 32]) -> Option<[u8; 32]> {
-    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*public));
-    if shared.was_contributory() {
-        Some(shared.to_bytes())
-    } else {
+    use subtle::ConstantTimeEq;
+    let mut scalar = secret.to_bytes();
+    let shared = x25519(&scalar, public);
+    scalar.zeroize();
+    if bool::from(shared.ct_eq(&[0u8; 32])) {
         None
+    } else {
+        Some(shared)
     }
+}
+
+/// X25519(k, u) of RFC 7748. With AVX2 (detected at run time) and a `u` on
+/// the curve rather than its twist, the scalar multiplication runs on the
+/// birationally equivalent Edwards curve, where curve25519-dalek has an AVX2
+/// backend: about 30% faster than the Montgomery ladder, which has none.
+/// The `u`-coordinate of [k]P does not depend on which of the two Edwards
+/// points with that `u` is used, so the result is the ladder's, bit for bit.
+fn x25519(k: &[u8; 32], u: &[u8; 32]) -> [u8; 32] {
+    use curve25519_dalek::montgomery::MontgomeryPoint;
+    let point = MontgomeryPoint(*u);
+    if simd_available() {
+        // `u` is public: whether it is on the twist may show in the timing.
+        if let Some(p) = point.to_edwards(0) {
+            return p.mul_clamped(*k).to_montgomery().0;
+        }
+    }
+    point.mul_clamped(*k).0
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
+cpufeatures::new!(cpuid_avx2, "avx2");
+
+/// Whether curve25519-dalek's AVX2 backend runs here (it picks it by CPUID too).
+#[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
+fn simd_available() -> bool {
+    cpuid_avx2::get()
+}
+
+/// Bare-metal images and other architectures use the serial backend, where the
+/// Edwards detour only adds the conversions.
+#[cfg(not(all(target_arch = "x86_64", not(target_os = "none"))))]
+fn simd_available() -> bool {
+    false
 }
 
 #[cfg(test)]
@@ -401,6 +438,41 @@ mod tests {
                 assert_eq!(theirs[..len], plain[..]);
             }
         }
+    }
+
+    #[test]
+    fn x25519_edwards_route_matches_ladder() {
+        use curve25519_dalek::montgomery::MontgomeryPoint;
+        let ladder = |k: &[u8; 32], u: &[u8; 32]| MontgomeryPoint(*u).mul_clamped(*k).0;
+        let mut k = [7u8; 32];
+        let mut u = MontgomeryPoint::mul_base_clamped([9u8; 32]).0;
+        let (mut on_curve, mut twist) = (0, 0);
+        for i in 0..64u8 {
+            // Public keys, and arbitrary 32-byte strings (half of them on the twist).
+            let mut v = if i % 2 == 0 { u } else { hash(&[&u, &[i]]) };
+            if i % 7 == 0 {
+                v[31] |= 0x80; // the ignored top bit
+            }
+            assert_eq!(x25519(&k, &v), ladder(&k, &v), "u {v:?}");
+            if MontgomeryPoint(v).to_edwards(0).is_some() {
+                on_curve += 1;
+            } else {
+                twist += 1;
+            }
+            u = ladder(&k, &u);
+            k = hash(&[&k]);
+        }
+        assert!(on_curve > 32 && twist > 8, "{on_curve} {twist}");
+        // Low-order points give zero both ways (u = 0, 1, and p - 1 which is on the twist).
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for v in [[0u8; 32], one, minus_one] {
+            assert_eq!(x25519(&k, &v), ladder(&k, &v));
+        }
+        assert_eq!(x25519(&k, &[0u8; 32]), [0u8; 32]);
     }
 
     #[test]

@@ -2,14 +2,17 @@
 //!
 //! The window accepts a counter if it is newer than anything seen, or at most
 //! [`WINDOW`] - 1 behind the newest and not seen before. The bitmap is a ring of
-//! 64-bit blocks with one spare block so that advancing never aliases a live bit.
+//! 128 64-bit blocks, one of them spare so that advancing never aliases a live
+//! bit; a power-of-two ring makes the block index a mask. This is the window
+//! of wireguard-go and Linux (8192 - 64 counters).
 
 use crate::timers::REJECT_AFTER_MESSAGES;
 
 /// How far behind the newest counter a packet may arrive and still be accepted.
-pub const WINDOW: u64 = 8192;
+pub const WINDOW: u64 = (BLOCKS as u64 - 1) * BITS;
 const BITS: u64 = 64;
-const BLOCKS: usize = (WINDOW / BITS) as usize + 1;
+const BLOCKS: usize = 128;
+const _: () = assert!(BLOCKS.is_power_of_two());
 
 /// Replay protection state of one receiving key.
 #[derive(Clone)]

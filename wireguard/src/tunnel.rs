@@ -531,14 +531,15 @@ impl Tunnel {
             return Error::Wire(WireError::BadLength).into();
         };
         let receiver = msg.receiver();
-        let slot = [&mut self.current, &mut self.previous, &mut self.next]
-            .into_iter()
-            .position(|s| s.as_ref().is_some_and(|k| k.local_index == receiver));
-        let kp = match slot {
-            Some(0) => self.current.as_mut(),
-            Some(1) => self.previous.as_mut(),
-            Some(2) => self.next.as_mut(),
-            _ => None,
+        let is = |s: &Option<Keypair>| s.as_ref().is_some_and(|k| k.local_index == receiver);
+        let (kp, is_next) = if is(&self.current) {
+            (self.current.as_mut(), false)
+        } else if is(&self.previous) {
+            (self.previous.as_mut(), false)
+        } else if is(&self.next) {
+            (self.next.as_mut(), true)
+        } else {
+            (None, false)
         };
         let Some(kp) = kp else {
             return Error::UnknownIndex.into();
@@ -547,7 +548,7 @@ impl Tunnel {
             Ok(n) => n,
             Err(e) => return Error::Session(e).into(),
         };
-        if slot == Some(2) {
+        if is_next {
             // The initiator used the new keys: the handshake is confirmed.
             self.previous = self.current.take();
             self.current = self.next.take();
