@@ -17,6 +17,7 @@ use wireguard::wire;
 use wireguard::{Action, Device, PeerId, Random};
 
 use crate::dns::{DnsRedirect, QUBES_DNS1, QUBES_DNS2};
+use crate::nat::{Nat, NatError};
 use crate::packet::{self, TCP, UDP};
 
 /// A UDP payload for the uplink: always a WireGuard message, always to a peer endpoint.
@@ -65,6 +66,8 @@ pub enum SetupError {
     MissingEndpoint(usize),
     /// The device refused a peer.
     Device(wireguard::device::DeviceError),
+    /// Masquerading was asked for but the interface has no `Address`.
+    NoAddressToMasquerade,
 }
 
 /// Drop counters (every dropped packet lands in exactly one).
@@ -88,6 +91,11 @@ pub struct Counters {
     pub dns_redirected: u64,
     /// TCP SYNs whose MSS was lowered.
     pub mss_clamped: u64,
+    /// Client packets masquerading cannot map (other protocols, fragments,
+    /// the tunnel's own address as source).
+    pub nat_unsupported: u64,
+    /// Packets from the tunnel that answer no mapping (unsolicited).
+    pub nat_no_mapping: u64,
 }
 
 /// Gateway settings beyond the WireGuard configuration.
@@ -97,6 +105,11 @@ pub struct GatewaySettings {
     pub wall_clock_at_zero: Duration,
     /// Handshakes per second per peer before cookies are demanded.
     pub handshake_load_limit: u32,
+    /// Masquerade clients as the interface's `Address` (its first IPv4 and
+    /// first IPv6 address), as VPN providers expect; packets from the tunnel
+    /// then reach clients only as answers to what they sent. Off: client
+    /// addresses are kept (the peer must allow them, as a site-to-site peer would).
+    pub masquerade: bool,
 }
 
 /// The VPN gateway.
@@ -105,6 +118,7 @@ pub struct Gateway {
     dns: DnsRedirect,
     mtu: usize,
     counters: Counters,
+    nat: Option<Nat>,
     last_uplink_error: Option<wireguard::Error>,
     buf: Vec<u8>,
 }
@@ -126,11 +140,23 @@ impl Gateway {
         )
         .map_err(SetupError::Device)?;
         let mtu = usize::from(config.interface.mtu.unwrap_or(1420));
+        let nat = if settings.masquerade {
+            let addrs = &config.interface.addresses;
+            let v4 = addrs.iter().map(|a| a.addr).find(|a| a.is_ipv4());
+            let v6 = addrs.iter().map(|a| a.addr).find(|a| a.is_ipv6());
+            if v4.is_none() && v6.is_none() {
+                return Err(SetupError::NoAddressToMasquerade);
+            }
+            Some(Nat::new(v4, v6))
+        } else {
+            None
+        };
         Ok(Self {
             device,
             dns: DnsRedirect::new(config.interface.dns.clone()),
             mtu,
             counters: Counters::default(),
+            nat,
             last_uplink_error: None,
             buf: vec![0; 65535 + 64],
         })
@@ -144,6 +170,11 @@ impl Gateway {
     /// Why the tunnel last refused a datagram from the uplink (for logs).
     pub fn last_uplink_error(&self) -> Option<wireguard::Error> {
         self.last_uplink_error
+    }
+
+    /// The masquerading state, if enabled.
+    pub fn nat(&self) -> Option<&Nat> {
+        self.nat.as_ref()
     }
 
     /// The WireGuard device (peers, sessions, statistics).
@@ -208,6 +239,12 @@ impl Gateway {
             }
             return;
         };
+        if let Some(nat) = &mut self.nat {
+            if nat.outbound(now, &mut p, &info) == Err(NatError::Unsupported) {
+                self.counters.nat_unsupported += 1;
+                return;
+            }
+        }
         let mut buf = core::mem::take(&mut self.buf);
         let n = match self.device.encapsulate(now, rng, peer, &p, &mut buf) {
             Action::WriteToNetwork(b) => Some(b.len()),
@@ -255,7 +292,7 @@ impl Gateway {
             };
             self.buf = buf;
             if let Some(c) = client {
-                self.deliver_to_client(c, out);
+                self.deliver_to_client(now, c, out);
                 return;
             }
             let (Some(peer), Some(_)) = (peer, net) else {
@@ -267,11 +304,23 @@ impl Gateway {
         }
     }
 
-    fn deliver_to_client(&mut self, mut p: Vec<u8>, out: &mut Vec<Output>) {
-        let Some(info) = packet::parse(&p) else {
+    fn deliver_to_client(&mut self, now: Duration, mut p: Vec<u8>, out: &mut Vec<Output>) {
+        let Some(mut info) = packet::parse(&p) else {
             self.counters.uplink_rejected += 1;
             return;
         };
+        p.truncate(info.len);
+        if let Some(nat) = &mut self.nat {
+            if nat.inbound(now, &mut p, &info).is_err() {
+                self.counters.nat_no_mapping += 1;
+                return;
+            }
+            let Some(translated) = packet::parse(&p) else {
+                self.counters.uplink_rejected += 1;
+                return;
+            };
+            info = translated;
+        }
         if info.protocol == UDP || info.protocol == TCP {
             if let Some((sport, dport)) = packet::ports(&p, &info) {
                 if sport == 53 {
@@ -292,6 +341,9 @@ impl Gateway {
 
     /// Runs every peer's timers; call a few times per second.
     pub fn tick(&mut self, now: Duration, rng: &mut dyn Random, out: &mut Vec<Output>) {
+        if let Some(nat) = &mut self.nat {
+            nat.expire(now);
+        }
         for i in 0..self.device.peer_count() {
             let peer = PeerId(i);
             let mut buf = core::mem::take(&mut self.buf);

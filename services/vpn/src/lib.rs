@@ -2,7 +2,8 @@
 //! only through the tunnel, and nothing leaves in clear.
 //!
 //! Modules: [`gateway`] (the fail-closed forwarding logic), [`dns`] (DNS
-//! redirection into the tunnel), [`packet`] (the IP/TCP/UDP fields we touch).
+//! redirection into the tunnel), [`nat`] (masquerading clients as the
+//! tunnel's address), [`packet`] (the IP/TCP/UDP fields we touch).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -11,6 +12,7 @@ extern crate alloc;
 
 pub mod dns;
 pub mod gateway;
+pub mod nat;
 pub mod packet;
 
 pub use gateway::{Counters, Gateway, GatewaySettings, Output, SetupError, UplinkDatagram};

@@ -164,6 +164,56 @@ pub fn rewrite_address(b: &mut [u8], info: &IpInfo, source: bool, new: IpAddr) -
     true
 }
 
+/// IP protocol number of ICMP.
+pub const ICMP: u8 = 1;
+/// IP protocol number of ICMPv6.
+pub const ICMPV6: u8 = 58;
+
+/// The Internet checksum (RFC 1071) of `data`.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Reads the 16-bit big-endian field at `at`.
+pub fn get_u16(b: &[u8], at: usize) -> Option<u16> {
+    be16(b, at)
+}
+
+/// Writes the 16-bit field at `at` and adjusts the checksum at `checksum_at`
+/// (a UDP checksum when `udp` is set: zero stays "no checksum"). Returns
+/// false (packet untouched) if either field is out of bounds.
+pub fn set_u16(b: &mut [u8], at: usize, value: u16, checksum_at: usize, udp: bool) -> bool {
+    let (Some(old), true) = (be16(b, at), checksum_at + 2 <= b.len()) else {
+        return false;
+    };
+    b[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    adjust_field(
+        b,
+        checksum_at,
+        &old.to_be_bytes(),
+        &value.to_be_bytes(),
+        udp,
+    );
+    true
+}
+
+/// Adjusts the checksum at `checksum_at` for `old` bytes having become `new`
+/// elsewhere (e.g. an address in a pseudo-header). False if out of bounds.
+pub fn adjust_checksum(b: &mut [u8], checksum_at: usize, old: &[u8], new: &[u8]) -> bool {
+    if checksum_at + 2 > b.len() {
+        return false;
+    }
+    adjust_field(b, checksum_at, old, new, false);
+    true
+}
+
 /// Lowers the MSS option of a TCP SYN to `max`; returns whether it changed.
 pub fn clamp_mss(b: &mut [u8], info: &IpInfo, max: u16) -> bool {
     if info.protocol != TCP {

@@ -119,6 +119,7 @@ fn world() -> World {
         &GatewaySettings {
             wall_clock_at_zero: Duration::from_secs(1_700_000_000),
             handshake_load_limit: 50,
+            masquerade: false,
         },
     )
     .unwrap();
@@ -373,6 +374,7 @@ fn host_name_endpoints_are_refused() {
     let s = GatewaySettings {
         wall_clock_at_zero: Duration::ZERO,
         handshake_load_limit: 1,
+        masquerade: false,
     };
     assert_eq!(
         Gateway::new(&c, &s).err(),
@@ -395,6 +397,7 @@ fn spoofed_answers_from_the_tunnel_still_reach_only_valid_clients() {
         &GatewaySettings {
             wall_clock_at_zero: Duration::from_secs(1_700_000_000),
             handshake_load_limit: 50,
+            masquerade: false,
         },
     )
     .unwrap();
@@ -411,4 +414,119 @@ fn spoofed_answers_from_the_tunnel_still_reach_only_valid_clients() {
     let d = w.remote_send(&spoof);
     assert!(w.uplink(&d).is_empty());
     assert_eq!(w.gw.counters().uplink_rejected, 1);
+}
+
+fn masquerading_world() -> World {
+    let mut w = world();
+    w.gw = Gateway::new(
+        &conf(""),
+        &GatewaySettings {
+            wall_clock_at_zero: Duration::from_secs(1_700_000_000),
+            handshake_load_limit: 50,
+            masquerade: true,
+        },
+    )
+    .unwrap();
+    w
+}
+
+#[test]
+fn masquerading_clients_as_the_tunnel_address() {
+    let mut w = masquerading_world();
+    let p = packet(
+        false,
+        [10, 137, 0, 5],
+        [93, 184, 216, 34],
+        4000,
+        80,
+        b"hello",
+    );
+    let seen = w.connect(&p);
+    assert_eq!(
+        &seen[12..16],
+        &[10, 64, 0, 2],
+        "source is the tunnel's Address"
+    );
+    assert_eq!(&seen[20..22], &4000u16.to_be_bytes(), "free port kept");
+    assert!(l4_ok(&seen));
+    let reply = packet(
+        false,
+        [93, 184, 216, 34],
+        [10, 64, 0, 2],
+        80,
+        4000,
+        b"world",
+    );
+    let d = w.remote_send(&reply);
+    let out = w.uplink(&d);
+    let [Output::Client(got)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(&got[16..20], &[10, 137, 0, 5]);
+    assert_eq!(&got[22..24], &4000u16.to_be_bytes());
+    assert!(l4_ok(got));
+    // Unsolicited: to another port, and straight to a client's address.
+    for (dst, dport) in [([10, 64, 0, 2], 5555), ([10, 137, 0, 5], 4000)] {
+        let p = packet(false, [93, 184, 216, 34], dst, 80, dport, b"unasked");
+        let d = w.remote_send(&p);
+        assert!(w.uplink(&d).is_empty());
+    }
+    assert_eq!(w.gw.counters().nat_no_mapping, 2);
+    assert_eq!(w.gw.nat().unwrap().len(), 1);
+    // Mappings expire with the timers.
+    let mut out = Vec::new();
+    w.now += vpn::nat::UDP_TIMEOUT + Duration::from_secs(1);
+    w.gw.tick(w.now, &mut w.rng, &mut out);
+    assert!(w.gw.nat().unwrap().is_empty());
+}
+
+#[test]
+fn masqueraded_dns_answers_come_back_from_the_virtual_address() {
+    let mut w = masquerading_world();
+    let q = packet(
+        false,
+        [10, 137, 0, 5],
+        [10, 139, 1, 1],
+        5353,
+        53,
+        b"\x12\x34query",
+    );
+    let seen = w.connect(&q);
+    assert_eq!(&seen[12..20], &[10, 64, 0, 2, 10, 64, 0, 1]);
+    assert!(l4_ok(&seen));
+    let answer = packet(
+        false,
+        [10, 64, 0, 1],
+        [10, 64, 0, 2],
+        53,
+        5353,
+        b"\x12\x34answer",
+    );
+    let d = w.remote_send(&answer);
+    let out = w.uplink(&d);
+    let [Output::Client(a)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(&a[12..20], &[10, 139, 1, 1, 10, 137, 0, 5]);
+    assert_eq!(&a[22..24], &5353u16.to_be_bytes());
+    assert!(l4_ok(a));
+}
+
+#[test]
+fn masquerading_needs_an_address() {
+    let text = format!(
+        "[Interface]\nPrivateKey = {}\n[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = 0.0.0.0/0\n",
+        encode_base64(&GW_KEY),
+        encode_base64(&public(REMOTE_KEY)),
+        remote_addr()
+    );
+    let s = GatewaySettings {
+        wall_clock_at_zero: Duration::ZERO,
+        handshake_load_limit: 1,
+        masquerade: true,
+    };
+    assert_eq!(
+        Gateway::new(&Config::parse(&text).unwrap(), &s).err(),
+        Some(vpn::SetupError::NoAddressToMasquerade)
+    );
 }

@@ -7,8 +7,10 @@
 //! ```text
 //! hosted-vpn --config wg0.conf --uplink TAP --uplink-ip 192.0.2.2/24
 //!            --uplink-gateway 192.0.2.1 --clients TAP --client-gateway 10.138.0.1
-//!            [--uplink-mac MAC] [--client-mac MAC] [--stats FILE]
+//!            [--uplink-mac MAC] [--client-mac MAC] [--stats FILE] [--masquerade yes|no]
 //! ```
+//!
+//! Clients are masqueraded as the tunnel's `Address` unless `--masquerade no`.
 //!
 //! The counters (gateway drops, link drops, tunnel statistics) are written
 //! to FILE (one `name value` per line) whenever they change, and logged on
@@ -52,11 +54,12 @@ struct Args {
     client_gateway: Ipv4Addr,
     client_mac: Mac,
     stats: Option<String>,
+    masquerade: bool,
 }
 
 const USAGE: &str = "usage: hosted-vpn --config WG.CONF --uplink TAP --uplink-ip ADDR/LEN \
 --uplink-gateway ADDR --clients TAP --client-gateway ADDR [--uplink-mac MAC] \
-[--client-mac MAC] [--stats FILE]";
+[--client-mac MAC] [--stats FILE] [--masquerade yes|no]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut get = std::collections::BTreeMap::new();
@@ -73,6 +76,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--client-gateway",
             "--client-mac",
             "--stats",
+            "--masquerade",
         ];
         if !known.contains(&flag.as_str()) {
             return Err(format!("unknown option {flag}"));
@@ -111,6 +115,11 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         client_gateway: addr("--client-gateway")?,
         client_mac: mac("--client-mac", [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff])?,
         stats: get.get("--stats").cloned(),
+        masquerade: match get.get("--masquerade").map(String::as_str) {
+            None | Some("yes") => true,
+            Some("no") => false,
+            Some(_) => return Err("--masquerade: yes or no".into()),
+        },
     })
 }
 
@@ -153,6 +162,12 @@ fn stats_text(gw: &Gateway, up: &Uplink, clients: &ClientLink) -> String {
     line("gw_no_endpoint", c.no_endpoint);
     line("gw_dns_redirected", c.dns_redirected);
     line("gw_mss_clamped", c.mss_clamped);
+    line("gw_nat_unsupported", c.nat_unsupported);
+    line("gw_nat_no_mapping", c.nat_no_mapping);
+    if let Some(nat) = gw.nat() {
+        line("gw_nat_mappings", nat.len() as u64);
+        line("gw_nat_evicted", nat.evicted());
+    }
     for i in 0..gw.device().peer_count() {
         if let Some(t) = gw.device().peer(PeerId(i)) {
             let st = t.stats();
@@ -210,6 +225,7 @@ fn run(args: Args) -> Result<(), String> {
         &GatewaySettings {
             wall_clock_at_zero: wall,
             handshake_load_limit: HANDSHAKE_LOAD_LIMIT,
+            masquerade: args.masquerade,
         },
     )
     .map_err(|e| format!("{}: {e:?}", args.config))?;

@@ -33,7 +33,8 @@ client_net = ipaddress.IPv4Network(client_net)
 secret = secret.encode()
 
 # Expected sizes of WireGuard messages: initiation, response, cookie reply;
-# transport data is 16 bytes of header, a 16-byte tag and padded plaintext.
+# transport data is 16 bytes of header, a 16-byte tag and the plaintext
+# (padded to 16 bytes, but never beyond the MTU, so any length can occur).
 WG_FIXED = {1: 148, 2: 92, 3: 64}
 
 
@@ -43,7 +44,7 @@ def wireguard_kind(payload):
     kind = payload[0]
     if kind in WG_FIXED:
         return {1: "initiation", 2: "response", 3: "cookie"}[kind] if len(payload) == WG_FIXED[kind] else None
-    if kind == 4 and len(payload) >= 32 and (len(payload) - 32) % 16 == 0:
+    if kind == 4 and len(payload) >= 32:
         return "keepalive" if len(payload) == 32 else "data"
     return None
 

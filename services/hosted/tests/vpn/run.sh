@@ -12,6 +12,9 @@
 # wireguard-go restarted with the same keys, HTTP works again without
 # restarting the gateway. Then the capture is checked by pcap_check.py.
 #
+# The remote allows only the gateway's tunnel address (10.64.0.2), as a VPN
+# provider does: the gateway masquerades the client.
+#
 # Usage: run.sh PATH/TO/hosted-vpn     (needs root, /dev/net/tun, wireguard-go,
 #        wg, tcpdump, curl, python3). DOWN_SECS overrides the 30 s outage.
 set -u
@@ -74,12 +77,13 @@ start_peer() {   # wireguard-go in the remote namespace, always the same keys
     ip netns exec "$NS_R" env WG_PROCESS_FOREGROUND=1 wireguard-go "$WG" >> "$WORK/wireguard-go.log" 2>&1 &
     WG_PID=$!
     for _ in $(seq 50); do ip -n "$NS_R" link show "$WG" > /dev/null 2>&1 && break; sleep 0.1; done
-    # No endpoint: the peer learns the gateway's address from its handshake.
+    # Like a VPN provider: no endpoint (the peer learns the gateway's
+    # address from its handshake), and only the gateway's tunnel address is
+    # allowed (the gateway masquerades its clients).
     ip netns exec "$NS_R" wg set "$WG" private-key "$WORK/remote.key" listen-port 51820 \
-        peer "$GW_PUB" allowed-ips 10.64.0.2/32,10.138.0.0/24 || return 1
+        peer "$GW_PUB" allowed-ips 10.64.0.2/32 || return 1
     ip -n "$NS_R" addr add 10.64.0.1/24 dev "$WG"
     ip -n "$NS_R" link set "$WG" up
-    ip -n "$NS_R" route add 10.138.0.0/24 dev "$WG"
 }
 
 # --- links and namespaces ---
@@ -117,7 +121,7 @@ ip -n "$NS_S" link set "$VETH_S" up
 ip -n "$NS_S" route add default via 10.200.0.1
 mkdir -p "$WORK/www" && echo "$SECRET" > "$WORK/www/index.html"
 head -c 300000 /dev/urandom > "$WORK/www/big.bin"
-(cd "$WORK/www" && exec ip netns exec "$NS_S" "$PY" -m http.server --bind 10.200.0.80 8080) > /dev/null 2>&1 &
+(cd "$WORK/www" && exec ip netns exec "$NS_S" "$PY" -m http.server --bind 10.200.0.80 8080) > "$WORK/http.log" 2>&1 &
 PIDS+=($!)
 ip netns exec "$NS_S" "$PY" "$E2E/dns_server.py" 10.200.0.80 server.vpn.test=10.200.0.80 &
 PIDS+=($!)
@@ -186,6 +190,9 @@ s.sendto(struct.pack('<II', 4, 0x101) + os.urandom(8 + 48), ('192.0.2.2', 51820)
 s.sendto(struct.pack('<I', 1) + os.urandom(144), ('192.0.2.2', 51820))"
 sleep 0.5
 [ "$(stat_of gw_uplink_rejected)" -ge 3 ] && pass "forged datagrams refused ($(stat_of gw_uplink_rejected))" || fail "gw_uplink_rejected=$(stat_of gw_uplink_rejected)"
+if grep -q '^10\.64\.0\.2 .*GET /' "$WORK/http.log" && ! grep -q '^10\.138\.' "$WORK/http.log"; then
+    pass "the server saw the tunnel address 10.64.0.2, never the client's"
+else fail "server log: $(head -3 "$WORK/http.log")"; fi
 [ "$(stat_of peer0_handshakes)" -ge 1 ] && pass "handshake with wireguard-go" || fail "handshakes=$(stat_of peer0_handshakes)"
 [ "$(stat_of gw_dns_redirected)" -ge 2 ] && pass "DNS redirected ($(stat_of gw_dns_redirected))" || fail "gw_dns_redirected=$(stat_of gw_dns_redirected)"
 [ "$(stat_of gw_no_route_v6)" -ge 3 ] && pass "IPv6 dropped and counted ($(stat_of gw_no_route_v6))" || fail "gw_no_route_v6=$(stat_of gw_no_route_v6)"
