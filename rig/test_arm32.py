@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Real-Xen arm32 test: moat's selftest and netdemo images as Xen arm32
+guests, in one boot of the arm32 rig (rig/xenrig.py --arch arm32: Debian's
+armhf Xen 4.17 under qemu-system-arm -M virt,virtualization=on, TCG, with
+Debian's armmp-lpae Linux as dom0 and the real toolstack).
+
+In dom0, one after the other:
+  - the selftest runs of rig/test_selftest.py for guest type `arm32`
+    (configs/selftest-arm32.cfg: normal, panic and reboot; the same
+    assertions as on amd64);
+  - rig/dom0/netcase.sh with configs/netdemo-arm32.cfg: ping, TCP and UDP
+    echo and MIB MiB each way over TCP from dom0 through Linux netback,
+    asserted by rig/test_netdemo.py's checks.
+Prints every failed assertion, the figures (never asserted) and
+`N passed, M failed`.
+
+usage: python3 rig/test_arm32.py [--selftest PATH] [--netdemo PATH]
+          [--mib N] [--pings N] [--timeout S] [--log FILE] [--quiet]
+The images default to target/images/arm32/{selftest,netdemo} (zImages).
+Exit status: 0 when every assertion held, 1 otherwise, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_netdemo  # noqa: E402
+import test_selftest  # noqa: E402
+import xenrig  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+#: The netdemo domain's name (netcase.sh's NAME).
+NETDEMO = "netdemo-arm32"
+
+
+def dom0_script(netdemo: bool, mib: int, pings: int) -> str:
+    """The selftest runs, then (with `netdemo`) one netcase.sh run."""
+    script = test_selftest.dom0_script(["arm32"])
+    if netdemo:
+        script += f"bash /guest/netcase.sh {NETDEMO} /guest/{NETDEMO}.cfg {mib} {pings} 0\n"
+        script += "xl list\n"
+    return script
+
+
+def main(argv=None) -> int:
+    """Runs the test; see the module doc."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--selftest", type=Path, default=REPO / "target/images/arm32/selftest")
+    ap.add_argument("--netdemo", type=Path, default=REPO / "target/images/arm32/netdemo",
+                    help="the netdemo image; `none` skips the network test")
+    ap.add_argument("--mib", type=int, default=16, help="MiB each way over TCP (multiple of 16)")
+    ap.add_argument("--pings", type=int, default=100)
+    ap.add_argument("--timeout", type=float, default=1200.0)
+    ap.add_argument("--log", type=Path)
+    ap.add_argument("--quiet", action="store_true", help="do not stream the serial output")
+    args = ap.parse_args(argv)
+    with_net = str(args.netdemo) != "none"
+    if args.mib % 16 or args.mib <= 0 or args.pings <= 0:
+        ap.error("--mib takes a positive multiple of 16, --pings a positive count")
+    for image in [args.selftest] + ([args.netdemo] if with_net else []):
+        if not image.is_file():
+            print(f"test_arm32: no image at {image}; run `make images`", file=sys.stderr)
+            return 2
+
+    guests = [
+        (args.selftest, "selftest"),
+        (REPO / "rig/dom0/xlcase.sh", "xlcase.sh"),
+        (REPO / "configs/selftest-arm32.cfg", "selftest-arm32.cfg"),
+    ]
+    if with_net:
+        guests += [
+            (args.netdemo, "netdemo"),
+            (REPO / "rig/dom0/netcase.sh", "netcase.sh"),
+            (REPO / f"configs/{NETDEMO}.cfg", f"{NETDEMO}.cfg"),
+        ]
+    xenrig.exit_on_sigterm()
+    result = xenrig.run_script(
+        dom0_script(with_net, args.mib, args.pings), guests, arch="arm32",
+        timeout=args.timeout, log=args.log, echo=not args.quiet,
+    )
+
+    rig = test_selftest.Tally("rig")
+    rig.check(result.rc == 0, f"the dom0 script ended with rc {result.rc}"
+              + (" (timeout)" if result.timed_out else ""))
+    st = test_selftest.Tally("selftest-arm32")
+    names = test_selftest.case_names("arm32")
+    test_selftest.assert_normal(st, result.lines, names["normal"])
+    test_selftest.assert_panic(st, result.lines, names["panic"])
+    test_selftest.assert_reboot(st, result.lines, names["reboot"])
+    tallies = [rig, st]
+    bench: list = []
+    if with_net:
+        net = test_selftest.Tally(NETDEMO)
+        texts = [l for _, l in result.lines]
+        passed, failures = test_netdemo.check_type(NETDEMO, texts, args.mib, args.pings, False, bench)
+        net.passed, net.failures = passed, failures
+        tallies.append(net)
+
+    test_selftest.print_benchmarks(result.lines, ["arm32"])
+    for b in bench:
+        print(f"  bench {b}")
+    failures = [f for t in tallies for f in t.failures]
+    if failures:
+        print(f"FAILED assertions ({len(failures)}):")
+        for f in failures:
+            print(f"  - {f}")
+    for t in tallies:
+        print(f"{t.label}: {t.passed} passed, {len(t.failures)} failed")
+    print(f"{sum(t.passed for t in tallies)} passed, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
