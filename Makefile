@@ -15,8 +15,8 @@ export CARGO_TARGET_DIR := $(abspath $(TARGET_DIR))
 # Service images: each becomes target/images/<arch>/<name>, one ELF that
 # Xen boots as a PV or as a PVH guest.
 # The packages that build them (netdemo's package also builds blkdemo).
-IMAGES := selftest netdemo blkdemo
-IMAGE_PACKAGES := selftest netdemo
+IMAGES := selftest netdemo blkdemo netbridge
+IMAGE_PACKAGES := selftest netdemo netbridge
 AMD64 := x86_64-unknown-none
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
@@ -57,7 +57,7 @@ test-host: deps
 
 test-xen: images
 	python3 rig/test_selftest.py --image $(IMAGE_DIR)/selftest --types pv,pvh --timeout 1500
-	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 16 --pings 1000 --timeout 1500
+	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 16 --pings 1000 --bridge 16 --timeout 1800
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --timeout 1500
 
 # The full-size transfer of the drivers issue (1 GiB each way over TCP, PV):

@@ -307,3 +307,77 @@ mod blk {
         }
     }
 }
+
+#[cfg(feature = "netback")]
+mod back {
+    use super::*;
+    use netback::env::{EnvError, NetbackEnv};
+    use xen::abi::grant_table::GnttabCopy;
+
+    use crate::arch::{ForeignPage, MapError};
+
+    /// Another domain's page mapped for a backend (its ring), unmapped
+    /// when dropped.
+    pub struct ForeignMapping(ForeignPage);
+
+    // SAFETY: the grant stays mapped read-write at `as_ptr` until the
+    // `ForeignPage` inside is dropped with this value; the wrapper never
+    // hands out a Rust reference to the bytes, so they are only reached
+    // through `SharedPage`'s volatile accessors.
+    unsafe impl PageMemory for ForeignMapping {
+        fn as_ptr(&self) -> *mut u8 {
+            self.0.as_ptr()
+        }
+
+        /// Not ours to grant: backends never name a mapped page by frame.
+        fn frame(&self) -> u64 {
+            0
+        }
+    }
+
+    fn map_error(e: MapError) -> EnvError {
+        match e {
+            MapError::WindowFull => EnvError::OutOfMemory,
+            MapError::Xen(x) => EnvError::Hypercall(-x.0),
+            MapError::Grant(s) => EnvError::Grant(s.0),
+        }
+    }
+
+    impl NetbackEnv for XenEnv {
+        type Mapping = ForeignMapping;
+        type Page = SharedFrame;
+
+        fn map_grant(
+            &mut self,
+            domid: DomId,
+            gref: GrantRef,
+        ) -> Result<SharedPage<ForeignMapping>, EnvError> {
+            ForeignPage::map(domid, gref, false)
+                .map(|p| SharedPage::new(ForeignMapping(p)))
+                .map_err(map_error)
+        }
+        fn alloc_page(&mut self) -> Result<SharedPage<SharedFrame>, EnvError> {
+            self.alloc_shared().map_err(|_| EnvError::OutOfMemory)
+        }
+        fn grant_copy(&mut self, ops: &mut [GnttabCopy]) -> Result<(), EnvError> {
+            xen::hypercall::gnttab_copy(ops).map_err(|e| EnvError::Hypercall(-e.0))
+        }
+        fn bind_interdomain(&mut self, remote: DomId, remote_port: Port) -> Result<Port, EnvError> {
+            let port = xen::hypercall::evtchn_bind_interdomain(remote, remote_port)
+                .map_err(|e| EnvError::Hypercall(-e.0))?;
+            self.ports.insert(port, self.executor.event_listener(port));
+            Ok(port)
+        }
+        fn notify(&mut self, port: Port) {
+            let _ = xen::hypercall::evtchn_send(port);
+        }
+        fn poll_event(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()> {
+            self.poll_port(port, cx)
+        }
+        fn close_port(&mut self, port: Port) {
+            XenEnv::close_port(self, port)
+        }
+    }
+}
+#[cfg(feature = "netback")]
+pub use back::ForeignMapping;

@@ -2,7 +2,7 @@
 # Runs moat's netdemo image in the rig's dom0 and exercises it from dom0
 # through Linux netback and the bridge xenbr0 (10.99.0.1/24).
 #
-# usage: bash netcase.sh NAME CONFIG MIB PINGS DETACH
+# usage: bash netcase.sh NAME CONFIG MIB PINGS DETACH [XL_KEY=VALUE...]
 #   MIB     MiB sent each way over TCP (a multiple of 16)
 #   PINGS   pings at 10 ms intervals
 #   DETACH  1: detach and re-attach the vif while a ping runs
@@ -17,15 +17,20 @@
 #   RIG tcp-echo NAME ok|bad
 #   RIG udp-echo NAME ok|bad
 #   RIG source NAME BYTES CRC SECONDS        what dom0 received from port 5002
+#   RIG sink-data NAME SIZE x N crc CRC      the random data sent to the sink
 #   RIG sink NAME BYTES CRC SECONDS          what dom0 sent to port 5001
 #   RIG reattach NAME reconnected|stuck SECONDS
 #   RIG after-reattach NAME PING_RECEIVED_OF_20
 #   RIG during-reattach NAME SENT RECEIVED   the background ping's totals
 #   RIG end NAME
+#   XL_KEY=VALUE  xl config overrides (e.g. another vif=, extra=)
+# The guest's address and MAC come from NETCASE_IP / NETCASE_MAC
+# (default 10.99.0.2, 00:16:3e:6d:6f:01, as in configs/netdemo-*.cfg).
 set -u
 name=$1 cfg=$2 mib=$3 pings=$4 detach=$5
-ip=10.99.0.2
-mac=00:16:3e:6d:6f:01
+shift 5
+ip=${NETCASE_IP:-10.99.0.2}
+mac=${NETCASE_MAC:-00:16:3e:6d:6f:01}
 log=/var/log/xen/console/guest-$name.log
 rm -f "$log"
 
@@ -48,7 +53,7 @@ finish() {
 
 echo "RIG create $name"
 t0=$(now)
-if ! xl create "$cfg" "name=\"$name\"" >/dev/null 2>&1; then
+if ! xl create "$cfg" "name=\"$name\"" "$@" >/dev/null 2>&1; then
   echo "RIG not-ready $name"; finish; exit 0
 fi
 if ! wait_log "netdemo: ready" 60; then
@@ -75,16 +80,17 @@ echo "RIG udp-echo $name $r"
 
 bytes=$((mib * 1048576))
 t=$(now)
-crc=$(echo "$bytes" | nc "$ip" 5002 | tee >(wc -c > /tmp/src.len) | crc32)
-sleep 0.5
-echo "RIG source $name $(tr -d ' ' </tmp/src.len) $crc $(elapsed "$t")"
+crc=$(echo "$bytes" | nc "$ip" 5002 | crc32)
+# (the guest's CRC of what it sent matching this one also checks the length)
+echo "RIG source $name $bytes $crc $(elapsed "$t")"
 
 head -c 16777216 /dev/urandom > /tmp/r16
+reps=$((mib / 16))
+sent=$(for i in $(seq $reps); do cat /tmp/r16; done | crc32)
+echo "RIG sink-data $name $(wc -c </tmp/r16) x $reps crc $sent"
 t=$(now)
-for i in $(seq $((mib / 16))); do cat /tmp/r16; done |
-  tee >(crc32 > /tmp/sent.crc) | nc "$ip" 5001
-sleep 0.5
-echo "RIG sink $name $bytes $(cat /tmp/sent.crc) $(elapsed "$t")"
+for i in $(seq $reps); do cat /tmp/r16; done | nc "$ip" 5001
+echo "RIG sink $name $bytes $sent $(elapsed "$t")"
 rm -f /tmp/r16
 
 if [ "$detach" = 1 ]; then

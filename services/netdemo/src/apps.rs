@@ -100,10 +100,10 @@ pub struct Apps {
     counters: Counters,
 }
 
-/// Sockets per TCP service: a new connection is accepted while an old one
-/// still lingers (the source closes first, so its socket sits in
-/// `TimeWait` for a while).
-const SOCKETS_PER_SERVICE: usize = 3;
+/// Sockets per TCP service. One: with several listening on a port, a
+/// retransmitted SYN can land on a second socket, whose SYN-ACK makes the
+/// peer reset the connection the first one holds.
+const SOCKETS_PER_SERVICE: usize = 1;
 
 fn tcp_socket(buffer: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
@@ -128,6 +128,12 @@ fn udp_socket(packets: usize) -> udp::Socket<'static> {
 }
 
 fn relisten(s: &mut tcp::Socket<'_>, port: u16) -> bool {
+    // A finished connection we closed first would keep the port
+    // unavailable for TIME-WAIT's two minutes: the peer has closed too, so
+    // end it now and listen again.
+    if s.state() == tcp::State::TimeWait {
+        s.abort();
+    }
     if s.state() == tcp::State::Closed {
         // Only fails for port 0 or an open socket, neither possible here.
         let _ = s.listen(port);
@@ -140,7 +146,9 @@ impl Apps {
     /// Add every service's sockets to `sockets`, TCP sockets with
     /// `tcp_buffer` bytes each way.
     pub fn new(sockets: &mut SocketSet<'static>, tcp_buffer: usize) -> Self {
-        let tcp_echo = (0..2).map(|_| sockets.add(tcp_socket(16 * 1024))).collect();
+        let tcp_echo = (0..SOCKETS_PER_SERVICE)
+            .map(|_| sockets.add(tcp_socket(16 * 1024)))
+            .collect();
         let mut echo = udp_socket(64);
         let _ = echo.bind(ECHO_PORT);
         let udp_echo = sockets.add(echo);

@@ -128,6 +128,11 @@ fn fetch_from_source(net: &mut Net, local_port: u16, want: u64) {
             break;
         }
     }
+    // Close our side, as a real client does after EOF.
+    net.sockets.get_mut::<tcp::Socket>(h).close();
+    for _ in 0..50 {
+        net.step();
+    }
     let mut expect = vec![0u8; want as usize];
     Pattern::new(apps::SOURCE_SEED).fill(&mut expect);
     assert_eq!(got.len(), expect.len());
