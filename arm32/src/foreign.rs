@@ -76,6 +76,17 @@ impl ForeignPage {
         }
     }
 
+    /// Where the page is mapped (for `PageMemory` wrappers that only
+    /// access it volatile).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr as usize as *mut u8
+    }
+
+    /// Whether the mapping is writable.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
     /// The mapped page.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: the grant is mapped at `addr` for as long as `self` lives;
