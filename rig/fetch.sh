@@ -70,26 +70,31 @@ case "$ARCH" in
     XEN_PKG=xen-hypervisor-4.17-armhf
     KFLAVOUR=armmp-lpae
     PKGSUFFIX=":armhf"
-    # armhf packages come from apt's armhf lists: enable the architecture
-    # once. `apt-get update` may report a failed index (bookworm-security's
-    # armhf list was caught mid-sync once); what matters is whether the
-    # packages below have candidates afterwards, which is checked there.
-    if ! dpkg --print-foreign-architectures | grep -qx armhf; then
-      dpkg --add-architecture armhf
-    fi
-    # (the policy is read into a variable first: grep -q would close the
-    # pipe early, which pipefail turns into a failure)
-    XEN_POLICY="$(apt-cache policy "$XEN_PKG:armhf" 2>/dev/null)"
-    if ! grep -q 'Candidate: [0-9]' <<<"$XEN_POLICY"; then
-      echo "fetch: apt has no armhf lists yet; apt-get update"
-      apt-get update -q || echo "fetch: apt-get update reported errors (continuing with the lists it got)"
-    fi
     ;;
   *)
     echo "fetch.sh: unknown arch $ARCH (amd64, arm32 alias armhf)" >&2
     exit 2
     ;;
 esac
+
+# armhf packages come from apt's armhf lists: enable the architecture
+# once. `apt-get update` may report a failed index (bookworm-security's
+# armhf list was caught mid-sync once); what matters is whether the
+# packages below have candidates afterwards, which is checked there.
+# (Outputs are read into variables first: grep -q closing a pipe early
+# would fail the pipeline under pipefail.)
+enable_armhf() {
+  local foreign policy
+  foreign="$(dpkg --print-foreign-architectures)"
+  if ! grep -qx armhf <<<"$foreign"; then
+    dpkg --add-architecture armhf
+  fi
+  policy="$(apt-cache policy "$XEN_PKG:armhf" 2>/dev/null)"
+  if ! grep -q 'Candidate: [0-9]' <<<"$policy"; then
+    echo "fetch: apt has no armhf lists yet; apt-get update"
+    apt-get update -q || echo "fetch: apt-get update reported errors (continuing with the lists it got)"
+  fi
+}
 
 # The rig sources the result depends on.
 KEY_FILES=("$RIG_DIR/fetch.sh" "$RIG_DIR/dom0/init")
@@ -114,6 +119,8 @@ if [ $FORCE = 0 ] && [ -f "$STAMP.quick" ] && [ "$(cat "$STAMP.quick")" = "$QUIC
   echo "fetch: $BOOT is up to date ($(cat "$BOOT/kernel-version" 2>/dev/null), apt lists unchanged), nothing to do ($(elapsed) s)"
   exit 0
 fi
+
+[ "$ARCH" = arm32 ] && enable_armhf
 
 # The newest Debian 6.1 kernel of this flavour that apt knows about.
 kernel_pkg() {
