@@ -110,8 +110,8 @@ fn counter_nonce(counter: u64) -> [u8; 12] {
 }
 
 /// A ChaCha20-Poly1305 key prepared once for many messages: the transport keys
-/// of a session. With ring the key object is built once (building it per
-/// packet costs about as much as sealing a 64-byte packet).
+/// of a session. With ring the key object is built once; building it per
+/// packet cost about 150 instructions, a tenth of sealing 64 bytes.
 pub struct AeadKey(aead::Prepared);
 
 impl AeadKey {

@@ -3,8 +3,10 @@
 //!
 //! We write our own instead of adopting a crate: boringtun needs `std`, and the
 //! `no_std` crates on crates.io were not mature enough to pass the interop and
-//! timer tests this project requires. Crypto comes from RustCrypto
-//! (`chacha20poly1305`, `blake2`, `x25519-dalek`), all `no_std`.
+//! timer tests this project requires. Crypto comes from `ring` (ChaCha20-Poly1305
+//! on hosted targets), RustCrypto (`chacha20poly1305` on bare metal and for
+//! XChaCha20, `blake2`) and `x25519-dalek`/`curve25519-dalek`, all `no_std`;
+//! see [`crypto`] and the README for which runs where.
 //!
 //! The design is sans-io: [`Tunnel`] takes the time and a [`Random`] source as
 //! arguments and returns [`Action`]s; it never reads a clock or touches a socket.
