@@ -126,7 +126,7 @@ PIDS+=($!)
 ip netns exec "$NS_S" "$PY" "$E2E/dns_server.py" 10.200.0.80 server.vpn.test=10.200.0.80 &
 PIDS+=($!)
 
-ip netns exec "$NS_R" tcpdump -Z root -U -n -i "$TAP_U" -w "$WORK/uplink.pcap" 2> "$WORK/tcpdump.log" &
+ip netns exec "$NS_R" tcpdump -Z root -U --immediate-mode -B 32768 -n -i "$TAP_U" -w "$WORK/uplink.pcap" 2> "$WORK/tcpdump.log" &
 DUMP_PID=$!
 for _ in $(seq 50); do grep -q "listening on" "$WORK/tcpdump.log" && break; sleep 0.1; done
 
@@ -152,8 +152,14 @@ for _ in $(seq 100); do [ "$(stat_of peer0_handshakes)" -ge 1 ] && break; sleep 
 echo "first handshake $(ms_since "$peer_start_ns") ms after wireguard-go started (the gateway retries every 5 s)"
 wait "$COUNT_PID"
 delivered=$(wc -w < "$WORK/udp_sources")
-[ "$delivered" = "$queued" ] && pass "the $delivered queued datagrams were delivered through the tunnel after the handshake" \
-    || fail "queued $queued, delivered $delivered"
+# wireguard-go's UDP socket (default receive buffer) may overflow on the
+# burst of 256; those losses are the peer's, counted by its kernel.
+peer_lost=$(ip netns exec "$NS_R" awk '$1 == "Udp:" { if (n++) print $(i) ; else for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") break }' /proc/net/snmp)
+if [ "$delivered" = "$queued" ]; then
+    pass "the $delivered queued datagrams were delivered through the tunnel after the handshake"
+elif [ $((delivered + peer_lost)) = "$queued" ]; then
+    pass "the $queued queued datagrams were sent after the handshake: $delivered delivered, $peer_lost lost in wireguard-go's socket buffer"
+else fail "queued $queued, delivered $delivered, lost by the peer's socket $peer_lost"; fi
 
 # --- phase 1: through the tunnel ---
 t0=$(date +%s%N)
@@ -239,7 +245,14 @@ sleep 0.3
 [ "$(stat_of peer0_handshakes)" -ge 2 ] && pass "new handshake after the restart ($(stat_of peer0_handshakes) in all)" || fail "handshakes=$(stat_of peer0_handshakes)"
 
 # --- the capture ---
+# Counters first, capture stopped after: every datagram the gateway counted
+# as sent by then must be in the capture.
+sleep 1
+sent=$(stat_of uplink_tx_datagrams) received=$(stat_of uplink_rx_datagrams)
+sleep 0.5
 kill -INT "$DUMP_PID"; wait "$DUMP_PID" 2>/dev/null; DUMP_PID=
+grep -E "packets (captured|received|dropped)" "$WORK/tcpdump.log"
+grep -q "^0 packets dropped by kernel" "$WORK/tcpdump.log" && pass "tcpdump dropped nothing" || fail "tcpdump dropped packets"
 echo "--- uplink capture ---"
 if "$PY" "$HERE/pcap_check.py" "$WORK/uplink.pcap" "$GW_MAC" 192.0.2.2 51820 198.51.100.1 51820 \
     10.138.0.0/24 "$SECRET" "cold=$cold_start,$cold_end" "down=$down_start,$down_end" > "$WORK/pcap.txt"; then
@@ -247,6 +260,9 @@ if "$PY" "$HERE/pcap_check.py" "$WORK/uplink.pcap" "$GW_MAC" 192.0.2.2 51820 198
 else fail "uplink capture"; fi
 cat "$WORK/pcap.txt"
 pc() { awk -v k="$1" '$1 == k { print $2 }' "$WORK/pcap.txt"; }
+captured=$(awk '$1 ~ /_from_gw_wg_/ { n += $2 } END { print n + 0 }' "$WORK/pcap.txt")
+[ "$captured" -ge "$sent" ] && pass "the capture holds all $sent datagrams the gateway sent ($captured by the end)" \
+    || fail "the gateway sent $sent datagrams, the capture holds $captured"
 [ "${pc_down:=$(pc down_cleartext_client)}" = "" ] && pass "zero cleartext client packets while the peer was down" || fail "cleartext while down: $pc_down"
 [ "$(pc down_from_gw_wg_initiation)" -ge 2 ] 2>/dev/null && pass "handshake retried while the peer was down ($(pc down_from_gw_wg_initiation) initiations)" || fail "no handshake retries while down"
 [ -z "$(pc cold_from_gw_wg_data)" ] && [ "$(pc cold_from_gw_wg_initiation)" -ge 1 ] 2>/dev/null && pass "no session: only initiations left ($(pc cold_from_gw_wg_initiation))" || fail "cold start capture"
