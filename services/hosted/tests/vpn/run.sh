@@ -174,6 +174,25 @@ got=$(in_c curl -sS --max-time 10 "${URL}big.bin" | sha256sum)
 if [ "$got" = "$want" ]; then
     pass "300 kB download through the tunnel intact ($(ms_since "$t0") ms)"
 else fail "300 kB download: sha256 $got, want $want"; fi
+if in_c "$PY" "$E2E/ping.py" 10.200.0.80 > /dev/null; then
+    pass "ping through the tunnel (ICMP echo id masqueraded and mapped back)"
+else fail "ping through the tunnel"; fi
+# UDP to a closed port: the server's ICMP port-unreachable, addressed to the
+# tunnel address, is translated back to the client (quoted header included).
+out=$(in_c "$PY" -c "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect(('10.200.0.80', 9))
+s.send(b'anyone?')
+try:
+    s.recv(100)
+    print('answer')
+except ConnectionRefusedError:
+    print('refused')
+except OSError as e:
+    print(e)")
+[ "$out" = "refused" ] && pass "ICMP port unreachable from behind the peer reaches the client" || fail "ICMP error through NAT: $out"
 if out=$(in_c "$PY" "$E2E/dns_query.py" 10.139.1.1 server.vpn.test) && [ "$out" = "10.200.0.80" ]; then
     pass "DNS to 10.139.1.1 answered by the tunnel's DNS server"
 else fail "DNS via 10.139.1.1: $out"; fi
