@@ -24,6 +24,7 @@ pub mod arch;
 pub mod boot;
 pub mod cmdline;
 pub mod console;
+pub mod control;
 #[cfg(target_os = "none")]
 pub mod devices;
 pub mod executor;

@@ -143,6 +143,9 @@ mod image {
             uplink.mac(),
             uplink.device().backend
         );
+        if let Some(xs) = uplink.env().xenstore_mut() {
+            let _ = kernel::control::advertise(xs).await;
+        }
         // Frontends may send checksum-blank packets (passed on to the
         // uplink's backend) but no GSO: we would have to segment them.
         let options = BackendOptions {
@@ -239,6 +242,14 @@ mod image {
                 let Some(xs) = uplink.env().xenstore_mut() else {
                     return Exit::Crash;
                 };
+                if let Some(request) = kernel::control::requested(xs).await {
+                    println!("netbridge: {request:?} requested by the toolstack");
+                    for c in clients.drain(..) {
+                        let _ = c.vif.close(&mut benv, xs).await;
+                    }
+                    let _ = uplink.disconnect().await;
+                    return request.into();
+                }
                 for (i, c) in clients.iter().enumerate() {
                     match c.vif.device().health(xs).await {
                         Ok(Health::Connected) => {}

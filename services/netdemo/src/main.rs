@@ -143,6 +143,9 @@ mod image {
             }
         };
 
+        if let Some(xs) = dev.env().xenstore_mut() {
+            let _ = kernel::control::advertise(xs).await;
+        }
         let mac = dev.mac().0;
         let mut config = Config::new(EthernetAddress(mac).into());
         config.random_seed =
@@ -221,6 +224,14 @@ mod image {
             }
             if now >= next_check {
                 next_check = now + SECOND;
+                if let Some(xs) = dev.env().xenstore_mut() {
+                    if let Some(request) = kernel::control::requested(xs).await {
+                        println!("netdemo: {request:?} requested by the toolstack");
+                        let report = dev.disconnect().await;
+                        log::debug!("netfront released: {report:?}");
+                        return request.into();
+                    }
+                }
                 let counters = apps.counters();
                 if counters != last_counters && now >= next_stats {
                     println!(
