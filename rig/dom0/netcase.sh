@@ -1,5 +1,5 @@
 #!/bin/bash
-# Runs moat's netdemo image in the rig's dom0 and exercises it from dom0
+# Runs moat's netdemo image (or the Linux domU of rig/domu) in the rig's dom0 and exercises it from dom0
 # through Linux netback and the bridge xenbr0 (10.99.0.1/24).
 #
 # usage: bash netcase.sh NAME CONFIG MIB PINGS DETACH [XL_KEY=VALUE...]
@@ -15,7 +15,7 @@
 #   RIG not-ready NAME
 #   RIG ping NAME SENT RECEIVED
 #   RIG tcp-echo NAME ok|bad
-#   RIG udp-echo NAME ok|bad
+#   RIG udp-echo NAME ok|bad|skipped
 #   RIG source NAME BYTES CRC SECONDS        what dom0 received from port 5002
 #   RIG sink-data NAME SIZE x N crc CRC      the random data sent to the sink
 #   RIG sink NAME BYTES CRC SECONDS          what dom0 sent to port 5001
@@ -26,11 +26,22 @@
 #   XL_KEY=VALUE  xl config overrides (e.g. another vif=, extra=)
 # The guest's address and MAC come from NETCASE_IP / NETCASE_MAC
 # (default 10.99.0.2, 00:16:3e:6d:6f:01, as in configs/netdemo-*.cfg).
+# For other guests (the Linux domU of rig/domu):
+#   NETCASE_READY       console line that says the guest serves (default
+#                       "netdemo: ready")
+#   NETCASE_READY_WAIT  seconds to wait for it (default 60)
+#   NETCASE_UDP=0       no UDP echo test: prints `RIG udp-echo NAME skipped`
+#   NETCASE_KEEP=1      leave the guest running at the end (the caller
+#                       destroys it), e.g. for domU -> domU runs
 set -u
 name=$1 cfg=$2 mib=$3 pings=$4 detach=$5
 shift 5
 ip=${NETCASE_IP:-10.99.0.2}
 mac=${NETCASE_MAC:-00:16:3e:6d:6f:01}
+ready=${NETCASE_READY:-netdemo: ready}
+ready_wait=${NETCASE_READY_WAIT:-60}
+udp=${NETCASE_UDP:-1}
+keep=${NETCASE_KEEP:-0}
 log=/var/log/xen/console/guest-$name.log
 rm -f "$log"
 
@@ -47,7 +58,7 @@ wait_log() {
 }
 finish() {
   sed 's/^/GUEST /' "$log" 2>/dev/null
-  xl destroy "$name" 2>/dev/null
+  [ "$keep" = 1 ] || xl destroy "$name" 2>/dev/null
   echo "RIG end $name"
 }
 
@@ -56,7 +67,7 @@ t0=$(now)
 if ! xl create "$cfg" "name=\"$name\"" "$@" >/dev/null 2>&1; then
   echo "RIG not-ready $name"; finish; exit 0
 fi
-if ! wait_log "netdemo: ready" 60; then
+if ! wait_log "$ready" "$ready_wait"; then
   echo "RIG not-ready $name"; finish; exit 0
 fi
 echo "RIG ready $name $(elapsed "$t0")"
@@ -71,7 +82,9 @@ echo "RIG tcp-echo $name $r"
 # busybox nc has no UDP: bash's /dev/udp connects a datagram socket; cat
 # (not read, which takes a datagram per byte) gets the whole answer.
 r=bad
-if exec 3<>"/dev/udp/$ip/7"; then
+if [ "$udp" = 0 ]; then
+  r=skipped
+elif exec 3<>"/dev/udp/$ip/7"; then
   echo "$word" >&3
   [ "$(timeout 3 cat <&3)" = "$word" ] && r=ok
   exec 3<&-

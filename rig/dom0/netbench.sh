@@ -1,0 +1,95 @@
+#!/bin/bash
+# Benchmarks between guests that rig/dom0/netcase.sh left running
+# (NETCASE_KEEP=1), for rig/test_netdemo.py. Figures only; the test asserts
+# the CRCs and counts, never the speeds.
+#
+# usage:
+#   bash netbench.sh pull CLIENT CLIENT_IP SERVER SERVER_IP MIB
+#       domU -> domU TCP: asks the Linux domU CLIENT (rig/domu/init, port
+#       5003) to pull MIB MiB + 7 bytes from the netdemo SERVER's source
+#       (port 5002). Prints
+#       RIG pull CLIENT SERVER BYTES CRC SECONDS SERVER_CRC
+#       (what CLIENT received and how long it took, and the CRC the server
+#       printed for what it sent; SERVER_CRC is "none" when it printed none)
+#   bash netbench.sh pps NAME IP MAC KIND [SECONDS]
+#       64-byte UDP frames to port 9 of guest NAME for SECONDS (default 5),
+#       made by the kernel's pktgen (/guest/pktgen.ko) straight into NAME's
+#       vif in dom0 (Linux netback). KIND says how the guest counts them:
+#       netdemo (udp-discarded= of its `netdemo: stats:` lines) or linux
+#       (UDP NoPorts from rig/domu/init's port 5004). Prints
+#       RIG pps NAME SENT MICROSECONDS RECEIVED
+#       or `RIG pps NAME failed WHY`.
+set -u
+console() { echo "/var/log/xen/console/guest-$1.log"; }
+
+pull() {
+  local client=$1 cip=$2 server=$3 sip=$4 mib=$5
+  local bytes=$((mib * 1048576 + 7)) out scrc i
+  out=$(echo "$sip 5002 $bytes" | nc "$cip" 5003)
+  set -- $out
+  scrc=none
+  i=0
+  while [ $i -lt 25 ]; do
+    scrc=$(sed -n "s/.*netdemo: source: $bytes bytes crc32 \([0-9a-f]*\).*/\1/p" "$(console "$server")" | tail -1)
+    [ -n "$scrc" ] && break
+    scrc=none
+    sleep 0.2
+    i=$((i + 1))
+  done
+  echo "RIG pull $client $server ${1:-0} ${2:-none} ${3:-0} $scrc"
+  grep -h -e "linuxdomu: pull" -e "linuxdomu: FAIL" "$(console "$client")" | sed 's/^/GUEST /'
+}
+
+# received packets so far, as the guest counts them
+udp_count() {
+  local name=$1 ip=$2 kind=$3
+  if [ "$kind" = linux ]; then
+    echo | nc -w 5 "$ip" 5004 | sed -n 's/.*udp-noports=\([0-9]*\).*/\1/p'
+  else
+    local n
+    n=$(sed -n 's/.*netdemo: stats: .*udp-discarded=\([0-9]*\).*/\1/p' "$(console "$name")" | tail -1)
+    echo "${n:-0}"
+  fi
+}
+
+pps() {
+  local name=$1 ip=$2 mac=$3 kind=$4 secs=${5:-5}
+  local pg=/proc/net/pktgen dom dev before after res c
+  if [ ! -d $pg ] && ! insmod /guest/pktgen.ko; then
+    echo "RIG pps $name failed insmod-pktgen"; return
+  fi
+  dom=$(xl domid "$name" 2>/dev/null)
+  dev=$(ls /sys/class/net | grep "^vif$dom\." | tail -1)
+  if [ -z "$dom" ] || [ -z "$dev" ]; then
+    echo "RIG pps $name failed no-vif"; return
+  fi
+  before=$(udp_count "$name" "$ip" "$kind")
+  echo "rem_device_all" >$pg/kpktgend_0
+  echo "add_device $dev" >$pg/kpktgend_0
+  for c in "count 0" "clone_skb 0" "pkt_size 64" "delay 0" "dst $ip" "dst_mac $mac" \
+           "src_min 10.99.0.1" "src_max 10.99.0.1" "udp_src_min 9" "udp_src_max 9" \
+           "udp_dst_min 9" "udp_dst_max 9" "flag UDPCSUM"; do
+    echo "$c" >$pg/"$dev" || { echo "RIG pps $name failed pktgen-$c"; return; }
+  done
+  echo start >$pg/pgctrl &
+  sleep "$secs"
+  echo stop >$pg/pgctrl
+  wait
+  # e.g. "Result: OK: 5001234(c4990000+d11234) usec, 123456 (64byte,0frags)"
+  res=$(sed -n 's/.*Result: OK: \([0-9]*\)(.*usec, \([0-9]*\) (.*/\2 \1/p' $pg/"$dev")
+  grep -h -e "Result:" -e "errors:" $pg/"$dev" | sed "s/^/RIG pktgen $name /"
+  echo "rem_device_all" >$pg/kpktgend_0
+  # netdemo prints its counters at most every 10 s
+  [ "$kind" = linux ] && sleep 1 || sleep 11
+  after=$(udp_count "$name" "$ip" "$kind")
+  if [ -z "$res" ] || [ -z "$before" ] || [ -z "$after" ]; then
+    echo "RIG pps $name failed result=[$res] before=[$before] after=[$after]"; return
+  fi
+  echo "RIG pps $name $res $((after - before))"
+}
+
+case "${1:-}" in
+pull) shift; pull "$@" ;;
+pps) shift; pps "$@" ;;
+*) echo "usage: netbench.sh pull|pps ..." >&2; exit 2 ;;
+esac
