@@ -10,23 +10,30 @@ In dom0, one after the other:
     assertions as on amd64);
   - rig/dom0/netcase.sh with configs/netdemo-arm32.cfg: ping, TCP and UDP
     echo and MIB MiB each way over TCP from dom0 through Linux netback,
-    asserted by rig/test_netdemo.py's checks.
+    asserted by rig/test_netdemo.py's checks;
+  - blkdemo with configs/blkdemo-arm32.cfg on a file-backed disk through
+    Linux blkback, as rig/test_blkdemo.py runs it: MIB MiB of a seeded
+    pattern written, read back, and read back again by a new domain.
 Prints every failed assertion, the figures (never asserted) and
 `N passed, M failed`.
 
-usage: python3 rig/test_arm32.py [--selftest PATH] [--netdemo PATH]
-          [--mib N] [--pings N] [--timeout S] [--log FILE] [--quiet]
-The images default to target/images/arm32/{selftest,netdemo} (zImages).
+usage: python3 rig/test_arm32.py [--selftest PATH] [--netdemo PATH|none]
+          [--blkdemo PATH|none] [--mib N] [--pings N] [--timeout S]
+          [--log FILE] [--quiet]
+The images default to target/images/arm32/{selftest,netdemo,blkdemo}
+(zImages).
 Exit status: 0 when every assertion held, 1 otherwise, 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_blkdemo  # noqa: E402
 import test_netdemo  # noqa: E402
 import test_selftest  # noqa: E402
 import xenrig  # noqa: E402
@@ -36,13 +43,41 @@ REPO = Path(__file__).resolve().parent.parent
 NETDEMO = "netdemo-arm32"
 
 
-def dom0_script(netdemo: bool, mib: int, pings: int) -> str:
-    """The selftest runs, then (with `netdemo`) one netcase.sh run."""
+def dom0_script(netdemo: bool, blkdemo: bool, mib: int, pings: int) -> str:
+    """The selftest runs, then (with `netdemo`) one netcase.sh run, then
+    (with `blkdemo`) the blkdemo write and verify runs."""
     script = test_selftest.dom0_script(["arm32"])
     if netdemo:
         script += f"bash /guest/netcase.sh {NETDEMO} /guest/{NETDEMO}.cfg {mib} {pings} 0\n"
         script += "xl list\n"
+    if blkdemo:
+        script += test_blkdemo.dom0_script(["arm32"], mib, False)
     return script
+
+
+def check_blkdemo(tally, texts: list, mib: int, bench: list) -> None:
+    """The blkdemo assertions (as rig/test_blkdemo.py makes them)."""
+    rx = r"blkdemo: %s: (\d+) bytes crc32 ([0-9a-f]{8}) in (\d+) us(?:: (.*))?"
+    w = test_blkdemo.segment(texts, "blkdemo-arm32-write")
+    v = test_blkdemo.segment(texts, "blkdemo-arm32-verify")
+    nbytes = mib << 20
+
+    def found(seg: list, what: str) -> list:
+        return [m for m in (re.search(rx % what, line) for line in seg) if m]
+
+    wl, vw, vv = found(w, "write"), found(w, "verify"), found(v, "verify")
+    tally.check(any(l.startswith("blkdemo: disk: ") for l in w), "the disk connected (`blkdemo: disk:`)")
+    tally.check(bool(wl) and int(wl[0].group(1)) == nbytes, f"wrote {nbytes} bytes")
+    tally.check(bool(vw) and vw[0].group(4) == "ok", "read back equal to what was written")
+    tally.check(bool(vv) and bool(wl) and vv[0].group(4) == "ok" and vv[0].group(2) == wl[0].group(2),
+                "after a restart the disk still holds the pattern")
+    for seg, name in ((w, "write"), (v, "verify")):
+        n = f"blkdemo-arm32-{name}"
+        tally.check(f"RIG end {n}" in seg and f"RIG crashed {n}" not in seg
+                    and f"RIG timeout {n}" not in seg, f"the {name} run powered off by itself")
+    if wl and vw:
+        bench.append(f"blkdemo-arm32: write {nbytes / int(wl[0].group(3)):.1f} MB/s (incl. flush), "
+                     f"read {nbytes / int(vw[0].group(3)):.1f} MB/s")
 
 
 def main(argv=None) -> int:
@@ -51,16 +86,20 @@ def main(argv=None) -> int:
     ap.add_argument("--selftest", type=Path, default=REPO / "target/images/arm32/selftest")
     ap.add_argument("--netdemo", type=Path, default=REPO / "target/images/arm32/netdemo",
                     help="the netdemo image; `none` skips the network test")
-    ap.add_argument("--mib", type=int, default=16, help="MiB each way over TCP (multiple of 16)")
+    ap.add_argument("--blkdemo", type=Path, default=REPO / "target/images/arm32/blkdemo",
+                    help="the blkdemo image; `none` skips the disk test")
+    ap.add_argument("--mib", type=int, default=16,
+                    help="MiB each way over TCP and onto the disk (multiple of 16)")
     ap.add_argument("--pings", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=1200.0)
     ap.add_argument("--log", type=Path)
     ap.add_argument("--quiet", action="store_true", help="do not stream the serial output")
     args = ap.parse_args(argv)
     with_net = str(args.netdemo) != "none"
+    with_blk = str(args.blkdemo) != "none"
     if args.mib % 16 or args.mib <= 0 or args.pings <= 0:
         ap.error("--mib takes a positive multiple of 16, --pings a positive count")
-    for image in [args.selftest] + ([args.netdemo] if with_net else []):
+    for image in [args.selftest] + ([args.netdemo] if with_net else []) + ([args.blkdemo] if with_blk else []):
         if not image.is_file():
             print(f"test_arm32: no image at {image}; run `make images`", file=sys.stderr)
             return 2
@@ -76,9 +115,11 @@ def main(argv=None) -> int:
             (REPO / "rig/dom0/netcase.sh", "netcase.sh"),
             (REPO / f"configs/{NETDEMO}.cfg", f"{NETDEMO}.cfg"),
         ]
+    if with_blk:
+        guests += [(args.blkdemo, "blkdemo"), (REPO / "configs/blkdemo-arm32.cfg", "blkdemo-arm32.cfg")]
     xenrig.exit_on_sigterm()
     result = xenrig.run_script(
-        dom0_script(with_net, args.mib, args.pings), guests, arch="arm32",
+        dom0_script(with_net, with_blk, args.mib, args.pings), guests, arch="arm32",
         timeout=args.timeout, log=args.log, echo=not args.quiet,
     )
 
@@ -92,12 +133,16 @@ def main(argv=None) -> int:
     test_selftest.assert_reboot(st, result.lines, names["reboot"])
     tallies = [rig, st]
     bench: list = []
+    texts = [l for _, l in result.lines]
     if with_net:
         net = test_selftest.Tally(NETDEMO)
-        texts = [l for _, l in result.lines]
         passed, failures = test_netdemo.check_type(NETDEMO, texts, args.mib, args.pings, False, bench)
         net.passed, net.failures = passed, failures
         tallies.append(net)
+    if with_blk:
+        blk = test_selftest.Tally("blkdemo-arm32")
+        check_blkdemo(blk, texts, args.mib, bench)
+        tallies.append(blk)
 
     test_selftest.print_benchmarks(result.lines, ["arm32"])
     for b in bench:
