@@ -126,6 +126,20 @@ pub struct GuestInfo<'a> {
     pub gic: Option<(u64, u64)>,
 }
 
+impl GuestInfo<'_> {
+    /// The RAM banks as whole-page pfn ranges, cut at address `limit`
+    /// (partial pages at either end are left out; empty ranges dropped).
+    pub fn ram_pfns_below(&self, limit: u64) -> impl Iterator<Item = core::ops::Range<u64>> + '_ {
+        self.banks[..self.nbanks.min(MAX_BANKS)]
+            .iter()
+            .filter_map(move |b| {
+                let end = b.base.saturating_add(b.size).min(limit);
+                let (first, last) = (b.base.div_ceil(4096), end / 4096);
+                (first < last).then_some(first..last)
+            })
+    }
+}
+
 impl<'a> Fdt<'a> {
     /// Checks the header of `blob` and the bounds of its blocks.
     pub fn new(blob: &'a [u8]) -> Result<Self, FdtError> {

@@ -14,7 +14,7 @@ use xen::abi::Port;
 use xen::hypercall::XenError;
 use xen::shared_info::SharedInfoPage;
 
-use crate::fdt::{self, Bank, Fdt, GuestInfo};
+use crate::fdt::{self, Fdt, GuestInfo};
 
 core::arch::global_asm!(include_str!("head.S"));
 
@@ -469,11 +469,11 @@ extern "C" fn moat_arm32_start(dtb: usize) -> ! {
     unsafe { __moat_arm32_main(boot) }
 }
 
-/// RAM banks as pfn ranges, for the kernel's frame allocator.
+/// RAM banks as pfn ranges, for the kernel's frame allocator: the part
+/// the 32-bit 1:1 map reaches (Xen's second RAM bank, for guests over
+/// 3 GiB, lies above 4 GiB and is left out).
 pub fn ram_banks<'a>(dt: &'a GuestInfo<'_>) -> impl Iterator<Item = core::ops::Range<u64>> + 'a {
-    dt.banks[..dt.nbanks]
-        .iter()
-        .map(|b: &Bank| (b.base >> 12)..((b.base + b.size) >> 12))
+    dt.ram_pfns_below(1 << 32)
 }
 
 /// Called by the exception vectors: report and crash the domain.

@@ -163,6 +163,30 @@ fn one_cell_addresses_and_several_banks() {
 }
 
 #[test]
+fn ram_is_cut_at_the_limit_and_to_whole_pages() {
+    let mut info = GuestInfo::default();
+    info.banks[0] = Bank {
+        base: 0x4000_0000,
+        size: 0xc000_0000,
+    };
+    info.banks[1] = Bank {
+        base: 0x2_0000_0000,
+        size: 0x1000_0000,
+    };
+    info.banks[2] = Bank {
+        base: 0x1800,
+        size: 0x2000,
+    };
+    info.banks[3] = Bank {
+        base: u64::MAX - 10,
+        size: 100,
+    };
+    info.nbanks = 4;
+    let r: Vec<_> = info.ram_pfns_below(1 << 32).collect();
+    assert_eq!(r, [0x40000..0x100000, 2..3]);
+}
+
+#[test]
 fn a_reg_of_the_wrong_length_is_an_error() {
     let mut b = Builder::new();
     b.begin("")
