@@ -72,6 +72,8 @@ pub struct Netfront<E: NetEnv> {
     broken: Option<NetfrontError>,
     released: bool,
     notifies: u64,
+    options: ConnectOptions,
+    bad_checksums: u64,
 }
 
 fn alloc_pool<E: NetEnv>(
@@ -194,6 +196,8 @@ impl<E: NetEnv> Netfront<E> {
             broken: None,
             released: false,
             notifies: 0,
+            options,
+            bad_checksums: 0,
         };
         match front.handshake(options).await {
             Ok(()) => Ok(front),
@@ -425,6 +429,22 @@ impl<E: NetEnv> Netfront<E> {
             }
         }
         Ok(())
+    }
+
+    /// The options this device was connected with.
+    pub fn options(&self) -> ConnectOptions {
+        self.options
+    }
+
+    /// Packets the smoltcp device dropped for a bad checksum (only counted
+    /// when connected with `rx_csum_blank`: then the device, not smoltcp,
+    /// verifies what the backend did not).
+    pub fn bad_checksums(&self) -> u64 {
+        self.bad_checksums
+    }
+
+    pub(crate) fn count_bad_checksum(&mut self) {
+        self.bad_checksums += 1;
     }
 
     /// The next received packet (queues taken in turn).

@@ -95,10 +95,15 @@ mod image {
 
     /// Connect `path`, retrying every second while the backend is not
     /// there yet.
-    async fn connect(h: &Handle, mut env: XenEnv, path: &str) -> Netfront<XenEnv> {
+    async fn connect(
+        h: &Handle,
+        mut env: XenEnv,
+        path: &str,
+        options: ConnectOptions,
+    ) -> Netfront<XenEnv> {
         let mut complained = false;
         loop {
-            match Netfront::connect(env, path, ConnectOptions::default()).await {
+            match Netfront::connect(env, path, options).await {
                 Ok(dev) => return dev,
                 Err((back, e)) => {
                     if !complained {
@@ -125,7 +130,12 @@ mod image {
         let h = env.executor.clone();
         let path = format!("device/vif/{}", settings.vif);
         let xenv = XenEnv::new(env.platform, h.clone(), Some(xs));
-        let mut dev = connect(&h, xenv, &path).await;
+        let options = ConnectOptions {
+            rx_csum_blank: settings.rx_offload,
+            rx_gso: settings.rx_offload,
+            ..ConnectOptions::default()
+        };
+        let mut dev = connect(&h, xenv, &path, options).await;
 
         let backend_ip = {
             let backend = dev.device().backend.clone();
@@ -182,7 +192,7 @@ mod image {
             let now = h.now_ns();
             if let Err(e) = dev.poll() {
                 println!("netdemo: backend gone ({e}): reconnecting");
-                dev = reconnect(&h, dev, &path).await;
+                dev = reconnect(&h, dev, &path, options).await;
                 continue;
             }
             iface.poll(instant(now), &mut dev, &mut sockets);
@@ -243,7 +253,7 @@ mod image {
                 }
                 if let Err(e) = dev.check_backend().await {
                     println!("netdemo: backend gone ({e}): reconnecting");
-                    dev = reconnect(&h, dev, &path).await;
+                    dev = reconnect(&h, dev, &path, options).await;
                     continue;
                 }
             }
@@ -255,15 +265,20 @@ mod image {
         }
     }
 
-    async fn reconnect(h: &Handle, dev: Netfront<XenEnv>, path: &str) -> Netfront<XenEnv> {
-        match dev.reconnect(ConnectOptions::default()).await {
+    async fn reconnect(
+        h: &Handle,
+        dev: Netfront<XenEnv>,
+        path: &str,
+        options: ConnectOptions,
+    ) -> Netfront<XenEnv> {
+        match dev.reconnect(options).await {
             Ok(dev) => {
                 println!("netdemo: reconnected");
                 dev
             }
             Err((env, e)) => {
                 println!("netdemo: reconnect failed ({e}); retrying");
-                let dev = connect(h, env, path).await;
+                let dev = connect(h, env, path, options).await;
                 println!("netdemo: reconnected");
                 dev
             }

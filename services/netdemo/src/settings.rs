@@ -20,6 +20,9 @@ pub struct NetdemoSettings {
     pub vif: u32,
     /// `netdemo.tcp-buffer=KiB`: each TCP sink/source buffer (default 256).
     pub tcp_buffer_kib: u64,
+    /// `netdemo.rx-offload=0|1`: accept blank checksums and GSO
+    /// super-packets from the backend (default 1; see netfront's device).
+    pub rx_offload: bool,
 }
 
 impl Default for NetdemoSettings {
@@ -30,6 +33,7 @@ impl Default for NetdemoSettings {
             dhcp: false,
             vif: 0,
             tcp_buffer_kib: 256,
+            rx_offload: true,
         }
     }
 }
@@ -42,6 +46,7 @@ impl Settings for NetdemoSettings {
             "netdemo.dhcp" => self.dhcp = cmdline::parse_bool(value)?,
             "netdemo.vif" => self.vif = cmdline::parse_u64_in(value, 0..=255)? as u32,
             "netdemo.tcp-buffer" => self.tcp_buffer_kib = cmdline::parse_u64_in(value, 4..=8192)?,
+            "netdemo.rx-offload" => self.rx_offload = cmdline::parse_bool(value)?,
             _ => return Err(SettingError::Unknown),
         }
         Ok(())
@@ -54,6 +59,7 @@ impl Settings for NetdemoSettings {
             "netdemo.dhcp",
             "netdemo.vif",
             "netdemo.tcp-buffer",
+            "netdemo.rx-offload",
         ]
     }
 }
