@@ -21,7 +21,7 @@ AMD64 := x86_64-unknown-none
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
 
-.PHONY: help deps images run test test-host test-xen test-xen-long fuzz lint fmt bench bench-firewall clean
+.PHONY: help deps images run test test-host test-xen test-xen-long fuzz lint fmt bench bench-firewall bench-wg clean
 
 help:
 	@echo "make run     boot Xen in QEMU, start the selftest image with xl create, show its console"
@@ -29,6 +29,8 @@ help:
 	@echo "make images  build every service image to $(IMAGE_DIR)/<name>"
 	@echo "make bench   benchmarks (printed, never asserted)"
 	@echo "make fuzz    each fuzz target for 30 s"
+	@echo "make bench-wg  WireGuard throughput/handshakes, ours beside boringtun (printed)"
+	@echo "make test-xen-long  1 GiB each way through netfront on the rig (tens of minutes)"
 
 deps:
 	@scripts/install-deps.sh
@@ -72,9 +74,14 @@ fuzz: deps
 
 test: fmt lint test-host fuzz test-xen
 
-bench: images bench-firewall
+bench: images bench-firewall bench-wg
 	python3 rig/bench_boot.py --image $(IMAGE_DIR)/selftest
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --bench --timeout 1500
+
+# Our WireGuard beside boringtun, one process pinned to one CPU (printed).
+bench-wg: deps
+	$(CARGO) build --release -p wireguard --example bench
+	$(CARGO_TARGET_DIR)/release/examples/bench
 
 bench-firewall: deps
 	$(CARGO) build --release -p hosted
