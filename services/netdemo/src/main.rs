@@ -7,7 +7,7 @@
 //! Console lines the rig reads:
 //!
 //! ```text
-//! netdemo: ready: <ip>/<len> mac <mac> (<source>)
+//! netdemo: ready: <ip>/<len> mac <mac> queues <n> (<source>)
 //! netdemo: sink: <bytes> bytes crc32 <hex> in <us> us
 //! netdemo: source: <bytes> bytes crc32 <hex> in <us> us
 //! netdemo: backend gone (<why>): reconnecting
@@ -133,6 +133,7 @@ mod image {
         let options = ConnectOptions {
             rx_csum_blank: settings.rx_offload,
             rx_gso: settings.rx_offload,
+            max_queues: settings.queues,
             ..ConnectOptions::default()
         };
         let mut dev = connect(&h, xenv, &path, options).await;
@@ -174,8 +175,9 @@ mod image {
                     let _ = iface.routes_mut().add_default_ipv4_route(gw);
                 }
                 println!(
-                    "netdemo: ready: {ip} mac {} ({from}{})",
+                    "netdemo: ready: {ip} mac {} queues {} ({from}{})",
                     dev.mac(),
+                    dev.queues().len(),
                     gw.map(|g| format!(", gateway {g}")).unwrap_or_default()
                 );
             }

@@ -23,6 +23,9 @@ pub struct NetdemoSettings {
     /// `netdemo.rx-offload=0|1`: accept blank checksums and GSO
     /// super-packets from the backend (default 1; see netfront's device).
     pub rx_offload: bool,
+    /// `netdemo.queues=N`: most queues to ask for (1..=8, default 1; the
+    /// backend's `multi-queue-max-queues` caps it).
+    pub queues: u32,
 }
 
 impl Default for NetdemoSettings {
@@ -34,6 +37,7 @@ impl Default for NetdemoSettings {
             vif: 0,
             tcp_buffer_kib: 256,
             rx_offload: true,
+            queues: 1,
         }
     }
 }
@@ -47,6 +51,7 @@ impl Settings for NetdemoSettings {
             "netdemo.vif" => self.vif = cmdline::parse_u64_in(value, 0..=255)? as u32,
             "netdemo.tcp-buffer" => self.tcp_buffer_kib = cmdline::parse_u64_in(value, 4..=8192)?,
             "netdemo.rx-offload" => self.rx_offload = cmdline::parse_bool(value)?,
+            "netdemo.queues" => self.queues = cmdline::parse_u64_in(value, 1..=8)? as u32,
             _ => return Err(SettingError::Unknown),
         }
         Ok(())
@@ -60,6 +65,7 @@ impl Settings for NetdemoSettings {
             "netdemo.vif",
             "netdemo.tcp-buffer",
             "netdemo.rx-offload",
+            "netdemo.queues",
         ]
     }
 }
