@@ -131,6 +131,13 @@ def main(argv=None) -> int:
     test_selftest.assert_normal(st, result.lines, names["normal"])
     test_selftest.assert_panic(st, result.lines, names["panic"])
     test_selftest.assert_reboot(st, result.lines, names["reboot"])
+    # The arm32 entry prints the attributes its MMU map gives Xen's shared
+    # pages (read back from the translation table) and SCTLR's cache bits.
+    seg = [l for _, l in test_selftest.segment(result.lines, names["normal"])]
+    for page in ("shared info", "console ring"):
+        want = (f"moat arm32: {page} page: Normal inner WB-WA outer WB-WA inner-shareable "
+                "(MMU on, D-cache on, I-cache on)")
+        st.check(want in seg, f"no `{want}` line")
     tallies = [rig, st]
     bench: list = []
     texts = [l for _, l in result.lines]

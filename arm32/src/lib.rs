@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod fdt;
+pub mod sections;
 
 #[cfg(all(target_arch = "arm", target_os = "none"))]
 mod foreign;

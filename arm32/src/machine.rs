@@ -15,6 +15,7 @@ use xen::hypercall::XenError;
 use xen::shared_info::SharedInfoPage;
 
 use crate::fdt::{self, Fdt, GuestInfo};
+use crate::sections::{describe_section, SECT_DEVICE, SECT_NORMAL};
 
 core::arch::global_asm!(include_str!("head.S"));
 
@@ -85,11 +86,6 @@ pub fn pfn_to_gfn(pfn: u64) -> u64 {
 struct L1([u32; 4096]);
 static mut L1_TABLE: L1 = L1([0; 4096]);
 
-/// Section attributes: Normal, Inner/Outer Write-Back Write-Allocate
-/// (TEX=001 C=1 B=1), Inner-Shareable (S=1), full access (AP=11).
-const SECT_NORMAL: u32 = 0b10 | (1 << 2) | (1 << 3) | (0b11 << 10) | (0b001 << 12) | (1 << 16);
-/// Shareable Device (TEX=000 C=0 B=1), execute-never, full access.
-const SECT_DEVICE: u32 = 0b10 | (1 << 2) | (1 << 4) | (0b11 << 10);
 /// Below this, everything is device space in Xen's guest layout (GIC,
 /// vpl011, MMIO); from here up are the foreign-mapping window, the
 /// grant-table region, the magic pages (console, xenstore) and RAM, all
@@ -457,6 +453,12 @@ extern "C" fn moat_arm32_start(dtb: usize) -> ! {
             b"moat arm32: VCPUOP_register_vcpu_info failed; using the shared info slot\n",
         ),
     }
+    // What the MMU says about the shared pages: evidence, on the console,
+    // that they are Normal Write-Back Inner-Shareable.
+    report_attrs(console, b"shared info", addr_of!(SHARED_PAGE) as usize);
+    if let Some((page, _)) = console {
+        report_attrs(console, b"console ring", page as usize);
+    }
     let store = hvm_page::<XenstoreDomainInterface>(HVM_PARAM_STORE_PFN, HVM_PARAM_STORE_EVTCHN);
     let boot = Boot {
         dt,
@@ -467,6 +469,38 @@ extern "C" fn moat_arm32_start(dtb: usize) -> ! {
     };
     // SAFETY: defined by the kernel with this signature.
     unsafe { __moat_arm32_main(boot) }
+}
+
+/// Prints the 1:1 map's attributes for the page at `va` (read back from
+/// the translation table the MMU walks) and SCTLR's M, C and I bits.
+fn report_attrs(console: Option<(*mut XenconsInterface, Port)>, what: &[u8], va: usize) {
+    // SAFETY: reads one entry of the table, which is no longer written.
+    let desc = unsafe { core::ptr::read_volatile(addr_of!(L1_TABLE.0[va >> 20])) };
+    let sctlr: u32;
+    // SAFETY: reading SCTLR has no side effects.
+    unsafe {
+        core::arch::asm!("mrc p15, 0, {}, c1, c0, 0", out(reg) sctlr, options(nomem, nostack))
+    };
+    let mut text = [0u8; 96];
+    let n = describe_section(desc, &mut text);
+    early_print(console, b"moat arm32: ");
+    early_print(console, what);
+    early_print(console, b" page: ");
+    early_print(console, &text[..n]);
+    let on = |bit: u32| {
+        if sctlr & (1 << bit) != 0 {
+            &b"on"[..]
+        } else {
+            &b"off"[..]
+        }
+    };
+    early_print(console, b" (MMU ");
+    early_print(console, on(0));
+    early_print(console, b", D-cache ");
+    early_print(console, on(2));
+    early_print(console, b", I-cache ");
+    early_print(console, on(12));
+    early_print(console, b")\n");
 }
 
 /// RAM banks as pfn ranges, for the kernel's frame allocator: the part
