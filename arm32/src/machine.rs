@@ -331,6 +331,9 @@ pub fn map_grant_table() -> Result<(NonNull<xen::abi::grant_table::GrantEntryV1>
     Ok((ptr, (frames as u32) * xen::grant::ENTRIES_PER_FRAME))
 }
 
+/// Guest RAM's base in Xen's Arm guest layout (`GUEST_RAM0_BASE`).
+const GUEST_RAM_BASE: usize = 0x4000_0000;
+
 /// Where grants of other domains get mapped: guest-physical space below
 /// the grant-table region that Xen's guest layout leaves unused.
 const FOREIGN_BASE: u64 = 0x3700_0000;
@@ -398,15 +401,26 @@ extern "C" fn moat_arm32_start(dtb: usize) -> ! {
     COUNTER_HZ.store(xen::time::counter_hz(), Ordering::Relaxed);
     let console = hvm_page::<XenconsInterface>(HVM_PARAM_CONSOLE_PFN, HVM_PARAM_CONSOLE_EVTCHN);
     early_print(console, b"moat arm32: entry, MMU on\n");
-    // The device tree: its header gives its size.
-    // SAFETY: r2 points at the blob the toolstack placed in our RAM; we
-    // read its 8-byte header, then `totalsize` bytes (bounded below).
+    // The device tree: its header gives its size. It must lie in guest RAM
+    // (Xen's layout: 0x40000000 up to the 32-bit limit), 8-byte aligned
+    // as the boot protocol requires, before anything reads it.
+    let in_ram = |start: usize, len: usize| {
+        start >= GUEST_RAM_BASE && start.checked_add(len).is_some() && start.is_multiple_of(8)
+    };
+    if !in_ram(dtb, 8) {
+        early_fail(
+            console,
+            b"no device tree in r2 (not an aligned RAM address)",
+        );
+    }
+    // SAFETY: [dtb, dtb + 8) is in guest RAM (checked above), which the
+    // 1:1 map covers as Normal memory.
     let head = unsafe { core::slice::from_raw_parts(dtb as *const u8, 8) };
     let size = match fdt::total_size(head) {
-        Ok(s) if dtb != 0 && s <= 2 << 20 => s,
-        _ => early_fail(console, b"no device tree in r2"),
+        Ok(s) if s <= 2 << 20 && in_ram(dtb, s) => s,
+        _ => early_fail(console, b"no device tree in r2 (bad header)"),
     };
-    // SAFETY: as above, `size` bytes, checked to be at most 2 MiB.
+    // SAFETY: as above, `size` bytes (at most 2 MiB) inside the map.
     let blob: &'static [u8] = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
     let dt = match Fdt::new(blob).and_then(|f| f.guest_info()) {
         Ok(i) => i,
