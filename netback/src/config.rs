@@ -7,46 +7,11 @@ use alloc::string::String;
 use xen::abi::{GrantRef, Port};
 use xen::xenstore::{XenStore, XsError, XsTransport};
 
-/// Longest prefix of a bad value kept in an error.
-pub const VALUE_PREFIX_MAX: usize = 16;
-
-/// The start of a malformed value, for the error.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ValuePrefix {
-    bytes: [u8; VALUE_PREFIX_MAX],
-    len: u8,
-}
-
-impl ValuePrefix {
-    /// Keep the first [`VALUE_PREFIX_MAX`] bytes of `value`.
-    pub fn new(value: &[u8]) -> Self {
-        let mut bytes = [0; VALUE_PREFIX_MAX];
-        let len = value.len().min(VALUE_PREFIX_MAX);
-        bytes[..len].copy_from_slice(&value[..len]);
-        Self {
-            bytes,
-            len: len as u8,
-        }
-    }
-
-    /// The kept bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl core::fmt::Debug for ValuePrefix {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "\"{}\"", self.as_bytes().escape_ascii())
-    }
-}
+pub use xen::xenbus::{ValuePrefix, VALUE_PREFIX_MAX};
 
 /// A decimal `u32`: digits only, no sign, no spaces, no overflow.
 pub fn parse_u32(value: &[u8]) -> Option<u32> {
-    if value.is_empty() || value.len() > 10 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    core::str::from_utf8(value).ok()?.parse().ok()
+    xen::xenbus::parse_decimal_u32(value)
 }
 
 /// What this backend offers (written to its directory before `InitWait`)

@@ -2,44 +2,8 @@
 //! offload metadata; and a software checksum fill.
 
 use alloc::vec::Vec;
-use xen::abi::netif::{XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6};
 
-/// Which segmentation offload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GsoKind {
-    /// TCP over IPv4.
-    TcpV4,
-    /// TCP over IPv6.
-    TcpV6,
-}
-
-impl GsoKind {
-    /// The wire value (`XEN_NETIF_GSO_TYPE_*`).
-    pub fn to_wire(self) -> u8 {
-        match self {
-            GsoKind::TcpV4 => XEN_NETIF_GSO_TYPE_TCPV4,
-            GsoKind::TcpV6 => XEN_NETIF_GSO_TYPE_TCPV6,
-        }
-    }
-
-    /// From the wire value; `None` for none or unknown.
-    pub fn from_wire(v: u8) -> Option<Self> {
-        match v {
-            XEN_NETIF_GSO_TYPE_TCPV4 => Some(GsoKind::TcpV4),
-            XEN_NETIF_GSO_TYPE_TCPV6 => Some(GsoKind::TcpV6),
-            _ => None,
-        }
-    }
-}
-
-/// A GSO super-packet's segmentation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Gso {
-    /// Protocol.
-    pub kind: GsoKind,
-    /// Largest segment payload.
-    pub mss: u16,
-}
+pub use xen::netif::{Gso, GsoKind};
 
 /// Offload metadata travelling with a packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

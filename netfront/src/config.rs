@@ -6,41 +6,7 @@ use xen::xenstore::{XenStore, XsError, XsTransport};
 
 use crate::error::NetfrontError;
 
-/// Longest prefix of a bad value kept in an error.
-pub const VALUE_PREFIX_MAX: usize = 16;
-
-/// The start of a malformed xenstore value, for error messages.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ValuePrefix {
-    bytes: [u8; VALUE_PREFIX_MAX],
-    len: u8,
-}
-
-impl ValuePrefix {
-    /// Keep the first bytes of `value`.
-    pub fn new(value: &[u8]) -> Self {
-        let len = value.len().min(VALUE_PREFIX_MAX);
-        let mut bytes = [0; VALUE_PREFIX_MAX];
-        if let (Some(dst), Some(src)) = (bytes.get_mut(..len), value.get(..len)) {
-            dst.copy_from_slice(src);
-        }
-        Self {
-            bytes,
-            len: len as u8,
-        }
-    }
-
-    /// The kept bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
-    }
-}
-
-impl core::fmt::Debug for ValuePrefix {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "\"{}\"", self.as_bytes().escape_ascii())
-    }
-}
+pub use xen::xenbus::{ValuePrefix, VALUE_PREFIX_MAX};
 
 /// An Ethernet MAC address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,14 +79,8 @@ pub fn parse_flag(value: &[u8]) -> Result<bool, NetfrontError> {
 
 /// Parse a decimal `u32`, nothing else.
 pub fn parse_u32(value: &[u8]) -> Result<u32, NetfrontError> {
-    let bad = || NetfrontError::BadFeature(ValuePrefix::new(value));
-    if value.is_empty() || value.len() > 10 || !value.iter().all(u8::is_ascii_digit) {
-        return Err(bad());
-    }
-    core::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)
+    xen::xenbus::parse_decimal_u32(value)
+        .ok_or_else(|| NetfrontError::BadFeature(ValuePrefix::new(value)))
 }
 
 async fn read_flag<T: XsTransport>(

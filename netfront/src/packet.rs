@@ -2,44 +2,8 @@
 //! offload metadata the netif protocol carries beside the bytes.
 
 use alloc::vec::Vec;
-use xen::abi::netif::{XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6};
 
-/// Which segmentation offload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GsoKind {
-    /// TCP over IPv4 (`XEN_NETIF_GSO_TYPE_TCPV4`).
-    TcpV4,
-    /// TCP over IPv6 (`XEN_NETIF_GSO_TYPE_TCPV6`).
-    TcpV6,
-}
-
-impl GsoKind {
-    /// The wire value.
-    pub fn to_wire(self) -> u8 {
-        match self {
-            GsoKind::TcpV4 => XEN_NETIF_GSO_TYPE_TCPV4,
-            GsoKind::TcpV6 => XEN_NETIF_GSO_TYPE_TCPV6,
-        }
-    }
-
-    /// From the wire value; `None` for none/unknown.
-    pub fn from_wire(v: u8) -> Option<Self> {
-        match v {
-            XEN_NETIF_GSO_TYPE_TCPV4 => Some(GsoKind::TcpV4),
-            XEN_NETIF_GSO_TYPE_TCPV6 => Some(GsoKind::TcpV6),
-            _ => None,
-        }
-    }
-}
-
-/// A large packet to be (or that was) cut into `mss`-sized TCP segments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Gso {
-    /// Protocol.
-    pub kind: GsoKind,
-    /// Maximum segment payload.
-    pub mss: u16,
-}
+pub use xen::netif::{Gso, GsoKind};
 
 /// Offload requests for one transmitted packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

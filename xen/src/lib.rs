@@ -19,6 +19,7 @@ pub mod console;
 pub mod event;
 pub mod grant;
 pub mod hypercall;
+pub mod netif;
 pub mod ring;
 pub mod shared_info;
 pub mod shared_page;

@@ -243,3 +243,78 @@ impl XenbusDevice {
         }
     }
 }
+
+/// Longest prefix of a malformed xenstore value kept in an error.
+pub const VALUE_PREFIX_MAX: usize = 16;
+
+/// The start of a malformed xenstore value, for error messages (never the
+/// whole value: another domain chooses its length).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ValuePrefix {
+    bytes: [u8; VALUE_PREFIX_MAX],
+    len: u8,
+}
+
+impl ValuePrefix {
+    /// Keep the first [`VALUE_PREFIX_MAX`] bytes of `value`.
+    pub fn new(value: &[u8]) -> Self {
+        let len = value.len().min(VALUE_PREFIX_MAX);
+        let mut bytes = [0; VALUE_PREFIX_MAX];
+        if let (Some(dst), Some(src)) = (bytes.get_mut(..len), value.get(..len)) {
+            dst.copy_from_slice(src);
+        }
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The kept bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+}
+
+impl core::fmt::Debug for ValuePrefix {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "\"{}\"", self.as_bytes().escape_ascii())
+    }
+}
+
+/// A decimal `u32` as xenstore values hold them: digits only, no sign, no
+/// spaces, no overflow.
+pub fn parse_decimal_u32(value: &[u8]) -> Option<u32> {
+    if value.is_empty() || value.len() > 10 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    core::str::from_utf8(value).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::*;
+
+    #[test]
+    fn decimal_values_are_strict() {
+        assert_eq!(parse_decimal_u32(b"0"), Some(0));
+        assert_eq!(parse_decimal_u32(b"4294967295"), Some(u32::MAX));
+        for bad in [
+            &b""[..],
+            b"4294967296",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"0x10",
+            b"12345678901",
+        ] {
+            assert_eq!(parse_decimal_u32(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_bounded() {
+        let p = ValuePrefix::new(&[b'a'; 100]);
+        assert_eq!(p.as_bytes().len(), VALUE_PREFIX_MAX);
+        assert_eq!(format!("{:?}", ValuePrefix::new(b"x\n")), "\"x\\n\"");
+    }
+}
