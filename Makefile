@@ -18,13 +18,16 @@ export CARGO_TARGET_DIR := $(abspath $(TARGET_DIR))
 IMAGES := selftest netdemo blkdemo netbridge
 IMAGE_PACKAGES := selftest netdemo netbridge
 AMD64 := x86_64-unknown-none
+ARM32 := armv7a-none-eabihf
+IMAGE_DIR_ARM32 := $(CARGO_TARGET_DIR)/images/arm32
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
 
-.PHONY: help deps images run test test-host test-xen test-xen-long fuzz lint fmt bench bench-firewall bench-wg clean
+.PHONY: help deps images run run-arm32 test test-host test-xen test-xen-long fuzz lint fmt bench bench-firewall bench-wg clean
 
 help:
 	@echo "make run     boot Xen in QEMU, start the selftest image with xl create, show its console"
+	@echo "make run-arm32  the same on the arm32 rig (Xen armhf in qemu-system-arm)"
 	@echo "make test    everything: format, lint, host tests (incl. ABI check), images, real-Xen tests"
 	@echo "make images  build every service image to $(IMAGE_DIR)/<name>"
 	@echo "make bench   benchmarks (printed, never asserted)"
@@ -40,6 +43,10 @@ images: deps
 	@mkdir -p $(IMAGE_DIR)
 	@for i in $(IMAGES); do cp $(CARGO_TARGET_DIR)/$(AMD64)/release/$$i $(IMAGE_DIR)/$$i; \
 	  echo "image: $(IMAGE_DIR)/$$i ($$(stat -c %s $(IMAGE_DIR)/$$i) bytes)"; done
+	RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) --target $(ARM32) $(addprefix -p ,$(IMAGE_PACKAGES))
+	@mkdir -p $(IMAGE_DIR_ARM32)
+	@for i in $(IMAGES); do python3 arm32/zimage.py $(CARGO_TARGET_DIR)/$(ARM32)/release/$$i $(IMAGE_DIR_ARM32)/$$i; \
+	  echo "image: $(IMAGE_DIR_ARM32)/$$i ($$(stat -c %s $(IMAGE_DIR_ARM32)/$$i) bytes)"; done
 
 run: images
 	python3 rig/xenrig.py --guest $(IMAGE_DIR)/selftest:selftest \
@@ -52,20 +59,29 @@ fmt: deps
 lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTC_BOOTSTRAP=1 $(CARGO) clippy --release $(BUILD_STD) --target $(AMD64) $(addprefix -p ,$(IMAGE_PACKAGES)) -- -D warnings
+	RUSTC_BOOTSTRAP=1 $(CARGO) clippy --release $(BUILD_STD) --target $(ARM32) -p arm32 $(addprefix -p ,$(IMAGE_PACKAGES)) -- -D warnings
 
 test-host: deps
 	$(CARGO) test --workspace
 	python3 rig/test_rig_unit.py
+	python3 arm32/test_zimage.py
 
 test-xen: images
 	python3 rig/test_selftest.py --image $(IMAGE_DIR)/selftest --types pv,pvh --timeout 1500
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 16 --pings 1000 --bridge 16 --timeout 1800
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --timeout 1500
+	python3 rig/test_arm32.py --selftest $(IMAGE_DIR_ARM32)/selftest --netdemo $(IMAGE_DIR_ARM32)/netdemo --blkdemo $(IMAGE_DIR_ARM32)/blkdemo --timeout 1500
 
 # The full-size transfer of the drivers issue (1 GiB each way over TCP, PV):
 # about 25 minutes each way under TCG, so not part of `make test`.
 test-xen-long: images
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv --mib 1024 --pings 1000 --timeout 7200
+
+# The selftest image as a Xen arm32 guest in the arm32 rig, console shown.
+run-arm32: images
+	printf 'MOAT_CFG=selftest-arm32.cfg MOAT_NAME=selftest-arm32 sh /guest/run-guest.sh\n' > $(CARGO_TARGET_DIR)/run-arm32.sh
+	python3 rig/xenrig.py --arch arm32 --guest $(IMAGE_DIR_ARM32)/selftest:selftest --guest configs/selftest-arm32.cfg:selftest-arm32.cfg \
+	  --guest scripts/run-guest.sh:run-guest.sh --script $(CARGO_TARGET_DIR)/run-arm32.sh --timeout 600
 
 # Each fuzz target for a bounded time (longer runs: `bash fuzz/run.sh SECONDS`).
 fuzz: deps
@@ -76,6 +92,7 @@ test: fmt lint test-host fuzz test-xen
 
 bench: images bench-firewall bench-wg
 	python3 rig/bench_boot.py --image $(IMAGE_DIR)/selftest
+	python3 rig/bench_arm32.py --arm32-image $(IMAGE_DIR_ARM32)/selftest --amd64-image $(IMAGE_DIR)/selftest
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --bench --timeout 1500
 
 # Our WireGuard beside boringtun, one process pinned to one CPU (printed).
