@@ -17,10 +17,6 @@ pub mod fdt;
 pub mod sections;
 
 #[cfg(all(target_arch = "arm", target_os = "none"))]
-mod foreign;
-#[cfg(all(target_arch = "arm", target_os = "none"))]
 mod machine;
-#[cfg(all(target_arch = "arm", target_os = "none"))]
-pub use foreign::{ForeignPage, MapError};
 #[cfg(all(target_arch = "arm", target_os = "none"))]
 pub use machine::*;

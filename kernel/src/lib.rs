@@ -15,6 +15,7 @@ pub extern crate alloc as alloc_reexport;
 pub mod arch {
     //! The amd64 arch layer.
     mod x86_64;
+    pub use crate::foreign::{ForeignPage, MapError};
     pub use x86_64::*;
 }
 #[cfg(all(target_arch = "arm", target_os = "none"))]
@@ -28,6 +29,8 @@ pub mod control;
 #[cfg(target_os = "none")]
 pub mod devices;
 pub mod executor;
+#[cfg(target_os = "none")]
+pub mod foreign;
 pub mod frames;
 pub mod heap;
 pub mod logger;

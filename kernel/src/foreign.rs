@@ -1,7 +1,8 @@
-//! Grants of other domains mapped into our guest-physical space (Arm:
-//! `host_addr` is a guest-physical address in the foreign window).
-
-use crate::machine::foreign_window;
+//! Grants of other domains (or our own) mapped into our address space,
+//! for backends: the same on every arch, given the arch's foreign window
+//! (`crate::arch::foreign_window()`: an address range free in the guest's
+//! physical or virtual space, as `GNTTABOP_map_grant_ref`'s `host_addr`
+//! needs on that arch and guest type).
 
 /// A grant of another domain (or our own) mapped into our address space,
 /// for backends. The page stays mapped while this value lives; dropping it
@@ -40,7 +41,7 @@ impl ForeignPage {
     /// Maps grant `gref` of domain `domid`.
     pub fn map(domid: u16, gref: u32, readonly: bool) -> Result<Self, MapError> {
         use xen::abi::grant_table::*;
-        let (base, pages) = foreign_window();
+        let (base, pages) = crate::arch::foreign_window();
         let slot = {
             let mut slots = FOREIGN_SLOTS.lock();
             let free = (0..pages.min(512))
