@@ -187,6 +187,7 @@ mod image {
             }
         }
 
+        let mut have_lease = false;
         let mut next_check = h.now_ns() + SECOND;
         let mut next_stats = 0;
         let mut last_counters = apps.counters();
@@ -202,6 +203,7 @@ mod image {
             if let Some(handle) = dhcp {
                 match sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
                     Some(dhcpv4::Event::Configured(c)) => {
+                        have_lease = true;
                         iface.update_ip_addrs(|addrs| {
                             addrs.clear();
                             let _ = addrs.push(IpCidr::Ipv4(c.address));
@@ -220,12 +222,14 @@ mod image {
                                 .unwrap_or_default()
                         );
                     }
-                    Some(dhcpv4::Event::Deconfigured) => {
+                    // smoltcp reports `Deconfigured` once at the start too.
+                    Some(dhcpv4::Event::Deconfigured) if have_lease => {
+                        have_lease = false;
                         println!("netdemo: DHCP lease lost");
                         iface.update_ip_addrs(|addrs| addrs.clear());
                         iface.routes_mut().remove_default_ipv4_route();
                     }
-                    None => {}
+                    Some(dhcpv4::Event::Deconfigured) | None => {}
                 }
             }
             if dev.rx().ready() > 0 {
