@@ -21,7 +21,7 @@ from pathlib import Path
 RIG = Path(__file__).resolve().parent
 sys.path.insert(0, str(RIG))
 sys.path.insert(0, str(RIG / "domu"))
-import build  # noqa: E402
+import linux_domu as build  # noqa: E402
 import test_netdemo  # noqa: E402
 import xenrig  # noqa: E402
 
@@ -82,8 +82,8 @@ class Handlers(unittest.TestCase):
         for a in out.split():
             os.symlink(BUSYBOX, d / "bin" / a)
         self.console = d / "console"
-        self.data = d / "r1m"
-        self.data.write_bytes(os.urandom(1048576))
+        self.data = d / "r16m"
+        self.data.write_bytes(os.urandom(2 * 1048576 + 3))
         self.env = dict(os.environ, LINUXDOMU_PATH=str(d / "bin"), LINUXDOMU_CONSOLE=str(self.console),
                         LINUXDOMU_DATA=str(self.data))
 
@@ -101,11 +101,16 @@ class Handlers(unittest.TestCase):
                          f"linuxdomu: sink: {len(payload)} bytes crc32 {zlib.crc32(payload):08x}\n")
 
     def test_source(self):
-        out = self.run_handler("serve-source", b"2500001\n")
-        data = self.data.read_bytes()
-        self.assertEqual(out, (data * 3)[:2500001])
+        out = self.run_handler("serve-source", b"2000001\n")
+        self.assertEqual(out, self.data.read_bytes()[:2000001])
         self.assertEqual(self.console.read_text(),
-                         f"linuxdomu: source: 2500001 bytes crc32 {zlib.crc32(out):08x}\n")
+                         f"linuxdomu: source: 2000001 bytes crc32 {zlib.crc32(out):08x}\n")
+
+    def test_source_beyond_the_data_repeats_its_first_mib(self):
+        out = self.run_handler("serve-source", b"3500001\n")
+        self.assertEqual(out, (self.data.read_bytes()[:1048576] * 4)[:3500001])
+        self.assertEqual(self.console.read_text(),
+                         f"linuxdomu: source: 3500001 bytes crc32 {zlib.crc32(out):08x}\n")
 
     def test_source_bad_request(self):
         self.assertEqual(self.run_handler("serve-source", b"12x\n"), b"")
@@ -182,10 +187,13 @@ class Checks(unittest.TestCase):
                                      {"pv": True, "pvh": False}, 16, True)
         lines = s.splitlines()
         i_pv = next(i for i, l in enumerate(lines) if "netcase.sh netdemo-pv " in l)
+        i_linux = next(i for i, l in enumerate(lines) if "netcase.sh linux-pv " in l)
+        i_start = next(i for i, l in enumerate(lines) if "netbench.sh start netdemo-pv " in l)
         i_destroy = next(i for i, l in enumerate(lines) if "xl destroy netdemo-pv" in l)
         i_pvh = next(i for i, l in enumerate(lines) if "netcase.sh netdemo-pvh " in l)
-        self.assertTrue(i_pv < i_destroy < i_pvh)
-        self.assertIn("NETCASE_KEEP=1", lines[i_pv])
+        self.assertTrue(i_pv < i_linux < i_start < i_destroy < i_pvh)
+        self.assertNotIn("NETCASE_KEEP=1", lines[i_pv])
+        self.assertIn("NETCASE_KEEP=1", lines[i_linux])
         self.assertIn("backend=netbridge-pv,mac=00:16:3e:6d:6f:05", s)
         self.assertNotIn("linux", test_netdemo.dom0_script(["pv"], {"pv": 16}, {"pv": 10}, {"pv": True}, 16))
 

@@ -4,6 +4,10 @@
 # the CRCs and counts, never the speeds.
 #
 # usage:
+#   bash netbench.sh start NAME CONFIG READY_PATTERN SECONDS [XL_KEY=VALUE...]
+#       xl create CONFIG as NAME (with the overrides) and wait up to SECONDS
+#       for READY_PATTERN on its console. Prints `RIG started NAME SECONDS`
+#       or `RIG start-failed NAME` (then its console log, prefixed GUEST).
 #   bash netbench.sh pull CLIENT CLIENT_IP SERVER SERVER_IP MIB
 #       domU -> domU TCP: asks the Linux domU CLIENT (rig/domu/init, port
 #       5003) to pull MIB MiB + 7 bytes from the netdemo SERVER's source
@@ -21,11 +25,32 @@
 #       or `RIG pps NAME failed WHY`.
 set -u
 console() { echo "/var/log/xen/console/guest-$1.log"; }
+now() { read -r t _ </proc/uptime; echo "$t"; }
+
+start() {
+  local name=$1 cfg=$2 ready=$3 secs=$4 t0 i=0
+  shift 4
+  rm -f "$(console "$name")"
+  t0=$(now)
+  if xl create "$cfg" "name=\"$name\"" "$@" >/dev/null 2>&1; then
+    while [ $i -lt $((secs * 5)) ]; do
+      if grep -q "$ready" "$(console "$name")" 2>/dev/null; then
+        echo "RIG started $name $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')"
+        return
+      fi
+      sleep 0.2
+      i=$((i + 1))
+    done
+  fi
+  echo "RIG start-failed $name"
+  sed 's/^/GUEST /' "$(console "$name")" 2>/dev/null
+}
 
 pull() {
   local client=$1 cip=$2 server=$3 sip=$4 mib=$5
   local bytes=$((mib * 1048576 + 7)) out scrc i
-  out=$(echo "$sip 5002 $bytes" | nc "$cip" 5003)
+  # (the guest gives up after 300 s; this is the backstop)
+  out=$(echo "$sip 5002 $bytes" | timeout 330 nc "$cip" 5003)
   set -- $out
   scrc=none
   i=0
@@ -58,10 +83,12 @@ pps() {
   if [ ! -d $pg ] && ! insmod /guest/pktgen.ko; then
     echo "RIG pps $name failed insmod-pktgen"; return
   fi
-  dom=$(xl domid "$name" 2>/dev/null)
-  dev=$(ls /sys/class/net | grep "^vif$dom\." | tail -1)
+  dom=$(xl domid "$name")
+  dev=$(ls /sys/class/net | grep -e "^vif$dom\.[0-9]*$" | tail -1)
   if [ -z "$dom" ] || [ -z "$dev" ]; then
-    echo "RIG pps $name failed no-vif"; return
+    echo "RIG pps $name failed no-vif domid=[$dom] netdevs=[$(ls /sys/class/net | tr '\n' ' ')]"
+    xl list
+    return
   fi
   before=$(udp_count "$name" "$ip" "$kind")
   echo "rem_device_all" >$pg/kpktgend_0
@@ -89,7 +116,8 @@ pps() {
 }
 
 case "${1:-}" in
+start) shift; start "$@" ;;
 pull) shift; pull "$@" ;;
 pps) shift; pps "$@" ;;
-*) echo "usage: netbench.sh pull|pps ..." >&2; exit 2 ;;
+*) echo "usage: netbench.sh start|pull|pps ..." >&2; exit 2 ;;
 esac

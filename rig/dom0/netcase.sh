@@ -33,6 +33,10 @@
 #   NETCASE_UDP=0       no UDP echo test: prints `RIG udp-echo NAME skipped`
 #   NETCASE_KEEP=1      leave the guest running at the end (the caller
 #                       destroys it), e.g. for domU -> domU runs
+#   NETCASE_ATTACH="KEY=VALUE..."  `xl network-attach NAME KEY=VALUE...` once
+#                       the console shows NETCASE_ATTACH_AFTER (e.g. a vif
+#                       from a driver domain given after the guest booted);
+#                       prints `RIG attach NAME ok|failed|no-prompt`
 set -u
 name=$1 cfg=$2 mib=$3 pings=$4 detach=$5
 shift 5
@@ -67,6 +71,16 @@ t0=$(now)
 if ! xl create "$cfg" "name=\"$name\"" "$@" >/dev/null 2>&1; then
   echo "RIG not-ready $name"; finish; exit 0
 fi
+if [ -n "${NETCASE_ATTACH:-}" ]; then
+  if ! wait_log "${NETCASE_ATTACH_AFTER:-}" "$ready_wait"; then
+    r=no-prompt
+  elif xl network-attach "$name" $NETCASE_ATTACH; then
+    r=ok
+  else
+    r=failed
+  fi
+  echo "RIG attach $name $r"
+fi
 if ! wait_log "$ready" "$ready_wait"; then
   echo "RIG not-ready $name"; finish; exit 0
 fi
@@ -97,6 +111,8 @@ crc=$(echo "$bytes" | nc "$ip" 5002 | crc32)
 # (the guest's CRC of what it sent matching this one also checks the length)
 echo "RIG source $name $bytes $crc $(elapsed "$t")"
 
+# (the Linux domU prints its CRC a little after the connection closed)
+wait_log "source: $bytes bytes" 30
 head -c 16777216 /dev/urandom > /tmp/r16
 reps=$((mib / 16))
 sent=$(for i in $(seq $reps); do cat /tmp/r16; done | crc32)
@@ -104,6 +120,7 @@ echo "RIG sink-data $name $(wc -c </tmp/r16) x $reps crc $sent"
 t=$(now)
 for i in $(seq $reps); do cat /tmp/r16; done | nc "$ip" 5001
 echo "RIG sink $name $bytes $sent $(elapsed "$t")"
+wait_log "sink: $bytes bytes" 30
 rm -f /tmp/r16
 
 if [ "$detach" = 1 ]; then

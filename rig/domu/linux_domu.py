@@ -7,7 +7,7 @@ cached linux-image package, for dom0 to generate 64-byte UDP floods.
 
 Command line (prints the paths):
 
-    python3 rig/domu/build.py
+    python3 rig/domu/linux_domu.py
 
 As a library: `build()` returns a `LinuxDomU` with the paths. The initramfs
 is rebuilt when any input changed (well under a second); pktgen.ko is kept
@@ -129,7 +129,7 @@ def build(arch: str = "amd64") -> LinuxDomU:
     for f in (boot / "vmlinuz", busybox, netfront):
         assert f.is_file(), f"{f} missing: run rig/fetch.sh"
     deps = module_depends(netfront)
-    assert not deps, f"xen-netfront.ko needs {deps}: rig/domu/build.py loads it alone"
+    assert not deps, f"xen-netfront.ko needs {deps}: rig/domu/linux_domu.py loads it alone"
     out = cache / "linux-domu"
     out.mkdir(exist_ok=True)
 
