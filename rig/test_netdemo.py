@@ -18,13 +18,15 @@ rig/domu/linux_domu.py, serving the same ports as netdemo) is the reference:
 on xenbr0 (Linux netfront <-> Linux netback) the same ping and TCP jobs,
 domU -> domU TCP from netdemo-pv through dom0's bridge, and 64-byte UDP
 frames from dom0's pktgen into netdemo-pv and into it; with --bridge as
-well, the Linux domU behind netbridge (Linux netfront <-> moat netback):
+well, the Linux domU behind netbridge (Linux netfront <-> moat netback,
+`vif=['backend=netbridge-pv,...']` in its config, or with --linux-attach
+given by `xl network-attach ... backend=netbridge-pv` once it booted):
 ping, TCP each way, and domU -> domU TCP from the netdemo behind netbridge
 through netbridge. The CRCs and counts are asserted; a table puts moat's
 figures beside Linux's from the same run (printed, never asserted).
 
 usage: python3 rig/test_netdemo.py [--image PATH] [--types pv,pvh]
-          [--mib N] [--pings N] [--bridge MIB] [--linux]
+          [--mib N] [--pings N] [--bridge MIB] [--linux [--linux-attach]]
           [--timeout S] [--log FILE]
 Exit status: 0 when every assertion held, 1 otherwise, 2 on bad usage.
 """
