@@ -222,6 +222,8 @@ def assert_panic(tally: Tally, lines: list, name: str) -> None:
     seg = segment(lines, name)
     texts = [l for _, l in seg]
     tally.check(any("panicked at" in l for l in texts), f"{name}: no `panicked at` on the console")
+    fails = [l for l in texts if "selftest:" in l and "FAIL" in l]
+    tally.check(not fails, f"{name}: FAIL lines: {fails}")
     reasons = shutdown_reasons(seg, name)
     tally.check(
         f"RIG end {name} crashed" in texts or reasons == {3},
@@ -237,6 +239,8 @@ def assert_reboot(tally: Tally, lines: list, name: str) -> None:
     texts = [l for _, l in seg]
     reasons = shutdown_reasons(seg, name)
     tally.check(reasons == {1}, f"{name}: shutdown reason codes {sorted(reasons)}, want [1] (reboot)")
+    fails = [l for l in texts if "selftest:" in l and "FAIL" in l]
+    tally.check(not fails, f"{name}: FAIL lines: {fails}")
     tally.check(f"RIG listed {name} no" in texts, f"{name}: still in xl list at the end")
 
 

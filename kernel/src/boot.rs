@@ -123,6 +123,18 @@ extern "Rust" {
     fn __moat_service_main(env: Env) -> Pin<Box<dyn Future<Output = Exit>>>;
 }
 
+/// The kernel's clock: the PV clock made monotonic (see
+/// [`xen::time::Monotonic`]).
+pub static CLOCK: xen::time::Monotonic = xen::time::Monotonic::new();
+
+/// Xen system time now, in ns, never behind an earlier reading.
+pub fn system_time_ns(shared: &SharedInfoPage) -> u64 {
+    CLOCK.read(xen::time::system_time_ns(
+        &shared.vcpu_time(0),
+        xen::time::rdtsc(),
+    ))
+}
+
 static PLATFORM: Once<Platform> = Once::new();
 static FRAMES: Once<Mutex<FrameAllocator<'static>>> = Once::new();
 /// Maps a run of frames for the heap.
@@ -223,7 +235,7 @@ struct XenIdle {
 
 impl XenIdle {
     fn clock(&self) -> u64 {
-        xen::time::system_time_ns(&self.shared.vcpu_time(0), xen::time::rdtsc())
+        system_time_ns(&self.shared)
     }
 }
 

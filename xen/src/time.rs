@@ -25,6 +25,57 @@ pub fn system_time_ns(info: &VcpuTimeInfo, tsc: u64) -> u64 {
         .wrapping_add(scale_delta(delta, info.tsc_to_system_mul, info.tsc_shift))
 }
 
+/// A clock that never goes backwards, over readings of the raw PV clock.
+///
+/// Xen updates the `vcpu_time_info` record per physical CPU; when the vCPU
+/// moves between physical CPUs whose TSCs are not synchronised (Xen then
+/// leaves `XEN_PVCLOCK_TSC_STABLE_BIT` clear, and QEMU's emulated CPUs are
+/// such a case) a reading can fall a little behind an earlier one: seen on
+/// the rig, 4 ms once in a PVH run. Like Linux's pvclock, the kernel
+/// returns the latest value handed out instead, and counts the steps.
+pub struct Monotonic {
+    last: core::sync::atomic::AtomicU64,
+    corrected: core::sync::atomic::AtomicU64,
+    largest: core::sync::atomic::AtomicU64,
+}
+
+impl Monotonic {
+    /// A clock that has handed out nothing yet.
+    pub const fn new() -> Self {
+        use core::sync::atomic::AtomicU64;
+        Self {
+            last: AtomicU64::new(0),
+            corrected: AtomicU64::new(0),
+            largest: AtomicU64::new(0),
+        }
+    }
+
+    /// `raw`, or the latest value handed out if `raw` is behind it.
+    pub fn read(&self, raw: u64) -> u64 {
+        use core::sync::atomic::Ordering::Relaxed;
+        let prev = self.last.fetch_max(raw, Relaxed);
+        if raw < prev {
+            self.corrected.fetch_add(1, Relaxed);
+            self.largest.fetch_max(prev - raw, Relaxed);
+            prev
+        } else {
+            raw
+        }
+    }
+
+    /// How many readings were behind, and by how much at most (ns).
+    pub fn corrections(&self) -> (u64, u64) {
+        use core::sync::atomic::Ordering::Relaxed;
+        (self.corrected.load(Relaxed), self.largest.load(Relaxed))
+    }
+}
+
+impl Default for Monotonic {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// TSC ticks per second implied by a PV clock record.
 pub fn tsc_hz(info: &VcpuTimeInfo) -> u64 {
     // ns = (tsc << shift) * mul / 2^32  =>  tsc/s = 1e9 * 2^32 / mul >> shift
@@ -126,6 +177,18 @@ pub fn ns_to_ticks(ns: u64, hz: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn monotonic_never_goes_back_and_counts_corrections() {
+        let c = Monotonic::new();
+        assert_eq!(c.read(100), 100);
+        assert_eq!(c.read(250), 250);
+        assert_eq!(c.read(240), 250);
+        assert_eq!(c.read(200), 250);
+        assert_eq!(c.read(300), 300);
+        assert_eq!(c.corrections(), (2, 50));
+    }
+
     use super::*;
 
     fn rec(mul: u32, shift: i8) -> VcpuTimeInfo {

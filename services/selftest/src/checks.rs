@@ -42,7 +42,7 @@ fn pfn_of(p: &Page) -> u64 {
 
 /// The PV clock, read now (not the executor's round time).
 pub fn clock(p: &Platform) -> u64 {
-    xen::time::system_time_ns(&p.shared.vcpu_time(0), xen::time::rdtsc())
+    kernel::boot::system_time_ns(&p.shared)
 }
 
 /// Runs `f` with a deadline; `None` if it did not finish in `ns`.
@@ -223,8 +223,9 @@ pub fn pv_clock(p: &Platform) -> Outcome {
         last = now;
     }
     ensure(last > start, || "clock did not advance".into())?;
+    let (corrected, largest) = kernel::boot::CLOCK.corrections();
     Ok(format!(
-        "system time {}.{:03} s, TSC {} MHz, monotonic over 10000 reads",
+        "system time {}.{:03} s, TSC {} MHz, monotonic over 10000 reads; raw record behind an earlier reading {corrected} times so far, by {largest} ns at most",
         start / 1_000_000_000,
         start / MS % 1000,
         hz / 1_000_000
