@@ -63,7 +63,7 @@ LINUX_BRIDGED_MAC = "00:16:3e:6d:6f:05"
 #: Pings to the Linux domU (a check, not a benchmark: kept short).
 LINUX_PINGS = 200
 #: netcase.sh's settings for the Linux domU (rig/domu/init).
-LINUX_ENV = "NETCASE_READY='linuxdomu: ready' NETCASE_READY_WAIT=300 NETCASE_UDP=0 NETCASE_KEEP=1"
+LINUX_ENV = "NETCASE_READY='linuxdomu: ready' NETCASE_READY_WAIT=150 NETCASE_UDP=0 NETCASE_KEEP=1"
 #: netdemo-pv's address and MAC (configs/netdemo-pv.cfg).
 NETDEMO_IP = "10.99.0.2"
 NETDEMO_MAC = "00:16:3e:6d:6f:01"
