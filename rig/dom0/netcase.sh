@@ -107,7 +107,9 @@ echo "RIG udp-echo $name $r"
 
 bytes=$((mib * 1048576))
 t=$(now)
-crc=$(echo "$bytes" | nc "$ip" 5002 | crc32)
+# a stalled transfer ends (and fails its CRC check) instead of the whole run
+limit=$((60 + mib * 20))
+crc=$(echo "$bytes" | timeout "$limit" nc "$ip" 5002 | crc32)
 # (the guest's CRC of what it sent matching this one also checks the length)
 echo "RIG source $name $bytes $crc $(elapsed "$t")"
 
@@ -118,7 +120,7 @@ reps=$((mib / 16))
 sent=$(for i in $(seq $reps); do cat /tmp/r16; done | crc32)
 echo "RIG sink-data $name $(wc -c </tmp/r16) x $reps crc $sent"
 t=$(now)
-for i in $(seq $reps); do cat /tmp/r16; done | nc "$ip" 5001
+for i in $(seq $reps); do cat /tmp/r16; done | timeout "$limit" nc "$ip" 5001
 echo "RIG sink $name $bytes $sent $(elapsed "$t")"
 wait_log "sink: $bytes bytes" 30
 rm -f /tmp/r16
