@@ -153,8 +153,8 @@ impl BackendDevice {
         let token = format!("netback:{}", self.path);
         let front_node = format!("{}/state", self.frontend);
         let own_node = format!("{}/state", self.path);
-        xs.watch(&front_node, &token).await?;
-        if let Err(e) = xs.watch(&own_node, &token).await {
+        watch_again(xs, &front_node, &token).await?;
+        if let Err(e) = watch_again(xs, &own_node, &token).await {
             let _ = xs.unwatch(&front_node, &token).await;
             return Err(e.into());
         }
@@ -178,6 +178,20 @@ impl BackendDevice {
         let _ = xs.unwatch(&own_node, &token).await;
         xs.discard_watch_events(&token);
         result
+    }
+}
+
+/// Watch `path`; a watch that already exists (left by an earlier attempt
+/// whose future was dropped while it waited, e.g. by a connect timeout) is
+/// as good as a new one.
+async fn watch_again<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    path: &str,
+    token: &str,
+) -> Result<(), XsError> {
+    match xs.watch(path, token).await {
+        Err(XsError::Eexist) => Ok(()),
+        other => other,
     }
 }
 
