@@ -20,6 +20,7 @@
 #   RIG sink-data NAME SIZE x N crc CRC      the random data sent to the sink
 #   RIG sink NAME BYTES CRC SECONDS          what dom0 sent to port 5001
 #   RIG reattach NAME reconnected|stuck SECONDS
+#   RIG path-after-reattach NAME SECONDS      until dom0 reached it again
 #   RIG after-reattach NAME PING_RECEIVED_OF_20
 #   RIG during-reattach NAME SENT RECEIVED   the background ping's totals
 #   RIG end NAME
@@ -136,6 +137,11 @@ if [ "$detach" = 1 ]; then
   xl network-attach "$name" bridge=xenbr0 "mac=$mac"
   if wait_log "netdemo: reconnected" 60; then r=reconnected; else r=stuck; fi
   echo "RIG reattach $name $r $(elapsed "$t")"
+  # The guest may reconnect before dom0's hotplug script has put the new
+  # vif on the bridge: wait (30 s at most) for the path, then count.
+  t=$(now); i=0
+  while [ $i -lt 30 ] && ! ping -c 1 -W 1 "$ip" >/dev/null 2>&1; do i=$((i + 1)); done
+  echo "RIG path-after-reattach $name $(elapsed "$t")"
   out=$(ping -q -c 20 -i 0.1 -W 2 "$ip" 2>&1)
   set -- $(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\1 \2/p')
   echo "RIG after-reattach $name ${2:-0}"
