@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xenrig  # noqa: E402
+from test_netdemo import segment  # noqa: E402  (lines from `RIG create NAME` to `RIG end NAME`)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,18 +67,6 @@ def dom0_script(types: list, mib: int, bench: bool) -> str:
         out.append(f"run blkdemo-{t}-verify {cfg} 'blkdemo.mib={mib} blkdemo.seed={seed} blkdemo.mode=verify'")
     out.append("xl list")
     return "\n".join(out) + "\n"
-
-
-def segment(texts: list, name: str) -> list:
-    out, inside = [], False
-    for line in texts:
-        if line == f"RIG create {name}":
-            inside = True
-        if inside:
-            out.append(line)
-            if line == f"RIG end {name}":
-                break
-    return out
 
 
 def main(argv=None) -> int:
