@@ -3,7 +3,7 @@
 use crate::env::EnvError;
 use xen::grant::GrantError;
 use xen::ring::RingError;
-use xen::xenbus::XenbusError;
+use xen::xenbus::{XenbusError, XenbusState};
 use xen::xenstore::XsError;
 
 /// Something the backend did that the protocol does not allow. The
@@ -48,6 +48,11 @@ pub enum BlkError {
     Protocol(ProtocolViolation),
     /// The device is not connected (disconnected, or broken earlier).
     Disconnected,
+    /// The backend left `Connected` (the state it moved to; `Unknown` when
+    /// its directory is gone), e.g. `xl block-detach`: the operation may or
+    /// may not have reached the disk. [`crate::BlkFront::reconnect`] and
+    /// retrying is the way on.
+    BackendGone(XenbusState),
     /// The kernel could not provide a page or port.
     Env(EnvError),
     /// A grant operation failed.

@@ -16,13 +16,15 @@ use crate::error::{BlkError, ProtocolViolation};
 use crate::info::{parse_u64, DiskInfo, RawDiskKeys};
 use crate::pool::{GrantPool, PageIndex};
 use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
-use core::cell::RefCell;
-use core::future::poll_fn;
+use core::cell::{Cell, RefCell};
+use core::future::{poll_fn, Future};
+use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 use xen::abi::blkif::*;
 use xen::abi::{GrantRef, Port};
-use xen::xenbus::{XenbusDevice, XenbusError, XenbusState};
+use xen::xenbus::{read_state, XenbusDevice, XenbusError, XenbusState};
 use xen::xenstore::{XenStore, XsError, XsTransport};
 
 /// Largest ring the frontend asks for: 2^4 pages (Linux's
@@ -116,6 +118,10 @@ struct Inner<E: BlkEnv> {
     space_waiters: Vec<Waker>,
     broken: Option<ProtocolViolation>,
     disconnected: bool,
+    /// The backend left `Connected` (seen by `watch_backend`).
+    gone: Option<XenbusState>,
+    /// Grants ended and the port closed (by a disconnect, or on drop).
+    released: bool,
     /// Data segments one request carries (11, or the indirect count).
     segments_per_request: usize,
     indirect: bool,
@@ -125,10 +131,17 @@ struct Inner<E: BlkEnv> {
 }
 
 /// A connected PV disk.
+///
+/// Dropping it without [`disconnect`](Self::disconnect) or
+/// [`close`](Self::close) still ends every grant the backend does not map
+/// (those it maps are leaked, never reused) and closes the event channel,
+/// but tells the backend nothing.
 pub struct BlkFront<E: BlkEnv> {
     dev: XenbusDevice,
     ring_page_order: u32,
     inner: RefCell<Inner<E>>,
+    /// The watch on the backend's state is registered.
+    watching: Cell<bool>,
 }
 
 /// Read an optional key of the backend: absent is `None`.
@@ -237,6 +250,8 @@ impl<E: BlkEnv> BlkFront<E> {
             space_waiters: Vec::new(),
             broken: None,
             disconnected: false,
+            gone: None,
+            released: false,
             segments_per_request,
             indirect,
             handle: config.handle,
@@ -247,6 +262,7 @@ impl<E: BlkEnv> BlkFront<E> {
             dev,
             ring_page_order: order,
             inner: RefCell::new(inner),
+            watching: Cell::new(false),
         })
     }
 
@@ -512,24 +528,279 @@ impl<E: BlkEnv> BlkFront<E> {
     }
 
     /// Stop using the ring and tell the backend: publish `Closing`, wait
-    /// for the backend to close its side, end every grant (pages the
-    /// backend still holds are leaked, never reused), close the event
-    /// channel and publish `Closed`. Operations fail with
-    /// [`BlkError::Disconnected`] from the start of this call.
+    /// for the backend to follow, publish `Closed`, wait for the backend to
+    /// close (Linux blkback unmaps the ring only then), end every grant
+    /// (pages the backend still holds are leaked, never reused) and close
+    /// the event channel. Operations fail with [`BlkError::Disconnected`]
+    /// from the start of this call.
     ///
     /// A backend that never leaves `Connected` keeps this waiting: the
-    /// caller bounds it with a timeout if it must.
+    /// caller bounds it with a timeout if it must (dropping the device
+    /// then still ends the grants nobody maps).
     pub async fn disconnect<T: XsTransport>(&self, xs: &mut XenStore<T>) -> Result<(), BlkError> {
         self.inner.borrow_mut().mark_disconnected();
+        self.unwatch_backend(xs).await;
         self.dev.set_state(xs, XenbusState::Closing).await?;
         match self.dev.wait_for_backend(xs, XenbusState::Closing).await {
             Ok(_) | Err(XenbusError::BackendClosed(XenbusState::Closed)) => {}
             Err(e) => return Err(e.into()),
         }
-        self.inner.borrow_mut().release_everything();
         self.dev.set_state(xs, XenbusState::Closed).await?;
+        wait_backend_closed(xs, &self.dev).await?;
+        self.inner.borrow_mut().release_everything();
         Ok(())
     }
+
+    /// Wait until the backend leaves `Connected` (or its directory goes
+    /// away), then mark the device gone: every operation in flight or
+    /// started later fails with [`BlkError::BackendGone`], which this
+    /// returns too. Run it beside the I/O (see [`guard`](Self::guard)); a
+    /// xenstore failure is returned as such, without marking the device.
+    ///
+    /// Cancel-safe: the watch it registers on the backend's `state` stays
+    /// until [`close`](Self::close), [`reconnect`](Self::reconnect) or
+    /// [`disconnect`](Self::disconnect), and events are queued meanwhile.
+    pub async fn watch_backend<T: XsTransport>(&self, xs: &mut XenStore<T>) -> BlkError {
+        let token = self.watch_token();
+        if !self.watching.get() {
+            match xs
+                .watch(&format!("{}/state", self.dev.backend), &token)
+                .await
+            {
+                // Registered by an earlier call dropped mid-request.
+                Ok(()) | Err(XsError::Eexist) => self.watching.set(true),
+                Err(e) => return e.into(),
+            }
+        }
+        loop {
+            match read_state(xs, &self.dev.backend).await {
+                Ok(XenbusState::Connected) => {}
+                Ok(state) => return self.backend_gone(state),
+                Err(e) => return e.into(),
+            }
+            if let Err(e) = xs.next_watch_event_for(&token).await {
+                return e.into();
+            }
+        }
+    }
+
+    /// Run `op` (an operation on this device) while watching the backend:
+    /// if the backend leaves `Connected` first, `op` is dropped (its
+    /// requests abandoned: their slots and pages are never reused on this
+    /// connection) and the result is [`BlkError::BackendGone`].
+    pub async fn guard<T: XsTransport, R>(
+        &self,
+        xs: &mut XenStore<T>,
+        op: impl Future<Output = Result<R, BlkError>>,
+    ) -> Result<R, BlkError> {
+        let mut op = pin!(op);
+        let mut watch = pin!(self.watch_backend(xs));
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = op.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            watch.as_mut().poll(cx).map(Err)
+        })
+        .await
+    }
+
+    /// Record that the backend left `Connected` and wake every operation
+    /// so it fails.
+    fn backend_gone(&self, state: XenbusState) -> BlkError {
+        let mut inner = self.inner.borrow_mut();
+        if inner.gone.is_none() {
+            inner.gone = Some(state);
+            log::warn!(
+                "blkfront: {}: backend went to {state:?}; stopping I/O",
+                self.dev.path
+            );
+        }
+        inner.wake_all();
+        BlkError::BackendGone(state)
+    }
+
+    fn watch_token(&self) -> String {
+        format!("blkfront-backend:{}", self.dev.path)
+    }
+
+    async fn unwatch_backend<T: XsTransport>(&self, xs: &mut XenStore<T>) {
+        let token = self.watch_token();
+        if self.watching.replace(false) {
+            let _ = xs
+                .unwatch(&format!("{}/state", self.dev.backend), &token)
+                .await;
+        }
+        xs.discard_watch_events(&token);
+    }
+
+    /// Close after the backend went away (or to give the device up without
+    /// a handshake), the way Linux blkfront answers a backend `Closing`:
+    /// stop I/O, publish `Closed` at once (unless the toolstack already
+    /// removed our directory) so `xl block-detach` is not kept waiting,
+    /// wait for the backend to close or vanish (Linux blkback unmaps the
+    /// ring then), end every grant it no longer maps (the rest are leaked,
+    /// never reused) and close the event channel. Returns the final
+    /// counters (`leaked_grants`).
+    ///
+    /// Requests in flight are not answered any more; their owners got
+    /// [`BlkError::BackendGone`] or get [`BlkError::Disconnected`].
+    /// A backend that stays `Connected`/`Closing` keeps this waiting: bound
+    /// it with a timeout (dropping the future drops the device, which ends
+    /// the grants nobody maps).
+    pub async fn close<T: XsTransport>(self, xs: &mut XenStore<T>) -> BlkStats {
+        self.inner.borrow_mut().mark_disconnected();
+        self.unwatch_backend(xs).await;
+        // Only while our directory exists: after `xl block-detach` removed
+        // it, a write would fail (or create a stray node).
+        if xs.read(&format!("{}/state", self.dev.path)).await.is_ok() {
+            let _ = self.dev.set_state(xs, XenbusState::Closed).await;
+        }
+        if let Err(e) = wait_backend_closed(xs, &self.dev).await {
+            log::warn!(
+                "blkfront: {}: waiting for the backend to close: {e:?}",
+                self.dev.path
+            );
+        }
+        self.inner.borrow_mut().release_everything();
+        self.stats()
+    }
+
+    /// After the backend went away (`xl block-detach` then `block-attach`,
+    /// a backend restart): [`close`](Self::close), wait for the device to
+    /// be offered again ([`wait_backend_ready`]: the backend path is read
+    /// anew) and [`connect`](Self::connect) with `env` and `config`.
+    ///
+    /// Unbounded if the device never comes back: the caller bounds it with
+    /// a timeout; dropping the future leaves no grant reusable.
+    pub async fn reconnect<T: XsTransport>(
+        self,
+        env: E,
+        xs: &mut XenStore<T>,
+        config: BlkConfig,
+    ) -> Result<Self, BlkError> {
+        let path = self.dev.path.clone();
+        let stats = self.close(xs).await;
+        if stats.leaked_grants > 0 {
+            log::warn!(
+                "blkfront: {path}: {} grants still mapped by the old backend: leaked",
+                stats.leaked_grants
+            );
+        }
+        wait_backend_ready(xs, &path).await?;
+        Self::connect(env, xs, &path, config).await
+    }
+}
+
+impl<E: BlkEnv> Drop for BlkFront<E> {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut();
+        if !inner.released {
+            inner.release_everything();
+        }
+    }
+}
+
+/// Whether a backend in `state` has let go of the ring (or is gone).
+fn backend_closed(state: XenbusState) -> bool {
+    matches!(
+        state,
+        XenbusState::Closed
+            | XenbusState::Unknown
+            | XenbusState::Initialising
+            | XenbusState::InitWait
+    )
+}
+
+/// Wait until the backend of `dev` is `Closed`, gone, or starting again.
+async fn wait_backend_closed<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dev: &XenbusDevice,
+) -> Result<(), BlkError> {
+    let node = format!("{}/state", dev.backend);
+    let token = format!("blkfront-closed:{}", dev.path);
+    xs.watch(&node, &token).await?;
+    let result = async {
+        loop {
+            if backend_closed(read_state(xs, &dev.backend).await?) {
+                return Ok(());
+            }
+            xs.next_watch_event_for(&token).await?;
+        }
+    }
+    .await;
+    let _ = xs.unwatch(&node, &token).await;
+    xs.discard_watch_events(&token);
+    result
+}
+
+/// Wait until the device at `path` is offered again: its backend in
+/// `InitWait`, ready for [`BlkFront::connect`], whatever happens meanwhile
+/// (our directory removed and created again by the toolstack, a new
+/// backend path). A backend that is `Closed` but still `online` (not being
+/// removed) is asked to prepare for a reconnection by publishing
+/// `Initialising`, as Linux blkback expects.
+///
+/// Unbounded: the caller bounds it with a timeout.
+pub async fn wait_backend_ready<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    path: &str,
+) -> Result<(), BlkError> {
+    let token = format!("blkfront-ready:{path}");
+    // Our directory (created again on re-attach, `backend` rewritten) and
+    // the backend's state.
+    xs.watch(path, &token).await?;
+    let mut watched: Option<String> = None;
+    let result = async {
+        loop {
+            match XenbusDevice::open(xs, path).await {
+                Ok(dev) => {
+                    if watched.as_deref() != Some(dev.backend.as_str()) {
+                        if let Some(old) = watched.take() {
+                            let _ = xs.unwatch(&format!("{old}/state"), &token).await;
+                        }
+                        match xs.watch(&format!("{}/state", dev.backend), &token).await {
+                            Ok(()) | Err(XsError::Eexist) => {}
+                            Err(e) => return Err(BlkError::from(e)),
+                        }
+                        watched = Some(dev.backend.clone());
+                    }
+                    match dev.backend_state(xs).await? {
+                        XenbusState::InitWait => return Ok(()),
+                        XenbusState::Closed => ask_for_reconnect(xs, &dev).await?,
+                        _ => {}
+                    }
+                }
+                // Not there (yet): wait for the toolstack.
+                Err(XenbusError::Xs(XsError::Enoent)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            xs.next_watch_event_for(&token).await?;
+        }
+    }
+    .await;
+    let _ = xs.unwatch(path, &token).await;
+    if let Some(backend) = watched {
+        let _ = xs.unwatch(&format!("{backend}/state"), &token).await;
+    }
+    xs.discard_watch_events(&token);
+    result
+}
+
+/// The backend is `Closed`: if it stays online (the toolstack set
+/// `online` to 0 before a removal) and we are `Closed` too, publish
+/// `Initialising` so it goes back to `InitWait`.
+async fn ask_for_reconnect<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dev: &XenbusDevice,
+) -> Result<(), BlkError> {
+    let online = read_optional(xs, &dev.backend, "online").await?;
+    if online.as_deref() != Some(b"1") {
+        return Ok(());
+    }
+    if dev.state(xs).await? == XenbusState::Closed {
+        dev.set_state(xs, XenbusState::Initialising).await?;
+    }
+    Ok(())
 }
 
 /// The caller's buffer of a transfer.
@@ -585,6 +856,9 @@ impl<E: BlkEnv> Inner<E> {
     fn check_usable(&self) -> Result<(), BlkError> {
         if let Some(v) = self.broken {
             return Err(BlkError::Protocol(v));
+        }
+        if let Some(state) = self.gone {
+            return Err(BlkError::BackendGone(state));
         }
         if self.disconnected {
             return Err(BlkError::Disconnected);
@@ -926,6 +1200,11 @@ impl<E: BlkEnv> Inner<E> {
     /// At disconnect: end every grant, close the port, free the ring
     /// unless the backend still holds it.
     fn release_everything(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        self.disconnected = true;
         let leaked = self.pool.revoke_all(&mut self.env);
         let mut ring_leaked = 0;
         for gref in self.ring_grefs.drain(..) {

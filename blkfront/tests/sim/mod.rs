@@ -399,6 +399,8 @@ pub struct Blkback {
     pub poke_rsp_prod: Option<u32>,
     pub stats: BackendStats,
     pub ring_page_order: u32,
+    /// The backend's directory ([`BACKEND`] unless a re-attach moved it).
+    pub path: String,
 }
 
 impl Blkback {
@@ -420,13 +422,22 @@ impl Blkback {
             poke_rsp_prod: None,
             stats: BackendStats::default(),
             ring_page_order: 0,
+            path: BACKEND.to_string(),
         }
     }
 
     fn set(&mut self, key: &str, value: &str) {
         self.xs
             .borrow_mut()
-            .set(&format!("{BACKEND}/{key}"), value.as_bytes());
+            .set(&format!("{}/{key}", self.path), value.as_bytes());
+    }
+
+    fn online(&self) -> bool {
+        self.xs
+            .borrow()
+            .get(&format!("{}/online", self.path))
+            .as_deref()
+            == Some(b"1")
     }
 
     fn front(&self, key: &str) -> Option<String> {
@@ -442,10 +453,46 @@ impl Blkback {
     /// Toolstack set-up: the device directories, backend at Initialising.
     pub fn install(&mut self) {
         let mut xs = self.xs.borrow_mut();
-        xs.set(&format!("{DEVICE}/backend"), BACKEND.as_bytes());
+        xs.set(&format!("{}/online", self.path), b"1");
+        xs.set(&format!("{}/state", self.path), b"1");
         xs.set(&format!("{DEVICE}/backend-id"), b"0");
         xs.set(&format!("{DEVICE}/state"), b"1");
-        xs.set(&format!("{BACKEND}/state"), b"1");
+        xs.set(&format!("{DEVICE}/backend"), self.path.as_bytes());
+    }
+
+    /// `xl block-detach`, first half: `online` 0 and the backend
+    /// `Closing`, in one go (libxl does both in one transaction); the
+    /// backend then follows the frontend to `Closed`.
+    pub fn toolstack_detach(&mut self) {
+        self.set("online", "0");
+        self.set_state(5);
+    }
+
+    /// `xl block-detach`, second half (after the backend reached
+    /// `Closed`): both directories removed.
+    pub fn toolstack_remove(&mut self) {
+        self.unmap();
+        self.state = 0;
+        let mut xs = self.xs.borrow_mut();
+        xs.remove(DEVICE);
+        xs.remove(&self.path);
+    }
+
+    /// `xl block-attach` of the same disk, the backend at `path`.
+    pub fn toolstack_attach(&mut self, path: &str) {
+        self.path = path.to_string();
+        self.reinstall();
+    }
+
+    /// Let go of the ring and of the requests taken (their responses are
+    /// never written), as blkback does when the frontend closes.
+    fn unmap(&mut self) {
+        self.ring = None;
+        self.held.clear();
+        let mut hv = self.hv.borrow_mut();
+        for g in self.ring_grefs.drain(..) {
+            hv.mapped.remove(&g);
+        }
     }
 
     /// The toolstack after a guest restart: a fresh device pair on the
@@ -489,15 +536,16 @@ impl Blkback {
             }
             (4, 5) | (4, 6) => {
                 // The frontend is closing: unmap everything, then follow.
-                self.ring = None;
-                let mut hv = self.hv.borrow_mut();
-                for g in self.ring_grefs.drain(..) {
-                    hv.mapped.remove(&g);
-                }
-                drop(hv);
+                self.unmap();
                 self.set_state(5);
             }
-            (5, 6) => self.set_state(6),
+            (5, 6) => {
+                self.unmap();
+                self.set_state(6);
+            }
+            // Linux blkback: "prepare for reconnect" (only while online;
+            // an offline backend is being removed).
+            (6, 1) if self.online() => self.set_state(2),
             _ => {}
         }
     }
