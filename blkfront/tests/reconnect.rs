@@ -9,7 +9,7 @@ use blkfront::{BlkConfig, BlkError, BlkFront};
 use sim::*;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use xen::xenbus::XenbusState;
 
 fn connect(world: &mut World) -> BlkFront<SimEnv> {
