@@ -355,6 +355,13 @@ impl<E: BlkEnv> BlkFront<E> {
         self.inner.borrow().segments_per_request
     }
 
+    /// Requests on the ring not yet released: unanswered, or answered and
+    /// not yet taken by their owner, or abandoned by a cancelled operation.
+    pub fn in_flight(&self) -> usize {
+        let inner = self.inner.borrow();
+        inner.slots.len() - inner.free_slots.len()
+    }
+
     /// Counters.
     pub fn stats(&self) -> BlkStats {
         let inner = self.inner.borrow();
@@ -661,8 +668,16 @@ impl<E: BlkEnv> BlkFront<E> {
                 self.dev.path
             );
         }
+        let abandoned = self.in_flight();
+        let leaked_before = self.inner.borrow().stats.leaked_grants;
         self.inner.borrow_mut().release_everything();
-        self.stats()
+        let stats = self.stats();
+        log::info!(
+            "blkfront: {}: closed: {abandoned} requests in flight dropped, {} grants still mapped by the backend (leaked)",
+            self.dev.path,
+            stats.leaked_grants - leaked_before
+        );
+        stats
     }
 
     /// After the backend went away (`xl block-detach` then `block-attach`,
