@@ -503,6 +503,41 @@ impl Handle {
         }
     }
 
+    /// Runs `future` until it completes or `duration_ns` passes, counted
+    /// from the current round's time (as [`Handle::sleep`] counts), whichever
+    /// comes first.
+    ///
+    /// `Err(Elapsed)` means the deadline came first: `future` was dropped
+    /// unfinished, which cancels it as any drop does (its destructors run;
+    /// work it had handed to another party is not undone). On every wakeup
+    /// `future` is polled before the deadline is checked, so a future that
+    /// is ready when the deadline passes still wins.
+    ///
+    /// The deadline is fixed here, when the timeout is created, not at its
+    /// first poll.
+    pub fn timeout<F: Future>(
+        &self,
+        duration_ns: u64,
+        future: F,
+    ) -> impl Future<Output = Result<F::Output, Elapsed>> {
+        self.timeout_at(self.now_ns().saturating_add(duration_ns), future)
+    }
+
+    /// [`Handle::timeout`] with an absolute deadline on the executor's clock.
+    pub fn timeout_at<F: Future>(
+        &self,
+        deadline_ns: u64,
+        future: F,
+    ) -> impl Future<Output = Result<F::Output, Elapsed>> {
+        let deadline = self.sleep_until(deadline_ns);
+        async move {
+            match select(future, deadline).await {
+                Either::Left(output) => Ok(output),
+                Either::Right(()) => Err(Elapsed),
+            }
+        }
+    }
+
     /// A long-lived listener on `port` for driver loops: every
     /// [`EventListener::wait`] completes once per burst of notifications that
     /// arrived since the previous wait completed (or since the listener was
@@ -696,6 +731,50 @@ impl Drop for EventListener {
                 }
             }
         }
+    }
+}
+
+/// Which of the two futures given to [`select`] completed first, with its
+/// output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Either<A, B> {
+    /// The first future completed first.
+    Left(A),
+    /// The second future completed first.
+    Right(B),
+}
+
+/// Runs two futures concurrently (in the calling task) until one of them
+/// completes, and returns that one's output; the other is dropped
+/// unfinished, which cancels it.
+///
+/// On every wakeup `a` is polled before `b`, so when both are ready `a`
+/// wins: put the work first and the deadline or stop signal second. For the
+/// common "this, or give up after a while" case, [`Handle::timeout`] reads
+/// better.
+pub async fn select<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = core::pin::pin!(a);
+    let mut b = core::pin::pin!(b);
+    core::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(output));
+        }
+        if let Poll::Ready(output) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(output));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The error of [`Handle::timeout`] and [`Handle::timeout_at`]: the deadline
+/// passed before the future completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+impl core::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("deadline elapsed")
     }
 }
 

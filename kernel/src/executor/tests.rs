@@ -67,29 +67,6 @@ impl Idle for MockIdle {
     }
 }
 
-/// Which of two raced futures finished first.
-#[derive(Debug, PartialEq, Eq)]
-enum Winner<A, B> {
-    First(A),
-    Second(B),
-}
-
-/// Polls `a` then `b`, returns the first to complete (the other is dropped).
-async fn race<A: Future, B: Future>(a: A, b: B) -> Winner<A::Output, B::Output> {
-    let mut a = core::pin::pin!(a);
-    let mut b = core::pin::pin!(b);
-    poll_fn(|cx| {
-        if let Poll::Ready(x) = a.as_mut().poll(cx) {
-            return Poll::Ready(Winner::First(x));
-        }
-        if let Poll::Ready(y) = b.as_mut().poll(cx) {
-            return Poll::Ready(Winner::Second(y));
-        }
-        Poll::Pending
-    })
-    .await
-}
-
 type Log = Rc<RefCell<Vec<&'static str>>>;
 
 #[test]
@@ -407,12 +384,12 @@ fn event_created_after_a_notification_waits_for_the_next() {
     ex.run_until(&mut idle, yield_now());
     let late = h.event(5);
     let hm = h.clone();
-    let winner = ex.run_until(&mut idle, race(late, hm.sleep_until(1_000)));
-    assert_eq!(winner, Winner::Second(()));
+    let winner = ex.run_until(&mut idle, select(late, hm.sleep_until(1_000)));
+    assert_eq!(winner, Either::Right(()));
     // And the next notification does complete a fresh event.
     idle.during_block.push_back(vec![5]);
-    let winner = ex.run_until(&mut idle, race(h.event(5), h.sleep_until(2_000)));
-    assert_eq!(winner, Winner::First(()));
+    let winner = ex.run_until(&mut idle, select(h.event(5), h.sleep_until(2_000)));
+    assert_eq!(winner, Either::Left(()));
 }
 
 #[test]
@@ -467,8 +444,8 @@ fn event_listener_coalesces_bursts_and_never_loses_one() {
         listener.wait().await; // completes at once: nothing lost
         assert_eq!(hm.now_ns(), before);
         // The burst was coalesced: the next wait needs a new notification.
-        let r = race(listener.wait(), hm.sleep(100)).await;
-        assert_eq!(r, Winner::Second(()));
+        let r = select(listener.wait(), hm.sleep(100)).await;
+        assert_eq!(r, Either::Right(()));
     });
 }
 
@@ -522,8 +499,8 @@ fn cancelled_sleep_releases_its_timer() {
     let h = ex.handle();
     let mut idle = MockIdle::new();
     idle.during_block.push_back(vec![3]);
-    let winner = ex.run_until(&mut idle, race(h.sleep_until(1_000), h.event(3)));
-    assert_eq!(winner, Winner::Second(()));
+    let winner = ex.run_until(&mut idle, select(h.sleep_until(1_000), h.event(3)));
+    assert_eq!(winner, Either::Right(()));
     assert!(h.shared.reactor.borrow().timers.is_empty());
     ex.run_until(&mut idle, h.sleep_until(5_000));
     assert_eq!(idle.blocks, [Some(1_000), Some(5_000)]);
@@ -694,8 +671,8 @@ fn listener_poll_wait_in_a_hand_written_future() {
     let h2 = h.clone();
     ex.run_until(&mut idle, async move {
         let mut l = h2.event_listener(6);
-        let r = race(l.wait(), h2.sleep(10)).await;
-        assert_eq!(r, Winner::Second(()));
+        let r = select(l.wait(), h2.sleep(10)).await;
+        assert_eq!(r, Either::Right(()));
         drop(l);
         assert!(h2.shared.reactor.borrow().ports[&6].waiters.is_empty());
     });
@@ -839,4 +816,108 @@ mod properties {
             prop_assert_eq!(ex.stats().live_tasks, waiting);
         }
     }
+}
+
+#[test]
+fn select_prefers_the_first_future_and_drops_the_loser() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    // Both ready at the first poll: the first one wins.
+    let both = ex.run_until(&mut idle, select(async { 1 }, async { "two" }));
+    assert_eq!(both, Either::Left(1));
+    // Only the second ready: it wins, and the first (a registered timer and
+    // a guard) is dropped before select returns.
+    let dropped = Rc::new(Cell::new(false));
+    let (hm, flag) = (h.clone(), DropFlag(dropped.clone()));
+    let loser = async move {
+        let _flag = flag;
+        hm.sleep(1_000).await;
+        7
+    };
+    let h2 = h.clone();
+    let r = ex.run_until(&mut idle, async move {
+        let r = select(loser, async {
+            yield_now().await;
+            yield_now().await;
+        })
+        .await;
+        // The loser's timer is unregistered, not left to fire later.
+        assert!(h2.shared.reactor.borrow().timers.is_empty());
+        r
+    });
+    assert_eq!(r, Either::Right(()));
+    assert!(dropped.get(), "the losing future was dropped");
+    assert!(
+        idle.blocks.is_empty(),
+        "nothing waited for the loser's timer"
+    );
+}
+
+#[test]
+fn timeout_returns_the_output_before_the_deadline() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    let hm = h.clone();
+    let r = ex.run_until(&mut idle, async move {
+        hm.timeout(1_000, async {
+            hm.sleep(300).await;
+            "done"
+        })
+        .await
+    });
+    assert_eq!(r, Ok("done"));
+    assert_eq!(idle.now.get(), 300);
+    // The deadline's timer went with the timeout: a later block does not
+    // wake at 1000 for nothing.
+    assert!(h.shared.reactor.borrow().timers.is_empty());
+    ex.run_until(&mut idle, h.sleep_until(5_000));
+    assert_eq!(idle.blocks, [Some(300), Some(5_000)]);
+}
+
+#[test]
+fn timeout_gives_up_at_the_deadline_and_cancels_the_future() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    let dropped = Rc::new(Cell::new(false));
+    let (hm, flag) = (h.clone(), DropFlag(dropped.clone()));
+    let r = ex.run_until(&mut idle, async move {
+        // An event that never fires.
+        let never = hm.event(9);
+        hm.timeout(500, async move {
+            let _flag = flag;
+            never.await;
+        })
+        .await
+    });
+    assert_eq!(r, Err(Elapsed));
+    assert_eq!(idle.now.get(), 500);
+    assert!(dropped.get(), "the timed-out future was dropped");
+    assert!(h.shared.reactor.borrow().ports[&9].waiters.is_empty());
+    assert_eq!(Elapsed.to_string(), "deadline elapsed");
+}
+
+#[test]
+fn timeout_deadline_is_fixed_at_creation_and_a_ready_future_still_wins() {
+    let mut ex = Executor::new();
+    let h = ex.handle();
+    let mut idle = MockIdle::new();
+    let hm = h.clone();
+    let (late, on_time) = ex.run_until(&mut idle, async move {
+        // Created at t=0 with 100 ns, first polled at t=200: already late.
+        let t = hm.timeout(100, core::future::pending::<()>());
+        hm.sleep(200).await;
+        let late = t.await;
+        // A future ready in the round its deadline passes wins: the work is
+        // polled before the deadline.
+        let deadline = hm.now_ns() + 50;
+        hm.sleep_until(deadline).await;
+        let on_time = hm.timeout_at(deadline, async { 3 }).await;
+        (late, on_time)
+    });
+    assert_eq!(late, Err(Elapsed));
+    assert_eq!(on_time, Ok(3));
+    assert_eq!(idle.blocks, [Some(200), Some(250)]);
 }

@@ -10,6 +10,7 @@
 //! netbridge: uplink <mac> on <backend>
 //! netbridge: vif <path> connected (frontend domain <id>)
 //! netbridge: vif <path> closed (<why>)
+//! netbridge: vif <path>: not connected within <n> s; retrying later
 //! netbridge: stats: ...
 //! ```
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -32,7 +33,7 @@ mod image {
 
     use kernel::boot::{Env, Exit};
     use kernel::devices::{KernelXenStore, XenEnv};
-    use kernel::executor::Handle;
+    use kernel::executor::{Elapsed, Handle};
     use kernel::println;
     use netback::{BackendOptions, Health, Offload, Packet, Vif};
     use netfront::{ConnectOptions, Netfront, TxOffload};
@@ -70,22 +71,6 @@ mod image {
     struct Client {
         path: String,
         vif: Vif<XenEnv>,
-    }
-
-    /// Completes with `a`'s output, or `None` when `b` completes first.
-    async fn or_timeout<T>(a: impl Future<Output = T>, b: impl Future<Output = ()>) -> Option<T> {
-        let mut a = pin!(a);
-        let mut b = pin!(b);
-        poll_fn(|cx| {
-            if let Poll::Ready(v) = a.as_mut().poll(cx) {
-                return Poll::Ready(Some(v));
-            }
-            if b.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await
     }
 
     /// Every `backend/vif/<front>/<dev>` directory of ours.
@@ -279,8 +264,8 @@ mod image {
                                 continue;
                             }
                             let attempt = netback::connect(&mut benv, xs, &path, &options);
-                            match or_timeout(attempt, h.sleep(CONNECT_TIMEOUT)).await {
-                                Some(Ok(vif)) => {
+                            match h.timeout(CONNECT_TIMEOUT, attempt).await {
+                                Ok(Ok(vif)) => {
                                     println!(
                                         "netbridge: vif {path} connected (frontend domain {})",
                                         vif.device().frontend_id
@@ -288,11 +273,15 @@ mod image {
                                     retry_at.remove(&path);
                                     clients.push(Client { path, vif });
                                 }
-                                Some(Err(e)) => {
+                                Ok(Err(e)) => {
                                     println!("netbridge: vif {path}: {e:?}; retrying later");
                                     retry_at.insert(path, h.now_ns() + RETRY_AFTER);
                                 }
-                                None => {
+                                Err(Elapsed) => {
+                                    println!(
+                                        "netbridge: vif {path}: not connected within {} s; retrying later",
+                                        CONNECT_TIMEOUT / SECOND
+                                    );
                                     retry_at.insert(path, h.now_ns() + RETRY_AFTER);
                                 }
                             }

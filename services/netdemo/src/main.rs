@@ -30,13 +30,10 @@ mod tests;
 mod image {
     use alloc::format;
     use alloc::vec::Vec;
-    use core::future::{poll_fn, Future};
-    use core::pin::pin;
-    use core::task::Poll;
 
     use kernel::boot::{Env, Exit};
     use kernel::devices::XenEnv;
-    use kernel::executor::Handle;
+    use kernel::executor::{select, Handle};
     use kernel::println;
     use netfront::{ConnectOptions, Netfront};
     use smoltcp::iface::{Config, Interface, SocketSet};
@@ -53,20 +50,6 @@ mod image {
 
     fn instant(ns: u64) -> Instant {
         Instant::from_micros((ns / 1000) as i64)
-    }
-
-    /// Completes when either future does (the other is dropped).
-    async fn either(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
-        let mut a = pin!(a);
-        let mut b = pin!(b);
-        poll_fn(|cx| {
-            if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
     }
 
     fn print_report(r: Report) {
@@ -267,7 +250,7 @@ mod image {
                 Some(d) => (now + d.total_micros() * 1000).min(next_check),
                 None => next_check,
             };
-            either(dev.wait(), h.sleep_until(deadline)).await;
+            select(dev.wait(), h.sleep_until(deadline)).await;
         }
     }
 

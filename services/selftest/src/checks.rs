@@ -7,13 +7,11 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
-use core::future::Future;
 use core::pin::pin;
-use core::task::Poll;
 
 use kernel::arch;
 use kernel::boot::{Env, Platform};
-use kernel::executor::Handle;
+use kernel::executor::{Elapsed, Handle};
 use xen::abi::grant_table::*;
 use xen::abi::memory::{E820Entry, E820_RAM};
 use xen::abi::DOMID_SELF;
@@ -43,22 +41,6 @@ fn pfn_of(p: &Page) -> u64 {
 /// The PV clock, read now (not the executor's round time).
 pub fn clock(p: &Platform) -> u64 {
     kernel::boot::system_time_ns(&p.shared)
-}
-
-/// Runs `f` with a deadline; `None` if it did not finish in `ns`.
-pub async fn within<F: Future>(h: &Handle, ns: u64, f: F) -> Option<F::Output> {
-    let mut f = pin!(f);
-    let mut sleep = pin!(h.sleep(ns));
-    core::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = f.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
@@ -270,7 +252,7 @@ async fn fires(h: &Handle, port: u32, send: EventChannel) -> bool {
     if send.notify().is_err() {
         return false;
     }
-    within(h, 2000 * MS, ev).await.is_some()
+    h.timeout(2000 * MS, ev).await.is_ok()
 }
 
 /// Two connected ports of this domain: `a` unbound for ourselves, `b` bound to it.
@@ -304,10 +286,10 @@ pub async fn event_mask(env: &Env) -> Outcome {
     let ev = env.executor.event(a.port());
     b.notify().map_err(|e| format!("send: {e}"))?;
     let mut ev = pin!(ev);
-    let early = within(&env.executor, 100 * MS, ev.as_mut()).await.is_some();
+    let early = env.executor.timeout(100 * MS, ev.as_mut()).await.is_ok();
     let pending = p.shared.is_pending(a.port());
     let rechecked = p.shared.unmask(0, a.port());
-    let after = within(&env.executor, 2000 * MS, ev).await.is_some();
+    let after = env.executor.timeout(2000 * MS, ev).await.is_ok();
     let _ = a.close();
     let _ = b.close();
     ensure(!early, || "masked port woke a task".into())?;
@@ -448,30 +430,32 @@ pub async fn xenstore_watch(env: &Env, xs: &mut Store, timeout_s: u64) -> Outcom
         .await
         .map_err(|e| format!("write: {e}"))?;
     let start = clock(env.platform);
-    let outcome = within(&env.executor, timeout_s * 1_000_000_000, async {
-        let mut events = 0;
-        loop {
-            let ev = xs
-                .next_watch_event_for("selftest")
-                .await
-                .map_err(|e| format!("watch event: {e}"))?;
-            events += 1;
-            if let Ok(v) = xs.read_string(path).await {
-                if v == "fired-by-dom0" {
-                    return Ok::<_, String>((events, ev.path));
+    let outcome = env
+        .executor
+        .timeout(timeout_s * 1_000_000_000, async {
+            let mut events = 0;
+            loop {
+                let ev = xs
+                    .next_watch_event_for("selftest")
+                    .await
+                    .map_err(|e| format!("watch event: {e}"))?;
+                events += 1;
+                if let Ok(v) = xs.read_string(path).await {
+                    if v == "fired-by-dom0" {
+                        return Ok::<_, String>((events, ev.path));
+                    }
                 }
             }
-        }
-    })
-    .await;
+        })
+        .await;
     let _ = xs.unwatch(path, "selftest").await;
     match outcome {
-        Some(Ok((n, p))) => Ok(format!(
+        Ok(Ok((n, p))) => Ok(format!(
             "event on {p} with dom0's value after {} ms ({n} events incl. the initial one)",
             (clock(env.platform) - start) / MS
         )),
-        Some(Err(e)) => Err(e),
-        None => Err(format!("no write from dom0 within {timeout_s} s")),
+        Ok(Err(e)) => Err(e),
+        Err(Elapsed) => Err(format!("no write from dom0 within {timeout_s} s")),
     }
 }
 
@@ -591,13 +575,14 @@ pub async fn executor(env: &Env) -> Outcome {
             d.set(d.get() + 1);
         });
     }
-    let tasks_done = within(h, 60_000 * MS, async {
-        while done.get() < 500 {
-            h.sleep(MS).await;
-        }
-    })
-    .await;
-    ensure(tasks_done.is_some(), || {
+    let tasks_done = h
+        .timeout(60_000 * MS, async {
+            while done.get() < 500 {
+                h.sleep(MS).await;
+            }
+        })
+        .await;
+    ensure(tasks_done.is_ok(), || {
         format!("{} of 500 tasks done", done.get())
     })?;
     // Timers spawned out of order must fire in deadline order. The
@@ -613,13 +598,14 @@ pub async fn executor(env: &Env) -> Outcome {
             o.borrow_mut().push(d);
         });
     }
-    let waited = within(h, 60_000 * MS, async {
-        while order.borrow().len() < 3 {
-            h.sleep(MS).await;
-        }
-    })
-    .await;
-    ensure(waited.is_some(), || {
+    let waited = h
+        .timeout(60_000 * MS, async {
+            while order.borrow().len() < 3 {
+                h.sleep(MS).await;
+            }
+        })
+        .await;
+    ensure(waited.is_ok(), || {
         format!(
             "{} of 500 tasks done, timers {:?}",
             done.get(),
