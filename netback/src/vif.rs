@@ -686,7 +686,7 @@ impl<E: NetbackEnv> Vif<E> {
     /// again when the frontend re-initialises.
     pub async fn close<T: XsTransport>(self, env: &mut E, xs: &mut XenStore<T>) -> BackendDevice {
         let device = self.release(env);
-        let _ = device.set_state(xs, xen::xenbus::XenbusState::Closed).await;
+        let _ = xen::xenbus::write_state(xs, &device.path, xen::xenbus::XenbusState::Closed).await;
         device
     }
 }

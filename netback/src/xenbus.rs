@@ -14,8 +14,8 @@ use crate::vif::Vif;
 use alloc::format;
 use alloc::string::String;
 use xen::abi::DomId;
-use xen::xenbus::{read_state, XenbusState};
-use xen::xenstore::{XenStore, XsError, XsTransport};
+use xen::xenbus::{read_state, write_state, XenbusState};
+use xen::xenstore::{WatchGuard, XenStore, XsError, XsTransport};
 
 /// One vif's backend directory and its frontend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,25 +72,6 @@ impl BackendDevice {
         })
     }
 
-    /// Publish our state.
-    pub async fn set_state<T: XsTransport>(
-        &self,
-        xs: &mut XenStore<T>,
-        state: XenbusState,
-    ) -> Result<(), NetbackError> {
-        xs.write(&format!("{}/state", self.path), state.to_value().as_bytes())
-            .await?;
-        Ok(())
-    }
-
-    /// Our published state.
-    pub async fn state<T: XsTransport>(
-        &self,
-        xs: &mut XenStore<T>,
-    ) -> Result<XenbusState, NetbackError> {
-        Ok(read_state(xs, &self.path).await?)
-    }
-
     /// The frontend's state (`Unknown` if its directory is gone).
     pub async fn frontend_state<T: XsTransport>(
         &self,
@@ -111,7 +92,7 @@ impl BackendDevice {
         }
         xs.write(&format!("{}/hotplug-status", self.path), b"connected")
             .await?;
-        self.set_state(xs, XenbusState::InitWait).await
+        Ok(write_state(xs, &self.path, XenbusState::InitWait).await?)
     }
 
     /// Whether the toolstack is taking the vif away.
@@ -123,7 +104,7 @@ impl BackendDevice {
             Err(e) => return Err(e.into()),
         }
         Ok(matches!(
-            self.state(xs).await?,
+            read_state(xs, &self.path).await?,
             XenbusState::Closing | XenbusState::Unknown
         ))
     }
@@ -146,18 +127,21 @@ impl BackendDevice {
     /// Wait until the frontend is `Connected`. A frontend still `Closed`
     /// from an earlier connection may come back, so only its `Closing`
     /// (it is leaving) or the toolstack detaching us ends the wait early.
+    ///
+    /// The two watches are owned by a [`WatchGuard`]: they are removed on
+    /// every exit, including this future being dropped mid-wait (a connect
+    /// timeout), so a later attempt can watch the same nodes again.
     async fn wait_frontend<T: XsTransport>(
         &self,
         xs: &mut XenStore<T>,
     ) -> Result<(), NetbackError> {
         let token = format!("netback:{}", self.path);
-        let front_node = format!("{}/state", self.frontend);
-        let own_node = format!("{}/state", self.path);
-        watch_again(xs, &front_node, &token).await?;
-        if let Err(e) = watch_again(xs, &own_node, &token).await {
-            let _ = xs.unwatch(&front_node, &token).await;
-            return Err(e.into());
-        }
+        let mut watches = WatchGuard::new(xs);
+        watches
+            .add(&format!("{}/state", self.frontend), &token)
+            .await?;
+        watches.add(&format!("{}/state", self.path), &token).await?;
+        let xs = watches.store();
         let result = async {
             loop {
                 match self.frontend_state(xs).await? {
@@ -174,24 +158,8 @@ impl BackendDevice {
             }
         }
         .await;
-        let _ = xs.unwatch(&front_node, &token).await;
-        let _ = xs.unwatch(&own_node, &token).await;
-        xs.discard_watch_events(&token);
+        let _ = watches.close().await;
         result
-    }
-}
-
-/// Watch `path`; a watch that already exists (left by an earlier attempt
-/// whose future was dropped while it waited, e.g. by a connect timeout) is
-/// as good as a new one.
-async fn watch_again<T: XsTransport>(
-    xs: &mut XenStore<T>,
-    path: &str,
-    token: &str,
-) -> Result<(), XsError> {
-    match xs.watch(path, token).await {
-        Err(XsError::Eexist) => Ok(()),
-        other => other,
     }
 }
 
@@ -211,17 +179,17 @@ pub async fn connect<E: NetbackEnv, T: XsTransport>(
         device.wait_frontend(xs).await?;
         let front = FrontendConfig::read(xs, &device.frontend, options).await?;
         let vif = Vif::new(env, device.clone(), front, *options)?;
-        match device.set_state(xs, XenbusState::Connected).await {
+        match write_state(xs, &device.path, XenbusState::Connected).await {
             Ok(()) => Ok(vif),
             Err(e) => {
                 vif.release(env);
-                Err(e)
+                Err(e.into())
             }
         }
     }
     .await;
     if result.is_err() {
-        let _ = device.set_state(xs, XenbusState::Closed).await;
+        let _ = write_state(xs, &device.path, XenbusState::Closed).await;
     }
     result
 }

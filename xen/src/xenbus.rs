@@ -2,12 +2,13 @@
 //! publishes its [`XenbusState`] in xenstore, and the frontend moves on
 //! when the backend reaches the state it waits for.
 //!
-//! [`XenbusDevice`] is the frontend's helper: it finds the backend from the
-//! device directory (`backend`, `backend-id`), writes our `state`, and waits
-//! for the backend's `state` through a watch. Every value read is
-//! untrusted and parsed strictly.
+//! [`read_state`] and [`write_state`] read and publish one end's state (both
+//! ends of every driver use them). [`XenbusDevice`] is the frontend's
+//! helper: it finds the backend from the device directory (`backend`,
+//! `backend-id`), writes our `state`, and waits for the backend's `state`
+//! through a watch. Every value read is untrusted and parsed strictly.
 
-use crate::xenstore::{XenStore, XsError, XsTransport};
+use crate::xenstore::{WatchGuard, XenStore, XsError, XsTransport};
 use alloc::format;
 use alloc::string::String;
 
@@ -140,6 +141,17 @@ pub async fn read_state<T: XsTransport>(
     }
 }
 
+/// Publish `state` as `<node>/state` (`node`: the device directory of
+/// either end).
+pub async fn write_state<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    node: &str,
+    state: XenbusState,
+) -> Result<(), XsError> {
+    xs.write(&format!("{node}/state"), state.to_value().as_bytes())
+        .await
+}
+
 /// A frontend device and its backend, as found in xenstore.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XenbusDevice {
@@ -185,9 +197,7 @@ impl XenbusDevice {
         xs: &mut XenStore<T>,
         state: XenbusState,
     ) -> Result<(), XenbusError> {
-        xs.write(&format!("{}/state", self.path), state.to_value().as_bytes())
-            .await?;
-        Ok(())
+        Ok(write_state(xs, &self.path, state).await?)
     }
 
     /// Our published state.
@@ -208,7 +218,9 @@ impl XenbusDevice {
 
     /// Wait until the backend's state is `target`. Fails if the backend
     /// goes to `Closing` or `Closed` when that is not the target. The watch
-    /// used for waiting is removed before returning.
+    /// used for waiting is removed before returning, or, if this future is
+    /// dropped unfinished, before the client's next request (a
+    /// [`WatchGuard`]).
     pub async fn wait_for_backend<T: XsTransport>(
         &self,
         xs: &mut XenStore<T>,
@@ -216,10 +228,10 @@ impl XenbusDevice {
     ) -> Result<XenbusState, XenbusError> {
         let node = format!("{}/state", self.backend);
         let token = format!("xenbus:{}", self.path);
-        xs.watch(&node, &token).await?;
-        let result = self.wait_watched(xs, target, &token).await;
-        let unwatched = xs.unwatch(&node, &token).await;
-        xs.discard_watch_events(&token);
+        let mut watches = WatchGuard::new(xs);
+        watches.add(&node, &token).await?;
+        let result = self.wait_watched(watches.store(), target, &token).await;
+        let unwatched = watches.close().await;
         let state = result?;
         unwatched?;
         Ok(state)

@@ -11,6 +11,6 @@ pub mod error;
 pub mod transport;
 pub mod wire;
 
-pub use client::{Transaction, TxId, WatchEvent, XenStore};
+pub use client::{Transaction, TxId, WatchEvent, WatchGuard, XenStore};
 pub use error::{ProtocolError, XsError};
 pub use transport::{XsEvents, XsRing, XsTransport};

@@ -200,6 +200,11 @@ impl Xenstored {
         self.watches.len()
     }
 
+    /// The tokens of every registered watch, on all connections.
+    pub fn watch_tokens(&self) -> Vec<String> {
+        self.watches.iter().map(|w| w.token.clone()).collect()
+    }
+
     /// Bytes the daemon has queued for the client.
     pub fn pending_output(&self) -> usize {
         self.output.len()
@@ -410,6 +415,16 @@ impl Xenstored {
             }
             XsdSockmsgType::Watch => {
                 let (path, token) = (arg(0)?, arg(1)?);
+                // As C xenstored: the same path and token twice on one
+                // connection is refused.
+                let (abs, conn) = (self.resolve(&path), self.current);
+                if self
+                    .watches
+                    .iter()
+                    .any(|w| w.conn == conn && w.token == token && self.resolve(&w.path) == abs)
+                {
+                    return Err("EEXIST");
+                }
                 self.watches.push(Watch {
                     path: path.clone(),
                     token: token.clone(),

@@ -6,6 +6,17 @@
 //! after sending has its reply drained and discarded before the next one.
 //! A protocol violation by the daemon is sticky: the connection is unusable
 //! afterwards and every call returns that error.
+//!
+//! # Watches and cancellation
+//!
+//! A future that registered a watch and is then dropped (a timeout gave up
+//! on it) cannot unwatch: a destructor cannot wait for the daemon. A watch
+//! registered through a [`WatchGuard`] is removed anyway: when the guard is
+//! dropped it queues an unwatch in the client, and the client sends the
+//! queued unwatches before its next request or wait for a watch event (or
+//! when asked, [`XenStore::flush_unwatches`]). Requests are answered in order, so the
+//! watch is gone before anything that follows the drop reaches the daemon;
+//! in particular the same watch can be registered again at once.
 
 use super::error::{ProtocolError, XsError};
 use super::transport::XsTransport;
@@ -16,6 +27,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::future::poll_fn;
+use core::ops::{Deref, DerefMut};
 
 /// Most watch events kept while nobody asks for them; more are dropped and
 /// counted ([`XenStore::dropped_watch_events`]).
@@ -72,6 +84,11 @@ pub struct XenStore<T: XsTransport> {
     tx_sent: usize,
     watch_events: VecDeque<WatchEvent>,
     dropped_watch_events: u64,
+    /// Watches (path, token) whose [`WatchGuard`] was dropped: removed
+    /// before the next request.
+    unwatch_queue: VecDeque<(String, String)>,
+    /// Queued unwatches the daemon refused.
+    unwatch_errors: u64,
     broken: Option<ProtocolError>,
 }
 
@@ -88,6 +105,8 @@ impl<T: XsTransport> XenStore<T> {
             tx_sent: 0,
             watch_events: VecDeque::new(),
             dropped_watch_events: 0,
+            unwatch_queue: VecDeque::new(),
+            unwatch_errors: 0,
             broken: None,
         }
     }
@@ -100,6 +119,18 @@ impl<T: XsTransport> XenStore<T> {
     /// Watch events dropped because the queue was full or malformed.
     pub fn dropped_watch_events(&self) -> u64 {
         self.dropped_watch_events
+    }
+
+    /// Unwatches queued by dropped [`WatchGuard`]s and not sent yet.
+    pub fn queued_unwatches(&self) -> usize {
+        self.unwatch_queue.len()
+    }
+
+    /// Queued unwatches the daemon answered with an error (normally
+    /// `ENOENT`: the watch request itself was cancelled before it was
+    /// sent, so there was nothing to remove).
+    pub fn unwatch_errors(&self) -> u64 {
+        self.unwatch_errors
     }
 
     /// The protocol error that broke the connection, if one did.
@@ -220,8 +251,60 @@ impl<T: XsTransport> XenStore<T> {
         Ok(())
     }
 
-    /// Send one request and return its reply payload.
+    /// Send the unwatches queued by dropped [`WatchGuard`]s, and forget the
+    /// events their tokens had queued. Every queued unwatch is tried; the
+    /// first error is returned (each is also counted in
+    /// [`XenStore::unwatch_errors`]), except that a broken connection stops
+    /// at once. The client does this by itself before every request, so
+    /// calling it is only needed to remove the watches *now*.
+    pub async fn flush_unwatches(&mut self) -> Result<(), XsError> {
+        let mut first_error = None;
+        while !self.unwatch_queue.is_empty() {
+            self.settle_abandoned().await?;
+            // From here to the request being built there is no await: once
+            // taken off the queue, the unwatch is sent even if this future
+            // is dropped (then as an abandoned request).
+            let Some((path, token)) = self.unwatch_queue.pop_front() else {
+                break;
+            };
+            let result = self
+                .request_now(
+                    XsdSockmsgType::Unwatch,
+                    TxId(0),
+                    &[Arg::Str(&path), Arg::Str(&token)],
+                )
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e @ (XsError::Protocol(_) | XsError::Closed)) => return Err(e),
+                Err(e) => {
+                    self.unwatch_errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+            // The reply came after every event of that watch.
+            self.discard_watch_events(&token);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Send one request and return its reply payload; queued unwatches go
+    /// first.
     async fn request(
+        &mut self,
+        kind: XsdSockmsgType,
+        tx: TxId,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<u8>, XsError> {
+        if let Err(e @ (XsError::Protocol(_) | XsError::Closed)) = self.flush_unwatches().await {
+            return Err(e);
+        }
+        self.request_now(kind, tx, args).await
+    }
+
+    /// Send one request now (nothing queued goes first) and return its
+    /// reply payload.
+    async fn request_now(
         &mut self,
         kind: XsdSockmsgType,
         tx: TxId,
@@ -355,7 +438,9 @@ impl<T: XsTransport> XenStore<T> {
     }
 
     /// Watch `path` and everything below it; events carry `token`. The
-    /// daemon fires one event right away.
+    /// daemon fires one event right away. The watch stays until
+    /// [`XenStore::unwatch`]; for one that must go away with the code that
+    /// waits on it, even when that code is cancelled, use a [`WatchGuard`].
     pub async fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         self.request_ok(
             XsdSockmsgType::Watch,
@@ -395,6 +480,11 @@ impl<T: XsTransport> XenStore<T> {
         &mut self,
         wanted: impl Fn(&WatchEvent) -> bool,
     ) -> Result<WatchEvent, XsError> {
+        // Queued unwatches go first, so that an event of a removed watch is
+        // never returned.
+        if let Err(e @ (XsError::Protocol(_) | XsError::Closed)) = self.flush_unwatches().await {
+            return Err(e);
+        }
         loop {
             if let Some(at) = self.watch_events.iter().position(&wanted) {
                 if let Some(event) = self.watch_events.remove(at) {
@@ -460,6 +550,95 @@ impl<T: XsTransport> XenStore<T> {
             }
         }
         Err(XsError::RetriesExhausted)
+    }
+}
+
+/// Watches that belong to a scope: every watch added through the guard is
+/// removed when the guard goes, whether by [`WatchGuard::close`] or by being
+/// dropped (say, with the future of a connect that a timeout gave up on).
+///
+/// The guard borrows the client and gives it back through `Deref`, so the
+/// code that waits for the watches' events uses the client through it. On
+/// drop the watches are queued in the client and removed before its next
+/// request (see the [module docs](self)); `close` removes them at once and
+/// reports errors.
+///
+/// Queued events carrying a guard's tokens are discarded when its watches
+/// are removed, so give each guard tokens no other watch uses.
+pub struct WatchGuard<'a, T: XsTransport> {
+    store: &'a mut XenStore<T>,
+    /// The watches to remove, (path, token).
+    watches: Vec<(String, String)>,
+}
+
+impl<'a, T: XsTransport> WatchGuard<'a, T> {
+    /// A guard with no watches yet over `store`.
+    pub fn new(store: &'a mut XenStore<T>) -> Self {
+        Self {
+            store,
+            watches: Vec::new(),
+        }
+    }
+
+    /// [`XenStore::watch`] `path` with `token`, owned by this guard. If the
+    /// daemon refuses (`EEXIST`: that watch exists already, and is not
+    /// ours), the guard does not take it. If this future is dropped while
+    /// the request is under way, the guard still removes the watch.
+    pub async fn add(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        // Recorded first: a cancelled request may still register it.
+        self.watches.push((String::from(path), String::from(token)));
+        let result = self.store.watch(path, token).await;
+        if let Err(e) = result {
+            if !matches!(e, XsError::Protocol(_) | XsError::Closed) {
+                self.watches.pop();
+            }
+        }
+        result
+    }
+
+    /// How many watches the guard owns.
+    pub fn len(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// Whether the guard owns no watch.
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
+    /// The client, for the calls `Deref` cannot infer.
+    pub fn store(&mut self) -> &mut XenStore<T> {
+        self.store
+    }
+
+    /// Remove the guard's watches now, and forget their queued events. Every
+    /// watch is tried; the first error is returned.
+    pub async fn close(mut self) -> Result<(), XsError> {
+        let watches = core::mem::take(&mut self.watches);
+        self.store.unwatch_queue.extend(watches);
+        self.store.flush_unwatches().await
+    }
+}
+
+impl<T: XsTransport> Deref for WatchGuard<'_, T> {
+    type Target = XenStore<T>;
+
+    fn deref(&self) -> &XenStore<T> {
+        self.store
+    }
+}
+
+impl<T: XsTransport> DerefMut for WatchGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut XenStore<T> {
+        self.store
+    }
+}
+
+impl<T: XsTransport> Drop for WatchGuard<'_, T> {
+    fn drop(&mut self) {
+        // Removed by the client before its next request.
+        let watches = core::mem::take(&mut self.watches);
+        self.store.unwatch_queue.extend(watches);
     }
 }
 
