@@ -715,6 +715,19 @@ impl<E: BlkEnv> Drop for BlkFront<E> {
     }
 }
 
+/// Register a watch that an earlier, dropped wait may have left
+/// registered (its future cannot unwatch): `EEXIST` is success.
+async fn watch_again<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    path: &str,
+    token: &str,
+) -> Result<(), BlkError> {
+    match xs.watch(path, token).await {
+        Ok(()) | Err(XsError::Eexist) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether a backend in `state` has let go of the ring (or is gone).
 fn backend_closed(state: XenbusState) -> bool {
     matches!(
@@ -733,7 +746,7 @@ async fn wait_backend_closed<T: XsTransport>(
 ) -> Result<(), BlkError> {
     let node = format!("{}/state", dev.backend);
     let token = format!("blkfront-closed:{}", dev.path);
-    xs.watch(&node, &token).await?;
+    watch_again(xs, &node, &token).await?;
     let result = async {
         loop {
             if backend_closed(read_state(xs, &dev.backend).await?) {
@@ -763,7 +776,7 @@ pub async fn wait_backend_ready<T: XsTransport>(
     let token = format!("blkfront-ready:{path}");
     // Our directory (created again on re-attach, `backend` rewritten) and
     // the backend's state.
-    xs.watch(path, &token).await?;
+    watch_again(xs, path, &token).await?;
     let mut watched: Option<String> = None;
     let result = async {
         loop {
@@ -773,10 +786,7 @@ pub async fn wait_backend_ready<T: XsTransport>(
                         if let Some(old) = watched.take() {
                             let _ = xs.unwatch(&format!("{old}/state"), &token).await;
                         }
-                        match xs.watch(&format!("{}/state", dev.backend), &token).await {
-                            Ok(()) | Err(XsError::Eexist) => {}
-                            Err(e) => return Err(BlkError::from(e)),
-                        }
+                        watch_again(xs, &format!("{}/state", dev.backend), &token).await?;
                         watched = Some(dev.backend.clone());
                     }
                     match dev.backend_state(xs).await? {

@@ -331,6 +331,33 @@ fn a_backend_that_never_comes_back_waits_until_the_caller_gives_up() {
         drop(fut);
     }
     assert_eq!(hv.borrow().live_grants(), 0);
+
+    // Later the disk is attached again: a new wait (over the watches the
+    // dropped one left registered) and a connection succeed.
+    ts.gap = 10;
+    ts.new_path = Some(BACKEND.to_string());
+    let env = world.env();
+    let front = {
+        let xs = &mut world.xs;
+        let fut = async move {
+            blkfront::front::wait_backend_ready(xs, DEVICE).await?;
+            BlkFront::connect(env, xs, DEVICE, BlkConfig::default()).await
+        };
+        run_all_with(vec![Box::pin(fut)], || {
+            let mut b = backend.borrow_mut();
+            b.xenbus_step();
+            b.io_step();
+            ts.step(&daemon, &mut b, false);
+        })
+        .expect("the second wait must end")
+        .pop()
+        .unwrap()
+        .expect("connected after all")
+    };
+    assert_eq!(ts.phase, 3);
+    let mut back = vec![0; data.len()];
+    run(&backend, front.read(0, &mut back)).unwrap();
+    assert_eq!(back, data);
 }
 
 #[test]
