@@ -22,6 +22,14 @@
 //! any number of tasks. On an error of kind [`BlkError::Protocol`] call
 //! [`BlkFront::disconnect`].
 //!
+//! The backend may go away (`xl block-detach`, a backend restart): run
+//! operations under [`BlkFront::guard`] (or [`BlkFront::watch_backend`]
+//! beside them) so they fail with [`BlkError::BackendGone`] instead of
+//! waiting for answers that will never come, then
+//! [`BlkFront::reconnect`] (bounded by a timeout of the caller's) and
+//! retry. docs/drivers.md says what a failed write means and why a flush
+//! must follow on the new connection.
+//!
 //! Units: the API addresses the disk in its logical sectors
 //! ([`DiskInfo::sector_size`], 512 or 4096 bytes); the ring always speaks in
 //! 512-byte sectors, as Linux blkback does.
