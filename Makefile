@@ -70,7 +70,7 @@ test-host: deps
 test-xen: images
 	python3 rig/test_selftest.py --image $(IMAGE_DIR)/selftest --types pv,pvh --timeout 1500
 	python3 rig/test_linux_domu_unit.py   # needs the rig cache, which the line above fetched
-	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 16 --pings 1000 --bridge 16 --timeout 1800
+	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 16 --pings 1000 --bridge 16 --linux-bridged --timeout 1800
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --timeout 1500
 	python3 rig/test_arm32.py --selftest $(IMAGE_DIR_ARM32)/selftest --netdemo $(IMAGE_DIR_ARM32)/netdemo --blkdemo $(IMAGE_DIR_ARM32)/blkdemo --timeout 1500
 
