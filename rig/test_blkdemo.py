@@ -270,16 +270,19 @@ def main(argv=None) -> int:
         for phase in ("writing", "reading"):
             m = [re.search(rf"RIG detach {name} {phase} (\S+) ([\d.]+)", l) for l in d]
             m = [x for x in m if x]
-            check(
-                bool(m) and m[0].group(1) == "ok" and float(m[0].group(2)) < LIBXL_DESTROY_TIMEOUT,
-                f"{t}: `xl block-detach` while {phase} succeeded within libxl's {LIBXL_DESTROY_TIMEOUT} s "
-                f"(the frontend closed promptly) ({[x.group(0) for x in m]})",
-            )
+            check(bool(m) and m[0].group(1) == "ok", f"{t}: `xl block-detach` while {phase} ({[x.group(0) for x in m]})")
             if m:
                 bench.append(f"{name}: xl block-detach while {phase}: {m[0].group(2)} s")
             a = [x for x in (re.search(rf"RIG attach {name} {phase} (\S+) ([\d.]+)", l) for l in d) if x]
             check(bool(a) and a[0].group(1) == "ok", f"{t}: `xl block-attach` while {phase} ({[x.group(0) for x in a]})")
         gone = [i for i, l in enumerate(d) if "blkdemo: backend gone (" in l and "reconnecting" in l]
+        # libxl waits LIBXL_DESTROY_TIMEOUT for the backend to close, which
+        # Linux blkback does once the frontend is Closed: we must be quicker.
+        closed = [x for x in (re.search(r"blkdemo: closed in (\d+) ms \((\d+) grants", l) for l in d) if x]
+        check(
+            len(closed) == 2 and all(int(x.group(1)) < LIBXL_DESTROY_TIMEOUT * 1000 for x in closed),
+            f"{t}: the frontend closed within libxl's {LIBXL_DESTROY_TIMEOUT} s both times ({[x.group(0) for x in closed]})",
+        )
         back = [re.search(r"blkdemo: reconnected in (\d+) ms", l) for l in d]
         back = [x for x in back if x]
         check(len(gone) == 2 and len(back) == 2, f"{t}: two `backend gone ... reconnecting` and two `reconnected` ({len(gone)}, {len(back)})")
@@ -304,11 +307,11 @@ def main(argv=None) -> int:
                 f"RIG end {n}" in seg and f"RIG crashed {n}" not in seg and f"RIG timeout {n}" not in seg,
                 f"{t}: {n} powered off by itself",
             )
-        for i, x in zip(gone, back):
+        for i, c, x in zip(gone, closed, back):
             fl = re.search(r"(\d+) requests in flight", d[i])
             bench.append(
-                f"{name}: backend gone ({fl.group(1) if fl else '?'} requests in flight) -> reconnected in "
-                f"{x.group(1)} ms (guest clock, xl's detach and attach included)"
+                f"{name}: backend gone ({fl.group(1) if fl else '?'} requests in flight) -> closed in {c.group(1)} ms "
+                f"({c.group(2)} grants leaked) -> reconnected in {x.group(1)} ms (guest clock, xl's detach and attach included)"
             )
         # 4. 4096-byte logical sectors.
         check(loopbs_error == "", f"{t}: 4096-byte sectors: {loopbs_error}")

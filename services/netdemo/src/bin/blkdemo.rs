@@ -28,6 +28,7 @@
 //! blkdemo: writing: pass <n>                       (with blkdemo.detach)
 //! blkdemo: reading: pass <n>                       (with blkdemo.detach)
 //! blkdemo: backend gone (<why>, <n> requests in flight): reconnecting
+//! blkdemo: closed in <ms> ms (<n> grants still mapped by the backend: leaked)
 //! blkdemo: reconnected in <ms> ms: <sectors> sectors of <size> bytes
 //! blkdemo: write: <bytes> bytes crc32 <hex> in <us> us
 //! blkdemo: verify: <bytes> bytes crc32 <hex> in <us> us: ok|MISMATCH at <offset>
@@ -163,10 +164,31 @@ mod image {
             let Some(old) = self.front.take() else {
                 return Failed::Fatal;
             };
-            let env = XenEnv::new(self.platform, self.h.clone(), None);
             let limit = self.reconnect_wait * SECOND;
-            let reconnect = old.reconnect(env, &mut self.xs, BlkConfig::default());
-            match timeout(&self.h, limit, reconnect).await {
+            // `BlkFront::reconnect` in its three steps, to time the first:
+            // xl block-detach waits (10 s at most) for the backend to
+            // close, which it does once we have closed.
+            let Some(stats) = timeout(&self.h, limit, old.close(&mut self.xs)).await else {
+                println!(
+                    "blkdemo: the backend did not close within {} s",
+                    self.reconnect_wait
+                );
+                return Failed::Fatal;
+            };
+            println!(
+                "blkdemo: closed in {} ms ({} grants still mapped by the backend: leaked)",
+                (self.h.now_ns() - t) / 1_000_000,
+                stats.leaked_grants
+            );
+            let env = XenEnv::new(self.platform, self.h.clone(), None);
+            let path = self.path.clone();
+            let xs = &mut self.xs;
+            let reconnect = async move {
+                blkfront::front::wait_backend_ready(xs, &path).await?;
+                BlkFront::connect(env, xs, &path, BlkConfig::default()).await
+            };
+            let left = (t + limit).saturating_sub(self.h.now_ns());
+            match timeout(&self.h, left, reconnect).await {
                 Some(Ok(front)) => {
                     let info = front.info();
                     println!(
