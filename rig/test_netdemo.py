@@ -30,7 +30,7 @@ With --linux-bridged (and --bridge), only that Linux domU behind netbridge
 runs, with its checks and none of the references (what `make test` runs).
 
 usage: python3 rig/test_netdemo.py [--image PATH] [--types pv,pvh]
-          [--mib N] [--pings N] [--bridge MIB]
+          [--mib N] [--pvh-mib N] [--pings N] [--bridge MIB]
           [--linux [--linux-attach] | --linux-bridged]
           [--timeout S] [--log FILE]
 Exit status: 0 when every assertion held, 1 otherwise, 2 on bad usage.
@@ -303,6 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image", default=str(REPO / "target/images/amd64/netdemo"))
     ap.add_argument("--types", default="pv,pvh")
     ap.add_argument("--mib", type=int, default=64, help="MiB each way for PV (PVH: a quarter)")
+    ap.add_argument("--pvh-mib", type=int, help="MiB each way for PVH (default: a quarter of --mib)")
     ap.add_argument("--pings", type=int, default=1000, help="pings for PV (PVH: a tenth)")
     ap.add_argument("--bridge", type=int, default=0, metavar="MIB",
                     help="also run netdemo behind the moat driver domain (netbridge), MIB each way")
@@ -333,7 +334,11 @@ def main(argv=None) -> int:
     if not image.is_file():
         print(f"no image at {image}: run `make images`", file=sys.stderr)
         return 2
-    mib = {"pv": args.mib, "pvh": max(16, args.mib // 4 // 16 * 16)}
+    pvh_mib = args.pvh_mib if args.pvh_mib is not None else max(16, args.mib // 4 // 16 * 16)
+    if pvh_mib < 16 or pvh_mib % 16:
+        print("--pvh-mib: a multiple of 16", file=sys.stderr)
+        return 2
+    mib = {"pv": args.mib, "pvh": pvh_mib}
     pings = {"pv": args.pings, "pvh": max(10, args.pings // 10)}
     detach = {"pv": True, "pvh": False}
     guests = [(image, "netdemo"), (REPO / "rig/dom0/netcase.sh", "netcase.sh")]
