@@ -12,6 +12,7 @@
 # - libxen-dev: Xen's public headers, for the ABI layout test.
 # - cpio, kmod, e2fsprogs, python3: building the dom0 initramfs.
 # - g++: libFuzzer (fuzz/) and the tun-tap crate build C/C++.
+# - gcc, libc6-dev: rig/test_blkdemo.py builds rig/dom0/blk_loopbs.c static.
 # - iproute2, curl, iperf3, nftables: the hosted firewall's namespace tests
 #   and its benchmark against Linux forwarding.
 # - wireguard-go, wireguard-tools, tcpdump: the hosted VPN gateway's
@@ -24,7 +25,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 pkgs_main=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 rust-web-clippy rustfmt-web libxen-dev
-           cpio kmod e2fsprogs gcc g++ make python3 gzip xz-utils binutils
+           cpio kmod e2fsprogs gcc libc6-dev g++ make python3 gzip xz-utils binutils
            iproute2 curl iperf3 nftables wireguard-go wireguard-tools tcpdump device-tree-compiler)
 pkgs_bpo=(qemu-system-x86 qemu-system-arm)
 
