@@ -23,7 +23,7 @@ IMAGE_DIR_ARM32 := $(CARGO_TARGET_DIR)/images/arm32
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
 
-.PHONY: help deps images run run-arm32 test test-host test-xen test-xen-long fuzz lint fmt bench bench-firewall bench-wg bench-net clean
+.PHONY: help deps images run run-arm32 test test-host test-xen fuzz lint fmt bench bench-firewall bench-wg bench-net clean
 
 help:
 	@echo "make run     boot Xen in QEMU, start the selftest image with xl create, show its console"
@@ -34,7 +34,6 @@ help:
 	@echo "make fuzz    each fuzz target for 30 s"
 	@echo "make bench-wg  WireGuard throughput/handshakes, ours beside boringtun (printed)"
 	@echo "make bench-net  netdemo/netbridge beside a Linux domU on the rig: the moat/Linux table (printed)"
-	@echo "make test-xen-long  1 GiB each way through netfront on the rig (tens of minutes)"
 
 deps:
 	@scripts/install-deps.sh
@@ -70,7 +69,7 @@ test-host: deps
 test-xen: images
 	python3 rig/test_selftest.py --image $(IMAGE_DIR)/selftest --types pv,pvh --timeout 1500
 	python3 rig/test_linux_domu_unit.py   # needs the rig cache, which the line above fetched
-	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 16 --pings 1000 --bridge 16 --linux-bridged --timeout 1800
+	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 1024 --pvh-mib 16 --pings 1000 --bridge 16 --linux-bridged --timeout 3600
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --timeout 1500
 	python3 rig/test_arm32.py --selftest $(IMAGE_DIR_ARM32)/selftest --netdemo $(IMAGE_DIR_ARM32)/netdemo --blkdemo $(IMAGE_DIR_ARM32)/blkdemo --timeout 1500
 
@@ -80,11 +79,6 @@ test-xen: images
 # `make test` yet: its runs still meet rig-side crashes (see docs/testing.md).
 bench-net: images
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 16 --pings 1000 --bridge 16 --linux --timeout 2400
-
-# The full-size transfer of the drivers issue (1 GiB each way over TCP, PV):
-# about 25 minutes each way under TCG, so not part of `make test`.
-test-xen-long: images
-	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv --mib 1024 --pings 1000 --timeout 7200
 
 # The selftest image as a Xen arm32 guest in the arm32 rig, console shown.
 run-arm32: images

@@ -38,6 +38,10 @@
 #   NETCASE_UDP=0       no UDP echo test: prints `RIG udp-echo NAME skipped`
 #   NETCASE_KEEP=1      leave the guest running at the end (the caller
 #                       destroys it), e.g. for domU -> domU runs
+#   NETCASE_SINK_CRC    with /guest/sinkdata (16 MiB): send MIB/16 copies of
+#                       it to the sink; this is their CRC-32, computed by
+#                       the caller (default: random data made and summed
+#                       in dom0)
 #   NETCASE_ATTACH="KEY=VALUE..."  `xl network-attach NAME KEY=VALUE...` once
 #                       the console shows NETCASE_ATTACH_AFTER (e.g. a vif
 #                       from a driver domain given after the guest booted);
@@ -133,19 +137,27 @@ echo "RIG source $name $bytes $crc $(elapsed "$t")"
 
 # (the Linux domU prints its CRC a little after the connection closed)
 wait_log "source: $bytes bytes" 30
-head -c 16777216 /dev/urandom > /tmp/r16
 reps=$((mib / 16))
-# dom0's busybox has, rarely and under load, printed nothing here: retry
-# the reference CRC (rig-side, the guest's figure is not involved) and
-# show dom0's kernel log when that happened.
-for try in 1 2 3; do
-  sent=$(for i in $(seq $reps); do cat /tmp/r16; done | crc32)
-  echo "$sent" | grep -qE '^[0-9a-f]{8}$' && break
-  echo "RIG rig-fault $name crc32 printed '$sent' (try $try)"; dmesg | tail -n 5
-done
-echo "RIG sink-data $name $(wc -c </tmp/r16) x $reps crc $sent"
+if [ -n "${NETCASE_SINK_CRC:-}" ] && [ -f /guest/sinkdata ]; then
+  # The caller put 16 MiB of random data in /guest and computed the CRC of
+  # REPS copies on the host: no reference computed by dom0's userland,
+  # which under TCG load has crashed now and then.
+  data=/guest/sinkdata sent=$NETCASE_SINK_CRC
+else
+  data=/tmp/r16
+  head -c 16777216 /dev/urandom > $data
+  # dom0's busybox has, rarely and under load, printed nothing here: retry
+  # the reference CRC (rig-side, the guest's figure is not involved) and
+  # show dom0's kernel log when that happened.
+  for try in 1 2 3; do
+    sent=$(for i in $(seq $reps); do cat $data; done | crc32)
+    echo "$sent" | grep -qE '^[0-9a-f]{8}$' && break
+    echo "RIG rig-fault $name crc32 printed '$sent' (try $try)"; dmesg | tail -n 5
+  done
+fi
+echo "RIG sink-data $name $(wc -c <$data) x $reps crc $sent"
 t=$(now)
-for i in $(seq $reps); do cat /tmp/r16; done | timeout "$limit" nc "$ip" 5001
+for i in $(seq $reps); do cat $data; done | timeout "$limit" nc "$ip" 5001
 echo "RIG sink $name $bytes $sent $(elapsed "$t")"
 wait_log "sink: $bytes bytes" 30
 rm -f /tmp/r16
