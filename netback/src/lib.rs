@@ -41,4 +41,4 @@ pub use env::{EnvError, NetbackEnv};
 pub use error::{Fatal, NetbackError, Violation};
 pub use packet::{Gso, GsoKind, Offload, Packet};
 pub use vif::{Progress, Vif, VifStats};
-pub use xenbus::{connect, BackendDevice, Health};
+pub use xenbus::{connect, BackendDevice, Health, Offer};

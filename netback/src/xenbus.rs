@@ -5,7 +5,10 @@
 //! `online`, `state`); we publish our features and `hotplug-status`
 //! (no hotplug scripts run in a moat domain) and go `InitWait`; the
 //! frontend publishes its rings and event channel and goes `Connected`;
-//! we map, bind and go `Connected`. Teardown is [`Vif::close`].
+//! we map, bind and go `Connected`. [`connect`] waits for all that;
+//! [`Offer`] does it a step at a time, for a driver domain that serves
+//! many vifs from one loop. Teardown is [`Vif::close`]; once the
+//! toolstack is done with the vif, [`BackendDevice::remove`].
 
 use crate::config::{parse_u32, BackendOptions, FrontendConfig, ValuePrefix};
 use crate::env::NetbackEnv;
@@ -95,8 +98,12 @@ impl BackendDevice {
         Ok(write_state(xs, &self.path, XenbusState::InitWait).await?)
     }
 
-    /// Whether the toolstack is taking the vif away.
-    async fn detached<T: XsTransport>(&self, xs: &mut XenStore<T>) -> Result<bool, NetbackError> {
+    /// Whether the toolstack is taking the vif away (`online` 0, or our
+    /// state `Closing` or gone): do not offer it again.
+    pub async fn detached<T: XsTransport>(
+        &self,
+        xs: &mut XenStore<T>,
+    ) -> Result<bool, NetbackError> {
         match xs.read(&format!("{}/online", self.path)).await {
             Ok(v) if parse_u32(&v) == Some(0) => return Ok(true),
             Ok(_) => {}
@@ -124,42 +131,122 @@ impl BackendDevice {
         }
     }
 
-    /// Wait until the frontend is `Connected`. A frontend still `Closed`
-    /// from an earlier connection may come back, so only its `Closing`
-    /// (it is leaving) or the toolstack detaching us ends the wait early.
-    ///
-    /// The two watches are owned by a [`WatchGuard`]: they are removed on
-    /// every exit, including this future being dropped mid-wait (a connect
-    /// timeout), so a later attempt can watch the same nodes again.
-    async fn wait_frontend<T: XsTransport>(
+    /// Whether the toolstack is done with the vif: `online` is 0 and the
+    /// frontend's directory is gone. The toolstack then waits for the
+    /// backend domain to remove its directory (what `xl devd` does in a
+    /// Linux driver domain): see [`BackendDevice::remove`].
+    pub async fn finished<T: XsTransport>(
         &self,
         xs: &mut XenStore<T>,
-    ) -> Result<(), NetbackError> {
-        let token = format!("netback:{}", self.path);
-        let mut watches = WatchGuard::new(xs);
-        watches
-            .add(&format!("{}/state", self.frontend), &token)
-            .await?;
-        watches.add(&format!("{}/state", self.path), &token).await?;
-        let xs = watches.store();
+    ) -> Result<bool, NetbackError> {
+        let online = match xs.read(&format!("{}/online", self.path)).await {
+            Ok(v) => parse_u32(&v) != Some(0),
+            Err(XsError::Enoent) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if online {
+            return Ok(false);
+        }
+        // Once the frontend's domain is gone its directory's nearest
+        // ancestor is one we may not read: xenstored answers EACCES, not
+        // ENOENT (the frontend's directory itself was readable to us).
+        match xs.directory(&self.frontend).await {
+            Ok(_) => Ok(false),
+            Err(XsError::Enoent | XsError::Eacces) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remove our directory (once [`finished`](Self::finished)).
+    pub async fn remove<T: XsTransport>(&self, xs: &mut XenStore<T>) -> Result<(), NetbackError> {
+        match xs.rm(&self.path).await {
+            Ok(()) | Err(XsError::Enoent) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A vif offered to its frontend: our features are published and we are
+/// `InitWait`. [`Offer::advance`] looks at the frontend once and never
+/// waits, so a driver domain serving many vifs is not held up by a
+/// frontend that is slow (a Linux guest still booting) or that never
+/// connects (a hostile one).
+#[derive(Debug)]
+pub struct Offer {
+    device: BackendDevice,
+    options: BackendOptions,
+}
+
+impl Offer {
+    /// Read the toolstack's keys in `path`, publish our features and go
+    /// `InitWait`. On failure we publish `Closed` (best effort).
+    pub async fn start<T: XsTransport>(
+        xs: &mut XenStore<T>,
+        path: &str,
+        options: &BackendOptions,
+    ) -> Result<Self, NetbackError> {
+        let device = BackendDevice::open(xs, path).await?;
+        if let Err(e) = device.advertise(xs, options).await {
+            let _ = write_state(xs, &device.path, XenbusState::Closed).await;
+            return Err(e);
+        }
+        Ok(Self {
+            device,
+            options: *options,
+        })
+    }
+
+    /// The vif's directories.
+    pub fn device(&self) -> &BackendDevice {
+        &self.device
+    }
+
+    /// Look at the frontend once. `Ok(Some(vif))`: it was `Connected`,
+    /// its keys were valid, its rings are mapped, its event channel(s)
+    /// bound and we are `Connected`. `Ok(None)`: not yet (a frontend still
+    /// `Closed` from an earlier connection may come back). An error: the
+    /// frontend is `Closing`, the toolstack is detaching the vif, or a key
+    /// or grant was bad; we published `Closed` and the offer is spent.
+    pub async fn advance<E: NetbackEnv, T: XsTransport>(
+        &self,
+        env: &mut E,
+        xs: &mut XenStore<T>,
+    ) -> Result<Option<Vif<E>>, NetbackError> {
+        let device = &self.device;
         let result = async {
-            loop {
-                match self.frontend_state(xs).await? {
-                    XenbusState::Connected => return Ok(()),
-                    XenbusState::Closing => {
-                        return Err(NetbackError::FrontendClosed(XenbusState::Closing))
-                    }
-                    _ => {}
+            if device.detached(xs).await? {
+                return Err(NetbackError::FrontendClosed(XenbusState::Closed));
+            }
+            match device.frontend_state(xs).await? {
+                XenbusState::Connected => {}
+                XenbusState::Closing => {
+                    return Err(NetbackError::FrontendClosed(XenbusState::Closing))
                 }
-                if self.detached(xs).await? {
-                    return Err(NetbackError::FrontendClosed(XenbusState::Closed));
+                _ => return Ok(None),
+            }
+            let front = FrontendConfig::read(xs, &device.frontend, &self.options).await?;
+            let vif = Vif::new(env, device.clone(), front, self.options)?;
+            match write_state(xs, &device.path, XenbusState::Connected).await {
+                Ok(()) => Ok(Some(vif)),
+                Err(e) => {
+                    vif.release(env);
+                    Err(e.into())
                 }
-                xs.next_watch_event_for(&token).await?;
             }
         }
         .await;
-        let _ = watches.close().await;
+        if result.is_err() {
+            self.withdraw(xs).await;
+        }
         result
+    }
+
+    /// Publish `Closed` (best effort), unless our directory is gone: a
+    /// write would create it again, owned by us, for nobody.
+    pub async fn withdraw<T: XsTransport>(&self, xs: &mut XenStore<T>) {
+        if xs.directory(&self.device.path).await.is_ok() {
+            let _ = write_state(xs, &self.device.path, XenbusState::Closed).await;
+        }
     }
 }
 
@@ -173,23 +260,32 @@ pub async fn connect<E: NetbackEnv, T: XsTransport>(
     path: &str,
     options: &BackendOptions,
 ) -> Result<Vif<E>, NetbackError> {
-    let device = BackendDevice::open(xs, path).await?;
+    let offer = Offer::start(xs, path, options).await?;
+    // The watches are owned by a guard: removed on every exit, including
+    // this future being dropped mid-wait (a caller's timeout), so a later
+    // attempt can watch the same nodes again.
+    let token = format!("netback:{path}");
+    let mut watches = WatchGuard::new(xs);
     let result = async {
-        device.advertise(xs, options).await?;
-        device.wait_frontend(xs).await?;
-        let front = FrontendConfig::read(xs, &device.frontend, options).await?;
-        let vif = Vif::new(env, device.clone(), front, *options)?;
-        match write_state(xs, &device.path, XenbusState::Connected).await {
-            Ok(()) => Ok(vif),
-            Err(e) => {
-                vif.release(env);
-                Err(e.into())
+        watches
+            .add(&format!("{}/state", offer.device.frontend), &token)
+            .await?;
+        watches
+            .add(&format!("{}/state", offer.device.path), &token)
+            .await?;
+        let xs = watches.store();
+        loop {
+            if let Some(vif) = offer.advance(env, xs).await? {
+                return Ok(vif);
             }
+            xs.next_watch_event_for(&token).await?;
         }
     }
     .await;
+    let _ = watches.close().await;
     if result.is_err() {
-        let _ = write_state(xs, &device.path, XenbusState::Closed).await;
+        // (`advance` already did on its own errors; a watch error lands here)
+        offer.withdraw(xs).await;
     }
     result
 }

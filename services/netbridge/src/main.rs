@@ -10,7 +10,9 @@
 //! netbridge: uplink <mac> on <backend>
 //! netbridge: vif <path> connected (frontend domain <id>)
 //! netbridge: vif <path> closed (<why>)
-//! netbridge: vif <path>: not connected within <n> s; retrying later
+//! netbridge: vif <path> offered (frontend domain <id>)
+//! netbridge: vif <path>: <error>; retrying later
+//! netbridge: vif <path> removed (the toolstack is done with it)
 //! netbridge: stats: ...
 //! ```
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -33,9 +35,9 @@ mod image {
 
     use kernel::boot::{Env, Exit};
     use kernel::devices::{KernelXenStore, XenEnv};
-    use kernel::executor::{Elapsed, Handle};
+    use kernel::executor::Handle;
     use kernel::println;
-    use netback::{BackendOptions, Health, Offload, Packet, Vif};
+    use netback::{BackendDevice, BackendOptions, Health, Offer, Offload, Packet, Vif};
     use netfront::{ConnectOptions, Netfront, TxOffload};
     use xen::xenstore::XsError;
 
@@ -63,8 +65,6 @@ mod image {
     const SECOND: u64 = 1_000_000_000;
     /// Packets per vif per round: no vif can starve the others.
     const BUDGET: usize = 64;
-    /// How long a frontend may take to connect before we try again later.
-    const CONNECT_TIMEOUT: u64 = 20 * SECOND;
     /// Wait after a failed connection before the next attempt.
     const RETRY_AFTER: u64 = 10 * SECOND;
 
@@ -90,6 +90,34 @@ mod image {
             }
         }
         Ok(out)
+    }
+
+    /// A vif directory we serve nothing on: remove it if the toolstack is
+    /// done with it (as `xl devd` does in a Linux driver domain; libxl
+    /// waits for that), leave it while it is being detached, else offer
+    /// it to its frontend.
+    async fn offer_or_remove(
+        xs: &mut KernelXenStore,
+        path: &str,
+        options: &BackendOptions,
+        offers: &mut Vec<(String, Offer)>,
+    ) -> Result<(), netback::NetbackError> {
+        let device = BackendDevice::open(xs, path).await?;
+        if device.finished(xs).await? {
+            device.remove(xs).await?;
+            println!("netbridge: vif {path} removed (the toolstack is done with it)");
+            return Ok(());
+        }
+        if device.detached(xs).await? {
+            return Ok(());
+        }
+        let offer = Offer::start(xs, path, options).await?;
+        println!(
+            "netbridge: vif {path} offered (frontend domain {})",
+            offer.device().frontend_id
+        );
+        offers.push((String::from(path), offer));
+        Ok(())
     }
 
     fn to_uplink(uplink: &mut Netfront<XenEnv>, p: &Packet) {
@@ -141,6 +169,7 @@ mod image {
         let mut benv = XenEnv::new(env.platform, h.clone(), None);
         let mut clients: Vec<Client> = Vec::new();
         let mut retry_at: BTreeMap<String, u64> = BTreeMap::new();
+        let mut offers: Vec<(String, Offer)> = Vec::new();
         let mut switch = Switch::new();
         let mut packets = Vec::new();
         let mut next_scan = 0;
@@ -232,6 +261,9 @@ mod image {
                     for c in clients.drain(..) {
                         let _ = c.vif.close(&mut benv, xs).await;
                     }
+                    for (_, offer) in offers.drain(..) {
+                        offer.withdraw(xs).await;
+                    }
                     let _ = uplink.disconnect().await;
                     return request.into();
                 }
@@ -255,35 +287,42 @@ mod image {
                     retry_at.insert(path.clone(), now + SECOND);
                     println!("netbridge: vif {path} closed ({why})");
                 }
+                // Frontends being waited for: one look each, never a wait,
+                // so a slow or silent frontend holds nothing up.
+                let mut k = 0;
+                while k < offers.len() {
+                    match offers[k].1.advance(&mut benv, xs).await {
+                        Ok(None) => k += 1,
+                        Ok(Some(vif)) => {
+                            let (path, _) = offers.swap_remove(k);
+                            println!(
+                                "netbridge: vif {path} connected (frontend domain {})",
+                                vif.device().frontend_id
+                            );
+                            retry_at.remove(&path);
+                            clients.push(Client { path, vif });
+                        }
+                        Err(e) => {
+                            let (path, _) = offers.swap_remove(k);
+                            println!("netbridge: vif {path}: {e:?}; retrying later");
+                            retry_at.insert(path, h.now_ns() + RETRY_AFTER);
+                        }
+                    }
+                }
                 match backend_dirs(xs).await {
                     Ok(dirs) => {
+                        retry_at.retain(|p, _| dirs.contains(p));
                         for path in dirs {
                             if clients.iter().any(|c| c.path == path)
+                                || offers.iter().any(|(p, _)| *p == path)
                                 || retry_at.get(&path).is_some_and(|&t| now < t)
                             {
                                 continue;
                             }
-                            let attempt = netback::connect(&mut benv, xs, &path, &options);
-                            match h.timeout(CONNECT_TIMEOUT, attempt).await {
-                                Ok(Ok(vif)) => {
-                                    println!(
-                                        "netbridge: vif {path} connected (frontend domain {})",
-                                        vif.device().frontend_id
-                                    );
-                                    retry_at.remove(&path);
-                                    clients.push(Client { path, vif });
-                                }
-                                Ok(Err(e)) => {
-                                    println!("netbridge: vif {path}: {e:?}; retrying later");
-                                    retry_at.insert(path, h.now_ns() + RETRY_AFTER);
-                                }
-                                Err(Elapsed) => {
-                                    println!(
-                                        "netbridge: vif {path}: not connected within {} s; retrying later",
-                                        CONNECT_TIMEOUT / SECOND
-                                    );
-                                    retry_at.insert(path, h.now_ns() + RETRY_AFTER);
-                                }
+                            if let Err(e) = offer_or_remove(xs, &path, &options, &mut offers).await
+                            {
+                                println!("netbridge: vif {path}: {e:?}; retrying later");
+                                retry_at.insert(path, h.now_ns() + RETRY_AFTER);
                             }
                         }
                     }
