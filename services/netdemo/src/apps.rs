@@ -111,8 +111,19 @@ fn tcp_socket(buffer: usize) -> tcp::Socket<'static> {
         tcp::SocketBuffer::new(vec![0; buffer]),
     );
     s.set_nagle_enabled(false);
+    // smoltcp 0.12 sends no zero-window probes: when the peer's window is
+    // zero and the ACK that reopens it is lost, the retransmit timer goes
+    // idle and the sender waits forever (seen on the rig: a transfer
+    // through netbridge stalled for its whole 380 s limit while dom0's
+    // reader was slow). A keep-alive after 1 s of silence is the probe:
+    // the peer answers it with an ACK that carries its current window.
+    s.set_keep_alive(Some(KEEP_ALIVE));
     s
 }
+
+/// Silence after which a TCP socket sends a keep-alive (our zero-window
+/// probe, see [`tcp_socket`]).
+const KEEP_ALIVE: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(1000);
 
 fn udp_socket(packets: usize) -> udp::Socket<'static> {
     udp::Socket::new(
