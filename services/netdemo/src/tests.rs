@@ -3,7 +3,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::phy::{Loopback, Medium};
+use smoltcp::phy::{Device, DeviceCapabilities, Loopback, Medium, TxToken};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
@@ -11,8 +11,50 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use crate::apps::{self, Apps, Report};
 use netdemo::stream::{Crc32, Pattern};
 
+/// Loopback that can lose every frame sent while `drop` is set.
+struct Lossy {
+    inner: Loopback,
+    drop: bool,
+}
+
+struct LossyTx<'a> {
+    inner: <Loopback as Device>::TxToken<'a>,
+    drop: bool,
+}
+
+impl TxToken for LossyTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        if self.drop {
+            f(&mut vec![0; len])
+        } else {
+            self.inner.consume(len, f)
+        }
+    }
+}
+
+impl Device for Lossy {
+    type RxToken<'a> = <Loopback as Device>::RxToken<'a>;
+    type TxToken<'a> = LossyTx<'a>;
+
+    fn receive(&mut self, t: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let drop = self.drop;
+        self.inner
+            .receive(t)
+            .map(|(rx, inner)| (rx, LossyTx { inner, drop }))
+    }
+
+    fn transmit(&mut self, t: Instant) -> Option<Self::TxToken<'_>> {
+        let drop = self.drop;
+        self.inner.transmit(t).map(|inner| LossyTx { inner, drop })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.inner.capabilities()
+    }
+}
+
 struct Net {
-    dev: Loopback,
+    dev: Lossy,
     iface: Interface,
     sockets: SocketSet<'static>,
     apps: Apps,
@@ -22,7 +64,10 @@ struct Net {
 
 impl Net {
     fn new() -> Self {
-        let mut dev = Loopback::new(Medium::Ip);
+        let mut dev = Lossy {
+            inner: Loopback::new(Medium::Ip),
+            drop: false,
+        };
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, Instant::ZERO);
         iface.update_ip_addrs(|a| {
             a.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8)).unwrap();
@@ -141,6 +186,55 @@ fn fetch_from_source(net: &mut Net, local_port: u16, want: u64) {
     sum.update(&expect);
     assert!(net.reports.iter().any(|r| matches!(r,
         Report::Source { bytes, crc32, .. } if *bytes == want && *crc32 == sum.value())));
+}
+
+/// The reader's window closes, the ACK that reopens it is lost, and the
+/// source must still finish: smoltcp 0.12 has no zero-window probe, so
+/// without netdemo's keep-alive this transfer stalls for good.
+#[test]
+fn source_recovers_from_a_lost_window_update() {
+    let mut net = Net::new();
+    let want: u64 = 1_000_000;
+    let h = net.client(apps::SOURCE_PORT, 40021);
+    let mut asked = false;
+    // Ask, then do not read until our 64 KiB window is full.
+    for _ in 0..20_000 {
+        net.step();
+        let s = net.sockets.get_mut::<tcp::Socket>(h);
+        if !asked && s.can_send() {
+            s.send_slice(format!("{want}\n").as_bytes()).unwrap();
+            asked = true;
+        }
+        if s.recv_queue() == s.recv_capacity() {
+            break;
+        }
+    }
+    for _ in 0..50 {
+        net.step();
+    }
+    // Read it all while every frame is lost: the window update too.
+    let mut got = 0u64;
+    net.dev.drop = true;
+    let s = net.sockets.get_mut::<tcp::Socket>(h);
+    while s.can_recv() {
+        got += s.recv(|b| (b.len(), b.len())).unwrap() as u64;
+    }
+    assert!(got >= 64 * 1024 - 1, "the window was full: {got}");
+    for _ in 0..100 {
+        net.step();
+    }
+    net.dev.drop = false;
+    // The link is back; the rest must come within a few seconds.
+    let mut ms = 0;
+    while ms < 5_000 && got < want {
+        net.step();
+        ms += 1;
+        let s = net.sockets.get_mut::<tcp::Socket>(h);
+        while s.can_recv() {
+            got += s.recv(|b| (b.len(), b.len())).unwrap() as u64;
+        }
+    }
+    assert_eq!(got, want, "the source stalled after the lost window update");
 }
 
 #[test]
