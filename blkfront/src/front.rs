@@ -25,7 +25,7 @@ use core::task::{Context, Poll, Waker};
 use xen::abi::blkif::*;
 use xen::abi::{GrantRef, Port};
 use xen::xenbus::{read_state, XenbusDevice, XenbusError, XenbusState};
-use xen::xenstore::{XenStore, XsError, XsTransport};
+use xen::xenstore::{WatchGuard, XenStore, XsError, XsTransport};
 
 /// Largest ring the frontend asks for: 2^4 pages (Linux's
 /// `XENBUS_MAX_RING_GRANT_ORDER`).
@@ -715,19 +715,6 @@ impl<E: BlkEnv> Drop for BlkFront<E> {
     }
 }
 
-/// Register a watch that an earlier, dropped wait may have left
-/// registered (its future cannot unwatch): `EEXIST` is success.
-async fn watch_again<T: XsTransport>(
-    xs: &mut XenStore<T>,
-    path: &str,
-    token: &str,
-) -> Result<(), BlkError> {
-    match xs.watch(path, token).await {
-        Ok(()) | Err(XsError::Eexist) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Whether a backend in `state` has let go of the ring (or is gone).
 fn backend_closed(state: XenbusState) -> bool {
     matches!(
@@ -746,18 +733,18 @@ async fn wait_backend_closed<T: XsTransport>(
 ) -> Result<(), BlkError> {
     let node = format!("{}/state", dev.backend);
     let token = format!("blkfront-closed:{}", dev.path);
-    watch_again(xs, &node, &token).await?;
+    let mut watches = WatchGuard::new(xs);
     let result = async {
+        watches.add(&node, &token).await?;
         loop {
-            if backend_closed(read_state(xs, &dev.backend).await?) {
+            if backend_closed(read_state(&mut watches, &dev.backend).await?) {
                 return Ok(());
             }
-            xs.next_watch_event_for(&token).await?;
+            watches.next_watch_event_for(&token).await?;
         }
     }
     .await;
-    let _ = xs.unwatch(&node, &token).await;
-    xs.discard_watch_events(&token);
+    let _ = watches.close().await;
     result
 }
 
@@ -775,23 +762,27 @@ pub async fn wait_backend_ready<T: XsTransport>(
 ) -> Result<(), BlkError> {
     let token = format!("blkfront-ready:{path}");
     // Our directory (created again on re-attach, `backend` rewritten) and
-    // the backend's state.
-    watch_again(xs, path, &token).await?;
-    let mut watched: Option<String> = None;
+    // the backend's state, held by a guard: removed on every exit,
+    // including the caller dropping this wait.
+    let mut watches = WatchGuard::new(xs);
     let result = async {
+        watches.add(path, &token).await?;
+        let mut watched: Option<String> = None;
         loop {
-            match XenbusDevice::open(xs, path).await {
+            match XenbusDevice::open(&mut watches, path).await {
                 Ok(dev) => {
                     if watched.as_deref() != Some(dev.backend.as_str()) {
                         if let Some(old) = watched.take() {
-                            let _ = xs.unwatch(&format!("{old}/state"), &token).await;
+                            let _ = watches.remove(&format!("{old}/state"), &token).await;
                         }
-                        watch_again(xs, &format!("{}/state", dev.backend), &token).await?;
+                        watches
+                            .add(&format!("{}/state", dev.backend), &token)
+                            .await?;
                         watched = Some(dev.backend.clone());
                     }
-                    match dev.backend_state(xs).await? {
+                    match dev.backend_state(&mut watches).await? {
                         XenbusState::InitWait => return Ok(()),
-                        XenbusState::Closed => ask_for_reconnect(xs, &dev).await?,
+                        XenbusState::Closed => ask_for_reconnect(&mut watches, &dev).await?,
                         _ => {}
                     }
                 }
@@ -799,15 +790,11 @@ pub async fn wait_backend_ready<T: XsTransport>(
                 Err(XenbusError::Xs(XsError::Enoent)) => {}
                 Err(e) => return Err(e.into()),
             }
-            xs.next_watch_event_for(&token).await?;
+            watches.next_watch_event_for(&token).await?;
         }
     }
     .await;
-    let _ = xs.unwatch(path, &token).await;
-    if let Some(backend) = watched {
-        let _ = xs.unwatch(&format!("{backend}/state"), &token).await;
-    }
-    xs.discard_watch_events(&token);
+    let _ = watches.close().await;
     result
 }
 

@@ -332,8 +332,8 @@ fn a_backend_that_never_comes_back_waits_until_the_caller_gives_up() {
     }
     assert_eq!(hv.borrow().live_grants(), 0);
 
-    // Later the disk is attached again: a new wait (over the watches the
-    // dropped one left registered) and a connection succeed.
+    // Later the disk is attached again: a new wait (the dropped one's
+    // watches were queued for removal by its guard) and a connection succeed.
     ts.gap = 10;
     ts.new_path = Some(BACKEND.to_string());
     let env = world.env();

@@ -11,6 +11,7 @@ use xen::abi::{DomId, GrantRef, Port};
 use xen::ring::ring_size;
 use xen::shared_page::{PageMemory, PAGE_SIZE};
 use xen::xenbus::{XenbusDevice, XenbusState};
+use xen::xenstore::WatchGuard;
 
 use crate::config::{BackendFeatures, MacAddress};
 use crate::env::NetEnv;
@@ -555,36 +556,38 @@ impl<E: NetEnv> Netfront<E> {
 /// path is re-read on every change, since a re-attached vif may have a new
 /// one.
 pub async fn wait_backend_ready<E: NetEnv>(env: &mut E, path: &str) -> Result<(), NetfrontError> {
-    let xs = env.xenstore();
     let token = format!("netfront-ready:{path}");
-    // Watch our own directory (the toolstack rewrites `backend` on
-    // re-attach) and the backend's state.
-    xs.watch(path, &token).await?;
+    // Our own directory (the toolstack rewrites `backend` on re-attach) and
+    // the backend's state, held by a guard: removed on every exit,
+    // including the caller dropping this wait.
+    let mut watches = WatchGuard::new(env.xenstore());
     let result = async {
-        let mut watched_backend: Option<String> = None;
+        watches.add(path, &token).await?;
+        let mut watched: Option<String> = None;
         loop {
-            match XenbusDevice::open(xs, path).await {
+            match XenbusDevice::open(&mut watches, path).await {
                 Ok(dev) => {
-                    if watched_backend.as_deref() != Some(dev.backend.as_str()) {
-                        xs.watch(&format!("{}/state", dev.backend), &token).await?;
-                        watched_backend = Some(dev.backend.clone());
+                    if watched.as_deref() != Some(dev.backend.as_str()) {
+                        if let Some(old) = watched.take() {
+                            let _ = watches.remove(&format!("{old}/state"), &token).await;
+                        }
+                        watches
+                            .add(&format!("{}/state", dev.backend), &token)
+                            .await?;
+                        watched = Some(dev.backend.clone());
                     }
-                    if dev.backend_state(xs).await? == XenbusState::InitWait {
-                        return Ok(watched_backend);
+                    if dev.backend_state(&mut watches).await? == XenbusState::InitWait {
+                        return Ok(());
                     }
                 }
                 // Not re-attached yet: wait for the toolstack.
                 Err(xen::xenbus::XenbusError::Xs(xen::xenstore::XsError::Enoent)) => {}
                 Err(e) => return Err(NetfrontError::from(e)),
             }
-            xs.next_watch_event_for(&token).await?;
+            watches.next_watch_event_for(&token).await?;
         }
     }
     .await;
-    let _ = xs.unwatch(path, &token).await;
-    if let Ok(Some(backend)) = &result {
-        let _ = xs.unwatch(&format!("{backend}/state"), &token).await;
-    }
-    xs.discard_watch_events(&token);
-    result.map(|_| ())
+    let _ = watches.close().await;
+    result
 }

@@ -596,6 +596,20 @@ impl<'a, T: XsTransport> WatchGuard<'a, T> {
         result
     }
 
+    /// Remove one of the guard's watches now (e.g. a node that moved).
+    /// A watch the guard does not own is left alone.
+    pub async fn remove(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        let Some(i) = self
+            .watches
+            .iter()
+            .position(|(p, t)| p == path && t == token)
+        else {
+            return Ok(());
+        };
+        self.watches.remove(i);
+        self.store.unwatch(path, token).await
+    }
+
     /// How many watches the guard owns.
     pub fn len(&self) -> usize {
         self.watches.len()
