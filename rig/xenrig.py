@@ -88,11 +88,25 @@ def _multiboot_module(path: Path, cmdline: str) -> str:
     return f"{path} {cmdline}".strip().replace(",", ",,")
 
 
-#: Xen's command line: serial console, a fixed dom0 size, every log line.
+#: Xen's command line: serial console, a fixed dom0 size, every log line,
+#: and eager FPU switching: with Xen's default on this (AMD-looking) CPU,
+#: lazy switching of PV vCPUs' FPU state, dom0's userland is corrupted under
+#: TCG (docs/testing.md, "dom0 userland corruption").
 XEN_CMDLINE_AMD64 = (
     "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M "
-    "loglvl=all guest_loglvl=all noreboot"
+    "loglvl=all guest_loglvl=all noreboot spec-ctrl=eager-fpu"
 )
+
+#: Extra words for Xen's command line, from the environment (experiments,
+#: e.g. MOAT_XEN_CMDLINE_EXTRA="spec-ctrl=no-eager-fpu"); later words win.
+XEN_CMDLINE_EXTRA_ENV = "MOAT_XEN_CMDLINE_EXTRA"
+
+
+def xen_cmdline_amd64() -> str:
+    """Xen's command line for this run: XEN_CMDLINE_AMD64 plus the words of
+    $MOAT_XEN_CMDLINE_EXTRA (Xen takes the last of repeated options)."""
+    extra = os.environ.get(XEN_CMDLINE_EXTRA_ENV, "").strip()
+    return f"{XEN_CMDLINE_AMD64} {extra}".strip()
 #: dom0 Linux's command line: console on Xen's console (hvc0).
 DOM0_CMDLINE = "console=hvc0 earlyprintk=xen"
 
@@ -108,7 +122,7 @@ def _amd64_qemu_args(boot: Path, initrd: Path) -> list:
         "-m", "2048", "-smp", "2",
         "-nographic", "-nic", "none", "-no-reboot",
         "-kernel", str(boot / "xen"),
-        "-append", XEN_CMDLINE_AMD64,
+        "-append", xen_cmdline_amd64(),
         "-initrd", modules,
     ]
 
