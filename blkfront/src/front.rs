@@ -748,71 +748,15 @@ async fn wait_backend_closed<T: XsTransport>(
     result
 }
 
-/// Wait until the device at `path` is offered again: its backend in
-/// `InitWait`, ready for [`BlkFront::connect`], whatever happens meanwhile
-/// (our directory removed and created again by the toolstack, a new
-/// backend path). A backend that is `Closed` but still `online` (not being
-/// removed) is asked to prepare for a reconnection by publishing
-/// `Initialising`, as Linux blkback expects.
-///
-/// Unbounded: the caller bounds it with a timeout.
+/// Wait until the device at `path` is offered again (see
+/// [`xen::xenbus::wait_backend_ready`], which also asks a `Closed` but
+/// still online backend to prepare for a reconnection, as Linux blkback
+/// expects). Unbounded: the caller bounds it with a timeout.
 pub async fn wait_backend_ready<T: XsTransport>(
     xs: &mut XenStore<T>,
     path: &str,
 ) -> Result<(), BlkError> {
-    let token = format!("blkfront-ready:{path}");
-    // Our directory (created again on re-attach, `backend` rewritten) and
-    // the backend's state, held by a guard: removed on every exit,
-    // including the caller dropping this wait.
-    let mut watches = WatchGuard::new(xs);
-    let result = async {
-        watches.add(path, &token).await?;
-        let mut watched: Option<String> = None;
-        loop {
-            match XenbusDevice::open(&mut watches, path).await {
-                Ok(dev) => {
-                    if watched.as_deref() != Some(dev.backend.as_str()) {
-                        if let Some(old) = watched.take() {
-                            let _ = watches.remove(&format!("{old}/state"), &token).await;
-                        }
-                        watches
-                            .add(&format!("{}/state", dev.backend), &token)
-                            .await?;
-                        watched = Some(dev.backend.clone());
-                    }
-                    match dev.backend_state(&mut watches).await? {
-                        XenbusState::InitWait => return Ok(()),
-                        XenbusState::Closed => ask_for_reconnect(&mut watches, &dev).await?,
-                        _ => {}
-                    }
-                }
-                // Not there (yet): wait for the toolstack.
-                Err(XenbusError::Xs(XsError::Enoent)) => {}
-                Err(e) => return Err(e.into()),
-            }
-            watches.next_watch_event_for(&token).await?;
-        }
-    }
-    .await;
-    let _ = watches.close().await;
-    result
-}
-
-/// The backend is `Closed`: if it stays online (the toolstack set
-/// `online` to 0 before a removal) and we are `Closed` too, publish
-/// `Initialising` so it goes back to `InitWait`.
-async fn ask_for_reconnect<T: XsTransport>(
-    xs: &mut XenStore<T>,
-    dev: &XenbusDevice,
-) -> Result<(), BlkError> {
-    let online = read_optional(xs, &dev.backend, "online").await?;
-    if online.as_deref() != Some(b"1") {
-        return Ok(());
-    }
-    if dev.state(xs).await? == XenbusState::Closed {
-        dev.set_state(xs, XenbusState::Initialising).await?;
-    }
-    Ok(())
+    Ok(xen::xenbus::wait_backend_ready(xs, path).await?)
 }
 
 /// The caller's buffer of a transfer.

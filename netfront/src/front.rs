@@ -11,7 +11,6 @@ use xen::abi::{DomId, GrantRef, Port};
 use xen::ring::ring_size;
 use xen::shared_page::{PageMemory, PAGE_SIZE};
 use xen::xenbus::{XenbusDevice, XenbusState};
-use xen::xenstore::WatchGuard;
 
 use crate::config::{BackendFeatures, MacAddress};
 use crate::env::NetEnv;
@@ -552,42 +551,10 @@ impl<E: NetEnv> Netfront<E> {
 }
 
 /// Wait until the backend of the device at `path` is in `InitWait`, ready
-/// for a (re)connection, whatever it goes through meanwhile. The backend
-/// path is re-read on every change, since a re-attached vif may have a new
-/// one.
+/// for a (re)connection, whatever it goes through meanwhile (see
+/// [`xen::xenbus::wait_backend_ready`]: a re-attached vif's new backend
+/// path is followed, and a `Closed` but still online backend, e.g. dom0's
+/// netback rebound, is asked to prepare for a reconnection).
 pub async fn wait_backend_ready<E: NetEnv>(env: &mut E, path: &str) -> Result<(), NetfrontError> {
-    let token = format!("netfront-ready:{path}");
-    // Our own directory (the toolstack rewrites `backend` on re-attach) and
-    // the backend's state, held by a guard: removed on every exit,
-    // including the caller dropping this wait.
-    let mut watches = WatchGuard::new(env.xenstore());
-    let result = async {
-        watches.add(path, &token).await?;
-        let mut watched: Option<String> = None;
-        loop {
-            match XenbusDevice::open(&mut watches, path).await {
-                Ok(dev) => {
-                    if watched.as_deref() != Some(dev.backend.as_str()) {
-                        if let Some(old) = watched.take() {
-                            let _ = watches.remove(&format!("{old}/state"), &token).await;
-                        }
-                        watches
-                            .add(&format!("{}/state", dev.backend), &token)
-                            .await?;
-                        watched = Some(dev.backend.clone());
-                    }
-                    if dev.backend_state(&mut watches).await? == XenbusState::InitWait {
-                        return Ok(());
-                    }
-                }
-                // Not re-attached yet: wait for the toolstack.
-                Err(xen::xenbus::XenbusError::Xs(xen::xenstore::XsError::Enoent)) => {}
-                Err(e) => return Err(NetfrontError::from(e)),
-            }
-            watches.next_watch_event_for(&token).await?;
-        }
-    }
-    .await;
-    let _ = watches.close().await;
-    result
+    Ok(xen::xenbus::wait_backend_ready(env.xenstore(), path).await?)
 }

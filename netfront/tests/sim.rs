@@ -528,3 +528,37 @@ fn reconnect_waits_through_a_backend_restart() {
     assert!(back.send_rx(&pattern(700, 3), 0, None));
     assert_eq!(pump_rx(&mut front).data, pattern(700, 3));
 }
+
+#[test]
+fn an_online_backend_left_closed_is_asked_to_reconnect() {
+    // dom0's netback rebound through sysfs: it publishes `Closed` after our
+    // disconnect (its state change waits for the hotplug script) and then
+    // waits, as Linux's netback does while `online` is 1, for the frontend
+    // to say `Initialising` before it goes back to `InitWait`.
+    let m = Machine::new();
+    let mut back = m.backend();
+    let front = connect(&m, &mut back, options()).unwrap();
+    m.set(&format!("{BACK_PATH}/online"), "1");
+    back.restart();
+    let mut front_states = Vec::new();
+    let mut front = run(front.reconnect(options()), || {
+        let state = m.get(&format!("{FRONT_ABS}/state"));
+        if front_states.last() != Some(&state) {
+            front_states.push(state.clone());
+        }
+        // The backend answers only a frontend that starts again.
+        if state.as_deref() == Some("1")
+            && m.get(&format!("{BACK_PATH}/state")).as_deref() == Some("6")
+        {
+            m.set(&format!("{BACK_PATH}/state"), "2");
+        }
+        back.step()
+    })
+    .map_err(|(_, e)| e)
+    .expect("reconnected");
+    // Closed, then Initialising (the nudge), then the handshake.
+    assert_eq!(front_states.last(), Some(&Some(String::from("4"))));
+    assert_eq!(m.get(&format!("{BACK_PATH}/state")).as_deref(), Some("4"));
+    front.send(&pattern(1500, 5), TxOffload::default()).unwrap();
+    assert_eq!(back.process_tx(), 1);
+}

@@ -256,6 +256,80 @@ impl XenbusDevice {
     }
 }
 
+/// Wait until the device at `path` is offered (again): its backend in
+/// `InitWait`, ready for a frontend's connect, whatever happens meanwhile
+/// (our directory removed and created again by the toolstack on re-attach,
+/// `backend` rewritten to a new path). Both frontends (netfront, blkfront)
+/// call it after losing their backend.
+///
+/// A backend that is `Closed` but still `online` (the toolstack sets
+/// `online` to 0 before it removes a device) waits for a new frontend: as
+/// Linux's netback and blkback expect, we publish `Initialising` (when our
+/// own state is `Closed`) and it goes back to `InitWait`. This is what a
+/// backend restarted in its domain needs: dom0's xen-netback, rebound
+/// through sysfs, may publish `Closed` after our disconnect (its state
+/// change is deferred until the hotplug script reports), and without the
+/// nudge both ends would wait for each other forever.
+///
+/// The watches are held by a [`WatchGuard`]: removed on every exit,
+/// including the caller dropping this future. Unbounded if the device never
+/// comes back: the caller bounds it with a timeout.
+pub async fn wait_backend_ready<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    path: &str,
+) -> Result<(), XenbusError> {
+    let token = format!("xenbus-ready:{path}");
+    let mut watches = WatchGuard::new(xs);
+    let result = async {
+        watches.add(path, &token).await?;
+        let mut watched: Option<String> = None;
+        loop {
+            match XenbusDevice::open(&mut watches, path).await {
+                Ok(dev) => {
+                    if watched.as_deref() != Some(dev.backend.as_str()) {
+                        if let Some(old) = watched.take() {
+                            let _ = watches.remove(&format!("{old}/state"), &token).await;
+                        }
+                        watches
+                            .add(&format!("{}/state", dev.backend), &token)
+                            .await?;
+                        watched = Some(dev.backend.clone());
+                    }
+                    match dev.backend_state(&mut watches).await? {
+                        XenbusState::InitWait => return Ok(()),
+                        XenbusState::Closed => ask_for_reconnect(&mut watches, &dev).await?,
+                        _ => {}
+                    }
+                }
+                // Not there (yet): wait for the toolstack.
+                Err(XenbusError::Xs(XsError::Enoent)) => {}
+                Err(e) => return Err(e),
+            }
+            watches.next_watch_event_for(&token).await?;
+        }
+    }
+    .await;
+    let _ = watches.close().await;
+    result
+}
+
+/// The backend of `dev` is `Closed`: if it stays `online` and we are
+/// `Closed` too, publish `Initialising` so that it goes back to `InitWait`.
+async fn ask_for_reconnect<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dev: &XenbusDevice,
+) -> Result<(), XenbusError> {
+    match xs.read(&format!("{}/online", dev.backend)).await {
+        Ok(v) if v == b"1" => {}
+        Ok(_) | Err(XsError::Enoent) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    if dev.state(xs).await? == XenbusState::Closed {
+        dev.set_state(xs, XenbusState::Initialising).await?;
+    }
+    Ok(())
+}
+
 /// Longest prefix of a malformed xenstore value kept in an error.
 pub const VALUE_PREFIX_MAX: usize = 16;
 
