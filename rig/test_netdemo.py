@@ -255,7 +255,9 @@ def check_type(name: str, texts: list, mib: int, pings: int, detach: bool, bench
         if r[:1] == ["reconnected"]:
             bench.append(f"{name}: vif re-attached, guest reconnected after {r[1]} s; background ping {d}")
         r = rig_fields(seg, "netback-restart", name)
-        check(r[:1] == ["reconnected"], f"dom0 netback restart (unbind + bind): the guest reconnected ({r})")
+        states = " ".join(rig_fields(seg, "netback-restart-states", name))
+        check(r[:1] == ["reconnected"],
+              f"dom0 netback restart (unbind + bind): the guest reconnected ({r}{'; ' + states if states else ''})")
         a = rig_fields(seg, "after-restart", name)
         check(a and int(a[0]) >= 19, f"pings after the netback restart: {a} of 20 answered")
         if r[:1] == ["reconnected"]:

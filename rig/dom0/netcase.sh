@@ -201,6 +201,13 @@ if [ "$detach" = 1 ]; then
     bash /etc/xen/scripts/vif-bridge online
   if wait_log "netdemo: reconnected" 60 2; then r=reconnected; else r=stuck; fi
   echo "RIG netback-restart $name $r $(elapsed "$t")"
+  if [ "$r" = stuck ]; then
+    # Both ends' states, for the failure's message.
+    echo "RIG netback-restart-states $name backend=$(xenstore-read backend/vif/$dom/$devid/state 2>&1)" \
+      "online=$(xenstore-read backend/vif/$dom/$devid/online 2>&1)" \
+      "hotplug=$(xenstore-read backend/vif/$dom/$devid/hotplug-status 2>&1)" \
+      "frontend=$(xenstore-read /local/domain/$dom/device/vif/$devid/state 2>&1)"
+  fi
   wait_path
   echo "RIG after-restart $name $(ping_count 20)"
 fi
