@@ -47,13 +47,17 @@ pub struct ClientSideConfig {
     pub gateway6: Option<Ipv6Addr>,
 }
 
-/// One DNS redirection: queries to `virtual_server` go to `upstream`.
+/// One DNS redirection: queries (UDP and TCP port 53) to `virtual_server`
+/// go to `upstream`, as `qubes-setup-dnat-to-ns` sets up in Linux.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DnsRedirect {
     /// The address clients query (10.139.1.1, ...).
     pub virtual_server: IpAddr,
-    /// The uplink's real resolver (`/qubes-primary-dns`, ...).
-    pub upstream: IpAddr,
+    /// The uplink's real resolver (`/qubes-primary-dns`, ...); `None` when
+    /// the firewall has none, and then queries to `virtual_server` are
+    /// dropped silently (`qubes-setup-dnat-to-ns`: "Drop IPv4 DNS requests
+    /// to qubesdb_dns addresses").
+    pub upstream: Option<IpAddr>,
 }
 
 /// Everything the firewall needs to know before the first packet.
@@ -63,8 +67,8 @@ pub struct Config {
     pub uplink: UplinkConfig,
     /// Client-side addresses.
     pub client_side: ClientSideConfig,
-    /// DNS redirections; their virtual servers are what
-    /// `specialtarget=dns` matches.
+    /// DNS redirections; their upstream resolvers are what
+    /// `specialtarget=dns` matches (Linux's `dns-addr` set).
     pub dns: Vec<DnsRedirect>,
     /// Most tracked flows.
     pub max_flows: usize,
@@ -80,8 +84,9 @@ pub struct Config {
 impl Config {
     /// A configuration with Qubes' usual defaults around the given
     /// addresses: DNS redirection of the virtual servers to `upstream_dns4`
-    /// (primary, secondary; both to the primary when there is only one),
-    /// 16384 flows, 4096 per client.
+    /// (primary, secondary; both to the primary when there is only one;
+    /// with none, queries to the virtual servers are dropped), 16384 flows,
+    /// 4096 per client.
     pub fn new(
         uplink: UplinkConfig,
         client_side: ClientSideConfig,
@@ -91,12 +96,12 @@ impl Config {
         let dns = QUBES_DNS4
             .iter()
             .enumerate()
-            .filter_map(|(index, virtual_server)| {
-                let upstream = upstream_dns4.get(index).or(upstream_dns4.first())?;
-                Some(DnsRedirect {
-                    virtual_server: IpAddr::V4(*virtual_server),
-                    upstream: IpAddr::V4(*upstream),
-                })
+            .map(|(index, virtual_server)| DnsRedirect {
+                virtual_server: IpAddr::V4(*virtual_server),
+                upstream: upstream_dns4
+                    .get(index)
+                    .or(upstream_dns4.first())
+                    .map(|a| IpAddr::V4(*a)),
             })
             .collect();
         Config {
@@ -153,13 +158,13 @@ mod tests {
         let upstreams = |c: Config| c.dns.iter().map(|d| d.upstream).collect::<Vec<_>>();
         assert_eq!(
             upstreams(config(&[primary, secondary])),
-            [IpAddr::V4(primary), IpAddr::V4(secondary)]
+            [Some(IpAddr::V4(primary)), Some(IpAddr::V4(secondary))]
         );
         assert_eq!(
             upstreams(config(&[primary])),
-            [IpAddr::V4(primary), IpAddr::V4(primary)]
+            [Some(IpAddr::V4(primary)), Some(IpAddr::V4(primary))]
         );
-        assert!(config(&[]).dns.is_empty());
+        assert_eq!(upstreams(config(&[])), [None, None]);
         assert_eq!(
             config(&[primary]).dns[1].virtual_server,
             IpAddr::V4(QUBES_DNS4[1])

@@ -323,8 +323,8 @@ impl Firewall {
             self.request_gateway_mac(now, &mut out);
         }
         let upstream = self.config.dns.iter().find_map(|d| match d.upstream {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
         });
         let queries = self.resolver.due_queries(now);
         if let Some(upstream) = upstream {
@@ -765,10 +765,9 @@ impl Firewall {
         self.config
             .dns
             .iter()
-            .find(|d| {
-                is_dns && d.virtual_server == header.dst && d.upstream.is_ipv6() == header.is_v6()
-            })
-            .map_or(header.dst, |d| d.upstream)
+            .find(|d| is_dns && d.virtual_server == header.dst)
+            .and_then(|d| d.upstream)
+            .unwrap_or(header.dst)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1069,7 +1068,12 @@ impl Firewall {
             dst_port: RESOLVER_PORT,
         } = header.transport
         {
-            if self.config.dns.iter().any(|d| d.upstream == header.src) {
+            if self
+                .config
+                .dns
+                .iter()
+                .any(|d| d.upstream == Some(header.src))
+            {
                 // An answer for the dsthost= resolver, not a client's flow.
                 let payload = ip.get(header.l4_offset + 8..header.len).unwrap_or_default();
                 self.resolver.on_response(now, payload);

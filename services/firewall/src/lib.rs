@@ -26,6 +26,7 @@ pub mod icmp;
 pub mod link;
 pub mod packet;
 pub mod resolver;
+pub mod store;
 
 pub use config::{ClientConfig, ClientSideConfig, Config, DnsRedirect, UplinkConfig};
 pub use counters::Counters;

@@ -205,7 +205,7 @@ impl HostedConfig {
         if let Some(dns6) = v6("/qubes-primary-dns6")? {
             firewall.dns.push(DnsRedirect {
                 virtual_server: IpAddr::V6(QUBES_DNS6[0]),
-                upstream: IpAddr::V6(dns6),
+                upstream: Some(IpAddr::V6(dns6)),
             });
         }
         let mut rules = BTreeMap::new();
@@ -264,7 +264,7 @@ mod tests {
         assert_eq!(config.firewall.dns.len(), 2);
         assert_eq!(
             config.firewall.dns[1].upstream,
-            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 54))
+            Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 54)))
         );
         assert_eq!(config.clients.len(), 2);
         assert_eq!(

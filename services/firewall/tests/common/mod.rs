@@ -64,7 +64,7 @@ pub fn config(with_ipv6: bool) -> Config {
     if with_ipv6 {
         config.dns.push(DnsRedirect {
             virtual_server: IpAddr::V6(firewall::config::QUBES_DNS6[0]),
-            upstream: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53)),
+            upstream: Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53))),
         });
     }
     config
