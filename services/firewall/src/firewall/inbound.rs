@@ -1,0 +1,294 @@
+//! Uplink to client: replies of tracked flows translated back to the
+//! client, their later fragments, ICMP errors about outbound flows, and the
+//! dispatch of everything else the uplink sends.
+
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use smoltcp::time::Instant;
+use smoltcp::wire::EthernetAddress;
+
+use super::neighbor::ICMPV6_NEIGHBOR_SOLICIT;
+use super::{flow_ports, frame_around, Firewall, Transmit, DNS_PORT};
+use crate::conntrack::{Direction, ReplyKey};
+use crate::fragments::DatagramKey;
+use crate::icmp;
+use crate::link::ETHERNET_HEADER_LEN;
+use crate::packet::{self, IpHeader, Transport};
+use crate::resolver::RESOLVER_PORT;
+
+impl Firewall {
+    pub(super) fn uplink_ip(
+        &mut self,
+        now: Instant,
+        src_mac: EthernetAddress,
+        ip: &[u8],
+        out: &mut Vec<Transmit>,
+    ) {
+        let Ok(header) = packet::parse(ip) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if let Transport::IcmpOther { icmp_type } = header.transport {
+            if header.is_v6() && icmp_type == ICMPV6_NEIGHBOR_SOLICIT {
+                self.uplink_neighbor_solicitation(now, src_mac, &header, ip, out);
+            } else {
+                self.counters.dropped_unsupported += 1;
+            }
+            return;
+        }
+        if self.uplink_addr(header.is_v6()) != Some(header.dst) {
+            self.counters.dropped_not_for_us += 1;
+            return;
+        }
+        if self.client_with_addr(&header.src).is_some() {
+            // Only a client may use a client's address.
+            self.counters.dropped_spoofed += 1;
+            return;
+        }
+        let from_gateway = match header.src {
+            IpAddr::V4(a) => a == self.config.uplink.gateway4,
+            IpAddr::V6(a) => self.config.uplink.gateway6 == Some(a),
+        };
+        if from_gateway && src_mac.is_unicast() {
+            self.learn_gateway_mac(now, src_mac, out);
+        }
+        if let Transport::Udp {
+            src_port: DNS_PORT,
+            dst_port: RESOLVER_PORT,
+        } = header.transport
+        {
+            if self
+                .config
+                .dns
+                .iter()
+                .any(|d| d.upstream == Some(header.src))
+            {
+                // An answer for the dsthost= resolver, not a client's flow.
+                let payload = ip.get(header.l4_offset + 8..header.len).unwrap_or_default();
+                self.resolver.on_response(now, payload);
+                return;
+            }
+        }
+        match header.transport {
+            Transport::IcmpEcho { request: true, .. } => {
+                self.uplink_echo_request(now, &header, ip, out)
+            }
+            Transport::IcmpError { .. } => self.uplink_icmp_error(now, &header, ip, out),
+            Transport::LaterFragment => self.uplink_later_fragment(now, &header, ip, out),
+            Transport::Tcp { .. } | Transport::Udp { .. } | Transport::IcmpEcho { .. } => {
+                self.uplink_flow_packet(now, &header, ip, out)
+            }
+            _ => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    pub(super) fn uplink_flow_packet(
+        &mut self,
+        now: Instant,
+        header: &IpHeader,
+        ip: &[u8],
+        out: &mut Vec<Transmit>,
+    ) {
+        let Some((src_port, dst_port, flags)) = flow_ports(&header.transport) else {
+            return;
+        };
+        let key = match header.transport {
+            // An echo reply carries our translated identifier.
+            Transport::IcmpEcho { ident, .. } => ReplyKey {
+                protocol: header.protocol,
+                remote: header.src,
+                remote_port: 0,
+                local_port: ident,
+            },
+            _ => ReplyKey {
+                protocol: header.protocol,
+                remote: header.src,
+                remote_port: src_port,
+                local_port: dst_port,
+            },
+        };
+        let Some(conn_id) = self.conntrack.find_reply(&key) else {
+            self.counters.dropped_no_flow += 1;
+            return;
+        };
+        self.conntrack
+            .on_packet(conn_id, now, Direction::Reply, flags);
+        let Some(conn) = self.conntrack.get(conn_id).cloned() else {
+            return;
+        };
+        let Some((client_id, client)) = self.client_for_conn(&conn) else {
+            self.counters.dropped_no_flow += 1;
+            return;
+        };
+        if header.hop_limit <= 1 {
+            self.counters.dropped_ttl += 1;
+            return;
+        }
+        let Some(mut frame) = frame_around(ip, header) else {
+            return;
+        };
+        if let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) {
+            packet::decrement_hop_limit(pkt, header);
+            packet::set_dst(pkt, header, conn.orig.src);
+            packet::set_dst_port(pkt, header, conn.orig.src_port);
+            if conn.orig.dst != header.src {
+                packet::set_src(pkt, header, conn.orig.dst);
+            }
+        }
+        if let Some(fragment) = header.fragment {
+            self.fragments.record(
+                now,
+                DatagramKey {
+                    src: header.src,
+                    dst: header.dst,
+                    ident: fragment.ident,
+                    protocol: header.protocol,
+                },
+                conn_id,
+            );
+        }
+        if self.send_to_client(&client, client_id, frame, out) {
+            self.counters.forwarded_in += 1;
+        }
+    }
+
+    pub(super) fn uplink_later_fragment(
+        &mut self,
+        now: Instant,
+        header: &IpHeader,
+        ip: &[u8],
+        out: &mut Vec<Transmit>,
+    ) {
+        let Some(fragment) = header.fragment else {
+            return;
+        };
+        let key = DatagramKey {
+            src: header.src,
+            dst: header.dst,
+            ident: fragment.ident,
+            protocol: header.protocol,
+        };
+        let Some(conn) = self
+            .fragments
+            .lookup(now, &key)
+            .and_then(|conn_id| self.conntrack.get(conn_id))
+            .cloned()
+        else {
+            self.counters.dropped_fragment += 1;
+            return;
+        };
+        let Some((client_id, client)) = self.client_for_conn(&conn) else {
+            self.counters.dropped_fragment += 1;
+            return;
+        };
+        if header.hop_limit <= 1 {
+            self.counters.dropped_ttl += 1;
+            return;
+        }
+        let Some(mut frame) = frame_around(ip, header) else {
+            return;
+        };
+        if let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) {
+            packet::decrement_hop_limit(pkt, header);
+            packet::set_dst(pkt, header, conn.orig.src);
+            if conn.orig.dst != header.src {
+                packet::set_src(pkt, header, conn.orig.dst);
+            }
+        }
+        if self.send_to_client(&client, client_id, frame, out) {
+            self.counters.forwarded_in += 1;
+        }
+    }
+
+    /// An ICMP error from the uplink about a packet we translated: rewrite
+    /// the quoted packet back to the client's view, then the outer header.
+    pub(super) fn uplink_icmp_error(
+        &mut self,
+        now: Instant,
+        header: &IpHeader,
+        ip: &[u8],
+        out: &mut Vec<Transmit>,
+    ) {
+        const ICMP_HEADER_LEN: usize = 8;
+        let quoted_at = header.l4_offset + ICMP_HEADER_LEN;
+        let Some(quoted) = ip.get(quoted_at..header.len) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Ok(inner) = packet::parse_quoted(quoted) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if Some(inner.src) != self.uplink_addr(header.is_v6()) {
+            self.counters.dropped_no_flow += 1;
+            return;
+        }
+        let key = match inner.transport {
+            Transport::Tcp {
+                src_port, dst_port, ..
+            }
+            | Transport::Udp { src_port, dst_port } => ReplyKey {
+                protocol: inner.protocol,
+                remote: inner.dst,
+                remote_port: dst_port,
+                local_port: src_port,
+            },
+            Transport::IcmpEcho { ident, .. } => ReplyKey {
+                protocol: inner.protocol,
+                remote: inner.dst,
+                remote_port: 0,
+                local_port: ident,
+            },
+            _ => {
+                self.counters.dropped_no_flow += 1;
+                return;
+            }
+        };
+        let Some(conn) = self
+            .conntrack
+            .find_reply(&key)
+            .and_then(|conn_id| self.conntrack.get(conn_id))
+            .cloned()
+        else {
+            self.counters.dropped_no_flow += 1;
+            return;
+        };
+        let Some((client_id, client)) = self.client_for_conn(&conn) else {
+            self.counters.dropped_no_flow += 1;
+            return;
+        };
+        if header.hop_limit <= 1 {
+            self.counters.dropped_ttl += 1;
+            return;
+        }
+        let Some(mut frame) = frame_around(ip, header) else {
+            return;
+        };
+        let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) else {
+            return;
+        };
+        if let Some(inner_pkt) = pkt.get_mut(quoted_at..) {
+            packet::set_src(inner_pkt, &inner, conn.orig.src);
+            packet::set_src_port(inner_pkt, &inner, conn.orig.src_port);
+            if conn.orig.dst != inner.dst {
+                packet::set_dst(inner_pkt, &inner, conn.orig.dst);
+            }
+        }
+        packet::decrement_hop_limit(pkt, header);
+        packet::set_dst(pkt, header, conn.orig.src);
+        if header.src == conn.reply.remote && conn.orig.dst != conn.reply.remote {
+            packet::set_src(pkt, header, conn.orig.dst);
+        }
+        let mut outer = *header;
+        outer.dst = conn.orig.src;
+        if header.src == conn.reply.remote {
+            outer.src = conn.orig.dst;
+        }
+        icmp::refill_checksum(pkt, &outer);
+        if self.send_to_client(&client, client_id, frame, out) {
+            self.counters.icmp_errors_translated += 1;
+        }
+        let _ = now;
+    }
+}

@@ -1,0 +1,389 @@
+//! The packet path: `Firewall::handle(now, interface, frame)` takes one
+//! Ethernet frame from the uplink or a client and returns the frames to
+//! send, updating connection tracking and counters on the way.
+//!
+//! One idea per module: [`rules`] (what a client's rules see of a flow),
+//! [`outbound`] (client to uplink: checks, rules, NAT, DNS redirection),
+//! [`inbound`] (uplink to client), [`local`] (traffic for the firewall
+//! itself, and refusals) and [`neighbor`] (ARP, neighbour discovery, the
+//! gateway's MAC). This file holds the state and the public API.
+
+mod inbound;
+mod local;
+mod neighbor;
+mod outbound;
+mod rules;
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use qubes::firewall_rules::{Action, RuleSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
+
+use crate::config::{ClientConfig, Config};
+use crate::conntrack::{ConnTrack, Connection};
+use crate::counters::Counters;
+use crate::fragments::FragmentTable;
+use crate::link;
+use crate::packet::{IpHeader, TcpFlags, Transport};
+use crate::resolver::{RecordType, Resolver, ResolverStats, RESOLVER_PORT};
+use outbound::NAT_PORT_FIRST;
+use rules::RuleContext;
+
+/// Identifies a client link (for example its vif number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(pub u32);
+
+/// Where a frame comes from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    /// The link towards sys-net.
+    Uplink,
+    /// The link to one client VM.
+    Client(ClientId),
+}
+
+/// A frame to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The link to send it on.
+    pub interface: Interface,
+    /// The Ethernet frame.
+    pub frame: Vec<u8>,
+}
+
+/// The DNS port.
+const DNS_PORT: u16 = 53;
+
+/// A client as the firewall tracks it.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    config: ClientConfig,
+    mac: Option<EthernetAddress>,
+}
+
+/// The firewall: clients, their rules, connection tracking and NAT.
+#[derive(Debug)]
+pub struct Firewall {
+    config: Config,
+    clients: BTreeMap<ClientId, Client>,
+    rules: BTreeMap<IpAddr, RuleSet>,
+    resolver: Resolver,
+    conntrack: ConnTrack,
+    fragments: FragmentTable,
+    gateway_mac: Option<EthernetAddress>,
+    last_arp_request: Option<Instant>,
+    awaiting_gateway: VecDeque<Vec<u8>>,
+    next_nat_port: u16,
+    counters: Counters,
+}
+
+/// The ports of a flow-carrying packet: TCP/UDP ports, or the echo
+/// identifier as source "port" and 0 as destination.
+fn flow_ports(transport: &Transport) -> Option<(u16, u16, TcpFlags)> {
+    match *transport {
+        Transport::Tcp {
+            src_port,
+            dst_port,
+            flags,
+        } => Some((src_port, dst_port, flags)),
+        Transport::Udp { src_port, dst_port } => Some((src_port, dst_port, TcpFlags::default())),
+        Transport::IcmpEcho { ident, .. } => Some((ident, 0, TcpFlags::default())),
+        _ => None,
+    }
+}
+
+/// A frame around a copy of `ip` (trimmed to the packet's length), ready
+/// for in-place rewriting of the packet at [`ETHERNET_HEADER_LEN`].
+fn frame_around(ip: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
+    let packet = ip.get(..header.len)?;
+    let ethertype = if header.is_v6() {
+        EthernetProtocol::Ipv6
+    } else {
+        EthernetProtocol::Ipv4
+    };
+    let zero = EthernetAddress([0; 6]);
+    Some(link::ethernet_frame(zero, zero, ethertype, packet))
+}
+
+fn ip_ethertype(ip: &[u8]) -> EthernetProtocol {
+    match ip.first().map(|b| b >> 4) {
+        Some(6) => EthernetProtocol::Ipv6,
+        _ => EthernetProtocol::Ipv4,
+    }
+}
+
+impl Firewall {
+    /// A firewall with no clients yet.
+    pub fn new(config: Config) -> Firewall {
+        let record_types = if config.uplink.ip6.is_some() {
+            alloc::vec![RecordType::A, RecordType::Aaaa]
+        } else {
+            alloc::vec![RecordType::A]
+        };
+        let seed = u32::from(config.uplink.ip4) ^ 0x6d6f_6174;
+        Firewall {
+            conntrack: ConnTrack::new(
+                config.max_flows,
+                config.max_flows_per_client,
+                config.timeouts,
+            ),
+            fragments: FragmentTable::new(config.max_fragmented_datagrams),
+            gateway_mac: config.uplink.gateway_mac,
+            config,
+            clients: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            resolver: Resolver::new(record_types, seed),
+            last_arp_request: None,
+            awaiting_gateway: VecDeque::new(),
+            next_nat_port: NAT_PORT_FIRST,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Packet counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The connection table (read only).
+    pub fn conntrack(&self) -> &ConnTrack {
+        &self.conntrack
+    }
+
+    /// Number of datagrams tracked for their later fragments.
+    pub fn tracked_fragmented_datagrams(&self) -> usize {
+        self.fragments.len()
+    }
+
+    /// The uplink gateway's MAC, once known.
+    pub fn gateway_mac(&self) -> Option<EthernetAddress> {
+        self.gateway_mac
+    }
+
+    /// Connect a client link. Until rules are set for its addresses, all
+    /// its new flows are refused (fail closed).
+    pub fn add_client(&mut self, id: ClientId, config: ClientConfig) {
+        self.remove_client(id);
+        self.clients.insert(
+            id,
+            Client {
+                config,
+                mac: config.mac,
+            },
+        );
+    }
+
+    /// Disconnect a client link and forget its flows; returns how many.
+    pub fn remove_client(&mut self, id: ClientId) -> usize {
+        if self.clients.remove(&id).is_none() {
+            return 0;
+        }
+        self.conntrack.retain(|conn| conn.client != id)
+    }
+
+    /// Install the rules dom0 wrote under `/qubes-firewall/<client_addr>/`.
+    /// They apply to the next packet; existing flows from that address that
+    /// the new rules refuse are killed, the others live on. Returns the
+    /// number of flows killed.
+    pub fn set_rules(&mut self, client_addr: IpAddr, rules: RuleSet) -> usize {
+        let ctx = RuleContext {
+            dns: &self.config.dns,
+            resolver: &self.resolver,
+        };
+        let killed = self.conntrack.retain(|conn| {
+            conn.orig.src != client_addr || rules.evaluate(&conn.query, &ctx) == Action::Accept
+        });
+        self.rules.insert(client_addr, rules);
+        let names = self.dsthost_names();
+        self.resolver.set_names(&names);
+        self.counters.flows_killed_by_rules += killed as u64;
+        killed
+    }
+
+    /// Every `dsthost=` name in the installed rules, for the resolver.
+    pub fn dsthost_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .rules
+            .values()
+            .flat_map(|set| set.rules.iter())
+            .filter_map(|rule| match &rule.destination {
+                Some(qubes::firewall_rules::Destination::Host(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Record what `name` resolves to, for `dsthost=` rules, bypassing
+    /// the firewall's own resolver (for platforms with another source).
+    pub fn set_host_addresses(&mut self, now: Instant, name: &str, addrs: Vec<IpAddr>) {
+        self.resolver.set_addresses(name, addrs, now);
+    }
+
+    /// Counters of the `dsthost=` resolver.
+    pub fn resolver_stats(&self) -> ResolverStats {
+        self.resolver.stats()
+    }
+
+    /// Housekeeping at `now`, to be called regularly (every 100 ms is
+    /// plenty): forget expired flows and send the DNS queries that are due
+    /// for `dsthost=` rules. Returns the frames to send.
+    pub fn poll(&mut self, now: Instant) -> Vec<Transmit> {
+        self.conntrack.expire(now);
+        let mut out = Vec::new();
+        if self.gateway_mac.is_none() && !self.awaiting_gateway.is_empty() {
+            self.request_gateway_mac(now, &mut out);
+        }
+        let upstream = self.config.dns.iter().find_map(|d| match d.upstream {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        });
+        let queries = self.resolver.due_queries(now);
+        if let Some(upstream) = upstream {
+            for query in queries {
+                let packet = link::udp_packet_v4(
+                    self.config.uplink.ip4,
+                    RESOLVER_PORT,
+                    upstream,
+                    DNS_PORT,
+                    &query.message,
+                );
+                let frame = link::ethernet_frame(
+                    self.config.uplink.mac,
+                    EthernetAddress([0; 6]),
+                    EthernetProtocol::Ipv4,
+                    &packet,
+                );
+                self.send_to_uplink(now, frame, &mut out);
+            }
+        }
+        self.counters.frames_out += out.len() as u64;
+        out
+    }
+
+    /// Process one frame received at `now` on `interface`; returns the
+    /// frames to send.
+    pub fn handle(&mut self, now: Instant, interface: Interface, frame: &[u8]) -> Vec<Transmit> {
+        let mut out = Vec::new();
+        self.counters.frames_in += 1;
+        // Forget flows past their deadline before anything looks them up.
+        self.conntrack.expire(now);
+        match interface {
+            Interface::Uplink => self.uplink_frame(now, frame, &mut out),
+            Interface::Client(id) => self.client_frame(now, id, frame, &mut out),
+        }
+        self.counters.frames_out += out.len() as u64;
+        out
+    }
+
+    fn client_with_addr(&self, addr: &IpAddr) -> Option<ClientId> {
+        self.clients
+            .iter()
+            .find(|(_, c)| match addr {
+                IpAddr::V4(a) => c.config.ip4 == *a,
+                IpAddr::V6(a) => c.config.ip6 == Some(*a),
+            })
+            .map(|(id, _)| *id)
+    }
+
+    fn is_own_client_side_addr(&self, addr: &IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => *a == self.config.client_side.gateway4,
+            IpAddr::V6(a) => self.config.client_side.gateway6 == Some(*a),
+        }
+    }
+
+    fn client_side_source(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.config.client_side.gateway6.map(IpAddr::V6)
+        } else {
+            Some(IpAddr::V4(self.config.client_side.gateway4))
+        }
+    }
+
+    fn uplink_addr(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.config.uplink.ip6.map(IpAddr::V6)
+        } else {
+            Some(IpAddr::V4(self.config.uplink.ip4))
+        }
+    }
+
+    // ----- client side -----
+
+    fn client_frame(&mut self, now: Instant, id: ClientId, frame: &[u8], out: &mut Vec<Transmit>) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            self.counters.dropped_unknown_interface += 1;
+            return;
+        };
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let src_mac = eth.src_addr();
+        if !src_mac.is_unicast() {
+            self.counters.dropped_malformed += 1;
+            return;
+        }
+        // The link is point-to-point: whoever sends on it is the client.
+        client.mac = Some(src_mac);
+        let client = *client;
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.client_arp(id, &client, eth.payload(), out),
+            EthernetProtocol::Ipv4 | EthernetProtocol::Ipv6 => {
+                self.client_ip(now, id, &client, eth.payload(), out)
+            }
+            _ => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    fn send_to_client(
+        &mut self,
+        client: &Client,
+        id: ClientId,
+        mut frame: Vec<u8>,
+        out: &mut Vec<Transmit>,
+    ) -> bool {
+        let Some(mac) = client.mac else {
+            self.counters.dropped_no_neighbor += 1;
+            return false;
+        };
+        link::set_ethernet_addrs(&mut frame, self.config.client_side.mac, mac);
+        out.push(Transmit {
+            interface: Interface::Client(id),
+            frame,
+        });
+        true
+    }
+
+    // ----- uplink side -----
+
+    fn uplink_frame(&mut self, now: Instant, frame: &[u8], out: &mut Vec<Transmit>) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.uplink_arp(now, eth.payload(), out),
+            EthernetProtocol::Ipv4 | EthernetProtocol::Ipv6 => {
+                self.uplink_ip(now, eth.src_addr(), eth.payload(), out)
+            }
+            _ => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    fn client_for_conn(&self, conn: &Connection) -> Option<(ClientId, Client)> {
+        self.clients.get(&conn.client).map(|c| (conn.client, *c))
+    }
+}

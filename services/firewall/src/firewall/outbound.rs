@@ -1,0 +1,430 @@
+//! Client to uplink: the checks every client packet passes (source,
+//! destination, TTL), new flows judged by the client's rules, source NAT to
+//! the uplink address, DNS redirection, fragments and ICMP errors about
+//! inbound flows.
+
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use smoltcp::time::Instant;
+
+use super::neighbor::ICMPV6_NEIGHBOR_SOLICIT;
+use super::rules::{flow_query, opens_flow, RuleContext};
+use super::{flow_ports, frame_around, Client, ClientId, Firewall, Transmit, DNS_PORT};
+use crate::conntrack::{ConnId, Direction, FlowState, OrigKey, ReplyKey, TcpState};
+use crate::fragments::DatagramKey;
+use crate::icmp;
+use crate::link::ETHERNET_HEADER_LEN;
+use crate::packet::{self, IpHeader, Transport};
+use crate::resolver::RESOLVER_PORT;
+use qubes::firewall_rules::Action;
+
+/// NAT ports are picked from here when the client's own port is taken.
+pub(super) const NAT_PORT_FIRST: u16 = 1024;
+/// How many candidate ports a new flow may try before it is refused.
+const NAT_PORT_PROBES: usize = 4096;
+
+fn initial_state(transport: &Transport) -> FlowState {
+    match transport {
+        Transport::Tcp { .. } => FlowState::Tcp {
+            state: TcpState::SynSent,
+            fin_orig: false,
+            fin_reply: false,
+        },
+        Transport::IcmpEcho { .. } => FlowState::IcmpEcho,
+        _ => FlowState::Udp { replied: false },
+    }
+}
+
+/// Whether a client may send to `addr` through the firewall: not to
+/// broadcast, multicast, loopback, unspecified or link-local addresses,
+/// which Linux does not forward either.
+fn is_routable(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_broadcast()
+                || a.is_multicast()
+                || a.is_loopback()
+                || a.is_unspecified()
+                || a.is_link_local())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_multicast()
+                || a.is_loopback()
+                || a.is_unspecified()
+                || a.is_unicast_link_local())
+        }
+    }
+}
+
+impl Firewall {
+    pub(super) fn client_ip(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        client: &Client,
+        ip: &[u8],
+        out: &mut Vec<Transmit>,
+    ) {
+        let Ok(header) = packet::parse(ip) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if let Transport::IcmpOther { icmp_type } = header.transport {
+            if header.is_v6() && icmp_type == ICMPV6_NEIGHBOR_SOLICIT {
+                self.client_neighbor_solicitation(id, client, &header, ip, out);
+            } else {
+                // Router solicitations, MLD reports and the like: nothing
+                // to forward.
+                self.counters.dropped_unsupported += 1;
+            }
+            return;
+        }
+        let own_source = match header.src {
+            IpAddr::V4(a) => a == client.config.ip4,
+            IpAddr::V6(a) => client.config.ip6 == Some(a),
+        };
+        if !own_source {
+            self.counters.dropped_spoofed += 1;
+            return;
+        }
+        if self.is_own_client_side_addr(&header.dst) {
+            self.addressed_to_firewall(id, client, &header, ip, out);
+            return;
+        }
+        let Some(uplink_ip) = self.uplink_addr(header.is_v6()) else {
+            self.counters.dropped_ipv6_no_uplink += 1;
+            return;
+        };
+        if !is_routable(&header.dst) {
+            // Broadcast, multicast, link-local and the like stay on the
+            // client's link.
+            self.counters.dropped_unsupported += 1;
+            return;
+        }
+        if self.client_with_addr(&header.dst).is_some() {
+            // Client-to-client: flows are only ever opened towards the
+            // uplink, so no such packet is a reply to an allowed flow.
+            self.counters.dropped_inter_client += 1;
+            return;
+        }
+        if header.hop_limit <= 1 {
+            self.counters.dropped_ttl += 1;
+            return;
+        }
+        match header.transport {
+            Transport::LaterFragment => {
+                self.client_later_fragment(now, &header, ip, uplink_ip, out)
+            }
+            Transport::Tcp { .. } | Transport::Udp { .. } | Transport::IcmpEcho { .. } => {
+                self.client_flow_packet(now, id, client, &header, ip, uplink_ip, out)
+            }
+            Transport::IcmpError { .. } => self.client_icmp_error(now, &header, ip, uplink_ip, out),
+            _ => self.counters.dropped_unsupported += 1,
+        }
+    }
+
+    /// An ICMP error from a client about a packet of one of its flows that
+    /// came from the uplink (say, port unreachable for a late UDP reply):
+    /// rewrite the quoted packet back to the uplink's view, then the outer
+    /// header, as Linux does for RELATED traffic.
+    pub(super) fn client_icmp_error(
+        &mut self,
+        now: Instant,
+        header: &IpHeader,
+        ip: &[u8],
+        uplink_ip: IpAddr,
+        out: &mut Vec<Transmit>,
+    ) {
+        const ICMP_HEADER_LEN: usize = 8;
+        let quoted_at = header.l4_offset + ICMP_HEADER_LEN;
+        let Some(quoted) = ip.get(quoted_at..header.len) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Ok(inner) = packet::parse_quoted(quoted) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        // The quoted packet went from the remote (as the client saw it) to
+        // the client.
+        let key = match inner.transport {
+            Transport::Tcp {
+                src_port, dst_port, ..
+            }
+            | Transport::Udp { src_port, dst_port } => OrigKey {
+                protocol: inner.protocol,
+                src: inner.dst,
+                src_port: dst_port,
+                dst: inner.src,
+                dst_port: src_port,
+            },
+            Transport::IcmpEcho { ident, .. } => OrigKey {
+                protocol: inner.protocol,
+                src: inner.dst,
+                src_port: ident,
+                dst: inner.src,
+                dst_port: 0,
+            },
+            _ => {
+                self.counters.dropped_no_flow += 1;
+                return;
+            }
+        };
+        if inner.dst != header.src {
+            self.counters.dropped_spoofed += 1;
+            return;
+        }
+        let Some(conn) = self
+            .conntrack
+            .find_orig(&key)
+            .and_then(|conn_id| self.conntrack.get(conn_id))
+            .cloned()
+        else {
+            self.counters.dropped_no_flow += 1;
+            return;
+        };
+        let Some(mut frame) = frame_around(ip, header) else {
+            return;
+        };
+        let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) else {
+            return;
+        };
+        if let Some(inner_pkt) = pkt.get_mut(quoted_at..) {
+            if conn.reply.remote != inner.src {
+                packet::set_src(inner_pkt, &inner, conn.reply.remote);
+            }
+            packet::set_dst(inner_pkt, &inner, uplink_ip);
+            packet::set_dst_port(inner_pkt, &inner, conn.reply.local_port);
+        }
+        packet::decrement_hop_limit(pkt, header);
+        packet::set_src(pkt, header, uplink_ip);
+        if conn.reply.remote != header.dst {
+            packet::set_dst(pkt, header, conn.reply.remote);
+        }
+        let mut outer = *header;
+        outer.src = uplink_ip;
+        outer.dst = conn.reply.remote;
+        icmp::refill_checksum(pkt, &outer);
+        self.send_to_uplink(now, frame, out);
+        self.counters.icmp_errors_translated += 1;
+    }
+
+    pub(super) fn allocate_nat_port(
+        &mut self,
+        protocol: u8,
+        remote: IpAddr,
+        remote_port: u16,
+        preferred: u16,
+    ) -> Option<u16> {
+        let key = |local_port| ReplyKey {
+            protocol,
+            remote,
+            remote_port,
+            local_port,
+        };
+        // The resolver's own port is never handed out.
+        if preferred >= NAT_PORT_FIRST
+            && preferred != RESOLVER_PORT
+            && self.conntrack.reply_key_free(&key(preferred))
+        {
+            return Some(preferred);
+        }
+        for _ in 0..NAT_PORT_PROBES {
+            let candidate = self.next_nat_port;
+            self.next_nat_port = if candidate == u16::MAX {
+                NAT_PORT_FIRST
+            } else {
+                candidate + 1
+            };
+            if candidate != RESOLVER_PORT && self.conntrack.reply_key_free(&key(candidate)) {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    /// Where a new flow really goes: queries to a virtual DNS server go to
+    /// the matching upstream resolver.
+    pub(super) fn redirect(&self, header: &IpHeader, dst_port: u16) -> IpAddr {
+        let is_dns = dst_port == DNS_PORT
+            && matches!(
+                header.transport,
+                Transport::Tcp { .. } | Transport::Udp { .. }
+            );
+        self.config
+            .dns
+            .iter()
+            .find(|d| is_dns && d.virtual_server == header.dst)
+            .and_then(|d| d.upstream)
+            .unwrap_or(header.dst)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn client_flow_packet(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        client: &Client,
+        header: &IpHeader,
+        ip: &[u8],
+        uplink_ip: IpAddr,
+        out: &mut Vec<Transmit>,
+    ) {
+        let Some((src_port, dst_port, flags)) = flow_ports(&header.transport) else {
+            return;
+        };
+        let orig = OrigKey {
+            protocol: header.protocol,
+            src: header.src,
+            src_port,
+            dst: header.dst,
+            dst_port,
+        };
+        let mut existing = self.conntrack.find_orig(&orig);
+        if let Some(conn_id) = existing {
+            // A fresh SYN on a finished connection starts a new one, which
+            // the rules must judge again.
+            let finished = matches!(
+                self.conntrack.get(conn_id).map(|c| c.state),
+                Some(FlowState::Tcp {
+                    state: TcpState::TimeWait | TcpState::Closed,
+                    ..
+                })
+            );
+            if finished && flags.syn && !flags.ack {
+                self.conntrack.remove(conn_id);
+                existing = None;
+            }
+        }
+        let conn_id = match existing {
+            Some(conn_id) => conn_id,
+            None => match self.open_flow(now, id, client, header, ip, orig, out) {
+                Some(conn_id) => conn_id,
+                None => return,
+            },
+        };
+        self.conntrack
+            .on_packet(conn_id, now, Direction::Original, flags);
+        let Some(conn) = self.conntrack.get(conn_id).cloned() else {
+            return;
+        };
+        let Some(mut frame) = frame_around(ip, header) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) {
+            packet::decrement_hop_limit(pkt, header);
+            packet::set_src(pkt, header, uplink_ip);
+            packet::set_src_port(pkt, header, conn.reply.local_port);
+            if conn.reply.remote != header.dst {
+                packet::set_dst(pkt, header, conn.reply.remote);
+            }
+        }
+        if let Some(fragment) = header.fragment {
+            self.fragments.record(
+                now,
+                DatagramKey {
+                    src: header.src,
+                    dst: header.dst,
+                    ident: fragment.ident,
+                    protocol: header.protocol,
+                },
+                conn_id,
+            );
+        }
+        self.send_to_uplink(now, frame, out);
+        self.counters.forwarded_out += 1;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open_flow(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        client: &Client,
+        header: &IpHeader,
+        ip: &[u8],
+        orig: OrigKey,
+        out: &mut Vec<Transmit>,
+    ) -> Option<ConnId> {
+        if !opens_flow(&header.transport) {
+            self.counters.dropped_no_flow += 1;
+            return None;
+        }
+        let query = flow_query(header)?;
+        let ctx = RuleContext {
+            dns: &self.config.dns,
+            resolver: &self.resolver,
+        };
+        let action = self
+            .rules
+            .get(&header.src)
+            .map_or(Action::Drop, |rules| rules.evaluate(&query, &ctx));
+        if action == Action::Drop {
+            self.refuse(id, client, header, ip, out);
+            return None;
+        }
+        let remote = self.redirect(header, orig.dst_port);
+        let Some(local_port) =
+            self.allocate_nat_port(header.protocol, remote, orig.dst_port, orig.src_port)
+        else {
+            self.counters.dropped_nat_exhausted += 1;
+            return None;
+        };
+        let reply = ReplyKey {
+            protocol: header.protocol,
+            remote,
+            remote_port: orig.dst_port,
+            local_port,
+        };
+        self.conntrack.insert(
+            now,
+            id,
+            orig,
+            reply,
+            query,
+            initial_state(&header.transport),
+        )
+    }
+
+    pub(super) fn client_later_fragment(
+        &mut self,
+        now: Instant,
+        header: &IpHeader,
+        ip: &[u8],
+        uplink_ip: IpAddr,
+        out: &mut Vec<Transmit>,
+    ) {
+        let Some(fragment) = header.fragment else {
+            return;
+        };
+        let key = DatagramKey {
+            src: header.src,
+            dst: header.dst,
+            ident: fragment.ident,
+            protocol: header.protocol,
+        };
+        let Some(conn) = self
+            .fragments
+            .lookup(now, &key)
+            .and_then(|conn_id| self.conntrack.get(conn_id))
+            .cloned()
+        else {
+            self.counters.dropped_fragment += 1;
+            return;
+        };
+        let Some(mut frame) = frame_around(ip, header) else {
+            return;
+        };
+        if let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) {
+            packet::decrement_hop_limit(pkt, header);
+            packet::set_src(pkt, header, uplink_ip);
+            if conn.reply.remote != header.dst {
+                packet::set_dst(pkt, header, conn.reply.remote);
+            }
+        }
+        self.send_to_uplink(now, frame, out);
+        self.counters.forwarded_out += 1;
+    }
+}
