@@ -67,6 +67,7 @@ lint: deps
 test-host: deps
 	$(CARGO) test --workspace
 	python3 rig/test_rig_unit.py
+	python3 rig/test_rig_cases.py
 	python3 arm32/test_zimage.py
 
 test-xen: images

@@ -43,16 +43,24 @@ REPO = Path(__file__).resolve().parent.parent
 NETDEMO = "netdemo-arm32"
 
 
-def dom0_script(netdemo: bool, blkdemo: bool, mib: int, pings: int) -> str:
-    """The selftest runs, then (with `netdemo`) one netcase.sh run, then
-    (with `blkdemo`) the blkdemo write and verify runs."""
-    script = test_selftest.dom0_script(["arm32"])
+def dom0_cases(netdemo: bool, blkdemo: bool, mib: int, pings: int) -> list:
+    """The cases (xenrig.Case): the selftest runs, then (with `netdemo`) one
+    netcase.sh run, then (with `blkdemo`) the blkdemo write and verify
+    runs."""
+    cases = test_selftest.dom0_cases(["arm32"])
     if netdemo:
-        script += f"bash /guest/netcase.sh {NETDEMO} /guest/{NETDEMO}.cfg {mib} {pings} 0\n"
-        script += "xl list\n"
+        cases.append(xenrig.Case(NETDEMO, test_netdemo.netcase_limit(mib), [
+            f"bash /guest/netcase.sh {NETDEMO} /guest/{NETDEMO}.cfg {mib} {pings} 0"
+        ]))
     if blkdemo:
-        script += test_blkdemo.dom0_script(["arm32"], mib, False)
-    return script
+        cases += test_blkdemo.dom0_cases(["arm32"], mib, False)
+    return cases
+
+
+def dom0_script(netdemo: bool, blkdemo: bool, mib: int, pings: int) -> str:
+    """The dom0 script of dom0_cases()."""
+    return xenrig.cases_script(dom0_cases(netdemo, blkdemo, mib, pings),
+                               header=test_blkdemo.dom0_header(), footer=["xl list"])
 
 
 def check_blkdemo(tally, texts: list, mib: int, bench: list) -> None:
@@ -126,6 +134,14 @@ def main(argv=None) -> int:
     rig = test_selftest.Tally("rig")
     rig.check(result.rc == 0, f"the dom0 script ended with rc {result.rc}"
               + (" (timeout)" if result.timed_out else ""))
+    case_failures, rig_warnings = xenrig.case_report(
+        result, [c.name for c in dom0_cases(with_net, with_blk, args.mib, args.pings)
+                 if c.name != test_selftest.HANG_PROBE])
+    for f in case_failures:
+        rig.check(False, f)
+    test_selftest.assert_hang_probe(rig, result)
+    for w in rig_warnings:
+        print(f"rig warning: {w}")
     st = test_selftest.Tally("selftest-arm32")
     names = test_selftest.case_names("arm32")
     test_selftest.assert_normal(st, result.lines, names["normal"])

@@ -107,6 +107,18 @@ def xen_cmdline_amd64() -> str:
     $MOAT_XEN_CMDLINE_EXTRA (Xen takes the last of repeated options)."""
     extra = os.environ.get(XEN_CMDLINE_EXTRA_ENV, "").strip()
     return f"{XEN_CMDLINE_AMD64} {extra}".strip()
+
+
+#: QEMU's CPU model for the amd64 rig, from the environment (experiments,
+#: e.g. MOAT_QEMU_CPU="max,-xsave" in rig/stress.py --cpu); default "max".
+QEMU_CPU_ENV = "MOAT_QEMU_CPU"
+
+
+def qemu_cpu_amd64() -> str:
+    """QEMU's -cpu for this run: $MOAT_QEMU_CPU, or max."""
+    return os.environ.get(QEMU_CPU_ENV, "").strip() or "max"
+
+
 #: dom0 Linux's command line: console on Xen's console (hvc0).
 DOM0_CMDLINE = "console=hvc0 earlyprintk=xen"
 
@@ -118,7 +130,7 @@ def _amd64_qemu_args(boot: Path, initrd: Path) -> list:
     return [
         # KVM here cannot run Xen (see docs/testing.md); TCG's -cpu max
         # emulates SVM with nested paging, which PVH guests need.
-        "-accel", "tcg,thread=multi", "-cpu", "max",
+        "-accel", "tcg,thread=multi", "-cpu", qemu_cpu_amd64(),
         "-m", "2048", "-smp", "2",
         "-nographic", "-nic", "none", "-no-reboot",
         "-kernel", str(boot / "xen"),
@@ -224,6 +236,216 @@ def parse_guest_arg(arg: str) -> tuple:
 # ----------------------------------------------------------------- run ---
 
 
+#: Seconds a case may run past its own limit before the host side calls dom0
+#: wedged: dom0's timeout handling (process tree, kill, `xl destroy` of the
+#: case's domains under `timeout 30`) must fit in it, under TCG and load.
+CASE_GRACE = 90.0
+#: How often one run may reboot the rig after a wedged case.
+MAX_REBOOTS = 2
+
+_CASE_BEGIN = re.compile(r"^RIG case-begin (\S+) (\d+)")
+_CASE_END = re.compile(r"^RIG case-end (\S+) rc=(-?\d+)")
+_CASE_TIMEOUT = re.compile(r"^RIG case-timeout (\S+) ")
+_CASE_SKIP = re.compile(r"^RIG case-skip (\S+) ?(.*)")
+_CASE_DETAIL = re.compile(r"^RIG (case-running|case-stack|case-destroy|case-domains) (\S+) (.*)")
+_CASE_FAULT = re.compile(r"^RIG (?:case-fault (\S+):|tool-killed (\S+)) (.*)")
+#: Lines that say a dom0 tool died, whoever printed them (xl's
+#: "daemonizing child ... died due to fatal signal", ash's "Segmentation
+#: fault", glibc's heap checks). Guest consoles that test scripts print
+#: with a GUEST/BRIDGE prefix are not dom0's.
+TOOL_DEATH = re.compile(
+    r"died due to fatal signal|Segmentation fault|Illegal instruction|Bus error|"
+    r"corrupted double-linked list|corrupted size vs|malloc\(\): |free\(\): |double free or corruption"
+)
+_NOT_DOM0 = re.compile(r"^(GUEST |BRIDGE )")
+
+
+@dataclasses.dataclass
+class CaseResult:
+    """One case of a dom0 script run by rig_case (rig/dom0/case.sh)."""
+
+    name: str
+    #: dom0's time limit, seconds (0 when never begun).
+    limit: int = 0
+    #: running (begun, no end seen), ended, timeout (dom0 killed it at its
+    #: limit), wedged (no end within limit + CASE_GRACE: the host rebooted
+    #: the rig), skipped (rig_case did not run it), unfinished (the run
+    #: ended while it ran: QEMU died or the whole run's time limit).
+    status: str = "running"
+    rc: Optional[int] = None
+    #: Which boot of the run (1, 2, ...) it ran in.
+    boot: int = 0
+    #: Seconds since the first QEMU start.
+    begin: float = 0.0
+    end: Optional[float] = None
+    #: Why it was skipped, wedged or unfinished.
+    reason: str = ""
+    #: What dom0 reported at a timeout: the process tree, the domains
+    #: destroyed.
+    details: list = dataclasses.field(default_factory=list)
+    #: Lines that say a dom0 tool died or the kernel saw a crash.
+    faults: list = dataclasses.field(default_factory=list)
+
+    @property
+    def completed(self) -> bool:
+        """The case ran to its end within its limit."""
+        return self.status == "ended"
+
+    def problem(self) -> Optional[str]:
+        """None when the case ran to its end in time and no dom0 tool died;
+        otherwise one line saying what went wrong."""
+        if self.status == "ended":
+            if self.faults:
+                return f"a dom0 tool died during the case: {' | '.join(self.faults[:3])}"
+            return None
+        if self.status == "timeout":
+            running = [d for d in self.details if d.startswith("case-running")]
+            procs = "; ".join(" ".join(d.split()[4:]) for d in running[-6:]) or "nothing listed"
+            destroyed = [" ".join(d.split()[2:]) for d in self.details if d.startswith("case-destroy")]
+            return (f"timed out in dom0 after its limit of {self.limit} s; running then: {procs}"
+                    + (f"; destroyed {', '.join(destroyed)}" if destroyed else ""))
+        if self.status == "wedged":
+            return f"dom0 wedged: {self.reason}"
+        if self.status == "skipped":
+            return f"not run: {self.reason}"
+        return f"did not finish: {self.reason or 'no case-end line'}"
+
+
+class CaseWatch:
+    """Follows `RIG case-*` lines (rig/dom0/case.sh) of the serial output:
+    which case runs, since when, how each ended; says when the open case
+    has gone past its limit plus `grace` without an end (dom0 wedged)."""
+
+    def __init__(self, grace: float = CASE_GRACE):
+        self.grace = grace
+        self.cases: dict = {}
+        self.open: Optional[CaseResult] = None
+        self.boot = 1
+
+    def new_boot(self) -> None:
+        """A new boot of the rig begins: no case is open."""
+        self.boot += 1
+        self.open = None
+
+    def feed(self, t: float, line: str) -> None:
+        """Takes one serial line seen at `t`."""
+        if not line.startswith("RIG "):
+            if self.open and not _NOT_DOM0.match(line) and TOOL_DEATH.search(line):
+                self.open.faults.append(line.strip())
+            return
+        m = _CASE_BEGIN.match(line)
+        if m:
+            c = CaseResult(name=m.group(1), limit=int(m.group(2)), boot=self.boot, begin=t)
+            self.cases[c.name] = c
+            self.open = c
+            return
+        m = _CASE_END.match(line)
+        if m:
+            c = self.cases.get(m.group(1))
+            if c is not None:
+                c.rc, c.end = int(m.group(2)), t
+                if c.status == "running":
+                    c.status = "ended"
+            if self.open is c:
+                self.open = None
+            return
+        m = _CASE_TIMEOUT.match(line)
+        if m and m.group(1) in self.cases:
+            self.cases[m.group(1)].status = "timeout"
+            return
+        m = _CASE_SKIP.match(line)
+        if m:
+            c = self.cases.get(m.group(1))
+            if c is None or c.status == "skipped":
+                self.cases[m.group(1)] = CaseResult(name=m.group(1), status="skipped", boot=self.boot,
+                                                    begin=t, reason=m.group(2))
+            return
+        m = _CASE_DETAIL.match(line)
+        if m and m.group(2) in self.cases:
+            self.cases[m.group(2)].details.append(f"{m.group(1)} {m.group(2)} {m.group(3)}")
+            return
+        m = _CASE_FAULT.match(line)
+        if m:
+            c = self.cases.get(m.group(1) or m.group(2))
+            if c is not None:
+                c.faults.append(line[len("RIG "):])
+            return
+
+    def wedged(self, now: float) -> Optional[CaseResult]:
+        """The open case, if it has gone past its limit plus the grace."""
+        c = self.open
+        if c is not None and now > c.begin + c.limit + self.grace:
+            return c
+        return None
+
+    def skip_file(self) -> bytes:
+        """The /guest/rig-skip of the next boot: `done NAME` for each case
+        that ended or was skipped, `wedged NAME` for those that wedged."""
+        out = []
+        for c in self.cases.values():
+            if c.status == "wedged":
+                out.append(f"wedged {c.name}\n")
+            elif c.status != "running":
+                out.append(f"done {c.name}\n")
+        return "".join(out).encode()
+
+
+@dataclasses.dataclass
+class Case:
+    """One case of a dom0 script, run by rig_case (rig/dom0/case.sh)."""
+
+    #: Its name (unique in the script; `RIG case-* NAME` lines).
+    name: str
+    #: dom0's time limit, seconds: at that point the case's processes are
+    #: killed and the domains it created destroyed.
+    limit: int
+    #: Shell lines of its body (a function of the generated script, so
+    #: environment assignments and pipes work as written).
+    body: Sequence[str]
+    #: A setup case (e.g. starting a driver domain): after a reboot of the
+    #: rig it runs again, since what it set up is gone.
+    setup: bool = False
+    #: Run only if this case ended in time in the same boot.
+    after: Optional[str] = None
+
+
+def cases_script(cases: Sequence[Case], header: Sequence[str] = (), footer: Sequence[str] = ()) -> str:
+    """A dom0 script running each of `cases` under its own limit: the case
+    library, one shell function per case, then one `rig_case` line per
+    case. `header` and `footer` lines run outside any case."""
+    out = ["# generated for rig/xenrig.py's run_script", ". ${RIG_GUEST:-/guest}/case.sh"]
+    out += list(header)
+    seen = set()
+    for i, c in enumerate(cases):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", c.name) or c.name in seen:
+            raise ValueError(f"case name {c.name!r}: not unique or not [A-Za-z0-9_.-]+")
+        seen.add(c.name)
+        out.append(f"rig_case_{i}() {{")
+        out += [f"  {line}" for line in c.body]
+        out.append("}")
+    for i, c in enumerate(cases):
+        flags = ("-s " if c.setup else "") + (f"-a {c.after} " if c.after else "")
+        out.append(f"rig_case {flags}{c.name} {int(c.limit)} rig_case_{i}")
+    out += list(footer)
+    return "\n".join(out) + "\n"
+
+
+def case_report(result: "RunResult", names: Iterable[str]) -> tuple:
+    """(failures, warnings) of the cases `names` of a run: a case that
+    timed out, wedged dom0, was skipped or never ran is a failure with its
+    reason; a case during which a dom0 tool died (a rig fault, not the
+    guest's) is a warning."""
+    failures, warnings = [], []
+    for name in names:
+        c = result.case(name)
+        if c.status == "ended":
+            if c.faults:
+                warnings.append(f"case {name}: a dom0 tool died during the case: {' | '.join(c.faults[:3])}")
+            continue
+        failures.append(f"case {name}: {c.problem()}")
+    return failures, warnings
+
+
 @dataclasses.dataclass
 class RunResult:
     """What one rig run produced."""
@@ -231,15 +453,29 @@ class RunResult:
     #: The script's exit status, RC_TIMEOUT or RC_RIG_FAILED.
     rc: int
     #: Every serial line as (seconds since QEMU started, text without
-    #: control characters).
+    #: control characters), of every boot; the host's own notes start with
+    #: "xenrig: ".
     lines: list
     #: True when the run hit its time limit.
     timed_out: bool
+    #: The cases of rig_case (rig/dom0/case.sh) by name.
+    cases: dict = dataclasses.field(default_factory=dict)
+    #: How many times the rig booted (1 + reboots after wedged cases).
+    boots: int = 1
 
     def first(self, pattern: str) -> Optional[tuple]:
         """The first (timestamp, line) whose line matches the regex."""
         rx = re.compile(pattern)
         return next(((t, l) for t, l in self.lines if rx.search(l)), None)
+
+    def case(self, name: str) -> CaseResult:
+        """The case `name`; one with status "missing" if it never began."""
+        c = self.cases.get(name)
+        if c is None:
+            why = "the run ended before it" if self.rc != 0 else "the dom0 script never ran it"
+            c = CaseResult(name=name, status="missing",
+                           reason=f"never began ({why}; run rc {self.rc}{', timeout' if self.timed_out else ''})")
+        return c
 
 
 def fetch(arch: str = "amd64", quiet: bool = False) -> Path:
@@ -274,23 +510,43 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _prepare(arch: str, guests: Iterable[tuple], script: Optional[str], workdir: Path) -> list:
-    """Fetches the boot files, writes this run's initramfs into `workdir`
-    and returns the QEMU command line."""
+def _prepare(arch: str, files: Sequence[tuple], workdir: Path) -> list:
+    """Fetches the boot files, writes this run's initramfs (with `files`,
+    see build_run_initramfs) into `workdir` and returns the QEMU command
+    line."""
     spec = ARCHES.get(arch)
     if spec is None:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHES)}")
     boot = fetch(arch, quiet=True)
-    files = []
-    for host, name in guests:
-        files.append((name, Path(host).read_bytes(), True))
-    if script is not None:
-        files.append(("run.sh", script.encode(), True))
     initrd = workdir / "dom0-initrd.cpio.gz"
     with open(initrd, "wb") as out:
         out.write((boot / "dom0-base.cpio.gz").read_bytes())
         out.write(build_run_initramfs(files))
     return [spec.qemu] + spec.qemu_args(boot, initrd)
+
+
+def _guest_files(guests: Iterable[tuple], script: Optional[str]) -> list:
+    """The /guest files of a run: the guests, the case library, run.sh."""
+    files = [(name, Path(host).read_bytes(), True) for host, name in guests]
+    files.append(("case.sh", (RIG_DIR / "dom0" / "case.sh").read_bytes(), False))
+    if script is not None:
+        files.append(("run.sh", script.encode(), True))
+    return files
+
+
+def _qemu_booter(arch: str, workdir: Path) -> Callable:
+    """A boot function for _run_boots: starts QEMU with `files` in /guest."""
+    def boot(files: list) -> tuple:
+        cmd = _prepare(arch, files, workdir)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        return proc, lambda: _stop(proc)
+    return boot
 
 
 def run_script(
@@ -300,74 +556,125 @@ def run_script(
     timeout: float = 300.0,
     log: Optional[Path] = None,
     echo: bool = True,
+    case_grace: float = CASE_GRACE,
+    max_reboots: int = MAX_REBOOTS,
 ) -> RunResult:
     """Boots the rig, runs `script` in dom0 as /guest/run.sh with `guests`
-    ((host path, name) pairs) in /guest, and returns its output. With `echo`,
-    every line is also printed as `[  SS.ss] line`. QEMU is always killed
-    before this returns."""
+    ((host path, name) pairs) and rig/dom0/case.sh in /guest, and returns
+    its output. With `echo`, every line is also printed as `[  SS.ss] line`.
+
+    When a case of rig_case (rig/dom0/case.sh) has not ended `case_grace`
+    seconds after its own limit, dom0 is wedged: the rig is booted again
+    (at most `max_reboots` times) with /guest/rig-skip naming the cases
+    that already ran, and the script goes on after them. `timeout` bounds
+    the whole run, all boots together. QEMU is always killed before this
+    returns."""
+    files = _guest_files(guests, script)
     with tempfile.TemporaryDirectory(prefix="moat-rig-") as tmp:
-        cmd = _prepare(arch, guests, script, Path(tmp))
-        logf = open(log, "wb") if log else None
-        lines: list = []
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        rc: Optional[int] = None
-        timed_out = False
-        pending = b""
-        try:
-            fd = proc.stdout.fileno()
-            while rc is None:
-                left = start + timeout - time.monotonic()
-                if left <= 0:
-                    timed_out = True
-                    break
-                ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-                if not ready:
-                    continue
-                chunk = os.read(fd, 65536)
-                if logf:
-                    logf.write(chunk)
-                    logf.flush()
-                if not chunk:
-                    break  # QEMU exited
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                now = time.monotonic() - start
-                for raw in complete:
-                    text = _CONTROL.sub("", raw.decode("utf-8", "replace"))
-                    lines.append((now, text))
-                    if echo:
-                        print(f"[{now:7.2f}] {text}", flush=True)
-                    m = EXIT_MARKER.search(text)
-                    if m:
-                        rc = int(m.group(1))
-                        break
-        finally:
-            _stop(proc)
-            if logf:
-                logf.close()
-        if timed_out:
+        return _run_boots(_qemu_booter(arch, Path(tmp)), files, timeout, log, echo, case_grace, max_reboots)
+
+
+def _run_boots(boot: Callable, files: list, timeout: float, log: Optional[Path], echo: bool,
+               case_grace: float, max_reboots: int) -> RunResult:
+    """The run loop of run_script, over boots: `boot(files)` starts one and
+    returns (a Popen whose stdout is the serial line, a function that stops
+    it)."""
+    start = time.monotonic()
+    lines: list = []
+    watch = CaseWatch(case_grace)
+    logf = open(log, "wb") if log else None
+
+    def note(text: str) -> None:
+        now = time.monotonic() - start
+        lines.append((now, text))
+        if echo:
+            print(f"[{now:7.2f}] {text}", flush=True)
+        if logf:
+            logf.write(f"\n{text}\n".encode())
+            logf.flush()
+
+    try:
+        boots = 0
+        while True:
+            boots += 1
+            extra = [("rig-skip", watch.skip_file(), False)] if boots > 1 else []
+            proc, stop = boot(files + extra)
+            try:
+                rc, how = _follow(proc, start, timeout, lines, watch, logf, echo)
+            finally:
+                stop()
+            if how == "exit":
+                return RunResult(rc=rc, lines=lines, timed_out=False, cases=watch.cases, boots=boots)
+            c = watch.open
+            if how == "timeout":
+                note(f"xenrig: timeout after {timeout:.0f} s")
+                if c is not None:
+                    c.status, c.reason = "unfinished", f"the whole run's limit of {timeout:.0f} s passed"
+                return RunResult(rc=RC_TIMEOUT, lines=lines, timed_out=True, cases=watch.cases, boots=boots)
+            # wedged, or QEMU exited before the marker
+            if c is None:
+                note(f"xenrig: QEMU exited (status {proc.returncode}) before {EXIT_MARKER.pattern}")
+                return RunResult(rc=RC_RIG_FAILED, lines=lines, timed_out=False, cases=watch.cases, boots=boots)
+            last = [l for _, l in lines if not l.startswith("xenrig: ")][-8:]
+            if how == "wedged":
+                why = (f"no `RIG case-end {c.name}` within its limit of {c.limit} s + {case_grace:.0f} s "
+                       f"(boot {boots}); last lines: {' | '.join(last)}")
+            else:
+                why = f"QEMU exited (status {proc.returncode}) during the case; last lines: {' | '.join(last)}"
+            c.status, c.reason = "wedged", why
+            note(f"xenrig: case {c.name} wedged dom0: {why}")
+            if boots > max_reboots:
+                note(f"xenrig: not rebooting again ({max_reboots} reboots already)")
+                return RunResult(rc=RC_TIMEOUT if how == "wedged" else RC_RIG_FAILED, lines=lines,
+                                 timed_out=False, cases=watch.cases, boots=boots)
+            note(f"xenrig: killed QEMU; booting the rig again, skipping the {len(watch.cases)} cases that began")
+            watch.new_boot()
+    finally:
+        if logf:
+            logf.close()
+
+
+def _follow(proc: subprocess.Popen, start: float, timeout: float, lines: list, watch: CaseWatch,
+            logf, echo: bool) -> tuple:
+    """Reads one boot's serial output into `lines` until dom0's exit marker
+    ("exit", rc), the run's time limit ("timeout"), a wedged case
+    ("wedged") or the end of the output ("eof")."""
+    pending = b""
+    fd = proc.stdout.fileno()
+    while True:
+        now = time.monotonic() - start
+        if now >= timeout:
+            return None, "timeout"
+        if watch.wedged(now) is not None:
+            return None, "wedged"
+        ready, _, _ = select.select([fd], [], [], min(timeout - now, 1.0))
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if logf:
+            logf.write(chunk)
+            logf.flush()
+        if not chunk:
+            return None, "eof"
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        now = time.monotonic() - start
+        for raw in complete:
+            text = _CONTROL.sub("", raw.decode("utf-8", "replace"))
+            lines.append((now, text))
             if echo:
-                print(f"[{time.monotonic() - start:7.2f}] xenrig: timeout after {timeout:.0f} s", flush=True)
-            return RunResult(rc=RC_TIMEOUT, lines=lines, timed_out=True)
-        if rc is None:
-            if echo:
-                print(f"xenrig: QEMU exited (status {proc.returncode}) before {EXIT_MARKER.pattern}", flush=True)
-            return RunResult(rc=RC_RIG_FAILED, lines=lines, timed_out=False)
-        return RunResult(rc=rc, lines=lines, timed_out=False)
+                print(f"[{now:7.2f}] {text}", flush=True)
+            watch.feed(now, text)
+            m = EXIT_MARKER.search(text)
+            if m:
+                return int(m.group(1)), "exit"
 
 
 def run_interactive(guests: Iterable[tuple], arch: str = "amd64") -> int:
     """Boots the rig with the terminal on the serial console and no script,
     so dom0 ends in a shell. QEMU's escape is Ctrl-A X."""
     with tempfile.TemporaryDirectory(prefix="moat-rig-") as tmp:
-        cmd = _prepare(arch, guests, None, Path(tmp))
+        cmd = _prepare(arch, _guest_files(guests, None), Path(tmp))
         print("xenrig: interactive; type Ctrl-A X to quit QEMU", flush=True)
         proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
         try:
