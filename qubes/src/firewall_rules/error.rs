@@ -25,11 +25,6 @@ pub enum RuleError {
         /// The option name (truncated).
         key: String,
     },
-    /// The same option appears twice.
-    DuplicateOption {
-        /// The option name.
-        key: &'static str,
-    },
     /// The rule has no `action=`.
     MissingAction,
     /// A known option with a value it cannot take.
@@ -39,11 +34,11 @@ pub enum RuleError {
         /// The refused value (truncated).
         value: String,
     },
-    /// More than one of `dst4=`, `dst6=`, `dsthost=`.
-    ConflictingDestinations,
-    /// `dstports=` without `proto=tcp` or `proto=udp`.
+    /// `dstports=` or `specialtarget=dns` with `proto=icmp` (nft has no
+    /// ICMP port, and the Linux agent blocks the client).
     PortsNeedTcpOrUdp,
-    /// `icmptype=` without `proto=icmp`.
+    /// `icmptype=` with `proto=tcp` or `proto=udp` (conflicting protocols
+    /// for nft).
     IcmpTypeNeedsIcmp,
     /// `dst4=` in an IPv6 client's rules, or `dst6=` in an IPv4 client's.
     WrongFamily {
@@ -109,16 +104,17 @@ impl fmt::Display for RuleError {
                 write!(f, "option '{option}' is not key=value")
             }
             RuleError::UnknownOption { key } => write!(f, "unsupported rule option '{key}'"),
-            RuleError::DuplicateOption { key } => write!(f, "option '{key}' given twice"),
             RuleError::MissingAction => write!(f, "rule lacks action"),
             RuleError::InvalidValue { key, value } => {
                 write!(f, "invalid value '{value}' for '{key}'")
             }
-            RuleError::ConflictingDestinations => {
-                write!(f, "more than one of dst4, dst6, dsthost")
+            RuleError::PortsNeedTcpOrUdp => {
+                write!(
+                    f,
+                    "dstports and specialtarget=dns need TCP or UDP, not proto=icmp"
+                )
             }
-            RuleError::PortsNeedTcpOrUdp => write!(f, "dstports needs proto=tcp or proto=udp"),
-            RuleError::IcmpTypeNeedsIcmp => write!(f, "icmptype needs proto=icmp"),
+            RuleError::IcmpTypeNeedsIcmp => write!(f, "icmptype with proto=tcp or proto=udp"),
             RuleError::WrongFamily { key } => {
                 write!(f, "'{key}' does not match the client's address family")
             }

@@ -63,8 +63,11 @@ impl FlowQuery {
 /// What the rules need to know beyond the flow itself: the firewall's DNS
 /// servers and what `dsthost=` names resolve to.
 pub trait MatchContext {
-    /// Whether `ip` is one of the DNS servers offered to clients (the target
-    /// of `specialtarget=dns`).
+    /// Whether `ip` is one of the firewall's upstream DNS resolvers, the
+    /// addresses the virtual DNS servers are translated to (the target of
+    /// `specialtarget=dns`, Linux's `dns-addr` set). Rules are evaluated
+    /// on the translated destination, as Linux's forward chain sees it
+    /// after the prerouting DNAT.
     fn is_dns_server(&self, ip: &IpAddr) -> bool;
     /// Whether the name `host` currently resolves to `ip`.
     fn host_resolves_to(&self, host: &str, ip: &IpAddr) -> bool;

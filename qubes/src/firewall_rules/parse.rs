@@ -20,7 +20,9 @@ const MAX_HOSTNAME_LEN: usize = 253;
 /// Longest DNS label.
 const MAX_LABEL_LEN: usize = 63;
 
-/// The options of one rule, each seen at most once, before cross-checks.
+/// The options of one rule, before cross-checks. An option given twice
+/// keeps its last value, as the Linux agent's `dict(elem.split('=') ...)`
+/// does (`read_rules` in `qubesagent/firewall.py`).
 #[derive(Default)]
 struct Options<'a> {
     action: Option<&'a str>,
@@ -31,11 +33,13 @@ struct Options<'a> {
     specialtarget: Option<&'a str>,
     dstports: Option<&'a str>,
     icmptype: Option<&'a str>,
-    dpi: Option<&'a str>,
 }
 
 impl<'a> Options<'a> {
-    /// Split `text` into options, refusing unknown and repeated ones.
+    /// Split `text` into options, refusing unknown ones: the Linux agent
+    /// applies exactly `action`, `proto`, `dst4`, `dst6`, `dsthost`,
+    /// `dstports`, `specialtarget` and `icmptype` (`supported_rule_opts`)
+    /// and blocks the client on any other, `dpi` and `expire` included.
     fn split(text: &'a str) -> Result<Options<'a>, RuleError> {
         let mut options = Options::default();
         for option in text.split(' ') {
@@ -47,21 +51,18 @@ impl<'a> Options<'a> {
                 .ok_or_else(|| RuleError::MissingEquals {
                     option: quote(option),
                 })?;
-            let (name, slot) = match key {
-                "action" => ("action", &mut options.action),
-                "dst4" => ("dst4", &mut options.dst4),
-                "dst6" => ("dst6", &mut options.dst6),
-                "dsthost" => ("dsthost", &mut options.dsthost),
-                "proto" => ("proto", &mut options.proto),
-                "specialtarget" => ("specialtarget", &mut options.specialtarget),
-                "dstports" => ("dstports", &mut options.dstports),
-                "icmptype" => ("icmptype", &mut options.icmptype),
-                "dpi" => ("dpi", &mut options.dpi),
+            let slot = match key {
+                "action" => &mut options.action,
+                "dst4" => &mut options.dst4,
+                "dst6" => &mut options.dst6,
+                "dsthost" => &mut options.dsthost,
+                "proto" => &mut options.proto,
+                "specialtarget" => &mut options.specialtarget,
+                "dstports" => &mut options.dstports,
+                "icmptype" => &mut options.icmptype,
                 _ => return Err(RuleError::UnknownOption { key: quote(key) }),
             };
-            if slot.replace(value).is_some() {
-                return Err(RuleError::DuplicateOption { key: name });
-            }
+            *slot = Some(value);
         }
         Ok(options)
     }
@@ -184,23 +185,19 @@ pub fn parse_rule(family: Family, entry: &[u8]) -> Result<Rule, RuleError> {
 
     let action = parse_action("action", options.action.ok_or(RuleError::MissingAction)?)?;
 
-    let destinations = [options.dst4, options.dst6, options.dsthost];
-    if destinations.iter().filter(|d| d.is_some()).count() > 1 {
-        return Err(RuleError::ConflictingDestinations);
+    // The family checks come first, then one destination is used in the
+    // order dst4, dst6, dsthost and the others are ignored, as in
+    // `prepare_rules` (`qubesagent/firewall.py`): an IPv4 client's
+    // `dst4=... dsthost=...` is its dst4, and its `dst6=` is an error.
+    if options.dst4.is_some() && family != Family::V4 {
+        return Err(RuleError::WrongFamily { key: "dst4" });
+    }
+    if options.dst6.is_some() && family != Family::V6 {
+        return Err(RuleError::WrongFamily { key: "dst6" });
     }
     let destination = match (options.dst4, options.dst6, options.dsthost) {
-        (Some(value), _, _) => {
-            if family != Family::V4 {
-                return Err(RuleError::WrongFamily { key: "dst4" });
-            }
-            Some(parse_dst4(value)?)
-        }
-        (_, Some(value), _) => {
-            if family != Family::V6 {
-                return Err(RuleError::WrongFamily { key: "dst6" });
-            }
-            Some(parse_dst6(value)?)
-        }
+        (Some(value), _, _) => Some(parse_dst4(value)?),
+        (_, Some(value), _) => Some(parse_dst6(value)?),
         // An address literal resolves to itself (as getaddrinfo does).
         (_, _, Some(value)) => match (value.parse::<core::net::IpAddr>(), family) {
             (Ok(core::net::IpAddr::V4(addr)), Family::V4) => {
@@ -221,19 +218,24 @@ pub fn parse_rule(family: Family, entry: &[u8]) -> Result<Rule, RuleError> {
         .map(parse_special_target)
         .transpose()?;
     let dst_ports = options.dstports.map(parse_ports).transpose()?;
-    if dst_ports.is_some() && !matches!(proto, Some(Proto::Tcp | Proto::Udp)) {
+    // `dstports=` without `proto=` is TCP or UDP (the agent writes one nft
+    // rule for each); with `proto=icmp` nft refuses `icmp dport`, and the
+    // agent then blocks the client. `specialtarget=dns` sets the port to 53
+    // itself, so it cannot go with `proto=icmp` either.
+    if proto == Some(Proto::Icmp)
+        && (dst_ports.is_some() || special_target == Some(SpecialTarget::Dns))
+    {
         return Err(RuleError::PortsNeedTcpOrUdp);
     }
     let icmp_type = options.icmptype.map(parse_icmp_type).transpose()?;
-    if icmp_type.is_some() && proto != Some(Proto::Icmp) {
-        return Err(RuleError::IcmpTypeNeedsIcmp);
-    }
-    // We do packet filtering only; "NO" is the one value that asks for that.
-    if let Some(dpi) = options.dpi {
-        if dpi != "NO" {
-            return Err(invalid("dpi", dpi));
-        }
-    }
+    // `icmp type N` alone makes nft match ICMP only (an implicit protocol
+    // dependency), so `icmptype=` without `proto=` means `proto=icmp`; with
+    // `proto=tcp` or `udp` nft refuses the conflicting protocols.
+    let proto = match (icmp_type, proto) {
+        (Some(_), None) => Some(Proto::Icmp),
+        (Some(_), Some(Proto::Tcp | Proto::Udp)) => return Err(RuleError::IcmpTypeNeedsIcmp),
+        (_, proto) => proto,
+    };
 
     Ok(Rule {
         action,

@@ -131,8 +131,9 @@ impl PortRange {
 /// A predefined destination (`specialtarget=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialTarget {
-    /// DNS (TCP or UDP port 53) to the DNS servers the firewall offers its
-    /// clients, and not to any other DNS server.
+    /// DNS (TCP or UDP port 53) to the firewall's upstream resolvers (where
+    /// queries to the virtual DNS servers are translated to), and not to
+    /// any other DNS server.
     Dns,
 }
 

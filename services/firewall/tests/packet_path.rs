@@ -325,7 +325,7 @@ fn clients_without_rules_or_with_broken_rules_get_nothing_through() {
     let broken: [(&str, &[u8]); 3] = [
         ("policy", b"accept"),
         ("0000", b"action=accept"),
-        ("0001", b"action=accept dstports=80"),
+        ("0001", b"action=accept proto=tcp dpi=NO"),
     ];
     let loaded = LoadedRules::load(Family::V4, broken);
     assert!(loaded.error.is_some(), "the error is reported");
