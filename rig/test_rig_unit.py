@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Host-only unit tests of the rig (no QEMU): the per-run initramfs writer,
 guest argument parsing, test_selftest's assertions on synthetic serial
-output, and rig/dom0/xlcase.sh run against a fake xl.
+output, rig/dom0/xlcase.sh run against a fake xl, and rig/stress.py's
+parsing (with rig/dom0/fpucheck.c run on the host CPU).
 
 usage: python3 rig/test_rig_unit.py [-v]
 """
@@ -16,6 +17,7 @@ import unittest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stress  # noqa: E402
 import test_selftest  # noqa: E402
 import xenrig  # noqa: E402
 
@@ -314,6 +316,97 @@ class ArmDeviceTree(unittest.TestCase):
             reg = subprocess.run(["fdtget", "-t", "x", str(dtb), "/chosen/module@44000000", "reg"],
                                  check=True, capture_output=True, text=True).stdout.split()
             self.assertEqual(reg, ["0", "44000000", "0", "2000"])
+
+
+class StressParsingTest(unittest.TestCase):
+    """rig/stress.py's reading of a boot's serial lines, its verdicts and
+    plans, and the answers dom0's loops check against."""
+
+    LAZY = [
+        (0.5, "(XEN) Command line: console=com1 spec-ctrl=eager-fpu spec-ctrl=no-eager-fpu"),
+        (0.6, "(XEN) CPU Vendor: AMD, Family 6 (0x6), Model 6 (0x6), Stepping 3 (raw 00000663)"),
+        (0.9, "(XEN)   Support for PV VMs: None"),
+        (9.0, "[    1.49] x86/fpu: Enabled xstate features 0x7, context size is 832 bytes, using 'standard' format."),
+        (27.8, "RIG dom0 ready: 14.1 s; running /guest/run.sh"),
+        (90.0, "STRESS-FAULT signal awk rc=139 sig=11 awk int"),
+        (90.1, "STRESS-FAULT dmesg [   40.42] exe[180]: segfault at 0 ip 00000000004a4d02"),
+        (90.2, "STRESS-CODE [   40.42] Code: 64 48 8b 00 <48> 8b 00"),
+        (90.3, "STRESS-RESULT iters=13 create=3 awk=2 sum=2 xs=3 xllist=3 fpuruns=6 fpurounds=900 "
+               "fpubad=4 wrong=0 signal=1 xlabort=0 dmesg=1 loopdied=0 fpu=2 timeout=0"),
+    ]
+
+    def test_lazy_boot_with_faults(self):
+        rec = stress.parse_boot(self.LAZY)
+        self.assertEqual(rec["mode_seen"], "lazy")
+        self.assertTrue(rec["xen_cmdline"].endswith("spec-ctrl=no-eager-fpu"))
+        self.assertTrue(rec["cpu_vendor"].startswith("AMD"))
+        self.assertTrue(rec["dom0_fpu"].startswith("Enabled xstate features 0x7"))
+        self.assertEqual(rec["dom0_ready_s"], 27.8)
+        self.assertEqual(rec["result"]["signal"], 1)
+        self.assertEqual(rec["result"]["fpubad"], 4)
+        self.assertEqual(rec["result"]["fpurounds"], 900)
+        self.assertEqual(len(rec["faults"]), 2)
+        self.assertEqual(rec["code"], ["[   40.42] Code: 64 48 8b 00 <48> 8b 00"])
+        rec.update(rc=0, mode="lazy")
+        self.assertEqual(stress.classify(rec), "FAULT")
+
+    def test_eager_boot_clean_and_missing_result(self):
+        lines = [(0.9, "(XEN)   Support for PV VMs: MSR_SPEC_CTRL EAGER_FPU"),
+                 (20.0, "RIG dom0 ready: 13 s"),
+                 (80.0, "STRESS-RESULT iters=11 wrong=0 signal=0 xlabort=0 dmesg=0 loopdied=0 "
+                        "fpu=0 timeout=2")]
+        rec = stress.parse_boot(lines)
+        rec["rc"] = 0
+        self.assertEqual(rec["mode_seen"], "eager")
+        self.assertEqual(stress.classify(rec), "clean")  # timeouts alone are no fault
+        died = stress.parse_boot(lines[:2])
+        died["rc"] = 0
+        self.assertEqual(stress.classify(died), "FAULT")  # the script never finished
+        rig = stress.parse_boot(lines[:1])
+        rig["rc"] = xenrig.RC_RIG_FAILED
+        self.assertEqual(stress.classify(rig), "RIG")
+
+    def test_plans(self):
+        self.assertEqual(stress.plan("both", 2, 2), [["lazy", "eager"], ["lazy", "eager"]])
+        self.assertEqual(stress.plan("both", 2, 1), [["lazy"], ["eager"], ["eager"], ["lazy"]])
+        self.assertEqual(stress.plan("eager", 3, 2), [["eager", "eager"], ["eager"]])
+
+    def test_dom0_script(self):
+        self.assertEqual(stress.dom0_script(60, "selftest", False, ""),
+                         "STRESS_GUEST=selftest sh /guest/stress.sh 60\n")
+        self.assertEqual(stress.dom0_script(30, "none", True, "fpu awk"),
+                         "STRESS_PIN=1 STRESS_LOOPS='fpu awk' sh /guest/stress.sh 30\n")
+
+    def test_expected_answers_match_busybox(self):
+        """The host's answers are what the rig's busybox computes (when the
+        rig cache is there to run it)."""
+        busybox = xenrig.cache_dir("amd64") / "dom0-root" / "bin" / "busybox"
+        if not busybox.is_file():
+            self.skipTest("no rig cache")
+        with tempfile.TemporaryDirectory() as tmp:
+            stress.make_inputs(Path(tmp))
+            env = dict(l.split("=", 1) for l in Path(tmp, "expected.env").read_text().split())
+
+            def bb(*args):
+                return subprocess.run([str(busybox), *args], capture_output=True, text=True,
+                                      check=True, cwd=tmp).stdout.split()[0]
+
+            self.assertEqual(bb("awk", "BEGIN { s = 0; for (i = 1; i <= 20000; i++) s += i * i; print s }"),
+                             env["AWK_INT"])
+            self.assertEqual(bb("awk", 'BEGIN { t = 0; for (i = 1; i <= 20000; i++) t += 1 / i; '
+                                       'printf "%.17g\\n", t }'), env["AWK_FLOAT"])
+            self.assertEqual(bb("crc32", "blob"), env["CRC32"])
+            self.assertEqual(bb("md5sum", "blob"), env["MD5"])
+            self.assertEqual(bb("sha256sum", "blob"), env["SHA256"])
+
+    @unittest.skipUnless(shutil.which("gcc"), "needs gcc")
+    def test_fpucheck_is_clean_on_the_host_cpu(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            exe, why = stress.build_fpucheck(Path(tmp))
+            self.assertIsNotNone(exe, why)
+            for mode in ("xrstor", "yield"):
+                out = subprocess.run([str(exe), mode, "0.3"], capture_output=True, text=True).stdout
+                self.assertRegex(out, rf"FPUCHECK mode={mode} .* bad=0\n")
 
 
 if __name__ == "__main__":
