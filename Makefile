@@ -82,6 +82,13 @@ test-xen: images
 test-long: images
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv --mib 1024 --pings 1000 --timeout 3600
 
+# The dom0 userland stress of docs/testing.md ("dom0 userland corruption:
+# root cause"): 20 boots with Xen's lazy FPU switching of PV vCPUs, each
+# beside one with eager switching under the same load (about 40 minutes;
+# printed, never asserted). STRESS_ARGS adds options, e.g. --cpu max,-xsave.
+rig-stress: images
+	python3 rig/stress.py --image $(IMAGE_DIR)/selftest --boots 20 --mode both --parallel 2 $(STRESS_ARGS)
+
 # netdemo, netbridge and a Debian Linux PV domU side by side on the rig:
 # Linux netfront through our netback, domU->domU through netbridge, 64-byte
 # UDP floods, and the moat/Linux table (printed, never asserted). Not in
