@@ -14,10 +14,16 @@ pub struct Counters {
     pub forwarded_in: u64,
     /// ARP replies and neighbour advertisements sent.
     pub neighbor_replies: u64,
+    /// Neighbour solicitations not answered: their target is not an
+    /// address the firewall owns on that link.
+    pub neighbor_ignored: u64,
     /// Echo replies sent by the firewall itself.
     pub echo_replies: u64,
     /// ICMP admin-prohibited errors sent for refused flows.
     pub admin_prohibited_sent: u64,
+    /// ICMP host-prohibited (ICMPv6 admin-prohibited) errors sent for
+    /// packets a client addressed to the firewall itself.
+    pub host_prohibited_sent: u64,
     /// ICMP errors from the uplink translated to a client.
     pub icmp_errors_translated: u64,
     /// Flows refused by the client's rules.
@@ -48,6 +54,13 @@ pub struct Counters {
     pub dropped_unknown_interface: u64,
     /// Packets for the firewall itself that it does not serve.
     pub dropped_to_firewall: u64,
+    /// New flows of a client address that has no rules at all (no
+    /// `/qubes-firewall/<ip>` directory): dropped silently, as by the
+    /// policy of Linux's forward chain.
+    pub dropped_no_rules: u64,
+    /// DNS queries to a virtual resolver while the firewall has no
+    /// upstream resolver: dropped silently (`qubes-setup-dnat-to-ns`).
+    pub dropped_dns_no_upstream: u64,
     /// Flows removed because new rules forbid them.
     pub flows_killed_by_rules: u64,
 }

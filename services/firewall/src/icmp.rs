@@ -24,6 +24,9 @@ const HOP_LIMIT: u8 = 64;
 const ICMPV4_UNREACHABLE: u8 = 3;
 /// ICMPv4 code "communication administratively prohibited" (RFC 1812).
 const ICMPV4_ADMIN_PROHIBITED: u8 = 13;
+/// ICMPv4 code "host administratively prohibited" (RFC 1122), what Linux's
+/// `reject with icmp type host-prohibited` sends.
+const ICMPV4_HOST_PROHIBITED: u8 = 10;
 /// ICMPv6 destination unreachable.
 const ICMPV6_UNREACHABLE: u8 = 1;
 /// ICMPv6 code "communication with destination administratively prohibited".
@@ -50,9 +53,24 @@ fn may_answer(header: &IpHeader) -> bool {
 }
 
 /// The ICMP admin-prohibited error, from `from`, answering `original`
-/// (whose parsed header is `header`). `None` when no error may be sent or
-/// `from` is of the wrong family.
+/// (whose parsed header is `header`), as Linux's `reject with icmp type
+/// admin-prohibited` (ICMPv6: `icmpv6 type admin-prohibited`). `None` when
+/// no error may be sent or `from` is of the wrong family.
 pub fn admin_prohibited(from: IpAddr, original: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
+    unreachable(from, original, header, ICMPV4_ADMIN_PROHIBITED)
+}
+
+/// The error Linux's input chain sends for what a client addresses to the
+/// firewall itself: ICMPv4 host-prohibited (`reject with icmp type
+/// host-prohibited`, `qubes-ipv4.nft`), ICMPv6 admin-prohibited (`reject
+/// with icmpv6 type admin-prohibited`, `qubes-ipv6.nft`).
+pub fn host_prohibited(from: IpAddr, original: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
+    unreachable(from, original, header, ICMPV4_HOST_PROHIBITED)
+}
+
+/// A destination-unreachable error with ICMPv4 code `code4` (ICMPv6 always
+/// uses admin-prohibited).
+fn unreachable(from: IpAddr, original: &[u8], header: &IpHeader, code4: u8) -> Option<Vec<u8>> {
     if !may_answer(header) {
         return None;
     }
@@ -74,7 +92,7 @@ pub fn admin_prohibited(from: IpAddr, original: &[u8], header: &IpHeader) -> Opt
             ip.fill_checksum();
             let icmp = buf.get_mut(20..)?;
             icmp.get_mut(..2)?
-                .copy_from_slice(&[ICMPV4_UNREACHABLE, ICMPV4_ADMIN_PROHIBITED]);
+                .copy_from_slice(&[ICMPV4_UNREACHABLE, code4]);
             icmp.get_mut(ICMP_HEADER_LEN..)?.copy_from_slice(quote);
             let sum = checksum::compute(0, icmp);
             icmp.get_mut(2..4)?.copy_from_slice(&sum.to_be_bytes());
@@ -111,6 +129,15 @@ pub fn admin_prohibited(from: IpAddr, original: &[u8], header: &IpHeader) -> Opt
     }
 }
 
+/// Whether `header` is an ICMP echo request (type 8, or 128 for ICMPv6).
+pub fn is_echo_request(header: &IpHeader) -> bool {
+    matches!(
+        header.transport,
+        Transport::IcmpEcho { request: true, icmp_type, .. }
+            if icmp_type == if header.is_v6() { 128 } else { 8 }
+    )
+}
+
 /// The echo reply to `request` (an echo request, parsed as `header`).
 pub fn echo_reply(request: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
     let Transport::IcmpEcho {
@@ -121,6 +148,10 @@ pub fn echo_reply(request: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
     else {
         return None;
     };
+    // Echo only: the other queries (timestamp, ...) are not answered.
+    if !is_echo_request(header) {
+        return None;
+    }
     let mut reply = request.get(..header.len)?.to_vec();
     packet::set_src(&mut reply, header, header.dst);
     packet::set_dst(&mut reply, header, header.src);

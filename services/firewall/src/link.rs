@@ -116,13 +116,19 @@ pub fn arp_request(our_mac: EthernetAddress, our_ip: Ipv4Addr, target: Ipv4Addr)
 }
 
 /// The target of an IPv6 neighbour solicitation in `ip_packet`, if that is
-/// what it is (checksum verified).
+/// what it is and it passes RFC 4861's validity checks (section 7.1.1):
+/// hop limit 255 (it was not forwarded), checksum and code 0, a unicast
+/// target, and a solicited-node multicast destination when the source is
+/// unspecified (duplicate address detection).
 pub fn neighbor_solicitation_target(ip_packet: &[u8]) -> Option<Ipv6Addr> {
     let ip = Ipv6Packet::new_checked(ip_packet).ok()?;
-    if ip.next_header() != IpProtocol::Icmpv6 {
+    if ip.next_header() != IpProtocol::Icmpv6 || ip.hop_limit() != 255 {
         return None;
     }
     let icmp = Icmpv6Packet::new_checked(ip.payload()).ok()?;
+    if icmp.msg_code() != 0 {
+        return None;
+    }
     match Icmpv6Repr::parse(
         &ip.src_addr(),
         &ip.dst_addr(),
@@ -131,9 +137,42 @@ pub fn neighbor_solicitation_target(ip_packet: &[u8]) -> Option<Ipv6Addr> {
     )
     .ok()?
     {
-        Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. }) => Some(target_addr),
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. }) => {
+            let solicited_node = ip.dst_addr().octets().starts_with(&SOLICITED_NODE_PREFIX);
+            let dad_ok = !ip.src_addr().is_unspecified() || solicited_node;
+            (!target_addr.is_multicast() && dad_ok).then_some(target_addr)
+        }
         _ => None,
     }
+}
+
+/// The first 13 bytes of every solicited-node multicast address,
+/// `ff02::1:ffXX:XXXX` (RFC 4291).
+const SOLICITED_NODE_PREFIX: [u8; 13] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
+
+/// The link-local IPv6 address Linux gives an interface with MAC `mac`
+/// (modified EUI-64, RFC 4291 appendix A): `fe80::fcff:ffff:feff:ffff` for
+/// Qubes' `fe:ff:ff:ff:ff:ff`.
+pub fn link_local_of(mac: EthernetAddress) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
 }
 
 /// A neighbour advertisement for `target` → `our_mac`, sent to `dst`

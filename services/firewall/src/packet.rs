@@ -64,11 +64,12 @@ pub enum Transport {
         /// Destination port.
         dst_port: u16,
     },
-    /// ICMP / ICMPv6 echo request or reply.
+    /// ICMP / ICMPv6 echo request or reply, or another query / reply pair
+    /// tracked by its identifier (see [`icmp_query`]).
     IcmpEcho {
-        /// True for a request, false for a reply.
+        /// True for a request (a query), false for a reply.
         request: bool,
-        /// The echo identifier, which NAT treats like a port.
+        /// The identifier, which NAT treats like a port.
         ident: u16,
         /// The ICMP type.
         icmp_type: u8,
@@ -145,6 +146,27 @@ fn is_icmp_error(v6: bool, icmp_type: u8) -> bool {
     }
 }
 
+/// Whether an ICMP type is a query (`Some(true)`) or the reply to one
+/// (`Some(false)`) of the kinds Linux's conntrack tracks by identifier and
+/// lets open a flow (`valid_new` in `nf_conntrack_proto_icmp.c` and
+/// `icmpv6.c`): echo, timestamp, information and address mask for IPv4;
+/// echo and node information for IPv6.
+pub fn icmp_query(v6: bool, icmp_type: u8) -> Option<bool> {
+    if v6 {
+        match icmp_type {
+            128 | 139 => Some(true),
+            129 | 140 => Some(false),
+            _ => None,
+        }
+    } else {
+        match icmp_type {
+            8 | 13 | 15 | 17 => Some(true),
+            0 | 14 | 16 | 18 => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// Read the transport facts of `l4` (the bytes after the IP header).
 /// `complete` says the whole transport header must be present.
 fn parse_transport(
@@ -192,10 +214,9 @@ fn parse_transport(
                 return Err(Malformed);
             }
             let icmp_type = byte(l4, 0).ok_or(Malformed)?;
-            let (request, reply) = if v6 { (128, 129) } else { (8, 0) };
-            if icmp_type == request || icmp_type == reply {
+            if let Some(request) = icmp_query(v6, icmp_type) {
                 Ok(Transport::IcmpEcho {
-                    request: icmp_type == request,
+                    request,
                     ident: be16(l4, 4).ok_or(Malformed)?,
                     icmp_type,
                 })

@@ -19,7 +19,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
-use qubes::firewall_rules::{Action, RuleSet};
+use qubes::firewall_rules::{Action, LoadedRules, RuleSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
 
@@ -169,8 +169,9 @@ impl Firewall {
         self.gateway_mac
     }
 
-    /// Connect a client link. Until rules are set for its addresses, all
-    /// its new flows are refused (fail closed).
+    /// Connect a client link. Until rules are set for its addresses, its
+    /// new flows are dropped silently (fail closed, as Linux's forward
+    /// chain policy).
     pub fn add_client(&mut self, id: ClientId, config: ClientConfig) {
         self.remove_client(id);
         self.clients.insert(
@@ -207,6 +208,39 @@ impl Firewall {
         self.resolver.set_names(&names);
         self.counters.flows_killed_by_rules += killed as u64;
         killed
+    }
+
+    /// Install what [`crate::store::load_rules`] read for `client_addr`, as
+    /// the Linux agent's `handle_addr` does (`qubesagent/firewall.py`):
+    ///
+    /// * `Some(loaded)`: its rules, which are drop-all when it carries an
+    ///   error (report `loaded.error` as Linux reports
+    ///   `/qubes-iptables-error`);
+    /// * `None` (no `/qubes-firewall/<addr>` at all): nothing changes for
+    ///   an address that never had rules, whose new flows are dropped
+    ///   silently; an address that had rules keeps a drop-all rule set, as
+    ///   Linux keeps the client's chain and finds no policy in the empty
+    ///   directory.
+    ///
+    /// Returns the number of flows killed.
+    pub fn apply_loaded_rules(
+        &mut self,
+        client_addr: IpAddr,
+        loaded: Option<&LoadedRules>,
+    ) -> usize {
+        match loaded {
+            Some(loaded) => self.set_rules(client_addr, loaded.rules.clone()),
+            None if self.rules.contains_key(&client_addr) => {
+                self.set_rules(client_addr, RuleSet::drop_all())
+            }
+            None => 0,
+        }
+    }
+
+    /// Whether `client_addr` has rules (its new flows are judged by them;
+    /// without, they are dropped silently).
+    pub fn has_rules(&self, client_addr: &IpAddr) -> bool {
+        self.rules.contains_key(client_addr)
     }
 
     /// Every `dsthost=` name in the installed rules, for the resolver.
@@ -295,13 +329,6 @@ impl Firewall {
                 IpAddr::V6(a) => c.config.ip6 == Some(*a),
             })
             .map(|(id, _)| *id)
-    }
-
-    fn is_own_client_side_addr(&self, addr: &IpAddr) -> bool {
-        match addr {
-            IpAddr::V4(a) => *a == self.config.client_side.gateway4,
-            IpAddr::V6(a) => self.config.client_side.gateway6 == Some(*a),
-        }
     }
 
     fn client_side_source(&self, v6: bool) -> Option<IpAddr> {

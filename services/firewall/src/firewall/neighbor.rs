@@ -59,6 +59,19 @@ impl Firewall {
         self.counters.neighbor_replies += 1;
     }
 
+    /// A neighbour solicitation from a client: answered only for an
+    /// address the firewall owns on the client link, its gateway address
+    /// (`/qubes-netvm-gateway6`) and its link-local address, as Linux's
+    /// neighbour discovery answers for the vif's own addresses (the vif
+    /// has `proxy_ndp` on, but vif-route-qubes adds no proxy entries).
+    /// Never forwarded, and never an answer for another address: the
+    /// client reaches everything else through the gateway, and its rules.
+    ///
+    /// The source must be the client's address, as Linux's antispoof chain
+    /// demands of every packet, or its link-local or the unspecified
+    /// address, which a guest without Qubes' static neighbour entry for
+    /// the gateway uses (Linux drops those; answering them only tells the
+    /// client the gateway's MAC).
     pub(super) fn client_neighbor_solicitation(
         &mut self,
         id: ClientId,
@@ -72,10 +85,20 @@ impl Firewall {
             self.counters.dropped_malformed += 1;
             return;
         };
-        if client.config.ip6 == Some(target) {
+        let IpAddr::V6(src) = header.src else {
+            return;
+        };
+        if client.config.ip6 != Some(src) && !src.is_unicast_link_local() && !src.is_unspecified() {
+            self.counters.dropped_spoofed += 1;
             return;
         }
-        let (Some(mac), IpAddr::V6(src)) = (client.mac, header.src) else {
+        let owned = self.config.client_side.gateway6 == Some(target)
+            || link::link_local_of(self.config.client_side.mac) == target;
+        if !owned {
+            self.counters.neighbor_ignored += 1;
+            return;
+        }
+        let Some(mac) = client.mac else {
             return;
         };
         // Duplicate address detection comes from "::" and is answered to
@@ -194,6 +217,7 @@ impl Firewall {
             return;
         };
         if target != ours || !src_mac.is_unicast() {
+            self.counters.neighbor_ignored += 1;
             return;
         }
         if self.config.uplink.gateway6 == Some(src) {

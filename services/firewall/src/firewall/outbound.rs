@@ -70,14 +70,14 @@ impl Firewall {
             self.counters.dropped_malformed += 1;
             return;
         };
-        if let Transport::IcmpOther { icmp_type } = header.transport {
-            if header.is_v6() && icmp_type == ICMPV6_NEIGHBOR_SOLICIT {
-                self.client_neighbor_solicitation(id, client, &header, ip, out);
-            } else {
-                // Router solicitations, MLD reports and the like: nothing
-                // to forward.
-                self.counters.dropped_unsupported += 1;
-            }
+        if header.is_v6()
+            && header.transport
+                == (Transport::IcmpOther {
+                    icmp_type: ICMPV6_NEIGHBOR_SOLICIT,
+                })
+        {
+            // Answered for the firewall's own addresses, never forwarded.
+            self.client_neighbor_solicitation(id, client, &header, ip, out);
             return;
         }
         let own_source = match header.src {
@@ -88,7 +88,7 @@ impl Firewall {
             self.counters.dropped_spoofed += 1;
             return;
         }
-        if self.is_own_client_side_addr(&header.dst) {
+        if self.is_own_addr(&header.dst) {
             self.addressed_to_firewall(id, client, &header, ip, out);
             return;
         }
@@ -120,7 +120,11 @@ impl Firewall {
                 self.client_flow_packet(now, id, client, &header, ip, uplink_ip, out)
             }
             Transport::IcmpError { .. } => self.client_icmp_error(now, &header, ip, uplink_ip, out),
-            _ => self.counters.dropped_unsupported += 1,
+            // ICMP types conntrack cannot open a flow with (router
+            // solicitations, MLD reports, a stray reply): invalid in Linux,
+            // dropped before the rules.
+            Transport::IcmpOther { .. } => self.counters.dropped_no_flow += 1,
+            Transport::Other => self.counters.dropped_unsupported += 1,
         }
     }
 
@@ -210,6 +214,8 @@ impl Firewall {
         self.counters.icmp_errors_translated += 1;
     }
 
+    /// A free uplink-side port for a new flow to `remote`:`remote_port`,
+    /// preferring the client's own (as Linux masquerading does).
     pub(super) fn allocate_nat_port(
         &mut self,
         protocol: u8,
@@ -244,20 +250,32 @@ impl Firewall {
         None
     }
 
-    /// Where a new flow really goes: queries to a virtual DNS server go to
-    /// the matching upstream resolver.
-    pub(super) fn redirect(&self, header: &IpHeader, dst_port: u16) -> IpAddr {
+    /// Where a new flow really goes, as Linux's prerouting DNAT
+    /// (`qubes-setup-dnat-to-ns`) decides before the rules see it: DNS
+    /// (TCP or UDP port 53) to a virtual resolver goes to its upstream
+    /// resolver; `None` when that virtual resolver has no upstream of the
+    /// packet's family, and the query is dropped ("Drop IPv4 DNS requests
+    /// to qubesdb_dns addresses").
+    pub(super) fn redirect(&self, header: &IpHeader, dst_port: u16) -> Option<IpAddr> {
         let is_dns = dst_port == DNS_PORT
             && matches!(
                 header.transport,
                 Transport::Tcp { .. } | Transport::Udp { .. }
             );
-        self.config
+        if !is_dns {
+            return Some(header.dst);
+        }
+        match self
+            .config
             .dns
             .iter()
-            .find(|d| is_dns && d.virtual_server == header.dst)
-            .and_then(|d| d.upstream)
-            .unwrap_or(header.dst)
+            .find(|d| d.virtual_server == header.dst)
+        {
+            Some(redirect) => redirect
+                .upstream
+                .filter(|upstream| upstream.is_ipv6() == header.is_v6()),
+            None => Some(header.dst),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -352,20 +370,27 @@ impl Firewall {
             self.counters.dropped_no_flow += 1;
             return None;
         }
-        let query = flow_query(header)?;
+        let Some(remote) = self.redirect(header, orig.dst_port) else {
+            self.counters.dropped_dns_no_upstream += 1;
+            return None;
+        };
+        // The rules judge the translated destination, as Linux's forward
+        // chain runs after the prerouting DNAT.
+        let query = flow_query(header, remote)?;
+        let Some(rules) = self.rules.get(&header.src) else {
+            // No rule directory at all: Linux has no chain for the address
+            // and the forward chain's policy drops silently.
+            self.counters.dropped_no_rules += 1;
+            return None;
+        };
         let ctx = RuleContext {
             dns: &self.config.dns,
             resolver: &self.resolver,
         };
-        let action = self
-            .rules
-            .get(&header.src)
-            .map_or(Action::Drop, |rules| rules.evaluate(&query, &ctx));
-        if action == Action::Drop {
+        if rules.evaluate(&query, &ctx) == Action::Drop {
             self.refuse(id, client, header, ip, out);
             return None;
         }
-        let remote = self.redirect(header, orig.dst_port);
         let Some(local_port) =
             self.allocate_nat_port(header.protocol, remote, orig.dst_port, orig.src_port)
         else {

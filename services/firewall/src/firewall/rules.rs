@@ -17,8 +17,11 @@ pub(super) struct RuleContext<'a> {
 }
 
 impl MatchContext for RuleContext<'_> {
+    /// The upstream resolvers, Linux's `dns-addr` set (the nameservers of
+    /// the firewall's own `resolv.conf`, `prepare_rules` in
+    /// `qubesagent/firewall.py`).
     fn is_dns_server(&self, ip: &IpAddr) -> bool {
-        self.dns.iter().any(|d| d.virtual_server == *ip)
+        self.dns.iter().any(|d| d.upstream == Some(*ip))
     }
 
     fn host_resolves_to(&self, host: &str, ip: &IpAddr) -> bool {
@@ -26,9 +29,9 @@ impl MatchContext for RuleContext<'_> {
     }
 }
 
-/// The rule-language view of a new flow.
-pub(super) fn flow_query(header: &IpHeader) -> Option<FlowQuery> {
-    let dst = header.dst;
+/// The rule-language view of a new flow whose destination, after DNS
+/// redirection, is `dst`.
+pub(super) fn flow_query(header: &IpHeader, dst: IpAddr) -> Option<FlowQuery> {
     match header.transport {
         Transport::Tcp { dst_port, .. } => Some(FlowQuery::Tcp {
             dst,

@@ -17,7 +17,7 @@ use std::time::Duration as StdDuration;
 
 use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface, Transmit};
 use hosted::qubesdb_file::HostedConfig;
-use qubes::firewall_rules::{LoadedRules, RuleSet};
+use qubes::firewall_rules::LoadedRules;
 use tun_tap::{Iface, Mode};
 
 /// How often the configuration file is re-read and timers run.
@@ -31,36 +31,35 @@ fn open_tap(name: &str) -> Result<Arc<Iface>, String> {
         .map_err(|e| format!("cannot open TAP device {name}: {e}"))
 }
 
-/// Install the rules of `config` for every client address; addresses
-/// without rules get drop-all (fail closed). Parse errors are reported like
-/// the Linux sys-firewall reports them.
+/// Install the rules of `config` for every client address that has a rule
+/// directory, or had one, as the Linux agent's `handle_addr` does: an
+/// address that never had rules is dropped silently; one whose directory
+/// went away is refused (`Firewall::apply_loaded_rules`). Parse errors are
+/// reported like the Linux sys-firewall reports them.
 fn apply_rules(fw: &mut Firewall, config: &HostedConfig, previous: &BTreeMap<IpAddr, LoadedRules>) {
     let mut addresses: Vec<IpAddr> = config.rules.keys().copied().collect();
-    for client in &config.clients {
-        addresses.push(IpAddr::V4(client.ip4));
-        addresses.extend(client.ip6.map(IpAddr::V6));
-    }
+    addresses.extend(previous.keys().copied());
     addresses.sort();
     addresses.dedup();
     for addr in addresses {
-        let loaded = config.rules.get(&addr).cloned().unwrap_or(LoadedRules {
-            rules: RuleSet::drop_all(),
-            error: None,
-        });
-        if previous.get(&addr) == Some(&loaded) {
+        let loaded = config.rules.get(&addr);
+        if previous.get(&addr) == loaded {
             continue;
         }
-        if let Some(error) = &loaded.error {
+        if let Some(error) = loaded.and_then(|l| l.error.as_ref()) {
             eprintln!(
                 "/qubes-iptables-error: Failed to parse rules for {addr} ({error}), blocking traffic"
             );
         }
-        let killed = fw.set_rules(addr, loaded.rules.clone());
-        eprintln!(
-            "rules for {addr}: {} rules, policy {:?}; {killed} flows killed",
-            loaded.rules.rules.len(),
-            loaded.rules.policy
-        );
+        let killed = fw.apply_loaded_rules(addr, loaded);
+        match loaded {
+            Some(loaded) => eprintln!(
+                "rules for {addr}: {} rules, policy {:?}; {killed} flows killed",
+                loaded.rules.rules.len(),
+                loaded.rules.policy
+            ),
+            None => eprintln!("rules for {addr} removed: drop-all; {killed} flows killed"),
+        }
     }
 }
 

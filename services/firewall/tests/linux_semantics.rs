@@ -1,0 +1,369 @@
+//! The firewall against the Linux sys-firewall, one behaviour per test.
+//!
+//! Each test cites the line of qubes-core-agent-linux (commit a37fac93,
+//! `qubesagent/firewall.py`, `network/qubes-ipv4.nft`, `qubes-ipv6.nft`,
+//! `qubes-setup-dnat-to-ns`, `vif-route-qubes`) or of Linux's netfilter
+//! whose behaviour it checks. docs/firewall.md ("Semantics") lists them
+//! and the differences that remain.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use common::*;
+use firewall::{ClientConfig, Config, Firewall, Interface};
+use qubes::firewall_rules::{Family, LoadedRules, RuleSet};
+use smoltcp::wire::{
+    Icmpv4Packet, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet, NdiscRepr, RawHardwareAddress,
+};
+
+/// The ICMP type and code of an ICMPv4 packet.
+fn icmp4_type_code(ip: &[u8]) -> (u8, u8) {
+    let packet = assert_valid4(ip);
+    let icmp = Icmpv4Packet::new_checked(packet.payload()).unwrap();
+    (u8::from(icmp.msg_type()), icmp.msg_code())
+}
+
+/// The ICMPv6 type and code of an IPv6 packet.
+fn icmp6_type_code(ip: &[u8]) -> (u8, u8) {
+    let packet = assert_valid6(ip);
+    let icmp = Icmpv6Packet::new_checked(packet.payload()).unwrap();
+    (u8::from(icmp.msg_type()), icmp.msg_code())
+}
+
+/// An ICMPv4 message of `icmp_type` with identifier `ident`.
+fn icmp4(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, ident: u16) -> Vec<u8> {
+    let mut l4 = vec![0u8; 8 + 12];
+    l4[0] = icmp_type;
+    l4[4..6].copy_from_slice(&ident.to_be_bytes());
+    Icmpv4Packet::new_unchecked(&mut l4[..]).fill_checksum();
+    ip4(src, dst, IpProtocol::Icmp, &l4)
+}
+
+/// Client A's rules from dom0's lines.
+fn set_a_rules(fw: &mut Firewall, policy: &str, entries: &[(&str, &str)]) {
+    fw.set_rules(IpAddr::V4(A_IP), rules(Family::V4, policy, entries));
+}
+
+/// A firewall with client A and no rules for it.
+fn firewall_without_rules(config: Config) -> Firewall {
+    let mut fw = Firewall::new(config);
+    fw.add_client(
+        A,
+        ClientConfig {
+            ip4: A_IP,
+            ip6: Some(A_IP6),
+            mac: Some(A_MAC),
+        },
+    );
+    fw
+}
+
+fn refused_with_admin_prohibited(fw: &mut Firewall, packet: &[u8]) {
+    let out = single(
+        fw.handle(t(0), Interface::Client(A), &from_a(packet)),
+        Interface::Client(A),
+    );
+    assert_eq!(icmp4_type_code(&out), (3, 13), "admin-prohibited");
+}
+
+fn forwarded(fw: &mut Firewall, packet: &[u8]) -> Vec<u8> {
+    single(
+        fw.handle(t(0), Interface::Client(A), &from_a(packet)),
+        Interface::Uplink,
+    )
+}
+
+/// firewall.py:414-415 `supported_rule_opts` has no `dpi`, and 522-526
+/// raise "Unsupported rule option(s)"; `handle_addr` (313-318) then
+/// applies `[{'action': 'drop'}]`, a reject.
+#[test]
+fn rule_keys_linux_does_not_apply_block_the_client() {
+    let mut fw = firewall(false);
+    let loaded = LoadedRules::load(
+        Family::V4,
+        [
+            ("policy", &b"accept"[..]),
+            ("0000", &b"action=accept proto=tcp dstports=443 dpi=NO"[..]),
+        ],
+    );
+    assert!(loaded.error.is_some());
+    fw.apply_loaded_rules(IpAddr::V4(A_IP), Some(&loaded));
+    refused_with_admin_prohibited(&mut fw, &tcp(A_IP, 40000, WEB, 443, SYN));
+    refused_with_admin_prohibited(&mut fw, &tcp(A_IP, 40001, WEB, 80, SYN));
+}
+
+/// firewall.py:449-463 creates a client's chain (`saddr jump`) only for an
+/// address with rules, and 658-663 give the forward chain `policy drop`:
+/// an address without `/qubes-firewall/<ip>` falls through to a silent
+/// drop. Once it had rules, a removed directory is read as one without a
+/// policy (122-123 "No 'policy' defined") and the client is refused.
+#[test]
+fn a_client_without_rules_is_dropped_silently() {
+    let mut fw = firewall_without_rules(config(false));
+    let syn = tcp(A_IP, 40000, WEB, 80, SYN);
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &from_a(&syn))
+        .is_empty());
+    fw.apply_loaded_rules(IpAddr::V4(A_IP), None);
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &from_a(&syn))
+        .is_empty());
+    assert_eq!(fw.counters().dropped_no_rules, 2);
+    assert_eq!(fw.counters().admin_prohibited_sent, 0);
+
+    fw.set_rules(IpAddr::V4(A_IP), RuleSet::accept_all());
+    forwarded(&mut fw, &syn);
+    fw.apply_loaded_rules(IpAddr::V4(A_IP), None);
+    refused_with_admin_prohibited(&mut fw, &tcp(A_IP, 40001, WEB, 80, SYN));
+}
+
+/// qubes-setup-dnat-to-ns:112-121: with no upstream resolver, "Drop IPv4
+/// DNS requests to qubesdb_dns addresses", UDP and TCP port 53, in the nat
+/// prerouting chain, before any client rule (so silently, even when the
+/// rules would refuse it).
+#[test]
+fn dns_to_the_virtual_resolvers_without_upstream_is_dropped_silently() {
+    let mut no_upstream = config(false);
+    for redirect in &mut no_upstream.dns {
+        redirect.upstream = None;
+    }
+    let mut fw = firewall_without_rules(no_upstream);
+    for policy in ["accept", "drop"] {
+        set_a_rules(&mut fw, policy, &[]);
+        let udp_query = udp(A_IP, 33333, VIRTUAL_DNS, 53, b"query");
+        let tcp_query = tcp(A_IP, 33334, VIRTUAL_DNS, 53, SYN);
+        for query in [udp_query, tcp_query] {
+            assert!(fw
+                .handle(t(0), Interface::Client(A), &from_a(&query))
+                .is_empty());
+        }
+    }
+    assert_eq!(fw.counters().dropped_dns_no_upstream, 4);
+    assert_eq!(fw.counters().admin_prohibited_sent, 0);
+    // Only port 53 is translated or dropped; a ping is an ordinary flow.
+    set_a_rules(&mut fw, "accept", &[]);
+    let ip = forwarded(&mut fw, &icmp4_echo(A_IP, VIRTUAL_DNS, 7, true));
+    assert_eq!(assert_valid4(&ip).dst_addr(), VIRTUAL_DNS);
+}
+
+/// firewall.py:569-574 match `daddr @dns-addr`, and 600-604 fill that set
+/// with `dns_addresses()`, the nameservers of the firewall's own
+/// resolv.conf: the upstream resolvers. The forward chain sees a query to
+/// a virtual resolver after qubes-setup-dnat-to-ns:123-129 translated it
+/// to the upstream, so that is the destination the rules judge.
+#[test]
+fn specialtarget_dns_matches_the_upstream_resolvers() {
+    let mut fw = firewall(false);
+    set_a_rules(
+        &mut fw,
+        "drop",
+        &[("0000", "action=accept specialtarget=dns")],
+    );
+    let ip = forwarded(&mut fw, &udp(A_IP, 33333, VIRTUAL_DNS, 53, b"q"));
+    assert_eq!(assert_valid4(&ip).dst_addr(), UPSTREAM_DNS);
+    let ip = forwarded(&mut fw, &tcp(A_IP, 33334, UPSTREAM_DNS, 53, SYN));
+    assert_eq!(assert_valid4(&ip).dst_addr(), UPSTREAM_DNS);
+    refused_with_admin_prohibited(
+        &mut fw,
+        &udp(A_IP, 33335, Ipv4Addr::new(8, 8, 8, 8), 53, b"q"),
+    );
+
+    // A dst4= rule on the virtual address does not see translated queries.
+    set_a_rules(
+        &mut fw,
+        "drop",
+        &[
+            ("0000", "action=drop dst4=10.139.1.1"),
+            ("0001", "action=accept proto=udp dstports=53"),
+        ],
+    );
+    let ip = forwarded(&mut fw, &udp(A_IP, 33336, VIRTUAL_DNS, 53, b"q"));
+    assert_eq!(assert_valid4(&ip).dst_addr(), UPSTREAM_DNS);
+}
+
+/// qubes-ipv4.nft, chain input, for packets from a vif (`iifgroup 2`):
+/// line 13 drops `ct state invalid`, 14 drops UDP to port 68, 16 accepts
+/// ICMP (the kernel answers an echo request and consumes the rest), 18
+/// rejects everything else `with icmp type host-prohibited`. Both the
+/// client-side gateway and the uplink address are the firewall's own.
+#[test]
+fn traffic_to_the_firewall_itself_v4() {
+    let mut fw = firewall(false);
+    let to_us =
+        |fw: &mut Firewall, packet: &[u8]| fw.handle(t(0), Interface::Client(A), &from_a(packet));
+    let reply = single(
+        to_us(&mut fw, &icmp4_echo(A_IP, CLIENT_GW, 9, true)),
+        Interface::Client(A),
+    );
+    assert_eq!(icmp4_type_code(&reply), (0, 0));
+    // Other ICMP: accepted by the input chain, no answer.
+    assert!(to_us(&mut fw, &icmp4(A_IP, CLIENT_GW, 13, 9)).is_empty());
+    assert!(to_us(&mut fw, &icmp4(A_IP, CLIENT_GW, 10, 0)).is_empty());
+    // DHCP client port: dropped.
+    assert!(to_us(&mut fw, &udp(A_IP, 67, CLIENT_GW, 68, b"dhcp")).is_empty());
+    // TCP conntrack cannot open (RST, SYN+ACK): invalid, dropped.
+    assert!(to_us(&mut fw, &tcp(A_IP, 40000, CLIENT_GW, 22, RST)).is_empty());
+    assert!(to_us(&mut fw, &tcp(A_IP, 40000, CLIENT_GW, 22, SYN_ACK)).is_empty());
+    // Everything else: host-prohibited, from the address it was sent to.
+    for (packet, dst) in [
+        (tcp(A_IP, 40000, CLIENT_GW, 22, SYN), CLIENT_GW),
+        (udp(A_IP, 40000, CLIENT_GW, 53, b"q"), CLIENT_GW),
+        (tcp(A_IP, 40001, UPLINK_IP, 80, SYN), UPLINK_IP),
+    ] {
+        let error = single(to_us(&mut fw, &packet), Interface::Client(A));
+        assert_eq!(icmp4_type_code(&error), (3, 10), "host-prohibited");
+        assert_eq!(assert_valid4(&error).src_addr(), dst);
+    }
+    assert_eq!(fw.counters().forwarded_out, 0, "nothing reached the uplink");
+    assert_eq!(fw.counters().host_prohibited_sent, 3);
+}
+
+/// qubes-ipv6.nft:21 sends a vif's input to `_icmpv6`, whose line 11
+/// rejects every non-ICMPv6 packet `with icmpv6 type admin-prohibited` and
+/// line 13 accepts ICMPv6 (the echo is answered). Line 14's UDP port 68
+/// drop is IPv4 only.
+#[test]
+fn traffic_to_the_firewall_itself_v6() {
+    let mut fw = firewall(true);
+    let reply = single(
+        fw.handle(
+            t(0),
+            Interface::Client(A),
+            &from_a(&icmp6_echo(A_IP6, CLIENT_GW6, 3, true)),
+        ),
+        Interface::Client(A),
+    );
+    assert_eq!(icmp6_type_code(&reply), (129, 0));
+    for packet in [
+        tcp(A_IP6, 40000, CLIENT_GW6, 22, SYN),
+        udp(A_IP6, 40000, CLIENT_GW6, 68, b"x"),
+        tcp(A_IP6, 40001, UPLINK_IP6, 22, SYN),
+    ] {
+        let error = single(
+            fw.handle(t(0), Interface::Client(A), &from_a(&packet)),
+            Interface::Client(A),
+        );
+        assert_eq!(icmp6_type_code(&error), (1, 1), "admin-prohibited");
+    }
+    assert_eq!(fw.counters().forwarded_out, 0);
+}
+
+/// Linux's conntrack opens ICMP flows for the queries in `valid_new`
+/// (nf_conntrack_proto_icmp.c: echo, timestamp, information, address
+/// mask) and the forward chain judges them by the client's rules
+/// (firewall.py:576-580 `icmp type`), rejecting what they drop like any
+/// protocol (537-538); any other type is `ct state invalid`
+/// (qubes-ipv4.nft:25), dropped before the rules.
+#[test]
+fn icmp_queries_of_any_type_are_judged_by_the_rules() {
+    let mut fw = firewall(false);
+    set_a_rules(
+        &mut fw,
+        "drop",
+        &[("0000", "action=accept proto=icmp icmptype=13")],
+    );
+    // A timestamp request is accepted, and its reply comes back.
+    let ip = forwarded(&mut fw, &icmp4(A_IP, WEB, 13, 0x4242));
+    let packet = assert_valid4(&ip);
+    let ident = Icmpv4Packet::new_checked(packet.payload())
+        .unwrap()
+        .echo_ident();
+    let back = single(
+        fw.handle(
+            t(0),
+            Interface::Uplink,
+            &from_uplink(&icmp4(WEB, UPLINK_IP, 14, ident)),
+        ),
+        Interface::Client(A),
+    );
+    assert_eq!(icmp4_type_code(&back), (14, 0));
+    assert_eq!(assert_valid4(&back).dst_addr(), A_IP);
+    // An echo request is not type 13: rejected like any refused flow.
+    refused_with_admin_prohibited(&mut fw, &icmp4_echo(A_IP, WEB, 1, true));
+    // Address-mask and information requests are queries too.
+    refused_with_admin_prohibited(&mut fw, &icmp4(A_IP, WEB, 17, 2));
+    refused_with_admin_prohibited(&mut fw, &icmp4(A_IP, WEB, 15, 3));
+    // A router solicitation or a stray reply cannot open a flow.
+    assert!(fw
+        .handle(
+            t(0),
+            Interface::Client(A),
+            &from_a(&icmp4(A_IP, WEB, 10, 0))
+        )
+        .is_empty());
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &from_a(&icmp4(A_IP, WEB, 0, 5)))
+        .is_empty());
+}
+
+/// A neighbour solicitation from client A for `target`, from `src`, with
+/// hop limit `hop_limit`.
+fn ns(src: Ipv6Addr, target: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+    let repr = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from(A_MAC)),
+    });
+    let mut l4 = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &src,
+        &target,
+        &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
+        &checksum_caps(),
+    );
+    let mut ip = ip6(src, target, IpProtocol::Icmpv6, &l4);
+    Ipv6Packet::new_unchecked(&mut ip[..]).set_hop_limit(hop_limit);
+    from_a(&ip)
+}
+
+/// vif-route-qubes:252-258 give the vif the gateway address (and Linux
+/// gives it a link-local one) and turn `proxy_ndp` on without adding any
+/// proxy entry, so Linux answers a client's solicitation for those
+/// addresses only; every other address is reached through the gateway,
+/// and the rules.
+#[test]
+fn neighbour_solicitations_are_answered_for_owned_addresses_only() {
+    let mut fw = firewall(true);
+    let link_local: Ipv6Addr = "fe80::fcff:ffff:feff:ffff".parse().unwrap();
+    let a_link_local: Ipv6Addr = "fe80::216:3eff:fe5e:6c0a".parse().unwrap();
+    for (src, target) in [
+        (A_IP6, CLIENT_GW6),
+        (A_IP6, link_local),
+        (a_link_local, CLIENT_GW6),
+    ] {
+        let out = fw.handle(t(0), Interface::Client(A), &ns(src, target, 255));
+        assert_eq!(out.len(), 1, "{target} is ours");
+    }
+    for target in [
+        WEB6,
+        UPLINK_IP6,
+        "fd09:24ef:4179::a8a:b".parse().unwrap(),
+        A_IP6,
+    ] {
+        assert!(
+            fw.handle(t(0), Interface::Client(A), &ns(A_IP6, target, 255))
+                .is_empty(),
+            "{target} is not ours"
+        );
+    }
+    // Forwarded (hop limit below 255) or spoofed: not answered.
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &ns(A_IP6, CLIENT_GW6, 64))
+        .is_empty());
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &ns(WEB6, CLIENT_GW6, 255))
+        .is_empty());
+    assert_eq!(fw.counters().neighbor_replies, 3);
+    assert_eq!(fw.counters().forwarded_out, 0);
+}
+
+/// firewall.py:585-592: `dstports` without `proto` becomes a `tcp dport`
+/// and a `udp dport` rule.
+#[test]
+fn dstports_without_proto_is_tcp_and_udp() {
+    let mut fw = firewall(false);
+    set_a_rules(&mut fw, "drop", &[("0000", "action=accept dstports=443")]);
+    forwarded(&mut fw, &tcp(A_IP, 40000, WEB, 443, SYN));
+    forwarded(&mut fw, &udp(A_IP, 40001, WEB, 443, b"quic"));
+    refused_with_admin_prohibited(&mut fw, &icmp4_echo(A_IP, WEB, 1, true));
+}
