@@ -30,6 +30,6 @@ pub mod store;
 
 pub use config::{ClientConfig, ClientSideConfig, Config, DnsRedirect, UplinkConfig};
 pub use counters::Counters;
-pub use firewall::{ClientId, Firewall, Interface, Transmit};
+pub use firewall::{ClientId, Firewall, Interface, RuleReport, Transmit, MAX_RULE_REPORTS};
 pub use smoltcp::time::{Duration, Instant};
 pub use smoltcp::wire::EthernetAddress;

@@ -1,13 +1,19 @@
 //! The firewall's own DNS client, which resolves the names of `dsthost=`
 //! rules through the uplink's resolver.
 //!
-//! Each (name, record type) is queried when it first appears in the rules,
-//! then again when the answer's TTL runs out: never more than one query per
-//! TTL per name (qubes-mirage-firewall issue #158 burned 100% CPU by
-//! re-resolving on every packet). TTLs are clamped to
-//! [`MIN_TTL`]..[`MAX_TTL`]. A query without an answer is retried after
-//! [`RETRY_FIRST`], doubling up to [`MAX_TTL`]. Addresses stay valid until a
-//! new answer replaces them, so a slow resolver does not cut flows.
+//! Like the Linux agent, which calls `getaddrinfo` for each `dsthost=` while
+//! it loads a client's rules (`resolve_dns` in `qubesagent/firewall.py`)
+//! and never again until the next load, a name is looked up when rules
+//! that name it are loaded ([`Resolver::request`]), for the record type of
+//! the client's address family, and the rules then keep the addresses they
+//! were loaded with. A lookup is one query, retried after [`RETRY_FIRST`]
+//! and twice that, and failed after [`MAX_ATTEMPTS`] unanswered queries
+//! (14 s, about glibc's 2 attempts of 5 s to each of two servers); an
+//! answer without addresses (NXDOMAIN, no record of the type) is a failure
+//! too. Answers are kept for their TTL (clamped to [`MIN_TTL`]..[`MAX_TTL`])
+//! so that loading many clients naming the same host asks once
+//! (qubes-mirage-firewall issue #158 burned 100% CPU by re-resolving on
+//! every packet).
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -23,8 +29,12 @@ pub const RESOLVER_PORT: u16 = 53053;
 pub const MIN_TTL: Duration = Duration::from_secs(5);
 /// Longest TTL honoured.
 pub const MAX_TTL: Duration = Duration::from_secs(86400);
-/// First retry delay after an unanswered query.
+/// First retry delay after an unanswered query; each next one doubles.
 pub const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Queries sent for one lookup before it fails.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Most lookups kept (names times record types); more are refused.
+pub const MAX_LOOKUPS: usize = 4096;
 
 /// The record types asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,15 +52,43 @@ impl RecordType {
             RecordType::Aaaa => 28,
         }
     }
+
+    /// The record type holding addresses of `addr`'s family.
+    pub fn for_family_of(addr: &IpAddr) -> RecordType {
+        match addr {
+            IpAddr::V4(_) => RecordType::A,
+            IpAddr::V6(_) => RecordType::Aaaa,
+        }
+    }
+}
+
+/// Where a lookup stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not answered yet.
+    Pending,
+    /// The name's addresses (never empty).
+    Resolved(Vec<IpAddr>),
+    /// No address: NXDOMAIN, no record of the type, no answer, no
+    /// resolver, or the lookup was never requested.
+    Failed,
 }
 
 #[derive(Debug, Clone)]
 struct Lookup {
-    addrs: Vec<IpAddr>,
-    /// When to ask next; `None` means at the first chance.
-    next_query: Option<Instant>,
+    /// The latest answer's addresses (empty for NXDOMAIN or no record)
+    /// and when it expires.
+    answer: Option<(Vec<IpAddr>, Instant)>,
+    /// The transaction in flight, if any.
     pending: Option<u16>,
-    retry: Duration,
+    /// Whether a query is wanted (requested and not yet answered).
+    wanted: bool,
+    /// When to send the next query; `None` means at the first chance.
+    next_query: Option<Instant>,
+    /// Queries sent for the current request.
+    attempts: u32,
+    /// The current request failed.
+    failed: bool,
 }
 
 /// A query to send: the DNS message for `upstream:53` from
@@ -72,13 +110,16 @@ pub struct ResolverStats {
     pub answers: u64,
     /// Messages ignored (unknown transaction, wrong question, malformed).
     pub ignored: u64,
+    /// Lookups that failed for want of an answer.
+    pub timeouts: u64,
+    /// Lookups refused because [`MAX_LOOKUPS`] were kept.
+    pub refused: u64,
 }
 
-/// Name → addresses, kept fresh.
+/// Name → addresses, looked up on request.
 #[derive(Debug, Clone)]
 pub struct Resolver {
     lookups: BTreeMap<(String, RecordType), Lookup>,
-    record_types: Vec<RecordType>,
     rng: u32,
     stats: ResolverStats,
 }
@@ -96,12 +137,11 @@ fn encode_name(name: &str) -> Option<Vec<u8>> {
 }
 
 impl Resolver {
-    /// A resolver asking for `record_types` of every name; `seed` varies
-    /// the transaction identifiers.
-    pub fn new(record_types: Vec<RecordType>, seed: u32) -> Resolver {
+    /// A resolver with nothing to look up; `seed` varies the transaction
+    /// identifiers.
+    pub fn new(seed: u32) -> Resolver {
         Resolver {
             lookups: BTreeMap::new(),
-            record_types,
             rng: seed | 1,
             stats: ResolverStats::default(),
         }
@@ -112,57 +152,95 @@ impl Resolver {
         self.stats
     }
 
-    /// Track exactly `names` (lowercase): new ones are due at once,
-    /// dropped ones are forgotten.
-    pub fn set_names(&mut self, names: &[String]) {
-        self.lookups
-            .retain(|(name, _), _| names.iter().any(|n| n == name));
-        for name in names {
-            for record_type in &self.record_types {
-                self.lookups
-                    .entry((name.clone(), *record_type))
-                    .or_insert(Lookup {
-                        addrs: Vec::new(),
-                        next_query: None,
-                        pending: None,
-                        retry: RETRY_FIRST,
-                    });
+    /// Look `name` (lowercase) up for `record_type`, unless an answer is
+    /// still fresh at `now` or a lookup is already under way.
+    pub fn request(&mut self, name: &str, record_type: RecordType, now: Instant) {
+        let key = (String::from(name), record_type);
+        if !self.lookups.contains_key(&key) && self.lookups.len() >= MAX_LOOKUPS {
+            self.stats.refused += 1;
+            return;
+        }
+        let lookup = self.lookups.entry(key).or_insert(Lookup {
+            answer: None,
+            pending: None,
+            wanted: false,
+            next_query: None,
+            attempts: 0,
+            failed: false,
+        });
+        let fresh = lookup
+            .answer
+            .as_ref()
+            .is_some_and(|(_, expires)| *expires > now);
+        if fresh || lookup.wanted {
+            return;
+        }
+        lookup.wanted = true;
+        lookup.failed = false;
+        lookup.attempts = 0;
+        lookup.next_query = None;
+    }
+
+    /// Where the lookup of `name` for `record_type` stands at `now`.
+    pub fn outcome(&self, name: &str, record_type: RecordType, now: Instant) -> Outcome {
+        let Some(lookup) = self.lookups.get(&(String::from(name), record_type)) else {
+            return Outcome::Failed;
+        };
+        if lookup.failed {
+            return Outcome::Failed;
+        }
+        match &lookup.answer {
+            // The latest answer, unless a new request waits for a newer one.
+            Some((addrs, expires)) if *expires > now || !lookup.wanted => {
+                if addrs.is_empty() {
+                    Outcome::Failed
+                } else {
+                    Outcome::Resolved(addrs.clone())
+                }
+            }
+            _ if lookup.wanted => Outcome::Pending,
+            _ => Outcome::Failed,
+        }
+    }
+
+    /// Fail every lookup under way (there is no resolver to ask).
+    pub fn fail_pending(&mut self) {
+        for lookup in self.lookups.values_mut() {
+            if lookup.wanted {
+                lookup.wanted = false;
+                lookup.pending = None;
+                lookup.failed = true;
             }
         }
+    }
+
+    /// Forget every lookup whose name `keep` refuses.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.lookups.retain(|(name, _), _| keep(name));
     }
 
     /// Set the addresses of `name` directly (for platforms with another
     /// source of names); they hold for [`MAX_TTL`].
     pub fn set_addresses(&mut self, name: &str, addrs: Vec<IpAddr>, now: Instant) {
         let name = name.to_ascii_lowercase();
-        for record_type in self.record_types.clone() {
+        for record_type in [RecordType::A, RecordType::Aaaa] {
             let wanted: Vec<IpAddr> = addrs
                 .iter()
                 .copied()
-                .filter(|a| a.is_ipv6() == (record_type == RecordType::Aaaa))
+                .filter(|a| RecordType::for_family_of(a) == record_type)
                 .collect();
             self.lookups.insert(
                 (name.clone(), record_type),
                 Lookup {
-                    addrs: wanted,
-                    next_query: Some(now + MAX_TTL),
+                    answer: Some((wanted, now + MAX_TTL)),
                     pending: None,
-                    retry: RETRY_FIRST,
+                    wanted: false,
+                    next_query: None,
+                    attempts: 0,
+                    failed: false,
                 },
             );
         }
-    }
-
-    /// Whether `name` currently resolves to `ip`.
-    pub fn resolves_to(&self, name: &str, ip: &IpAddr) -> bool {
-        let record_type = if ip.is_ipv6() {
-            RecordType::Aaaa
-        } else {
-            RecordType::A
-        };
-        self.lookups
-            .get(&(String::from(name), record_type))
-            .is_some_and(|l| l.addrs.contains(ip))
     }
 
     fn next_id(&mut self) -> u16 {
@@ -176,21 +254,32 @@ impl Resolver {
         (x >> 8) as u16
     }
 
-    /// The queries due at `now`. Each is marked pending and will not be
-    /// sent again before its retry delay.
+    /// The queries due at `now`; lookups whose last query went unanswered
+    /// fail here.
     pub fn due_queries(&mut self, now: Instant) -> Vec<Query> {
         let due: Vec<(String, RecordType)> = self
             .lookups
             .iter()
-            .filter(|(_, l)| l.next_query.is_none_or(|t| t <= now))
+            .filter(|(_, l)| l.wanted && l.next_query.is_none_or(|t| t <= now))
             .map(|(k, _)| k.clone())
             .collect();
         let mut queries = Vec::new();
         for key in due {
-            let Some(name) = encode_name(&key.0) else {
+            let id = self.next_id();
+            let Some(lookup) = self.lookups.get_mut(&key) else {
                 continue;
             };
-            let id = self.next_id();
+            let name = encode_name(&key.0);
+            if lookup.attempts >= MAX_ATTEMPTS || name.is_none() {
+                lookup.wanted = false;
+                lookup.pending = None;
+                lookup.failed = true;
+                self.stats.timeouts += 1;
+                continue;
+            }
+            let Some(name) = name else {
+                continue;
+            };
             let mut message = alloc::vec![0u8; 12 + name.len() + 4];
             {
                 let mut packet = DnsPacket::new_unchecked(&mut message[..]);
@@ -205,11 +294,9 @@ impl Resolver {
             if let Some(rest) = message.get_mut(12..) {
                 question.emit(rest);
             }
-            if let Some(lookup) = self.lookups.get_mut(&key) {
-                lookup.pending = Some(id);
-                lookup.next_query = Some(now + lookup.retry);
-                lookup.retry = (lookup.retry * 2).min(MAX_TTL);
-            }
+            lookup.pending = Some(id);
+            lookup.next_query = Some(now + RETRY_FIRST * (1 << lookup.attempts));
+            lookup.attempts += 1;
             self.stats.queries += 1;
             queries.push(Query {
                 message,
@@ -220,7 +307,7 @@ impl Resolver {
     }
 
     /// Accept an answer (UDP payload from the upstream resolver). Returns
-    /// the name it updated.
+    /// the name it answered.
     pub fn on_response(&mut self, now: Instant, message: &[u8]) -> Option<String> {
         let result = self.parse_response(now, message);
         if result.is_none() {
@@ -267,10 +354,10 @@ impl Resolver {
             .max(MIN_TTL)
             .min(MAX_TTL);
         let lookup = self.lookups.get_mut(&key)?;
-        lookup.addrs = addrs;
+        lookup.answer = Some((addrs, now + ttl));
         lookup.pending = None;
-        lookup.next_query = Some(now + ttl);
-        lookup.retry = RETRY_FIRST;
+        lookup.wanted = false;
+        lookup.failed = false;
         self.stats.answers += 1;
         Some(key.0)
     }
@@ -296,46 +383,92 @@ mod tests {
         out
     }
 
-    #[test]
-    fn one_query_per_ttl() {
-        let mut resolver = Resolver::new(vec![RecordType::A], 42);
-        let name = String::from("example.com");
-        resolver.set_names(core::slice::from_ref(&name));
-        let addr = Ipv4Addr::new(93, 184, 216, 34);
-        let mut sent = 0;
-        // Ten minutes of polling every 100 ms with a 60 s TTL.
-        for tenth in 0..6000 {
-            let now = Instant::from_millis(tenth * 100);
-            for query in resolver.due_queries(now) {
-                sent += 1;
-                let reply = answer(&query.message, 60, &[addr]);
-                assert_eq!(resolver.on_response(now, &reply), Some(name.clone()));
-            }
-            assert!(resolver.resolves_to("example.com", &IpAddr::V4(addr)));
-        }
-        assert_eq!(sent, 10);
-        assert_eq!(resolver.stats().answers, 10);
+    fn nxdomain(query: &[u8]) -> Vec<u8> {
+        let mut out = query.to_vec();
+        out[2] = 0x81;
+        out[3] = 0x83;
+        out
     }
 
     #[test]
-    fn unanswered_queries_back_off() {
-        let mut resolver = Resolver::new(vec![RecordType::A, RecordType::Aaaa], 7);
-        resolver.set_names(&[String::from("slow.example")]);
+    fn a_request_is_answered_once_and_cached_for_its_ttl() {
+        let mut resolver = Resolver::new(42);
+        let addr = Ipv4Addr::new(93, 184, 216, 34);
+        resolver.request("example.com", RecordType::A, Instant::from_secs(0));
+        assert_eq!(
+            resolver.outcome("example.com", RecordType::A, Instant::from_secs(0)),
+            Outcome::Pending
+        );
+        let query = resolver.due_queries(Instant::from_secs(0)).remove(0);
+        assert!(resolver.due_queries(Instant::from_secs(1)).is_empty());
+        let reply = answer(&query.message, 60, &[addr]);
+        assert_eq!(
+            resolver.on_response(Instant::from_secs(1), &reply),
+            Some("example.com".into())
+        );
+        let resolved = Outcome::Resolved(vec![IpAddr::V4(addr)]);
+        assert_eq!(
+            resolver.outcome("example.com", RecordType::A, Instant::from_secs(1)),
+            resolved
+        );
+        // A second load within the TTL asks nothing.
+        resolver.request("example.com", RecordType::A, Instant::from_secs(30));
+        assert!(resolver.due_queries(Instant::from_secs(30)).is_empty());
+        // Nothing is asked again without a request: no refresh.
+        assert!(resolver.due_queries(Instant::from_secs(1000)).is_empty());
+        // After the TTL a request asks again.
+        resolver.request("example.com", RecordType::A, Instant::from_secs(1000));
+        assert_eq!(resolver.due_queries(Instant::from_secs(1000)).len(), 1);
+        assert_eq!(resolver.stats().queries, 2);
+    }
+
+    #[test]
+    fn unanswered_lookups_retry_then_fail() {
+        let mut resolver = Resolver::new(7);
+        resolver.request("slow.example", RecordType::A, Instant::from_secs(0));
         let mut times = Vec::new();
         for second in 0..40 {
-            for query in resolver.due_queries(Instant::from_secs(second)) {
-                if query.record_type == RecordType::A {
-                    times.push(second);
-                }
+            let now = Instant::from_secs(second);
+            if !resolver.due_queries(now).is_empty() {
+                times.push(second);
+            }
+            if resolver.outcome("slow.example", RecordType::A, now) == Outcome::Failed {
+                assert_eq!(second, 14);
+                break;
             }
         }
-        assert_eq!(times, vec![0, 2, 6, 14, 30]);
+        assert_eq!(times, vec![0, 2, 6]);
+        assert_eq!(resolver.stats().timeouts, 1);
+    }
+
+    #[test]
+    fn nxdomain_fails_and_no_resolver_fails() {
+        let mut resolver = Resolver::new(3);
+        resolver.request("nowhere.example", RecordType::A, Instant::from_secs(0));
+        let query = resolver.due_queries(Instant::from_secs(0)).remove(0);
+        assert!(resolver
+            .on_response(Instant::from_secs(0), &nxdomain(&query.message))
+            .is_some());
+        assert_eq!(
+            resolver.outcome("nowhere.example", RecordType::A, Instant::from_secs(0)),
+            Outcome::Failed
+        );
+        resolver.request("other.example", RecordType::Aaaa, Instant::from_secs(0));
+        resolver.fail_pending();
+        assert_eq!(
+            resolver.outcome("other.example", RecordType::Aaaa, Instant::from_secs(0)),
+            Outcome::Failed
+        );
+        assert_eq!(
+            resolver.outcome("never.example", RecordType::A, Instant::from_secs(0)),
+            Outcome::Failed
+        );
     }
 
     #[test]
     fn answers_must_match_a_pending_question() {
-        let mut resolver = Resolver::new(vec![RecordType::A], 9);
-        resolver.set_names(&[String::from("a.example")]);
+        let mut resolver = Resolver::new(9);
+        resolver.request("a.example", RecordType::A, Instant::from_secs(0));
         let query = resolver.due_queries(Instant::from_secs(0)).remove(0);
         let addr = Ipv4Addr::new(192, 0, 2, 1);
         let mut wrong_id = answer(&query.message, 60, &[addr]);
@@ -349,24 +482,34 @@ mod tests {
             resolver.on_response(Instant::from_secs(0), &query.message[..15]),
             None
         );
-        assert!(!resolver.resolves_to("a.example", &IpAddr::V4(addr)));
+        assert_eq!(
+            resolver.outcome("a.example", RecordType::A, Instant::from_secs(0)),
+            Outcome::Pending
+        );
         assert_eq!(resolver.stats().ignored, 3);
         let good = answer(&query.message, 1, &[addr]);
         assert!(resolver.on_response(Instant::from_secs(0), &good).is_some());
-        assert!(resolver.resolves_to("a.example", &IpAddr::V4(addr)));
         // A replayed answer no longer matches.
         assert_eq!(resolver.on_response(Instant::from_secs(0), &good), None);
         // TTL 1 is clamped to 5 s.
+        resolver.request("a.example", RecordType::A, Instant::from_secs(4));
         assert!(resolver.due_queries(Instant::from_secs(4)).is_empty());
+        resolver.request("a.example", RecordType::A, Instant::from_secs(5));
         assert_eq!(resolver.due_queries(Instant::from_secs(5)).len(), 1);
     }
 
     #[test]
-    fn names_leaving_the_rules_are_forgotten() {
-        let mut resolver = Resolver::new(vec![RecordType::A], 1);
-        resolver.set_names(&[String::from("a"), String::from("b")]);
-        assert_eq!(resolver.due_queries(Instant::from_secs(0)).len(), 2);
-        resolver.set_names(&[String::from("b")]);
-        assert_eq!(resolver.due_queries(Instant::from_secs(100)).len(), 1);
+    fn lookups_are_bounded_and_forgotten() {
+        let mut resolver = Resolver::new(1);
+        for i in 0..MAX_LOOKUPS + 10 {
+            resolver.request(
+                &alloc::format!("n{i}"),
+                RecordType::A,
+                Instant::from_secs(0),
+            );
+        }
+        assert_eq!(resolver.stats().refused, 10);
+        resolver.retain(|name| name == "n1");
+        assert_eq!(resolver.due_queries(Instant::from_secs(0)).len(), 1);
     }
 }

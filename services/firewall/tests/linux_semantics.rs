@@ -367,3 +367,149 @@ fn dstports_without_proto_is_tcp_and_udp() {
     forwarded(&mut fw, &udp(A_IP, 40001, WEB, 443, b"quic"));
     refused_with_admin_prohibited(&mut fw, &icmp4_echo(A_IP, WEB, 1, true));
 }
+
+/// How the fake upstream resolver answers a question of `qtype` (1 = A,
+/// 28 = AAAA).
+#[derive(Clone, Copy)]
+enum Upstream {
+    /// A records only: AAAA questions get an empty answer (NODATA).
+    V4Only(Ipv4Addr),
+    /// NXDOMAIN.
+    NoSuchName,
+    /// No answer at all.
+    Silent,
+}
+
+/// Poll `fw` from `from` to `to` seconds, every 100 ms, answering its DNS
+/// queries as `upstream` does.
+fn run_resolver(fw: &mut Firewall, upstream: Upstream, from: i64, to: i64) {
+    for tenth in from * 10..to * 10 {
+        let now = firewall::Instant::from_millis(tenth * 100);
+        for tx in fw.poll(now) {
+            let ip = single(vec![tx], Interface::Uplink);
+            let packet = assert_valid4(&ip);
+            let udp = smoltcp::wire::UdpPacket::new_checked(packet.payload()).unwrap();
+            let query = udp.payload().to_vec();
+            let qtype = u16::from_be_bytes([query[query.len() - 4], query[query.len() - 3]]);
+            let mut answer = query.clone();
+            answer[2] = 0x81;
+            answer[3] = 0x80;
+            match upstream {
+                Upstream::Silent => continue,
+                Upstream::NoSuchName => answer[3] = 0x83,
+                Upstream::V4Only(addr) if qtype == 1 => {
+                    answer[6..8].copy_from_slice(&1u16.to_be_bytes());
+                    answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                    answer.extend_from_slice(&addr.octets());
+                }
+                Upstream::V4Only(_) => {}
+            }
+            let l4 = udp_datagram(
+                IpAddr::V4(UPSTREAM_DNS),
+                53,
+                IpAddr::V4(UPLINK_IP),
+                udp.src_port(),
+                &answer,
+            );
+            let reply = ip4(UPSTREAM_DNS, UPLINK_IP, IpProtocol::Udp, &l4);
+            assert!(fw
+                .handle(now, Interface::Uplink, &from_uplink(&reply))
+                .is_empty());
+        }
+    }
+}
+
+/// firewall.py:146-150: `getaddrinfo(fqdn, None, AF_INET or AF_INET6)`
+/// failing raises "Failed to resolve", a RuleParseError, and
+/// `handle_addr` (313-318) blocks the client: NXDOMAIN, a name without an
+/// address of the client's family, no answer, or no resolver. The lookup
+/// happens once, when the rules are loaded (555-560 write the addresses
+/// into the nft rule): a later change of the name's addresses changes
+/// nothing until the next load.
+#[test]
+fn a_dsthost_that_does_not_resolve_at_load_blocks_the_client() {
+    let dsthost = |family| {
+        rules(
+            family,
+            "drop",
+            &[
+                ("0000", "action=accept dsthost=example.com proto=tcp"),
+                ("0001", "action=accept proto=udp dstports=9"),
+            ],
+        )
+    };
+    let blocked = |fw: &mut Firewall, addr: IpAddr| {
+        assert_eq!(
+            fw.take_rule_reports(),
+            vec![firewall::RuleReport::ResolveFailed {
+                addr,
+                name: "example.com".into()
+            }]
+        );
+        // Drop-all: even the rule without dsthost= is gone, and refusals
+        // are rejected.
+        match addr {
+            IpAddr::V4(_) => refused_with_admin_prohibited(fw, &udp(A_IP, 1, WEB, 9, b"x")),
+            IpAddr::V6(_) => {
+                let error = single(
+                    fw.handle(
+                        t(100),
+                        Interface::Client(A),
+                        &from_a(&udp(A_IP6, 1, WEB6, 9, b"x")),
+                    ),
+                    Interface::Client(A),
+                );
+                assert_eq!(icmp6_type_code(&error), (1, 1));
+            }
+        }
+    };
+
+    // NXDOMAIN.
+    let mut fw = firewall_without_rules(config(false));
+    fw.set_rules(IpAddr::V4(A_IP), dsthost(Family::V4));
+    run_resolver(&mut fw, Upstream::NoSuchName, 0, 1);
+    blocked(&mut fw, IpAddr::V4(A_IP));
+
+    // An IPv6 client whose name has only IPv4 addresses.
+    let mut fw = firewall_without_rules(config(true));
+    fw.set_rules(IpAddr::V6(A_IP6), dsthost(Family::V6));
+    run_resolver(&mut fw, Upstream::V4Only(WEB), 0, 1);
+    blocked(&mut fw, IpAddr::V6(A_IP6));
+
+    // No answer: pending (the address has no rules yet, so silence), then
+    // blocked after the retries.
+    let mut fw = firewall_without_rules(config(false));
+    fw.set_rules(IpAddr::V4(A_IP), dsthost(Family::V4));
+    run_resolver(&mut fw, Upstream::Silent, 0, 10);
+    assert!(fw.rules_pending(&IpAddr::V4(A_IP)));
+    assert!(fw
+        .handle(
+            t(10),
+            Interface::Client(A),
+            &from_a(&udp(A_IP, 1, WEB, 9, b"x"))
+        )
+        .is_empty());
+    run_resolver(&mut fw, Upstream::Silent, 10, 20);
+    blocked(&mut fw, IpAddr::V4(A_IP));
+
+    // No upstream resolver at all: blocked at once.
+    let mut no_upstream = config(false);
+    for redirect in &mut no_upstream.dns {
+        redirect.upstream = None;
+    }
+    let mut fw = firewall_without_rules(no_upstream);
+    fw.set_rules(IpAddr::V4(A_IP), dsthost(Family::V4));
+    assert!(fw.poll(t(0)).is_empty());
+    blocked(&mut fw, IpAddr::V4(A_IP));
+
+    // Resolved once: the rules keep the addresses of their load.
+    let mut fw = firewall_without_rules(config(false));
+    fw.set_rules(IpAddr::V4(A_IP), dsthost(Family::V4));
+    run_resolver(&mut fw, Upstream::V4Only(WEB), 0, 1);
+    forwarded(&mut fw, &tcp(A_IP, 40000, WEB, 443, SYN));
+    let moved = Ipv4Addr::new(192, 0, 2, 80);
+    run_resolver(&mut fw, Upstream::V4Only(moved), 1, 600);
+    assert_eq!(fw.resolver_stats().queries, 1, "never asked again");
+    forwarded(&mut fw, &tcp(A_IP, 40001, WEB, 443, SYN));
+    refused_with_admin_prohibited(&mut fw, &tcp(A_IP, 40002, moved, 443, SYN));
+}

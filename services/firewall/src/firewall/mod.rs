@@ -29,9 +29,13 @@ use crate::counters::Counters;
 use crate::fragments::FragmentTable;
 use crate::link;
 use crate::packet::{IpHeader, TcpFlags, Transport};
-use crate::resolver::{RecordType, Resolver, ResolverStats, RESOLVER_PORT};
+use crate::resolver::{Outcome, RecordType, Resolver, ResolverStats, RESOLVER_PORT};
 use outbound::NAT_PORT_FIRST;
-use rules::RuleContext;
+pub use rules::RuleReport;
+use rules::{ActiveRules, PendingRules, RuleContext};
+
+/// Most [`RuleReport`]s kept for [`Firewall::take_rule_reports`].
+pub const MAX_RULE_REPORTS: usize = 64;
 
 /// Identifies a client link (for example its vif number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,7 +74,9 @@ struct Client {
 pub struct Firewall {
     config: Config,
     clients: BTreeMap<ClientId, Client>,
-    rules: BTreeMap<IpAddr, RuleSet>,
+    rules: BTreeMap<IpAddr, ActiveRules>,
+    pending_rules: BTreeMap<IpAddr, PendingRules>,
+    rule_reports: VecDeque<RuleReport>,
     resolver: Resolver,
     conntrack: ConnTrack,
     fragments: FragmentTable,
@@ -119,11 +125,6 @@ fn ip_ethertype(ip: &[u8]) -> EthernetProtocol {
 impl Firewall {
     /// A firewall with no clients yet.
     pub fn new(config: Config) -> Firewall {
-        let record_types = if config.uplink.ip6.is_some() {
-            alloc::vec![RecordType::A, RecordType::Aaaa]
-        } else {
-            alloc::vec![RecordType::A]
-        };
         let seed = u32::from(config.uplink.ip4) ^ 0x6d6f_6174;
         Firewall {
             conntrack: ConnTrack::new(
@@ -136,7 +137,9 @@ impl Firewall {
             config,
             clients: BTreeMap::new(),
             rules: BTreeMap::new(),
-            resolver: Resolver::new(record_types, seed),
+            pending_rules: BTreeMap::new(),
+            rule_reports: VecDeque::new(),
+            resolver: Resolver::new(seed),
             last_arp_request: None,
             awaiting_gateway: VecDeque::new(),
             next_nat_port: NAT_PORT_FIRST,
@@ -195,19 +198,148 @@ impl Firewall {
     /// They apply to the next packet; existing flows from that address that
     /// the new rules refuse are killed, the others live on. Returns the
     /// number of flows killed.
+    ///
+    /// Rules with `dsthost=` names wait until every name is looked up for
+    /// the address's family (the next [`Firewall::poll`] sends the
+    /// queries), as the Linux agent resolves them while it loads the rules;
+    /// the address's previous rules, or none, stay in force meanwhile. Then
+    /// they are installed with the addresses found, which they keep until
+    /// the next load; if a name does not resolve, the address gets
+    /// drop-all instead. Either is reported by
+    /// [`Firewall::take_rule_reports`], and flows are killed then.
     pub fn set_rules(&mut self, client_addr: IpAddr, rules: RuleSet) -> usize {
+        let names = rules::dsthost_names(&rules);
+        if names.is_empty() {
+            self.pending_rules.remove(&client_addr);
+            return self.install_rules(
+                client_addr,
+                ActiveRules {
+                    set: rules,
+                    hosts: BTreeMap::new(),
+                },
+            );
+        }
+        self.pending_rules.insert(
+            client_addr,
+            PendingRules {
+                set: rules,
+                names,
+                requested: false,
+            },
+        );
+        0
+    }
+
+    /// Put `active` in force for `client_addr`, killing the flows it
+    /// refuses; returns how many.
+    fn install_rules(&mut self, client_addr: IpAddr, active: ActiveRules) -> usize {
         let ctx = RuleContext {
             dns: &self.config.dns,
-            resolver: &self.resolver,
+            hosts: &active.hosts,
         };
         let killed = self.conntrack.retain(|conn| {
-            conn.orig.src != client_addr || rules.evaluate(&conn.query, &ctx) == Action::Accept
+            conn.orig.src != client_addr || active.set.evaluate(&conn.query, &ctx) == Action::Accept
         });
-        self.rules.insert(client_addr, rules);
+        self.rules.insert(client_addr, active);
         let names = self.dsthost_names();
-        self.resolver.set_names(&names);
+        self.resolver
+            .retain(|name| names.binary_search_by(|n| n.as_str().cmp(name)).is_ok());
         self.counters.flows_killed_by_rules += killed as u64;
         killed
+    }
+
+    /// Move the pending rule sets whose names are all looked up into
+    /// force (or drop-all for those with a name that failed).
+    fn settle_pending_rules(&mut self, now: Instant) {
+        if self.pending_rules.is_empty() {
+            return;
+        }
+        let addrs: Vec<IpAddr> = self.pending_rules.keys().copied().collect();
+        for addr in addrs {
+            let record_type = RecordType::for_family_of(&addr);
+            let Some(pending) = self.pending_rules.get_mut(&addr) else {
+                continue;
+            };
+            if !pending.requested {
+                pending.requested = true;
+                for name in &pending.names {
+                    self.resolver.request(name, record_type, now);
+                }
+            }
+        }
+        if self.upstream_resolver().is_none() {
+            // No resolver to ask: getaddrinfo fails at once.
+            self.resolver.fail_pending();
+        }
+        for addr in self.pending_rules.keys().copied().collect::<Vec<_>>() {
+            let record_type = RecordType::for_family_of(&addr);
+            let Some(pending) = self.pending_rules.get(&addr) else {
+                continue;
+            };
+            let mut hosts = BTreeMap::new();
+            let mut failed = None;
+            let mut waiting = false;
+            for name in &pending.names {
+                match self.resolver.outcome(name, record_type, now) {
+                    Outcome::Resolved(found) => {
+                        hosts.insert(name.clone(), found);
+                    }
+                    Outcome::Pending => waiting = true,
+                    Outcome::Failed => {
+                        failed = Some(name.clone());
+                        break;
+                    }
+                }
+            }
+            if waiting && failed.is_none() {
+                continue;
+            }
+            let Some(pending) = self.pending_rules.remove(&addr) else {
+                continue;
+            };
+            let (active, report) = match failed {
+                Some(name) => (
+                    ActiveRules {
+                        set: RuleSet::drop_all(),
+                        hosts: BTreeMap::new(),
+                    },
+                    RuleReport::ResolveFailed { addr, name },
+                ),
+                None => (
+                    ActiveRules {
+                        set: pending.set,
+                        hosts,
+                    },
+                    RuleReport::Installed { addr },
+                ),
+            };
+            self.install_rules(addr, active);
+            if self.rule_reports.len() >= MAX_RULE_REPORTS {
+                self.rule_reports.pop_front();
+            }
+            self.rule_reports.push_back(report);
+        }
+    }
+
+    /// What became of rule sets that waited for their `dsthost=` names
+    /// since the last call, oldest first (at most [`MAX_RULE_REPORTS`]
+    /// are kept). A platform logs a [`RuleReport::ResolveFailed`] as the
+    /// Linux agent reports a rule error.
+    pub fn take_rule_reports(&mut self) -> Vec<RuleReport> {
+        self.rule_reports.drain(..).collect()
+    }
+
+    /// Whether rules for `client_addr` wait for their `dsthost=` names.
+    pub fn rules_pending(&self, client_addr: &IpAddr) -> bool {
+        self.pending_rules.contains_key(client_addr)
+    }
+
+    /// The first IPv4 upstream resolver, which the `dsthost=` lookups ask.
+    fn upstream_resolver(&self) -> Option<core::net::Ipv4Addr> {
+        self.config.dns.iter().find_map(|d| match d.upstream {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        })
     }
 
     /// Install what [`crate::store::load_rules`] read for `client_addr`, as
@@ -230,7 +362,9 @@ impl Firewall {
     ) -> usize {
         match loaded {
             Some(loaded) => self.set_rules(client_addr, loaded.rules.clone()),
-            None if self.rules.contains_key(&client_addr) => {
+            None if self.rules.contains_key(&client_addr)
+                || self.pending_rules.contains_key(&client_addr) =>
+            {
                 self.set_rules(client_addr, RuleSet::drop_all())
             }
             None => 0,
@@ -243,24 +377,28 @@ impl Firewall {
         self.rules.contains_key(client_addr)
     }
 
-    /// Every `dsthost=` name in the installed rules, for the resolver.
+    /// Every `dsthost=` name in the installed and the pending rules,
+    /// sorted, each once.
     pub fn dsthost_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .rules
             .values()
-            .flat_map(|set| set.rules.iter())
-            .filter_map(|rule| match &rule.destination {
-                Some(qubes::firewall_rules::Destination::Host(name)) => Some(name.clone()),
-                _ => None,
-            })
+            .flat_map(|active| active.hosts.keys().cloned())
+            .chain(
+                self.pending_rules
+                    .values()
+                    .flat_map(|pending| pending.names.iter().cloned()),
+            )
             .collect();
         names.sort();
         names.dedup();
         names
     }
 
-    /// Record what `name` resolves to, for `dsthost=` rules, bypassing
-    /// the firewall's own resolver (for platforms with another source).
+    /// Record what `name` resolves to for `dsthost=` rules loaded from now
+    /// on, bypassing the firewall's own resolver (for platforms with
+    /// another source of names); rules in force keep the addresses they
+    /// were loaded with.
     pub fn set_host_addresses(&mut self, now: Instant, name: &str, addrs: Vec<IpAddr>) {
         self.resolver.set_addresses(name, addrs, now);
     }
@@ -275,14 +413,12 @@ impl Firewall {
     /// for `dsthost=` rules. Returns the frames to send.
     pub fn poll(&mut self, now: Instant) -> Vec<Transmit> {
         self.conntrack.expire(now);
+        self.settle_pending_rules(now);
         let mut out = Vec::new();
         if self.gateway_mac.is_none() && !self.awaiting_gateway.is_empty() {
             self.request_gateway_mac(now, &mut out);
         }
-        let upstream = self.config.dns.iter().find_map(|d| match d.upstream {
-            Some(IpAddr::V4(a)) => Some(a),
-            _ => None,
-        });
+        let upstream = self.upstream_resolver();
         let queries = self.resolver.due_queries(now);
         if let Some(upstream) = upstream {
             for query in queries {
@@ -313,6 +449,7 @@ impl Firewall {
         self.counters.frames_in += 1;
         // Forget flows past their deadline before anything looks them up.
         self.conntrack.expire(now);
+        self.settle_pending_rules(now);
         match interface {
             Interface::Uplink => self.uplink_frame(now, frame, &mut out),
             Interface::Client(id) => self.client_frame(now, id, frame, &mut out),

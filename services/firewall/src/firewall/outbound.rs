@@ -385,9 +385,9 @@ impl Firewall {
         };
         let ctx = RuleContext {
             dns: &self.config.dns,
-            resolver: &self.resolver,
+            hosts: &rules.hosts,
         };
-        if rules.evaluate(&query, &ctx) == Action::Drop {
+        if rules.set.evaluate(&query, &ctx) == Action::Drop {
             self.refuse(id, client, header, ip, out);
             return None;
         }

@@ -1,19 +1,80 @@
-//! What the client's rules see of a new flow, and what they may ask
-//! beyond it.
+//! What the client's rules see of a new flow, what they may ask beyond it,
+//! and how rules with `dsthost=` names wait for their addresses.
 
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::net::IpAddr;
 
-use qubes::firewall_rules::{FlowQuery, MatchContext};
+use qubes::firewall_rules::{Destination, FlowQuery, MatchContext, RuleSet};
 
 use crate::config::DnsRedirect;
 use crate::packet::{IpHeader, Transport};
-use crate::resolver::Resolver;
 
-/// What rules may ask about beyond the flow: the DNS servers and the
-/// current `dsthost=` resolutions.
+/// A client address's rules in force, with the addresses their `dsthost=`
+/// names had when the rules were loaded (the Linux agent resolves them in
+/// `prepare_rules` and writes the addresses into the nft rule, once).
+#[derive(Debug, Clone)]
+pub(super) struct ActiveRules {
+    /// The rules.
+    pub(super) set: RuleSet,
+    /// Each `dsthost=` name and its addresses of the client's family.
+    pub(super) hosts: BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// Rules loaded for a client address whose `dsthost=` names are being
+/// looked up; the address's previous rules (or none) stay in force
+/// meanwhile, as the agent's previous nft chain does while it resolves.
+#[derive(Debug, Clone)]
+pub(super) struct PendingRules {
+    /// The rules.
+    pub(super) set: RuleSet,
+    /// Their `dsthost=` names.
+    pub(super) names: Vec<String>,
+    /// Whether the lookups were requested.
+    pub(super) requested: bool,
+}
+
+/// What became of a client address's rules after their `dsthost=` names
+/// were looked up (see [`crate::Firewall::take_rule_reports`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleReport {
+    /// Every name resolved: the rules are in force.
+    Installed {
+        /// The client address.
+        addr: IpAddr,
+    },
+    /// A name did not resolve for the client's address family: the client
+    /// is blocked (drop-all), as the Linux agent blocks it when
+    /// `getaddrinfo` fails ("Failed to resolve ...").
+    ResolveFailed {
+        /// The client address.
+        addr: IpAddr,
+        /// The name that failed.
+        name: String,
+    },
+}
+
+/// The `dsthost=` names of `set`, sorted, each once.
+pub(super) fn dsthost_names(set: &RuleSet) -> Vec<String> {
+    let mut names: Vec<String> = set
+        .rules
+        .iter()
+        .filter_map(|rule| match &rule.destination {
+            Some(Destination::Host(name)) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// What rules may ask about beyond the flow: the upstream resolvers and
+/// the client's `dsthost=` addresses.
 pub(super) struct RuleContext<'a> {
     pub(super) dns: &'a [DnsRedirect],
-    pub(super) resolver: &'a Resolver,
+    pub(super) hosts: &'a BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl MatchContext for RuleContext<'_> {
@@ -25,7 +86,7 @@ impl MatchContext for RuleContext<'_> {
     }
 
     fn host_resolves_to(&self, host: &str, ip: &IpAddr) -> bool {
-        self.resolver.resolves_to(host, ip)
+        self.hosts.get(host).is_some_and(|addrs| addrs.contains(ip))
     }
 }
 

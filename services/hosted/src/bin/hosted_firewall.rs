@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration as StdDuration;
 
-use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface, Transmit};
+use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface, RuleReport, Transmit};
 use hosted::qubesdb_file::HostedConfig;
 use qubes::firewall_rules::LoadedRules;
 use tun_tap::{Iface, Mode};
@@ -59,6 +59,21 @@ fn apply_rules(fw: &mut Firewall, config: &HostedConfig, previous: &BTreeMap<IpA
                 loaded.rules.policy
             ),
             None => eprintln!("rules for {addr} removed: drop-all; {killed} flows killed"),
+        }
+    }
+}
+
+/// Log what became of rules that waited for their `dsthost=` names, as
+/// the Linux sys-firewall reports a name that does not resolve.
+fn report_rules(fw: &mut Firewall) {
+    for report in fw.take_rule_reports() {
+        match report {
+            RuleReport::Installed { addr } => {
+                eprintln!("rules for {addr}: dsthost= names resolved, rules in force")
+            }
+            RuleReport::ResolveFailed { addr, name } => eprintln!(
+                "/qubes-iptables-error: Failed to parse rules for {addr} (Failed to resolve {name}), blocking traffic"
+            ),
         }
     }
 }
@@ -164,6 +179,7 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
             last_tick = std::time::Instant::now();
             let transmits = fw.poll(now());
             send_all(&uplink, &clients, transmits);
+            report_rules(&mut fw);
             if let Ok(new_text) = read() {
                 if new_text != text {
                     text = new_text;

@@ -112,6 +112,15 @@ ip netns exec "$NS_UP" "$PY" "$HERE/dns_server.py" 192.0.2.53 allowed.test=192.0
 PIDS+=($!)
 sleep 1
 
+# The firewall resolves client A's dsthost= names itself, through the
+# uplink's DNS server (which started after the firewall), when it loads the
+# rules, and installs them once both answered (until then A has no rules).
+for _ in $(seq 50); do
+    [ "$(counter answers)" -ge 2 ] 2>/dev/null && break
+    sleep 0.2
+done
+sleep 0.3
+
 # --- checks ---
 if in_a "$PY" "$HERE/ping.py" 192.0.2.80 > /dev/null; then pass "ping through the firewall"; else fail "ping through the firewall"; fi
 
@@ -129,12 +138,6 @@ if ! in_a curl -sS --max-time 5 http://192.0.2.80:8081/ > /dev/null 2>&1; then
     pass "denied HTTP fails for curl too"
 else fail "denied HTTP got through"; fi
 
-# The firewall resolves dsthost= names itself, through the uplink's DNS
-# server (which started after the firewall): wait for both answers.
-for _ in $(seq 50); do
-    [ "$(counter answers)" -ge 2 ] 2>/dev/null && break
-    sleep 0.2
-done
 if out=$(in_a curl -sS --max-time 5 http://192.0.2.80:8082/ 2>&1) && [ "$out" = "hello from the uplink" ]; then
     pass "dsthost=allowed.test rule allows its resolved address"
 else fail "dsthost allowed: $out"; fi
