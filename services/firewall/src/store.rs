@@ -46,19 +46,31 @@
 //! store.insert("/qubes-firewall/10.138.0.10", "");
 //! let macs = Macs { uplink: EthernetAddress([2, 0, 0, 0, 0, 1]), client_side: QUBES_CLIENT_SIDE_MAC };
 //! let config = now_or_never(load_config(&mut store, macs)).unwrap().unwrap();
+//! # assert_eq!(config.uplink.ip4, core::net::Ipv4Addr::new(10, 137, 0, 6));
+//! let mut firewall = firewall::Firewall::new(config);
 //! let targets = now_or_never(rule_targets(&mut store)).unwrap().unwrap();
 //! for addr in targets.addrs {
 //!     let rules = now_or_never(load_rules(&mut store, addr)).unwrap().unwrap();
-//!     // firewall.set_client_rules(addr, rules) ...
-//! #   assert!(rules.is_some());
+//!     if let Some(error) = rules.as_ref().and_then(|r| r.error.as_ref()) {
+//!         // log it, as Linux writes /qubes-iptables-error
+//! #       panic!("{error:?}");
+//!     }
+//!     firewall.apply_loaded_rules(addr, rules.as_ref());
 //! }
-//! # assert_eq!(config.uplink.ip4, core::net::Ipv4Addr::new(10, 137, 0, 6));
+//! # assert!(firewall.has_rules(&"10.138.0.10".parse().unwrap()));
 //! ```
 //!
 //! On a watch event, [`Reload::from_keys`] says which clients to reload:
 //! like the Linux agent (`qubesagent/firewall.py`, `main()`), a client is
 //! reloaded on the write of `/qubes-firewall/<ip>` itself, which dom0 does
-//! after writing the rules, not on each rule entry.
+//! after writing the rules, not on each rule entry. For each, run
+//! [`load_rules`] and [`crate::Firewall::apply_loaded_rules`] again; when
+//! [`Reload::all_clients`] is set, reload every address of
+//! [`rule_targets`] and every address that had rules before (a directory
+//! that went away is `None`). When [`Reload::config`] is set, the
+//! firewall's own addresses changed: build a new [`Config`] with
+//! [`load_config`]. docs/firewall.md ("Semantics") says what each key
+//! means to the packet path.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::{String, ToString};
