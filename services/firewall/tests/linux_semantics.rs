@@ -13,9 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use common::*;
 use firewall::{ClientConfig, Config, Firewall, Interface};
 use qubes::firewall_rules::{Family, LoadedRules, RuleSet};
-use smoltcp::wire::{
-    Icmpv4Packet, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet, NdiscRepr, RawHardwareAddress,
-};
+use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, IpProtocol};
 
 /// The ICMP type and code of an ICMPv4 packet.
 fn icmp4_type_code(ip: &[u8]) -> (u8, u8) {
@@ -29,15 +27,6 @@ fn icmp6_type_code(ip: &[u8]) -> (u8, u8) {
     let packet = assert_valid6(ip);
     let icmp = Icmpv6Packet::new_checked(packet.payload()).unwrap();
     (u8::from(icmp.msg_type()), icmp.msg_code())
-}
-
-/// An ICMPv4 message of `icmp_type` with identifier `ident`.
-fn icmp4(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, ident: u16) -> Vec<u8> {
-    let mut l4 = vec![0u8; 8 + 12];
-    l4[0] = icmp_type;
-    l4[4..6].copy_from_slice(&ident.to_be_bytes());
-    Icmpv4Packet::new_unchecked(&mut l4[..]).fill_checksum();
-    ip4(src, dst, IpProtocol::Icmp, &l4)
 }
 
 /// Client A's rules from dom0's lines.
@@ -295,25 +284,6 @@ fn icmp_queries_of_any_type_are_judged_by_the_rules() {
     assert!(fw
         .handle(t(0), Interface::Client(A), &from_a(&icmp4(A_IP, WEB, 0, 5)))
         .is_empty());
-}
-
-/// A neighbour solicitation from client A for `target`, from `src`, with
-/// hop limit `hop_limit`.
-fn ns(src: Ipv6Addr, target: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
-    let repr = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
-        target_addr: target,
-        lladdr: Some(RawHardwareAddress::from(A_MAC)),
-    });
-    let mut l4 = vec![0u8; repr.buffer_len()];
-    repr.emit(
-        &src,
-        &target,
-        &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
-        &checksum_caps(),
-    );
-    let mut ip = ip6(src, target, IpProtocol::Icmpv6, &l4);
-    Ipv6Packet::new_unchecked(&mut ip[..]).set_hop_limit(hop_limit);
-    from_a(&ip)
 }
 
 /// vif-route-qubes:252-258 give the vif the gateway address (and Linux

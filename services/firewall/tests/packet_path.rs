@@ -1474,3 +1474,77 @@ fn ipv6_fragments_follow_their_first_fragment() {
     let udp = smoltcp::wire::UdpPacket::new_checked(&datagram[..]).unwrap();
     assert!(udp.verify_checksum(&ip_addr(IpAddr::V6(UPLINK_IP6)), &ip_addr(dst)));
 }
+
+#[test]
+fn a_new_configuration_keeps_the_flows_that_still_hold() {
+    let mut fw = firewall(false);
+    set_a_dns_only(&mut fw);
+    let web = tcp(A_IP, 40000, WEB, 80, SYN);
+    // Client B (accept-all) has a web flow, A a DNS flow.
+    single(
+        fw.handle(
+            t(0),
+            Interface::Client(B),
+            &from_b(&tcp(B_IP, 40000, WEB, 80, SYN)),
+        ),
+        Interface::Uplink,
+    );
+    single(
+        fw.handle(
+            t(0),
+            Interface::Client(A),
+            &from_a(&udp(A_IP, 5353, VIRTUAL_DNS, 53, b"q")),
+        ),
+        Interface::Uplink,
+    );
+    assert_eq!(fw.conntrack().len(), 2);
+    // New upstream resolver: A's DNS flow no longer matches
+    // specialtarget=dns and ends; B's web flow stays.
+    let mut moved = config(false);
+    moved.dns = firewall::Config::new(
+        moved.uplink,
+        moved.client_side,
+        &[Ipv4Addr::new(192, 0, 2, 153)],
+    )
+    .dns;
+    assert_eq!(fw.set_config(moved.clone()), 1);
+    assert_eq!(fw.conntrack().len(), 1);
+    let ip = single(
+        fw.handle(
+            t(1),
+            Interface::Client(A),
+            &from_a(&udp(A_IP, 5354, VIRTUAL_DNS, 53, b"q")),
+        ),
+        Interface::Uplink,
+    );
+    assert_eq!(assert_valid4(&ip).dst_addr(), Ipv4Addr::new(192, 0, 2, 153));
+    let refused = single(
+        fw.handle(t(1), Interface::Client(A), &from_a(&web)),
+        Interface::Client(A),
+    );
+    assert_admin_prohibited4(&refused, &web);
+    // A new uplink address ends every flow.
+    moved.uplink.ip4 = Ipv4Addr::new(10, 137, 0, 7);
+    assert_eq!(fw.set_config(moved), 2);
+    assert!(fw.conntrack().is_empty());
+    let ip = single(
+        fw.handle(
+            t(2),
+            Interface::Client(B),
+            &from_b(&tcp(B_IP, 40001, WEB, 80, SYN)),
+        ),
+        Interface::Uplink,
+    );
+    assert_eq!(assert_valid4(&ip).src_addr(), Ipv4Addr::new(10, 137, 0, 7));
+}
+
+fn set_a_dns_only(fw: &mut Firewall) {
+    fw.set_rules(
+        IpAddr::V4(A_IP),
+        rules(
+            Family::V4,
+            "drop",
+            &[("0000", "action=accept specialtarget=dns")],
+        ),
+    );
+}

@@ -39,6 +39,12 @@ fn seeds() -> Vec<Vec<u8>> {
         from_uplink(&udp(UPSTREAM_DNS, 53, UPLINK_IP, 4000, b"a")),
         from_uplink(&icmp4_error(WEB, UPLINK_IP, 3, 3, &sent)),
         from_uplink(&icmp4_echo(WEB, UPLINK_IP, 1, false)),
+        from_a(&icmp4(A_IP, WEB, 13, 2)),
+        from_a(&tcp(A_IP, 40001, CLIENT_GW, 22, SYN)),
+        from_a(&udp(A_IP, 67, CLIENT_GW, 68, b"d")),
+        from_a(&tcp(A_IP6, 40002, UPLINK_IP6, 22, SYN)),
+        ns(A_IP6, CLIENT_GW6, 255),
+        from_uplink(&icmp4(WEB, UPLINK_IP, 14, 2)),
     ]
 }
 
@@ -64,7 +70,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_frames_never_panic(
-        seed in 0usize..9,
+        seed in 0usize..15,
         mutations in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         truncate in any::<prop::sample::Index>(),
         cut in any::<bool>(),

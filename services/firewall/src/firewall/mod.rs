@@ -152,6 +152,54 @@ impl Firewall {
         &self.config
     }
 
+    /// Replace the configuration (a watch saw one of
+    /// [`crate::store::keys::CONFIG_KEYS`] change), keeping clients, rules
+    /// and the flows that still make sense; returns how many flows ended.
+    ///
+    /// A new uplink address ends every flow (they are translated to the
+    /// old one); a new gateway is looked up again. As Linux's
+    /// `qubes-setup-dnat-to-ns` reloads the agent, which handles every
+    /// address again (`firewall.py` 364-370), every client's rules are
+    /// installed again: flows the rules now refuse (a `specialtarget=dns`
+    /// rule after the upstream resolvers changed) end, and `dsthost=`
+    /// names are looked up again. The table sizes and timeouts keep the
+    /// values of [`Firewall::new`].
+    pub fn set_config(&mut self, mut config: Config) -> usize {
+        let old = &self.config;
+        let mut ended = 0;
+        if config.uplink.ip4 != old.uplink.ip4 || config.uplink.ip6 != old.uplink.ip6 {
+            ended += self.conntrack.retain(|_| false);
+            self.fragments = FragmentTable::new(old.max_fragmented_datagrams);
+        }
+        if config.uplink.gateway4 != old.uplink.gateway4
+            || config.uplink.gateway6 != old.uplink.gateway6
+            || config.uplink.mac != old.uplink.mac
+            || config.uplink.gateway_mac.is_some()
+        {
+            self.gateway_mac = config.uplink.gateway_mac;
+            self.awaiting_gateway.clear();
+            self.last_arp_request = None;
+        }
+        config.max_flows = old.max_flows;
+        config.max_flows_per_client = old.max_flows_per_client;
+        config.max_fragmented_datagrams = old.max_fragmented_datagrams;
+        config.timeouts = old.timeouts;
+        self.config = config;
+        let active: Vec<(IpAddr, RuleSet)> = self
+            .rules
+            .iter()
+            .filter(|(addr, _)| !self.pending_rules.contains_key(addr))
+            .map(|(addr, active)| (*addr, active.set.clone()))
+            .collect();
+        for (addr, set) in active {
+            ended += self.set_rules(addr, set);
+        }
+        for pending in self.pending_rules.values_mut() {
+            pending.requested = false;
+        }
+        ended
+    }
+
     /// Packet counters.
     pub fn counters(&self) -> Counters {
         self.counters

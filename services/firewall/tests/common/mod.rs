@@ -12,8 +12,9 @@ use firewall::{
 use qubes::firewall_rules::{Family, LoadedRules, RuleSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpAddress,
-    IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
+    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, Icmpv6Repr,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, NdiscRepr, RawHardwareAddress, TcpPacket,
+    UdpPacket,
 };
 
 pub const FW_CLIENT_MAC: EthernetAddress = EthernetAddress([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
@@ -398,4 +399,32 @@ pub fn udp_ports(l4: &[u8]) -> (u16, u16) {
 
 pub fn checksum_caps() -> ChecksumCapabilities {
     ChecksumCapabilities::default()
+}
+
+/// An ICMPv4 message of `icmp_type` with identifier `ident`.
+pub fn icmp4(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, ident: u16) -> Vec<u8> {
+    let mut l4 = vec![0u8; 8 + 12];
+    l4[0] = icmp_type;
+    l4[4..6].copy_from_slice(&ident.to_be_bytes());
+    Icmpv4Packet::new_unchecked(&mut l4[..]).fill_checksum();
+    ip4(src, dst, IpProtocol::Icmp, &l4)
+}
+
+/// A neighbour solicitation from client A for `target`, from `src`, with
+/// hop limit `hop_limit`.
+pub fn ns(src: Ipv6Addr, target: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+    let repr = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from(A_MAC)),
+    });
+    let mut l4 = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &src,
+        &target,
+        &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
+        &checksum_caps(),
+    );
+    let mut ip = ip6(src, target, IpProtocol::Icmpv6, &l4);
+    Ipv6Packet::new_unchecked(&mut ip[..]).set_hop_limit(hop_limit);
+    from_a(&ip)
 }
