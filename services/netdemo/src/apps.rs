@@ -7,15 +7,18 @@
 //! | 9    | UDP   | discard, counted (packets/s benchmark) |
 //! | 5001 | TCP   | sink: reads until the peer closes, reports bytes and CRC-32 |
 //! | 5002 | TCP   | source: reads a decimal byte count and a newline, sends that many bytes of [`Pattern`] and closes, reports their CRC-32 |
+//! | 5201 | TCP   | iperf3 server: one TCP stream to us (`iperf3 -c`) or from us (`-R`), one test at a time ([`netdemo::iperf3`]) |
 //!
 //! Everything here is portable: the image runs it over netfront, the host
 //! tests over smoltcp's loopback device.
 
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 
+use netdemo::iperf3::{self, Control, ProtocolError, COOKIE_LEN};
 use netdemo::stream::{Crc32, Pattern};
 
 /// TCP echo port (also UDP echo).
@@ -26,13 +29,15 @@ pub const DISCARD_PORT: u16 = 9;
 pub const SINK_PORT: u16 = 5001;
 /// TCP source port.
 pub const SOURCE_PORT: u16 = 5002;
+/// iperf3's port (control and data connections).
+pub const IPERF_PORT: u16 = iperf3::PORT;
 /// Seed of the source's byte stream.
 pub const SOURCE_SEED: u64 = 0x6d6f_6174;
 /// Longest accepted length line of the source (digits and newline).
 const MAX_LENGTH_LINE: usize = 24;
 
 /// A finished transfer, for the console.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Report {
     /// The sink's peer closed after sending `bytes` with this CRC-32.
     Sink {
@@ -54,6 +59,21 @@ pub enum Report {
     },
     /// A source client sent something other than a byte count.
     BadSourceRequest,
+    /// An iperf3 test ended (completed, or the client went away).
+    Iperf3 {
+        /// Bytes the data connection moved.
+        bytes: u64,
+        /// We sent (`-R`) rather than received.
+        reverse: bool,
+        /// The client finished the protocol (`IPERF_DONE`).
+        completed: bool,
+        /// From the first data byte's connection to the client's end, ns.
+        elapsed_ns: u64,
+    },
+    /// An iperf3 test we refused (`ACCESS_DENIED`), and why.
+    Iperf3Refused(String),
+    /// An iperf3 client that broke the protocol: its connection closed.
+    Iperf3Error(ProtocolError),
 }
 
 /// Counters of the datagram services.
@@ -90,6 +110,26 @@ struct Source {
     state: SourceState,
 }
 
+/// The iperf3 server: a control and a data socket, one test at a time.
+struct Iperf {
+    control: SocketHandle,
+    data: SocketHandle,
+    /// The test of the current control connection.
+    session: Option<Control>,
+    /// The data connection's cookie so far, and whether it was accepted.
+    cookie: Vec<u8>,
+    streaming: bool,
+    bytes: u64,
+    started_ns: u64,
+    /// When the control connection was closed (not reset), if it is not
+    /// closed yet.
+    closing_since: Option<u64>,
+}
+
+/// How long a closed control connection may wait for the client's FIN
+/// before it is reset, ns.
+const IPERF_LINGER_NS: u64 = 5_000_000_000;
+
 /// The sockets of every service and their progress.
 pub struct Apps {
     tcp_echo: Vec<SocketHandle>,
@@ -97,6 +137,7 @@ pub struct Apps {
     udp_discard: SocketHandle,
     sinks: Vec<Sink>,
     sources: Vec<Source>,
+    iperf: Iperf,
     counters: Counters,
 }
 
@@ -179,12 +220,23 @@ impl Apps {
                 state: SourceState::Listening,
             })
             .collect();
+        let iperf = Iperf {
+            control: sockets.add(tcp_socket(4 * 1024)),
+            data: sockets.add(tcp_socket(tcp_buffer)),
+            session: None,
+            cookie: Vec::new(),
+            streaming: false,
+            bytes: 0,
+            started_ns: 0,
+            closing_since: None,
+        };
         let mut apps = Self {
             tcp_echo,
             udp_echo,
             udp_discard,
             sinks,
             sources,
+            iperf,
             counters: Counters::default(),
         };
         apps.run(sockets, 0, &mut |_| {});
@@ -212,6 +264,7 @@ impl Apps {
         for source in &mut self.sources {
             run_source(source, sockets, now_ns, report);
         }
+        self.iperf.run(sockets, now_ns, report);
     }
 
     fn run_tcp_echo(&mut self, sockets: &mut SocketSet<'static>) {
@@ -394,6 +447,154 @@ fn run_source(
                 return;
             }
             SourceState::Closing => return,
+        }
+    }
+}
+
+impl Iperf {
+    /// One step of the iperf3 server: the control connection's protocol
+    /// (`Control`), the data connection (listening only while the test
+    /// waits for it, so that a second client's control connection is never
+    /// taken for our data connection), and the data.
+    fn run(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        now_ns: u64,
+        report: &mut dyn FnMut(Report),
+    ) {
+        let c = sockets.get_mut::<tcp::Socket>(self.control);
+        if self.session.is_none() {
+            // A client that never closes its side must not keep the port
+            // from listening again.
+            if let Some(since) = self.closing_since {
+                if now_ns.saturating_sub(since) > IPERF_LINGER_NS {
+                    c.abort();
+                }
+            }
+            if relisten(c, IPERF_PORT) {
+                self.closing_since = None;
+                return;
+            }
+            if c.state() != tcp::State::Established {
+                return;
+            }
+            self.closing_since = None;
+            self.session = Some(Control::new());
+            self.cookie.clear();
+            self.streaming = false;
+            self.bytes = 0;
+        }
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let mut error = None;
+        while c.can_recv() && error.is_none() {
+            let used = c
+                .recv(|buf| match session.feed(buf) {
+                    Ok(n) => (n, n),
+                    Err(e) => {
+                        error = Some(e);
+                        (buf.len(), buf.len())
+                    }
+                })
+                .unwrap_or(0);
+            if used == 0 {
+                break;
+            }
+        }
+        if !session.output().is_empty() && c.can_send() {
+            if let Ok(n) = c.send_slice(session.output()) {
+                session.consume_output(n);
+            }
+        }
+        if let Some(e) = error {
+            report(Report::Iperf3Error(e));
+        }
+        let peer_gone = !c.may_recv();
+
+        let d = sockets.get_mut::<tcp::Socket>(self.data);
+        if session.wants_stream() && !self.streaming && d.state() == tcp::State::Closed {
+            let _ = d.listen(IPERF_PORT);
+        }
+        if !self.streaming && d.state() == tcp::State::Established {
+            while self.cookie.len() < COOKIE_LEN && d.can_recv() {
+                let want = COOKIE_LEN - self.cookie.len();
+                let cookie = &mut self.cookie;
+                let _ = d.recv(|buf| {
+                    let n = buf.len().min(want);
+                    cookie.extend_from_slice(&buf[..n]);
+                    (n, ())
+                });
+            }
+            if self.cookie.len() == COOKIE_LEN {
+                if session.stream_cookie_ok(&self.cookie) {
+                    self.streaming = true;
+                    self.started_ns = now_ns;
+                } else {
+                    d.abort();
+                    self.cookie.clear();
+                }
+            }
+        }
+        if self.streaming && session.running() {
+            let reverse = session.params().is_some_and(|p| p.reverse);
+            if reverse {
+                while d.can_send() {
+                    let n = d
+                        .send(|buf| {
+                            buf.fill(0);
+                            (buf.len(), buf.len())
+                        })
+                        .unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    self.bytes += n as u64;
+                }
+            } else {
+                while d.can_recv() {
+                    let n = d.recv(|buf| (buf.len(), buf.len())).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    self.bytes += n as u64;
+                }
+            }
+            session.set_stream_bytes(self.bytes, now_ns.saturating_sub(self.started_ns));
+        }
+        if (session.stream_done() || peer_gone) && d.state() != tcp::State::Closed {
+            // As iperf3's own server at TEST_END: data still unread is
+            // reset (we received), data we queued still goes (we sent).
+            if session.params().is_some_and(|p| p.reverse) {
+                d.close();
+            } else {
+                d.abort();
+            }
+        }
+        if (session.phase() == iperf3::Phase::Closed && session.output().is_empty()) || peer_gone {
+            let outcome = session.outcome();
+            match session.refusal() {
+                Some(why) => report(Report::Iperf3Refused(String::from(why))),
+                None if self.streaming => report(Report::Iperf3 {
+                    bytes: outcome.bytes,
+                    reverse: outcome.reverse,
+                    completed: outcome.completed,
+                    elapsed_ns: now_ns.saturating_sub(self.started_ns),
+                }),
+                None => {}
+            }
+            let c = sockets.get_mut::<tcp::Socket>(self.control);
+            if outcome.completed {
+                // The client answered DISPLAY_RESULTS: it has everything.
+                c.abort();
+            } else {
+                // A refusal or an error still queued goes before the FIN;
+                // the close is bounded by IPERF_LINGER_NS.
+                c.close();
+                self.closing_since = Some(now_ns);
+            }
+            self.session = None;
+            self.streaming = false;
         }
     }
 }

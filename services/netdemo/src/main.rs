@@ -12,6 +12,7 @@
 //! netdemo: source: <bytes> bytes crc32 <hex> in <us> us
 //! netdemo: backend gone (<why>): reconnecting
 //! netdemo: reconnected
+//! netdemo: iperf3: received|sent <bytes> bytes in <us> us
 //! ```
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
@@ -73,6 +74,19 @@ mod image {
             Report::BadSourceRequest => {
                 println!("netdemo: source: request was not a byte count")
             }
+            Report::Iperf3 {
+                bytes,
+                reverse,
+                completed,
+                elapsed_ns,
+            } => println!(
+                "netdemo: iperf3: {} {bytes} bytes in {} us{}",
+                if reverse { "sent" } else { "received" },
+                elapsed_ns / 1000,
+                if completed { "" } else { " (client went away)" }
+            ),
+            Report::Iperf3Refused(why) => println!("netdemo: iperf3: test refused: {why}"),
+            Report::Iperf3Error(e) => println!("netdemo: iperf3: client broke the protocol: {e:?}"),
         }
     }
 

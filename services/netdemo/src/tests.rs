@@ -301,3 +301,154 @@ fn tcp_and_udp_echo() {
     assert_eq!(net.apps.counters().udp_echoed, 1);
     assert_eq!(net.apps.counters().tcp_echoed, msg.len() as u64);
 }
+
+/// A minimal iperf3 client over the loopback, speaking the protocol of
+/// `netdemo::iperf3` (whose own tests and a test against the real iperf3
+/// cover the protocol): moves `bytes` to netdemo, or from it with
+/// `reverse`, and returns what the client received and netdemo's reports.
+fn iperf3_client(net: &mut Net, local: u16, reverse: bool, bytes: usize) -> (usize, Vec<u8>) {
+    use netdemo::iperf3::state;
+    const COOKIE: &[u8; 37] = b"0123456789abcdefghijklmnopqrstuvwxyz\0";
+    net.reports.clear();
+    let ctl = net.client(apps::IPERF_PORT, local);
+    let mut data_h = None;
+    let mut got: Vec<u8> = Vec::new();
+    let mut phase = 0;
+    let mut moved = 0usize;
+    let params = format!("{{\"tcp\":true,\"time\":1,\"parallel\":1,\"reverse\":{reverse}}}");
+    let mut message = (params.len() as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(params.as_bytes());
+    let block = vec![0x5au8; 8192];
+    for _ in 0..200_000 {
+        net.step();
+        let s = net.sockets.get_mut::<tcp::Socket>(ctl);
+        while s.can_recv() {
+            let _ = s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            });
+        }
+        match phase {
+            0 if s.can_send() => {
+                s.send_slice(COOKIE).unwrap();
+                phase = 1;
+            }
+            1 if got == [state::PARAM_EXCHANGE] => {
+                s.send_slice(&message).unwrap();
+                got.clear();
+                phase = 2;
+            }
+            2 if got == [state::CREATE_STREAMS] => {
+                got.clear();
+                let h = net.client(apps::IPERF_PORT, local + 1);
+                data_h = Some(h);
+                phase = 3;
+            }
+            3 => {
+                let d = net.sockets.get_mut::<tcp::Socket>(data_h.unwrap());
+                if d.can_send() && d.send_queue() == 0 && got.is_empty() {
+                    d.send_slice(COOKIE).unwrap();
+                    phase = 4;
+                }
+            }
+            4 if got == [state::TEST_START, state::TEST_RUNNING] => {
+                got.clear();
+                phase = 5;
+            }
+            5 => {
+                let d = net.sockets.get_mut::<tcp::Socket>(data_h.unwrap());
+                if reverse {
+                    while d.can_recv() {
+                        moved += d.recv(|b| (b.len(), b.len())).unwrap();
+                    }
+                } else if d.can_send() && moved < bytes {
+                    let n = (bytes - moved).min(block.len());
+                    moved += d.send_slice(&block[..n]).unwrap();
+                }
+                // All sent and acknowledged, or enough received.
+                let done = if reverse {
+                    moved >= bytes
+                } else {
+                    moved == bytes && d.send_queue() == 0
+                };
+                if done {
+                    let s = net.sockets.get_mut::<tcp::Socket>(ctl);
+                    s.send_slice(&[state::TEST_END]).unwrap();
+                    phase = 6;
+                }
+            }
+            6 if got == [state::EXCHANGE_RESULTS] => {
+                got.clear();
+                let r = b"{\"cpu_util_total\":0,\"streams\":[]}";
+                s.send_slice(&(r.len() as u32).to_be_bytes()).unwrap();
+                s.send_slice(r).unwrap();
+                phase = 7;
+            }
+            7 if got.last() == Some(&state::DISPLAY_RESULTS) && got.len() > 4 => {
+                let len = u32::from_be_bytes([got[0], got[1], got[2], got[3]]) as usize;
+                if got.len() == 4 + len + 1 {
+                    s.send_slice(&[state::IPERF_DONE]).unwrap();
+                    phase = 8;
+                }
+            }
+            8 if !net.reports.is_empty() => return (moved, got[4..got.len() - 1].to_vec()),
+            _ => {}
+        }
+    }
+    panic!(
+        "iperf3 test stalled in phase {phase}; reports {:?}",
+        net.reports
+    );
+}
+
+#[test]
+fn iperf3_server_both_ways_and_again() {
+    let mut net = Net::new();
+    let (sent, results) = iperf3_client(&mut net, 41000, false, 300_000);
+    assert_eq!(sent, 300_000);
+    match net.reports.as_slice() {
+        [Report::Iperf3 {
+            bytes,
+            reverse: false,
+            completed: true,
+            ..
+        }] => assert_eq!(*bytes, 300_000),
+        other => panic!("{other:?}"),
+    }
+    let json = netdemo::json::parse(&results).unwrap();
+    let Some(netdemo::json::Value::Array(streams)) = json.get("streams") else {
+        panic!("{json:?}")
+    };
+    assert_eq!(
+        streams[0].get("bytes").and_then(|b| b.as_u64()),
+        Some(300_000)
+    );
+
+    // Reverse, right after: the control socket listens again.
+    for _ in 0..100 {
+        net.step();
+    }
+    let (received, results) = iperf3_client(&mut net, 41010, true, 200_000);
+    assert!(received >= 200_000);
+    match net.reports.as_slice() {
+        [Report::Iperf3 {
+            bytes,
+            reverse: true,
+            completed: true,
+            ..
+        }] => {
+            // We report what we queued; the client read at least that
+            // much by TEST_END minus what was still in flight.
+            assert!(*bytes >= received as u64, "{bytes} < {received}");
+            let json = netdemo::json::parse(&results).unwrap();
+            let Some(netdemo::json::Value::Array(streams)) = json.get("streams") else {
+                panic!("{json:?}")
+            };
+            assert_eq!(
+                streams[0].get("bytes").and_then(|b| b.as_u64()),
+                Some(*bytes)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
