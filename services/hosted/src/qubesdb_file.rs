@@ -17,17 +17,20 @@
 //! ```
 //!
 //! The value is everything after the first space. Blank lines and lines
-//! starting with `#` are ignored. Optional keys: `/qubes-ip6`,
-//! `/qubes-gateway6`, `/qubes-netvm-gateway6`, `/qubes-primary-dns6`.
+//! starting with `#` are ignored. The QubesDB keys and their meaning are
+//! those of `firewall::store` (docs/firewall.md); without
+//! `/qubes-primary-dns` the firewall has no upstream resolver and drops
+//! queries to the virtual ones, as Linux does.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use firewall::config::QUBES_DNS6;
-use firewall::EthernetAddress;
-use firewall::{ClientSideConfig, Config, DnsRedirect, UplinkConfig};
-use qubes::firewall_rules::{Family, LoadedRules};
+use firewall::store::{
+    load_config, load_rules, now_or_never, rule_targets, ConfigError, Macs, MemoryStore,
+};
+use firewall::{Config, EthernetAddress};
+use qubes::firewall_rules::LoadedRules;
 
 /// Our MAC on the uplink when the file does not say.
 pub const DEFAULT_UPLINK_MAC: EthernetAddress =
@@ -128,23 +131,24 @@ fn parse_mac(text: &str) -> Option<EthernetAddress> {
     parts.next().is_none().then_some(EthernetAddress(bytes))
 }
 
+/// The line of `key`'s last entry, 0 if it has none.
+fn line_of(lines: &BTreeMap<String, usize>, key: &str) -> usize {
+    lines.get(key).copied().unwrap_or(0)
+}
+
 impl HostedConfig {
-    /// Parse the file's text.
+    /// Parse the file's text. The QubesDB keys go into a
+    /// [`MemoryStore`] and are read by the firewall's own loaders
+    /// (`firewall::store`), so the hosted firewall reads its keys exactly
+    /// as the firewall VM reads xenstore.
     pub fn parse(text: &str) -> Result<HostedConfig, FileError> {
-        let mut singles: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+        let mut store = MemoryStore::new();
+        let mut lines: BTreeMap<String, usize> = BTreeMap::new();
         let mut clients = Vec::new();
-        let mut rule_dirs: BTreeMap<&str, Vec<(&str, &[u8])>> = BTreeMap::new();
+        let mut uplink_tap = None;
+        let mut uplink_mac = DEFAULT_UPLINK_MAC;
         for (line, key, value) in entries(text)? {
-            if let Some(rest) = key.strip_prefix("/qubes-firewall/") {
-                let Some((addr, entry)) = rest.split_once('/') else {
-                    // The empty write dom0 does after an update.
-                    continue;
-                };
-                rule_dirs
-                    .entry(addr)
-                    .or_default()
-                    .push((entry, value.as_bytes()));
-            } else if let Some(tap) = key.strip_prefix("/hosted/client/") {
+            if let Some(tap) = key.strip_prefix("/hosted/client/") {
                 let mut words = value.split_whitespace();
                 let ip4 = parse_value(line, key, words.next().unwrap_or(""))?;
                 let ip6 = words
@@ -156,64 +160,55 @@ impl HostedConfig {
                     ip4,
                     ip6,
                 });
-            } else if singles.insert(key, (line, value)).is_some() {
+                continue;
+            }
+            if lines.insert(key.to_string(), line).is_some() {
                 return Err(error(line, format!("{key} given twice")));
             }
+            match key {
+                "/hosted/uplink" => uplink_tap = Some(value.trim().to_string()),
+                "/hosted/uplink-mac" => {
+                    uplink_mac = parse_mac(value.trim())
+                        .ok_or_else(|| error(line, format!("invalid MAC '{value}'")))?;
+                }
+                _ => {
+                    store.insert(key, value);
+                }
+            }
         }
-        let required = |key: &str| {
-            singles
-                .get(key)
-                .copied()
-                .ok_or_else(|| error(0, format!("missing {key}")))
+        let uplink_tap = uplink_tap.ok_or_else(|| error(0, "missing /hosted/uplink"))?;
+        let macs = Macs {
+            uplink: uplink_mac,
+            client_side: CLIENT_SIDE_MAC,
         };
-        let optional = |key: &str| singles.get(key).copied();
-        let v4 = |key: &str| -> Result<Ipv4Addr, FileError> {
-            let (line, value) = required(key)?;
-            parse_value(line, key, value)
-        };
-        let v6 = |key: &str| -> Result<Option<Ipv6Addr>, FileError> {
-            optional(key)
-                .map(|(line, value)| parse_value(line, key, value))
-                .transpose()
-        };
-        let uplink_tap = required("/hosted/uplink")?.1.trim().to_string();
-        let uplink_mac = match optional("/hosted/uplink-mac") {
-            Some((line, value)) => parse_mac(value.trim())
-                .ok_or_else(|| error(line, format!("invalid MAC '{value}'")))?,
-            None => DEFAULT_UPLINK_MAC,
-        };
-        let mut upstream4 = vec![v4("/qubes-primary-dns")?];
-        if optional("/qubes-secondary-dns").is_some() {
-            upstream4.push(v4("/qubes-secondary-dns")?);
-        }
-        let mut firewall = Config::new(
-            UplinkConfig {
-                mac: uplink_mac,
-                ip4: v4("/qubes-ip")?,
-                gateway4: v4("/qubes-gateway")?,
-                ip6: v6("/qubes-ip6")?,
-                gateway6: v6("/qubes-gateway6")?,
-                gateway_mac: None,
-            },
-            ClientSideConfig {
-                mac: CLIENT_SIDE_MAC,
-                gateway4: v4("/qubes-netvm-gateway")?,
-                gateway6: v6("/qubes-netvm-gateway6")?,
-            },
-            &upstream4,
-        );
-        if let Some(dns6) = v6("/qubes-primary-dns6")? {
-            firewall.dns.push(DnsRedirect {
-                virtual_server: IpAddr::V6(QUBES_DNS6[0]),
-                upstream: Some(IpAddr::V6(dns6)),
-            });
+        let ready = "a memory store answers at once";
+        let firewall = now_or_never(load_config(&mut store, macs))
+            .ok_or_else(|| error(0, ready))?
+            .map_err(|e| {
+                let line = match &e {
+                    ConfigError::Invalid { key, .. } => line_of(&lines, key),
+                    ConfigError::TooLong { key, .. } => line_of(&lines, key),
+                    _ => 0,
+                };
+                error(line, e.to_string())
+            })?;
+        let targets = now_or_never(rule_targets(&mut store))
+            .ok_or_else(|| error(0, ready))?
+            .map_err(|e| error(0, e.to_string()))?;
+        if targets.ignored > 0 || targets.truncated > 0 {
+            return Err(error(
+                0,
+                "a /qubes-firewall/ directory is not an IP address (or too many)",
+            ));
         }
         let mut rules = BTreeMap::new();
-        for (addr, dir) in rule_dirs {
-            let addr: IpAddr = addr
-                .parse()
-                .map_err(|_| error(0, format!("/qubes-firewall/{addr}/ is not an IP address")))?;
-            rules.insert(addr, LoadedRules::load(Family::of(&addr), dir));
+        for addr in targets.addrs {
+            let loaded = now_or_never(load_rules(&mut store, addr))
+                .ok_or_else(|| error(0, ready))?
+                .map_err(|e| error(0, e.to_string()))?;
+            if let Some(loaded) = loaded {
+                rules.insert(addr, loaded);
+            }
         }
         Ok(HostedConfig {
             uplink_tap,
@@ -279,6 +274,28 @@ mod tests {
         let b = &config.rules[&"10.138.0.11".parse::<IpAddr>().unwrap()];
         assert!(b.error.is_some(), "a bad rule is reported");
         assert_eq!(b.rules, RuleSet::drop_all());
+    }
+
+    #[test]
+    fn the_keys_mean_what_they_mean_to_the_firewall_vm() {
+        // No upstream resolver: the virtual ones stay, without upstream
+        // (their queries are dropped, as qubes-setup-dnat-to-ns does).
+        let none = EXAMPLE
+            .replace("/qubes-primary-dns 192.0.2.53\n", "")
+            .replace("/qubes-secondary-dns 192.0.2.54\n", "");
+        let config = HostedConfig::parse(&none).unwrap();
+        assert_eq!(config.firewall.dns.len(), 2);
+        assert!(config.firewall.dns.iter().all(|d| d.upstream.is_none()));
+        // An IPv6 upstream redirects the IPv6 virtual resolvers.
+        let v6 = format!(
+            "{EXAMPLE}/qubes-ip6 2001:db8::6\n/qubes-gateway6 2001:db8::1\n/qubes-primary-dns6 2001:db8::53\n"
+        );
+        let config = HostedConfig::parse(&v6).unwrap();
+        assert_eq!(config.firewall.dns.len(), 4);
+        assert_eq!(
+            config.firewall.dns[2].upstream,
+            Some("2001:db8::53".parse().unwrap())
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The moat firewall as a Linux process: one uplink and N client TAP
 //! devices, configured by a file that mirrors QubesDB (see
-//! `hosted::qubesdb_file`). The file is re-read every 100 ms; rule changes
-//! apply to the next packet, as a QubesDB watch would make them.
+//! `hosted::qubesdb_file`). The file is re-read every 100 ms; rule and
+//! address changes apply to the next packet, as a QubesDB watch would make
+//! them (the TAP devices and clients are those of the start).
 //!
 //! Usage: `hosted-firewall CONFIG [STATS]` — when STATS is given, the
 //! packet counters are written there (one `name value` per line) whenever
@@ -185,6 +186,10 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
                     text = new_text;
                     match HostedConfig::parse(&text) {
                         Ok(new_config) => {
+                            if new_config.firewall != config.firewall {
+                                let ended = fw.set_config(new_config.firewall.clone());
+                                eprintln!("configuration changed; {ended} flows ended");
+                            }
                             apply_rules(&mut fw, &new_config, &config.rules);
                             config = new_config;
                         }
