@@ -145,6 +145,11 @@ PKGS=(
   libc6 libgcc-s1 libtinfo6 libncurses6 libuuid1 zlib1g liblzma5 libzstd1 libbz2-1.0
   libext2fs2 libcom-err2 libselinux1 libpcre2-8-0 libacl1 libattr1 bash util-linux coreutils
 )
+if [ "$ARCH" = amd64 ]; then
+  # iperf3 in dom0: the same client measures netdemo (its iperf3 server)
+  # and a Linux domU running iperf3 -s (make bench-net, docs/testing.md).
+  PKGS+=(iperf3 libiperf0 libsctp1 libssl3)
+fi
 if [ "$ARCH" = arm32 ]; then
   # Xen on Arm's toolstack also links libfdt; everything is the armhf build.
   PKGS+=(libfdt1 libncursesw6)
@@ -282,6 +287,9 @@ dom0_root() {
   # stat lacks -L -c %D.%i as locking.sh uses it)
   cp "$STAGE/bin/bash" "$ROOT/bin/bash"
   cp "$STAGE/usr/bin/flock" "$STAGE/usr/bin/stat" "$ROOT/usr/bin/"
+  if [ -e "$STAGE/usr/bin/iperf3" ]; then
+    cp "$STAGE/usr/bin/iperf3" "$ROOT/usr/bin/"
+  fi
   local applet
   if [ "$ARCH" = arm32 ]; then
     # The host cannot run the armhf busybox to list its applets: /init
