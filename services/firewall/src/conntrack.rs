@@ -56,6 +56,11 @@ pub enum TcpState {
     SynSent,
     /// The remote answered SYN-ACK.
     SynReceived,
+    /// Picked up from a client's bare ACK, mid-stream (Linux's
+    /// `nf_conntrack_tcp_loose`: a connection that began before the
+    /// firewall started); not answered yet. Lives as long as
+    /// [`TcpState::SynReceived`].
+    PickedUp,
     /// The handshake completed.
     Established,
     /// One side sent FIN.
@@ -157,7 +162,7 @@ impl Timeouts {
         match state {
             FlowState::Tcp { state, .. } => match state {
                 TcpState::SynSent => self.tcp_syn_sent,
-                TcpState::SynReceived => self.tcp_syn_received,
+                TcpState::SynReceived | TcpState::PickedUp => self.tcp_syn_received,
                 TcpState::Established => self.tcp_established,
                 TcpState::Closing => self.tcp_closing,
                 TcpState::TimeWait => self.tcp_time_wait,
@@ -414,6 +419,9 @@ fn advance(state: FlowState, direction: Direction, flags: TcpFlags) -> FlowState
                     TcpState::SynReceived
                 }
                 (TcpState::SynReceived, Direction::Original) if flags.ack && !flags.syn => {
+                    TcpState::Established
+                }
+                (TcpState::PickedUp, Direction::Reply) if flags.ack && !flags.syn => {
                     TcpState::Established
                 }
                 (other, _) => other,

@@ -24,6 +24,9 @@ pub struct Counters {
     /// ICMP host-prohibited (ICMPv6 admin-prohibited) errors sent for
     /// packets a client addressed to the firewall itself.
     pub host_prohibited_sent: u64,
+    /// ICMP time-exceeded errors sent to clients whose packets' TTL ran
+    /// out here.
+    pub time_exceeded_sent: u64,
     /// ICMP errors from the uplink translated to a client.
     pub icmp_errors_translated: u64,
     /// Flows refused by the client's rules.

@@ -57,7 +57,20 @@ fn may_answer(header: &IpHeader) -> bool {
 /// admin-prohibited` (ICMPv6: `icmpv6 type admin-prohibited`). `None` when
 /// no error may be sent or `from` is of the wrong family.
 pub fn admin_prohibited(from: IpAddr, original: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
-    unreachable(from, original, header, ICMPV4_ADMIN_PROHIBITED)
+    error(
+        from,
+        original,
+        header,
+        [ICMPV4_UNREACHABLE, ICMPV4_ADMIN_PROHIBITED],
+        [ICMPV6_UNREACHABLE, ICMPV6_ADMIN_PROHIBITED],
+    )
+}
+
+/// ICMP time exceeded in transit (ICMPv6 hop limit exceeded), what a Linux
+/// router sends when it would forward a packet whose TTL runs out
+/// (`ip_forward`, before the forward chain's rules).
+pub fn time_exceeded(from: IpAddr, original: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
+    error(from, original, header, [11, 0], [3, 0])
 }
 
 /// The error Linux's input chain sends for what a client addresses to the
@@ -65,12 +78,24 @@ pub fn admin_prohibited(from: IpAddr, original: &[u8], header: &IpHeader) -> Opt
 /// host-prohibited`, `qubes-ipv4.nft`), ICMPv6 admin-prohibited (`reject
 /// with icmpv6 type admin-prohibited`, `qubes-ipv6.nft`).
 pub fn host_prohibited(from: IpAddr, original: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
-    unreachable(from, original, header, ICMPV4_HOST_PROHIBITED)
+    error(
+        from,
+        original,
+        header,
+        [ICMPV4_UNREACHABLE, ICMPV4_HOST_PROHIBITED],
+        [ICMPV6_UNREACHABLE, ICMPV6_ADMIN_PROHIBITED],
+    )
 }
 
-/// A destination-unreachable error with ICMPv4 code `code4` (ICMPv6 always
-/// uses admin-prohibited).
-fn unreachable(from: IpAddr, original: &[u8], header: &IpHeader, code4: u8) -> Option<Vec<u8>> {
+/// An ICMP error of `[type, code]` `v4` (ICMPv4) or `v6` (ICMPv6) from
+/// `from`, quoting `original`.
+fn error(
+    from: IpAddr,
+    original: &[u8],
+    header: &IpHeader,
+    v4: [u8; 2],
+    v6: [u8; 2],
+) -> Option<Vec<u8>> {
     if !may_answer(header) {
         return None;
     }
@@ -91,8 +116,7 @@ fn unreachable(from: IpAddr, original: &[u8], header: &IpHeader, code4: u8) -> O
             ip.set_dst_addr(to);
             ip.fill_checksum();
             let icmp = buf.get_mut(20..)?;
-            icmp.get_mut(..2)?
-                .copy_from_slice(&[ICMPV4_UNREACHABLE, code4]);
+            icmp.get_mut(..2)?.copy_from_slice(&v4);
             icmp.get_mut(ICMP_HEADER_LEN..)?.copy_from_slice(quote);
             let sum = checksum::compute(0, icmp);
             icmp.get_mut(2..4)?.copy_from_slice(&sum.to_be_bytes());
@@ -112,8 +136,7 @@ fn unreachable(from: IpAddr, original: &[u8], header: &IpHeader, code4: u8) -> O
             let mut buf = vec![0u8; 40 + icmp_len];
             ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
             let icmp = buf.get_mut(40..)?;
-            icmp.get_mut(..2)?
-                .copy_from_slice(&[ICMPV6_UNREACHABLE, ICMPV6_ADMIN_PROHIBITED]);
+            icmp.get_mut(..2)?.copy_from_slice(&v6);
             icmp.get_mut(ICMP_HEADER_LEN..)?.copy_from_slice(quote);
             let pseudo = checksum::pseudo_header_v6(
                 &from.octets(),

@@ -483,3 +483,87 @@ fn a_dsthost_that_does_not_resolve_at_load_blocks_the_client() {
     forwarded(&mut fw, &tcp(A_IP, 40001, WEB, 443, SYN));
     refused_with_admin_prohibited(&mut fw, &tcp(A_IP, 40002, moved, 443, SYN));
 }
+
+/// nf_conntrack_proto_tcp.c `tcp_new`: with `nf_conntrack_tcp_loose` (1 by
+/// default) a bare ACK without a connection is picked up as a new one in
+/// the established state, and the forward chain judges it as NEW by the
+/// client's rules (firewall.py 658-663); a FIN, RST or SYN+ACK without a
+/// connection is invalid and dropped (qubes-ipv4.nft 25). So a client's
+/// connection survives a restart of the firewall: masquerading keeps the
+/// client's port, and the remote sees the same address and port.
+#[test]
+fn a_tcp_connection_is_picked_up_mid_stream() {
+    let mut fw = firewall(false);
+    let ip = forwarded(&mut fw, &tcp(A_IP, 40000, WEB, 443, ACK));
+    let packet = assert_valid4(&ip);
+    assert_eq!(packet.src_addr(), UPLINK_IP);
+    assert_eq!(tcp_ports(packet.payload()), (40000, 443), "port kept");
+    let back = single(
+        fw.handle(
+            t(0),
+            Interface::Uplink,
+            &from_uplink(&tcp(WEB, 443, UPLINK_IP, 40000, ACK)),
+        ),
+        Interface::Client(A),
+    );
+    assert_eq!(assert_valid4(&back).dst_addr(), A_IP);
+    let (_, conn) = fw.conntrack().iter().next().unwrap();
+    assert!(matches!(
+        conn.state,
+        firewall::conntrack::FlowState::Tcp {
+            state: firewall::conntrack::TcpState::Established,
+            ..
+        }
+    ));
+    // The rules judge it: refused, rejected.
+    set_a_rules(
+        &mut fw,
+        "drop",
+        &[("0000", "action=accept proto=tcp dstports=443")],
+    );
+    refused_with_admin_prohibited(&mut fw, &tcp(A_IP, 40001, WEB, 80, ACK));
+    // Invalid without a connection: dropped before the rules.
+    for flags in [FIN, RST, SYN_ACK] {
+        assert!(fw
+            .handle(
+                t(0),
+                Interface::Client(A),
+                &from_a(&tcp(A_IP, 40002, WEB, 80, flags))
+            )
+            .is_empty());
+    }
+    // Unsolicited from the uplink: nothing is picked up that way.
+    assert!(fw
+        .handle(
+            t(0),
+            Interface::Uplink,
+            &from_uplink(&tcp(WEB, 443, UPLINK_IP, 40009, ACK))
+        )
+        .is_empty());
+}
+
+/// ip_forward (net/ipv4/ip_forward.c) sends ICMP time exceeded for a packet
+/// whose TTL would run out, before the forward chain's rules see it, so
+/// traceroute from a client shows the firewall's hop.
+#[test]
+fn an_expiring_ttl_is_answered_with_time_exceeded() {
+    let mut fw = firewall(true);
+    let mut syn = tcp(A_IP, 40000, WEB, 80, SYN);
+    let mut header = smoltcp::wire::Ipv4Packet::new_unchecked(&mut syn[..]);
+    header.set_hop_limit(1);
+    header.fill_checksum();
+    let error = single(
+        fw.handle(t(0), Interface::Client(A), &from_a(&syn)),
+        Interface::Client(A),
+    );
+    assert_eq!(icmp4_type_code(&error), (11, 0));
+    assert_eq!(assert_valid4(&error).src_addr(), CLIENT_GW);
+    let mut syn6 = tcp(A_IP6, 40000, WEB6, 80, SYN);
+    smoltcp::wire::Ipv6Packet::new_unchecked(&mut syn6[..]).set_hop_limit(1);
+    let error = single(
+        fw.handle(t(0), Interface::Client(A), &from_a(&syn6)),
+        Interface::Client(A),
+    );
+    assert_eq!(icmp6_type_code(&error), (3, 0));
+    assert_eq!(fw.counters().forwarded_out, 0);
+}

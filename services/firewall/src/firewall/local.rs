@@ -139,6 +139,33 @@ impl Firewall {
         }
     }
 
+    /// A client's packet whose TTL runs out here: ICMP time exceeded from
+    /// the client-side gateway address, as a Linux router sends it (so
+    /// traceroute shows the firewall).
+    pub(super) fn time_exceeded(
+        &mut self,
+        id: ClientId,
+        client: &Client,
+        header: &IpHeader,
+        ip: &[u8],
+        out: &mut Vec<Transmit>,
+    ) {
+        let Some(from) = self.client_side_source(header.is_v6()) else {
+            return;
+        };
+        if let Some(error) = icmp::time_exceeded(from, ip, header) {
+            let frame = link::ethernet_frame(
+                self.config.client_side.mac,
+                EthernetAddress([0; 6]),
+                ip_ethertype(&error),
+                &error,
+            );
+            if self.send_to_client(client, id, frame, out) {
+                self.counters.time_exceeded_sent += 1;
+            }
+        }
+    }
+
     /// An echo request from the uplink to our uplink address: answered.
     pub(super) fn uplink_echo_request(
         &mut self,

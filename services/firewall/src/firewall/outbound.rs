@@ -26,8 +26,12 @@ const NAT_PORT_PROBES: usize = 4096;
 
 fn initial_state(transport: &Transport) -> FlowState {
     match transport {
-        Transport::Tcp { .. } => FlowState::Tcp {
-            state: TcpState::SynSent,
+        Transport::Tcp { flags, .. } => FlowState::Tcp {
+            state: if flags.syn {
+                TcpState::SynSent
+            } else {
+                TcpState::PickedUp
+            },
             fin_orig: false,
             fin_reply: false,
         },
@@ -102,14 +106,16 @@ impl Firewall {
             self.counters.dropped_unsupported += 1;
             return;
         }
+        if header.hop_limit <= 1 {
+            // Linux's ip_forward answers before the forward chain's rules.
+            self.counters.dropped_ttl += 1;
+            self.time_exceeded(id, client, &header, ip, out);
+            return;
+        }
         if self.client_with_addr(&header.dst).is_some() {
             // Client-to-client: flows are only ever opened towards the
             // uplink, so no such packet is a reply to an allowed flow.
             self.counters.dropped_inter_client += 1;
-            return;
-        }
-        if header.hop_limit <= 1 {
-            self.counters.dropped_ttl += 1;
             return;
         }
         match header.transport {

@@ -107,10 +107,14 @@ pub(super) fn flow_query(header: &IpHeader, dst: IpAddr) -> Option<FlowQuery> {
     }
 }
 
-/// Whether a packet without a flow may open one.
+/// Whether a packet without a flow may open one, as Linux's conntrack
+/// lets it (`tcp_new` in `nf_conntrack_proto_tcp.c`): a TCP SYN, or a bare
+/// ACK, which `nf_conntrack_tcp_loose` (on by default) picks up as a
+/// connection that began before the firewall started; any UDP datagram;
+/// an ICMP query.
 pub(super) fn opens_flow(transport: &Transport) -> bool {
     match transport {
-        Transport::Tcp { flags, .. } => flags.syn && !flags.ack && !flags.rst,
+        Transport::Tcp { flags, .. } => !flags.rst && !flags.fin && (flags.syn != flags.ack),
         Transport::Udp { .. } => true,
         Transport::IcmpEcho { request, .. } => *request,
         _ => false,
