@@ -27,6 +27,9 @@ pub struct Counters {
     /// ICMP time-exceeded errors sent to clients whose packets' TTL ran
     /// out here.
     pub time_exceeded_sent: u64,
+    /// ICMP errors not sent because their client had received its share
+    /// (one a second after a burst of six per address, as Linux).
+    pub icmp_errors_rate_limited: u64,
     /// ICMP errors from the uplink translated to a client.
     pub icmp_errors_translated: u64,
     /// Flows refused by the client's rules.

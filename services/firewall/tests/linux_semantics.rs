@@ -567,3 +567,45 @@ fn an_expiring_ttl_is_answered_with_time_exceeded() {
     assert_eq!(icmp6_type_code(&error), (3, 0));
     assert_eq!(fw.counters().forwarded_out, 0);
 }
+
+/// Linux limits the destination-unreachable and time-exceeded errors it
+/// sends to one address (`icmp_ratemask`, `icmp_ratelimit` = 1000 ms in
+/// Documentation/networking/ip-sysctl.rst) with a token bucket of six
+/// (`inet_peer_xrlim_allow`, `XRLIM_BURST_FACTOR` in net/ipv4/inetpeer.c):
+/// a client refused in a loop gets six errors, then one a second.
+#[test]
+fn refusals_are_rate_limited_per_client_address() {
+    let mut fw = firewall(true);
+    set_a_rules(&mut fw, "drop", &[]);
+    let mut answered = 0;
+    for port in 0..10 {
+        let syn = tcp(A_IP, 40000 + port, WEB, 80, SYN);
+        answered += fw.handle(t(0), Interface::Client(A), &from_a(&syn)).len();
+    }
+    assert_eq!(answered, 6);
+    assert_eq!(fw.counters().icmp_errors_rate_limited, 4);
+    assert_eq!(fw.counters().dropped_by_rule, 10);
+    refused_with_admin_prohibited_at(&mut fw, 1, &tcp(A_IP, 40100, WEB, 80, SYN));
+    // The IPv6 address has its own budget; echo replies have none.
+    let syn6 = tcp(A_IP6, 40000, WEB6, 80, SYN);
+    fw.set_rules(IpAddr::V6(A_IP6), rules(Family::V6, "drop", &[]));
+    assert_eq!(
+        fw.handle(t(1), Interface::Client(A), &from_a(&syn6)).len(),
+        1
+    );
+    for ident in 0..20 {
+        let ping = icmp4_echo(A_IP, CLIENT_GW, ident, true);
+        assert_eq!(
+            fw.handle(t(1), Interface::Client(A), &from_a(&ping)).len(),
+            1
+        );
+    }
+}
+
+fn refused_with_admin_prohibited_at(fw: &mut Firewall, secs: i64, packet: &[u8]) {
+    let out = single(
+        fw.handle(t(secs), Interface::Client(A), &from_a(packet)),
+        Interface::Client(A),
+    );
+    assert_eq!(icmp4_type_code(&out), (3, 13), "admin-prohibited");
+}

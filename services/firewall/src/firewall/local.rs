@@ -30,6 +30,48 @@ use crate::packet::{IpHeader, Transport};
 /// The DHCP client port (`udp dport 68 drop` in `qubes-ipv4.nft`).
 const DHCP_CLIENT_PORT: u16 = 68;
 
+/// Least time between two ICMP errors to one address once the burst is
+/// spent: Linux's `icmp_ratelimit` and `icmpv6 ratelimit` (1000 ms).
+const ERROR_INTERVAL_MS: i64 = 1000;
+/// Errors sent at once before the interval applies (`XRLIM_BURST_FACTOR`).
+const ERROR_BURST: i64 = 6;
+
+/// How many ICMP errors one client address may still receive: Linux's
+/// per-destination token bucket (`inet_peer_xrlim_allow`), which limits
+/// destination-unreachable and time-exceeded errors (`icmp_ratemask`) to
+/// one a second after a burst of six. Echo replies are not limited.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ErrorBudget {
+    /// Milliseconds of credit, at most `ERROR_BURST` intervals.
+    tokens_ms: i64,
+    /// When the credit was last updated; `None` before the first error.
+    last: Option<Instant>,
+}
+
+impl ErrorBudget {
+    /// Whether an error may be sent at `now`; spends it if so.
+    fn allow(&mut self, now: Instant) -> bool {
+        let full = ERROR_BURST * ERROR_INTERVAL_MS;
+        let elapsed = self
+            .last
+            .map_or(full, |last| (now - last).total_millis() as i64);
+        // A clock that went back gives no credit.
+        let elapsed = if now < self.last.unwrap_or(now) {
+            0
+        } else {
+            elapsed
+        };
+        self.tokens_ms = self.tokens_ms.saturating_add(elapsed).min(full);
+        self.last = Some(now);
+        if self.tokens_ms >= ERROR_INTERVAL_MS {
+            self.tokens_ms -= ERROR_INTERVAL_MS;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What the input chain does with a packet from a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -64,6 +106,21 @@ fn verdict(header: &IpHeader) -> Verdict {
 }
 
 impl Firewall {
+    /// Whether an ICMP error about `header` may go to client `id` at `now`
+    /// (its [`ErrorBudget`] for the packet's family); counts it if not.
+    fn error_allowed(&mut self, now: Instant, id: ClientId, header: &IpHeader) -> bool {
+        let family = usize::from(header.is_v6());
+        let allowed = self
+            .clients
+            .get_mut(&id)
+            .and_then(|client| client.error_budgets.get_mut(family))
+            .is_some_and(|budget| budget.allow(now));
+        if !allowed {
+            self.counters.icmp_errors_rate_limited += 1;
+        }
+        allowed
+    }
+
     /// Whether `addr` is one of the firewall's own addresses: the gateway
     /// addresses clients use and the uplink addresses.
     pub(super) fn is_own_addr(&self, addr: &IpAddr) -> bool {
@@ -79,6 +136,7 @@ impl Firewall {
     /// source already checked).
     pub(super) fn addressed_to_firewall(
         &mut self,
+        now: Instant,
         id: ClientId,
         client: &Client,
         header: &IpHeader,
@@ -88,6 +146,7 @@ impl Firewall {
         let answer = match verdict(header) {
             Verdict::Echo => icmp::echo_reply(ip, header),
             Verdict::Silent => None,
+            Verdict::Reject if !self.error_allowed(now, id, header) => None,
             // From the address the client sent to, as Linux answers from a
             // local destination.
             Verdict::Reject => icmp::host_prohibited(header.dst, ip, header),
@@ -116,6 +175,7 @@ impl Firewall {
     /// type admin-prohibited` (`prepare_rules` in `qubesagent/firewall.py`).
     pub(super) fn refuse(
         &mut self,
+        now: Instant,
         id: ClientId,
         client: &Client,
         header: &IpHeader,
@@ -126,6 +186,9 @@ impl Firewall {
         let Some(from) = self.client_side_source(header.is_v6()) else {
             return;
         };
+        if !self.error_allowed(now, id, header) {
+            return;
+        }
         if let Some(error) = icmp::admin_prohibited(from, ip, header) {
             let frame = link::ethernet_frame(
                 self.config.client_side.mac,
@@ -144,6 +207,7 @@ impl Firewall {
     /// traceroute shows the firewall).
     pub(super) fn time_exceeded(
         &mut self,
+        now: Instant,
         id: ClientId,
         client: &Client,
         header: &IpHeader,
@@ -153,6 +217,9 @@ impl Firewall {
         let Some(from) = self.client_side_source(header.is_v6()) else {
             return;
         };
+        if !self.error_allowed(now, id, header) {
+            return;
+        }
         if let Some(error) = icmp::time_exceeded(from, ip, header) {
             let frame = link::ethernet_frame(
                 self.config.client_side.mac,
@@ -193,6 +260,20 @@ impl Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_limited_to_one_a_second_after_a_burst_of_six() {
+        let mut budget = ErrorBudget::default();
+        let at = |ms| Instant::from_millis(ms);
+        assert_eq!((0..10).filter(|_| budget.allow(at(0))).count(), 6);
+        assert!(!budget.allow(at(999)));
+        assert!(budget.allow(at(1000)));
+        assert!(!budget.allow(at(1500)));
+        // Ten quiet seconds refill the burst, no more.
+        assert_eq!((0..10).filter(|_| budget.allow(at(12_000))).count(), 6);
+        // A clock that goes back gives nothing.
+        assert!(!budget.allow(at(5_000)));
+    }
     use crate::packet::TcpFlags;
     use core::net::Ipv4Addr;
 

@@ -67,6 +67,9 @@ const DNS_PORT: u16 = 53;
 struct Client {
     config: ClientConfig,
     mac: Option<EthernetAddress>,
+    /// The ICMP errors the firewall may still send to the client's IPv4
+    /// and IPv6 address.
+    error_budgets: [local::ErrorBudget; 2],
 }
 
 /// The firewall: clients, their rules, connection tracking and NAT.
@@ -230,6 +233,7 @@ impl Firewall {
             Client {
                 config,
                 mac: config.mac,
+                error_budgets: Default::default(),
             },
         );
     }

@@ -93,7 +93,7 @@ impl Firewall {
             return;
         }
         if self.is_own_addr(&header.dst) {
-            self.addressed_to_firewall(id, client, &header, ip, out);
+            self.addressed_to_firewall(now, id, client, &header, ip, out);
             return;
         }
         let Some(uplink_ip) = self.uplink_addr(header.is_v6()) else {
@@ -109,7 +109,7 @@ impl Firewall {
         if header.hop_limit <= 1 {
             // Linux's ip_forward answers before the forward chain's rules.
             self.counters.dropped_ttl += 1;
-            self.time_exceeded(id, client, &header, ip, out);
+            self.time_exceeded(now, id, client, &header, ip, out);
             return;
         }
         if self.client_with_addr(&header.dst).is_some() {
@@ -394,7 +394,7 @@ impl Firewall {
             hosts: &rules.hosts,
         };
         if rules.set.evaluate(&query, &ctx) == Action::Drop {
-            self.refuse(id, client, header, ip, out);
+            self.refuse(now, id, client, header, ip, out);
             return None;
         }
         let Some(local_port) =
