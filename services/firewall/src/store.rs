@@ -514,7 +514,8 @@ pub async fn load_config<S: ConfigStore>(store: &mut S, macs: Macs) -> Result<Co
 pub struct Targets {
     /// The client addresses, sorted, each once.
     pub addrs: Vec<IpAddr>,
-    /// Children of `/qubes-firewall` that are not an address (ignored).
+    /// Children of `/qubes-firewall` that are not an address in its usual
+    /// text form (ignored).
     pub ignored: usize,
     /// Children beyond [`MAX_LIST_LEN`] (ignored).
     pub truncated: usize,
@@ -530,11 +531,13 @@ pub async fn rule_targets<S: ConfigStore>(store: &mut S) -> Result<Targets, Stor
             targets.truncated += 1;
             continue;
         }
+        // Only the usual text form (what dom0 writes, Python's
+        // `str(ipaddress)`): the rules are read back under that name.
         match child.parse::<IpAddr>() {
-            Ok(addr) => {
+            Ok(addr) if addr.to_string() == *child => {
                 addrs.insert(addr);
             }
-            Err(_) => targets.ignored += 1,
+            _ => targets.ignored += 1,
         }
     }
     targets.addrs = addrs.into_iter().collect();
@@ -713,8 +716,10 @@ pub fn encode_addr_component(addr: IpAddr) -> String {
 }
 
 /// The inverse of [`encode_addr_component`]: `-` read as `.`, `_` as `:`.
-/// Any spelling of the address is accepted (`10-137-0-10`, or
-/// `fd09_24ef_4179_0_0_0_a89_a`); the result is the address.
+/// Only the encoding of the address's usual text form is accepted
+/// (`fd09_24ef_4179__a89_a`, not `fd09_24ef_4179_0_0_0_a89_a`), because
+/// keys below it are read back under that encoding: another spelling
+/// would name a directory whose rules are never found.
 pub fn decode_addr_component(component: &str) -> Result<IpAddr, EncodingError> {
     let text: String = component
         .chars()
@@ -724,9 +729,12 @@ pub fn decode_addr_component(component: &str) -> Result<IpAddr, EncodingError> {
             other => other,
         })
         .collect();
-    text.parse().map_err(|_| EncodingError::NotAnAddress {
-        component: quote(component),
-    })
+    text.parse()
+        .ok()
+        .filter(|addr| encode_addr_component(*addr) == component)
+        .ok_or_else(|| EncodingError::NotAnAddress {
+            component: quote(component),
+        })
 }
 
 /// Split an absolute key into components, refusing empty ones.

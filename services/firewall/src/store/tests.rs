@@ -201,10 +201,11 @@ fn rule_targets_are_the_address_directories() {
     store.insert("/qubes-firewall/10.138.0.10/policy", "drop");
     store.insert("/qubes-firewall/10.138.0.10", "");
     store.insert("/qubes-firewall/not-an-address/policy", "drop");
+    store.insert("/qubes-firewall/FD09::1/policy", "drop");
     store.insert("/qubes-firewall-handled/10.138.0.10", "1");
     let targets = now_or_never(rule_targets(&mut store)).unwrap().unwrap();
     assert_eq!(targets.addrs, [v4("10.138.0.10"), v4("10.138.0.11")]);
-    assert_eq!(targets.ignored, 1);
+    assert_eq!(targets.ignored, 2);
     assert_eq!(targets.truncated, 0);
 }
 
@@ -253,10 +254,11 @@ fn xenstore_names() {
     assert_eq!(encode_addr_component(v4("10.137.0.10")), "10-137-0-10");
     assert_eq!(encode_addr_component(addr6), "fd09_24ef_4179__a89_a");
     assert_eq!(decode_addr_component("10-137-0-10"), Ok(v4("10.137.0.10")));
-    assert_eq!(
-        decode_addr_component("fd09_24ef_4179_0_0_0_a89_a"),
-        Ok(addr6)
-    );
+    assert_eq!(decode_addr_component("fd09_24ef_4179__a89_a"), Ok(addr6));
+    // Another spelling would name a directory read back under the usual
+    // one: refused.
+    assert!(decode_addr_component("fd09_24ef_4179_0_0_0_a89_a").is_err());
+    assert!(decode_addr_component("FD09_24ef_4179__a89_a").is_err());
     assert!(decode_addr_component("policy").is_err());
     assert_eq!(key_to_xenstore("/qubes-ip").unwrap(), "qubes-ip");
     assert_eq!(
