@@ -639,7 +639,8 @@ impl Reload {
             .and_then(|r| r.strip_prefix('/'))
         {
             match (rest.contains('/'), rest.parse::<IpAddr>()) {
-                (false, Ok(addr)) => {
+                // The usual text form only, as in `rule_targets`.
+                (false, Ok(addr)) if addr.to_string() == rest => {
                     self.clients.insert(addr);
                 }
                 _ => self.ignored += 1,

@@ -236,12 +236,16 @@ fn reload_acts_on_the_directory_write_only() {
     ]);
     assert!(reload.is_empty(), "rule entries wait for the final write");
     assert_eq!(reload.ignored, 2);
-    let reload = Reload::from_keys(["/qubes-firewall/10.138.0.10", "/qubes-firewall/x"]);
+    let reload = Reload::from_keys([
+        "/qubes-firewall/10.138.0.10",
+        "/qubes-firewall/x",
+        "/qubes-firewall/FD09::1",
+    ]);
     assert_eq!(
         reload.clients.iter().copied().collect::<Vec<_>>(),
         [v4("10.138.0.10")]
     );
-    assert_eq!(reload.ignored, 1);
+    assert_eq!(reload.ignored, 2);
     let reload = Reload::from_keys(["/qubes-firewall/"]);
     assert!(reload.all_clients);
     let reload = Reload::from_keys([keys::PRIMARY_DNS, "/unrelated"]);
