@@ -224,6 +224,17 @@ fn traffic_to_the_firewall_itself_v6() {
         Interface::Client(A),
     );
     assert_eq!(icmp6_type_code(&reply), (129, 0));
+    // The link-local address is the firewall's too.
+    let link_local: Ipv6Addr = "fe80::fcff:ffff:feff:ffff".parse().unwrap();
+    let reply = single(
+        fw.handle(
+            t(0),
+            Interface::Client(A),
+            &from_a(&icmp6_echo(A_IP6, link_local, 4, true)),
+        ),
+        Interface::Client(A),
+    );
+    assert_eq!(icmp6_type_code(&reply), (129, 0));
     for packet in [
         tcp(A_IP6, 40000, CLIENT_GW6, 22, SYN),
         udp(A_IP6, 40000, CLIENT_GW6, 68, b"x"),
@@ -325,6 +336,18 @@ fn neighbour_solicitations_are_answered_for_owned_addresses_only() {
         .is_empty());
     assert_eq!(fw.counters().neighbor_replies, 3);
     assert_eq!(fw.counters().forwarded_out, 0);
+    // On the uplink: the uplink address and its link-local one only.
+    let uplink_link_local: Ipv6Addr = "fe80::216:3eff:fe5e:6c01".parse().unwrap();
+    for (target, answered) in [
+        (UPLINK_IP6, true),
+        (uplink_link_local, true),
+        (CLIENT_GW6, false),
+        (A_IP6, false),
+    ] {
+        let packet = ns_packet(UPLINK_GW6, target, 255, GATEWAY_MAC);
+        let out = fw.handle(t(0), Interface::Uplink, &from_uplink(&packet));
+        assert_eq!(out.len(), usize::from(answered), "{target}");
+    }
 }
 
 /// firewall.py:585-592: `dstports` without `proto` becomes a `tcp dport`

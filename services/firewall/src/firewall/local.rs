@@ -122,12 +122,16 @@ impl Firewall {
     }
 
     /// Whether `addr` is one of the firewall's own addresses: the gateway
-    /// addresses clients use and the uplink addresses.
+    /// addresses clients use, the uplink addresses, and the link-local
+    /// addresses of both sides.
     pub(super) fn is_own_addr(&self, addr: &IpAddr) -> bool {
         match addr {
             IpAddr::V4(a) => *a == self.config.client_side.gateway4 || *a == self.config.uplink.ip4,
             IpAddr::V6(a) => {
-                self.config.client_side.gateway6 == Some(*a) || self.config.uplink.ip6 == Some(*a)
+                self.config.client_side.gateway6 == Some(*a)
+                    || self.config.uplink.ip6 == Some(*a)
+                    || link::link_local_of(self.config.client_side.mac) == *a
+                    || link::link_local_of(self.config.uplink.mac) == *a
             }
         }
     }

@@ -213,10 +213,15 @@ impl Firewall {
             self.counters.dropped_malformed += 1;
             return;
         };
-        let (Some(ours), IpAddr::V6(src)) = (self.config.uplink.ip6, header.src) else {
+        let IpAddr::V6(src) = header.src else {
             return;
         };
-        if target != ours || !src_mac.is_unicast() {
+        // Our uplink address, when the uplink has IPv6, and our link-local
+        // address there (Linux gives the interface one).
+        let ours = self.config.uplink.ip6 == Some(target)
+            || (self.config.uplink.ip6.is_some()
+                && link::link_local_of(self.config.uplink.mac) == target);
+        if !ours || !src_mac.is_unicast() {
             self.counters.neighbor_ignored += 1;
             return;
         }
@@ -230,7 +235,7 @@ impl Firewall {
         };
         out.push(Transmit {
             interface: Interface::Uplink,
-            frame: link::neighbor_advertisement(self.config.uplink.mac, ours, dst, src_mac),
+            frame: link::neighbor_advertisement(self.config.uplink.mac, target, dst, src_mac),
         });
         self.counters.neighbor_replies += 1;
     }

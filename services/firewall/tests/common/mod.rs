@@ -413,9 +413,20 @@ pub fn icmp4(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, ident: u16) -> Vec<u8>
 /// A neighbour solicitation from client A for `target`, from `src`, with
 /// hop limit `hop_limit`.
 pub fn ns(src: Ipv6Addr, target: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+    from_a(&ns_packet(src, target, hop_limit, A_MAC))
+}
+
+/// The IPv6 packet of a neighbour solicitation for `target` from
+/// `src`/`src_mac`.
+pub fn ns_packet(
+    src: Ipv6Addr,
+    target: Ipv6Addr,
+    hop_limit: u8,
+    src_mac: EthernetAddress,
+) -> Vec<u8> {
     let repr = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
         target_addr: target,
-        lladdr: Some(RawHardwareAddress::from(A_MAC)),
+        lladdr: Some(RawHardwareAddress::from(src_mac)),
     });
     let mut l4 = vec![0u8; repr.buffer_len()];
     repr.emit(
@@ -426,5 +437,5 @@ pub fn ns(src: Ipv6Addr, target: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
     );
     let mut ip = ip6(src, target, IpProtocol::Icmpv6, &l4);
     Ipv6Packet::new_unchecked(&mut ip[..]).set_hop_limit(hop_limit);
-    from_a(&ip)
+    ip
 }
