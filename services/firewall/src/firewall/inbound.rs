@@ -18,6 +18,9 @@ use crate::packet::{self, IpHeader, Transport};
 use crate::resolver::RESOLVER_PORT;
 
 impl Firewall {
+    /// An IP packet from the uplink: neighbour solicitations, answers for
+    /// the `dsthost=` resolver, pings to us, and replies, fragments and ICMP
+    /// errors of tracked flows; everything else is dropped and counted.
     pub(super) fn uplink_ip(
         &mut self,
         now: Instant,
@@ -83,6 +86,8 @@ impl Firewall {
         }
     }
 
+    /// A reply of a tracked flow: translated back to the client (its
+    /// address and port, and the virtual DNS server it asked).
     pub(super) fn uplink_flow_packet(
         &mut self,
         now: Instant,
@@ -153,6 +158,8 @@ impl Firewall {
         }
     }
 
+    /// A later fragment from the uplink, which follows its first
+    /// fragment's flow.
     pub(super) fn uplink_later_fragment(
         &mut self,
         now: Instant,

@@ -20,6 +20,9 @@ const MAX_AWAITING_GATEWAY: usize = 32;
 pub(super) const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
 
 impl Firewall {
+    /// An ARP packet from a client: a request for any address but its own
+    /// is answered with our MAC (Linux's `proxy_arp` on the vif); a request
+    /// from another address than the client's is spoofed.
     pub(super) fn client_arp(
         &mut self,
         id: ClientId,
@@ -116,6 +119,7 @@ impl Firewall {
         self.counters.neighbor_replies += 1;
     }
 
+    /// Ask for the uplink gateway's MAC, at most once per `ARP_RETRY`.
     pub(super) fn request_gateway_mac(&mut self, now: Instant, out: &mut Vec<Transmit>) {
         let due = self
             .last_arp_request
@@ -133,6 +137,8 @@ impl Firewall {
         }
     }
 
+    /// Send `frame` to the uplink gateway, or hold it (a few, oldest
+    /// dropped first) until the gateway's MAC is known.
     pub(super) fn send_to_uplink(
         &mut self,
         now: Instant,
@@ -170,6 +176,8 @@ impl Firewall {
         }
     }
 
+    /// An ARP packet from the uplink: the gateway's MAC is learned from it,
+    /// and a request for our uplink address answered.
     pub(super) fn uplink_arp(&mut self, now: Instant, payload: &[u8], out: &mut Vec<Transmit>) {
         let Some(ArpRepr::EthernetIpv4 {
             operation,
@@ -200,6 +208,8 @@ impl Firewall {
         }
     }
 
+    /// A neighbour solicitation from the uplink: answered for our
+    /// uplink and link-local addresses only; the gateway's MAC is learned.
     pub(super) fn uplink_neighbor_solicitation(
         &mut self,
         now: Instant,

@@ -62,6 +62,9 @@ fn is_routable(addr: &IpAddr) -> bool {
 }
 
 impl Firewall {
+    /// An IP packet from client `id`: anti-spoofing, traffic to the
+    /// firewall itself, TTL, client-to-client, then the flow it belongs to
+    /// or opens.
     pub(super) fn client_ip(
         &mut self,
         now: Instant,
@@ -284,6 +287,8 @@ impl Firewall {
         }
     }
 
+    /// A TCP, UDP or ICMP query packet from a client: forwarded on its
+    /// flow, or on a new one the rules accept, translated to the uplink.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn client_flow_packet(
         &mut self,
@@ -361,6 +366,9 @@ impl Firewall {
         self.counters.forwarded_out += 1;
     }
 
+    /// A new flow from a client: DNS redirection, then the client's rules
+    /// on the translated destination, then a NAT port. `None` when it is
+    /// dropped or refused (the refusal is sent).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn open_flow(
         &mut self,
@@ -419,6 +427,8 @@ impl Firewall {
         )
     }
 
+    /// A later fragment from a client, which follows its first
+    /// fragment's flow.
     pub(super) fn client_later_fragment(
         &mut self,
         now: Instant,
