@@ -9,7 +9,7 @@ use core::net::IpAddr;
 use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, Ipv6Repr};
 
 use crate::checksum;
-use crate::packet::{self, IpHeader, Transport};
+use crate::packet::{self, IpHeader, IpPacket, Transport};
 
 /// Largest IPv4 ICMP error (RFC 1812: at most 576 bytes).
 const MAX_ICMPV4_ERROR: usize = 576;
@@ -175,9 +175,10 @@ pub fn echo_reply(request: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
     if !is_echo_request(header) {
         return None;
     }
-    let mut reply = request.get(..header.len)?.to_vec();
-    packet::set_src(&mut reply, header, header.dst);
-    packet::set_dst(&mut reply, header, header.src);
+    let mut reply = IpPacket::with_header(request.get(..header.len)?.to_vec(), *header);
+    reply.set_src(header.dst);
+    reply.set_dst(header.src);
+    let mut reply = reply.into_inner();
     // Echo reply is type 0 (ICMP) or 129 (ICMPv6): request type minus 8 or plus 1.
     let reply_type = if header.is_v6() { 129 } else { 0 };
     let at = header.l4_offset;
@@ -191,30 +192,4 @@ pub fn echo_reply(request: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
         .get_mut(at + 2..at + 4)?
         .copy_from_slice(&updated.to_be_bytes());
     Some(reply)
-}
-
-/// Recompute the checksum of the ICMP message in `pkt` (after its quoted
-/// packet was rewritten).
-pub fn refill_checksum(pkt: &mut [u8], header: &IpHeader) {
-    let len = header.len;
-    let at = header.l4_offset;
-    let Some(icmp) = pkt.get_mut(at..len) else {
-        return;
-    };
-    if let Some(field) = icmp.get_mut(2..4) {
-        field.copy_from_slice(&[0, 0]);
-    }
-    let pseudo = match (header.src, header.dst) {
-        (IpAddr::V6(src), IpAddr::V6(dst)) => checksum::pseudo_header_v6(
-            &src.octets(),
-            &dst.octets(),
-            packet::proto::ICMPV6,
-            icmp.len() as u32,
-        ),
-        _ => 0,
-    };
-    let sum = checksum::compute(pseudo, icmp);
-    if let Some(field) = icmp.get_mut(2..4) {
-        field.copy_from_slice(&sum.to_be_bytes());
-    }
 }

@@ -1,5 +1,8 @@
-//! A parsed view of an IPv4 or IPv6 packet and its transport header, and the
-//! in-place rewrites NAT needs.
+//! The firewall's IP wire format: [`IpPacket`], a zero-copy view of an IPv4
+//! or IPv6 packet in a buffer (in the manner of smoltcp's `Ipv4Packet`)
+//! with the facts the packet path needs parsed once into an [`IpHeader`],
+//! and the in-place rewrites NAT needs, each keeping every checksum that
+//! covers the rewritten field right. No policy lives here.
 //!
 //! The IP headers are validated with smoltcp's wire types. Transport fields
 //! are read from raw bytes with bounds checks instead of smoltcp's
@@ -240,6 +243,167 @@ pub fn parse_quoted(buf: &[u8]) -> Result<IpHeader, Malformed> {
     parse_inner(buf, true)
 }
 
+/// Length of the ICMP header before an error's quoted packet.
+const ICMP_ERROR_HEADER_LEN: usize = 8;
+/// Length of the UDP header.
+const UDP_HEADER_LEN: usize = 8;
+
+/// A zero-copy view of an IP packet at the start of `buffer`, with its
+/// parsed [`IpHeader`]. Accessors read the buffer; setters rewrite it in
+/// place, fix every checksum that covers the field, and keep the header in
+/// step, so that a later setter or checksum sees the packet as it now is.
+/// Every access is bounds-checked: a view never panics, whatever the bytes.
+#[derive(Debug, Clone)]
+pub struct IpPacket<T> {
+    buffer: T,
+    header: IpHeader,
+}
+
+impl<T: AsRef<[u8]>> IpPacket<T> {
+    /// A view of a complete packet as received on a link (see [`parse`]).
+    pub fn new_checked(buffer: T) -> Result<IpPacket<T>, Malformed> {
+        let header = parse(buffer.as_ref())?;
+        Ok(IpPacket { buffer, header })
+    }
+
+    /// A view of the (usually truncated) packet quoted in an ICMP error
+    /// (see [`parse_quoted`]).
+    pub fn new_quoted(buffer: T) -> Result<IpPacket<T>, Malformed> {
+        let header = parse_quoted(buffer.as_ref())?;
+        Ok(IpPacket { buffer, header })
+    }
+
+    /// A view of `buffer` with a `header` parsed earlier from the same
+    /// bytes (from the packet a copy was made of, typically). A header of
+    /// other bytes makes the view wrong, never unsafe.
+    pub fn with_header(buffer: T, header: IpHeader) -> IpPacket<T> {
+        IpPacket { buffer, header }
+    }
+
+    /// The parsed facts, as the setters left them.
+    pub fn header(&self) -> &IpHeader {
+        &self.header
+    }
+
+    /// The packet's bytes (without what follows it in the buffer, such as
+    /// Ethernet padding).
+    pub fn as_bytes(&self) -> &[u8] {
+        let buffer = self.buffer.as_ref();
+        buffer.get(..self.header.len).unwrap_or(buffer)
+    }
+
+    /// The payload of a UDP datagram (`None` for another transport).
+    pub fn udp_payload(&self) -> Option<&[u8]> {
+        match self.header.transport {
+            Transport::Udp { .. } => self
+                .as_bytes()
+                .get(self.header.l4_offset.checked_add(UDP_HEADER_LEN)?..),
+            _ => None,
+        }
+    }
+
+    /// Where an ICMP error's quoted packet starts.
+    fn quoted_at(&self) -> Option<usize> {
+        match self.header.transport {
+            Transport::IcmpError { .. } => self.header.l4_offset.checked_add(ICMP_ERROR_HEADER_LEN),
+            _ => None,
+        }
+    }
+
+    /// The packet quoted in an ICMP error, as a view (`None` for anything
+    /// else, or when it does not parse).
+    pub fn icmp_quoted(&self) -> Option<IpPacket<&[u8]>> {
+        let at = self.quoted_at()?;
+        IpPacket::new_quoted(self.as_bytes().get(at..)?).ok()
+    }
+
+    /// The buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> IpPacket<T> {
+    /// Rewrite the source address (of the packet's family; another family
+    /// is ignored).
+    pub fn set_src(&mut self, addr: IpAddr) {
+        if addr != self.header.src && addr.is_ipv6() == self.header.is_v6() {
+            set_src(self.buffer.as_mut(), &self.header, addr);
+            self.header.src = addr;
+        }
+    }
+
+    /// Rewrite the destination address (of the packet's family).
+    pub fn set_dst(&mut self, addr: IpAddr) {
+        if addr != self.header.dst && addr.is_ipv6() == self.header.is_v6() {
+            set_dst(self.buffer.as_mut(), &self.header, addr);
+            self.header.dst = addr;
+        }
+    }
+
+    /// Rewrite the source port (TCP, UDP) or the identifier (ICMP query).
+    pub fn set_src_port(&mut self, port: u16) {
+        set_src_port(self.buffer.as_mut(), &self.header, port);
+        match &mut self.header.transport {
+            Transport::Tcp { src_port, .. } | Transport::Udp { src_port, .. } => *src_port = port,
+            Transport::IcmpEcho { ident, .. } => *ident = port,
+            _ => {}
+        }
+    }
+
+    /// Rewrite the destination port (TCP, UDP) or the identifier (ICMP
+    /// query).
+    pub fn set_dst_port(&mut self, port: u16) {
+        set_dst_port(self.buffer.as_mut(), &self.header, port);
+        match &mut self.header.transport {
+            Transport::Tcp { dst_port, .. } | Transport::Udp { dst_port, .. } => *dst_port = port,
+            Transport::IcmpEcho { ident, .. } => *ident = port,
+            _ => {}
+        }
+    }
+
+    /// Decrement the TTL / hop limit (the caller checked it is above 1).
+    pub fn decrement_hop_limit(&mut self) {
+        decrement_hop_limit(self.buffer.as_mut(), &self.header);
+        self.header.hop_limit = self.header.hop_limit.saturating_sub(1);
+    }
+
+    /// The packet quoted in an ICMP error, as a mutable view (`None` for
+    /// anything else, or when it does not parse). Rewriting it leaves the
+    /// ICMP checksum stale: call [`IpPacket::fill_icmp_checksum`] after.
+    pub fn icmp_quoted_mut(&mut self) -> Option<IpPacket<&mut [u8]>> {
+        let at = self.quoted_at()?;
+        let len = self.header.len;
+        let quoted = self.buffer.as_mut().get_mut(at..len)?;
+        IpPacket::new_quoted(quoted).ok()
+    }
+
+    /// Recompute the checksum of an ICMP or ICMPv6 message from its bytes
+    /// and the current addresses.
+    pub fn fill_icmp_checksum(&mut self) {
+        let header = self.header;
+        let Some(icmp) = self.buffer.as_mut().get_mut(header.l4_offset..header.len) else {
+            return;
+        };
+        if let Some(field) = icmp.get_mut(2..4) {
+            field.copy_from_slice(&[0, 0]);
+        }
+        let pseudo = match (header.src, header.dst) {
+            (IpAddr::V6(src), IpAddr::V6(dst)) => checksum::pseudo_header_v6(
+                &src.octets(),
+                &dst.octets(),
+                proto::ICMPV6,
+                icmp.len() as u32,
+            ),
+            _ => 0,
+        };
+        let sum = checksum::compute(pseudo, icmp);
+        if let Some(field) = icmp.get_mut(2..4) {
+            field.copy_from_slice(&sum.to_be_bytes());
+        }
+    }
+}
+
 fn parse_inner(buf: &[u8], quoted: bool) -> Result<IpHeader, Malformed> {
     match byte(buf, 0).ok_or(Malformed)? >> 4 {
         4 => parse_v4(buf, quoted),
@@ -373,7 +537,7 @@ fn adjust_l4_checksum(pkt: &mut [u8], header: &IpHeader, old: &[u8], new: &[u8])
     let Some(offset) = l4_checksum_offset(header) else {
         return;
     };
-    let at = header.l4_offset + offset;
+    let at = header.l4_offset.saturating_add(offset);
     let Some(current) = be16(pkt, at) else {
         return;
     };
@@ -385,7 +549,7 @@ fn adjust_l4_checksum(pkt: &mut [u8], header: &IpHeader, old: &[u8], new: &[u8])
     if is_udp && updated == 0 {
         updated = 0xffff;
     }
-    if let Some(field) = pkt.get_mut(at..at + 2) {
+    if let Some(field) = pkt.get_mut(at..at.saturating_add(2)) {
         field.copy_from_slice(&updated.to_be_bytes());
     }
 }
@@ -443,25 +607,25 @@ fn set_addr(
 }
 
 /// Rewrite the source address, fixing the checksums it is covered by.
-pub fn set_src(pkt: &mut [u8], header: &IpHeader, new: IpAddr) {
+fn set_src(pkt: &mut [u8], header: &IpHeader, new: IpAddr) {
     set_addr(pkt, header, 12..16, 8..24, new);
 }
 
 /// Rewrite the destination address, fixing the checksums it is covered by.
-pub fn set_dst(pkt: &mut [u8], header: &IpHeader, new: IpAddr) {
+fn set_dst(pkt: &mut [u8], header: &IpHeader, new: IpAddr) {
     set_addr(pkt, header, 16..20, 24..40, new);
 }
 
 fn set_l4_u16(pkt: &mut [u8], header: &IpHeader, offset: usize, value: u16) {
-    let at = header.l4_offset + offset;
+    let at = header.l4_offset.saturating_add(offset);
     let new = value.to_be_bytes();
-    if let Some(old) = swap_bytes(pkt, at..at + 2, &new) {
+    if let Some(old) = swap_bytes(pkt, at..at.saturating_add(2), &new) {
         adjust_l4_checksum(pkt, header, &old[..2], &new);
     }
 }
 
 /// Rewrite the source port (TCP/UDP) or the echo identifier (ICMP echo).
-pub fn set_src_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
+fn set_src_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
     match header.transport {
         Transport::Tcp { .. } | Transport::Udp { .. } => set_l4_u16(pkt, header, 0, port),
         Transport::IcmpEcho { .. } => set_l4_u16(pkt, header, 4, port),
@@ -470,7 +634,7 @@ pub fn set_src_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
 }
 
 /// Rewrite the destination port (TCP/UDP) or the echo identifier (ICMP echo).
-pub fn set_dst_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
+fn set_dst_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
     match header.transport {
         Transport::Tcp { .. } | Transport::Udp { .. } => set_l4_u16(pkt, header, 2, port),
         Transport::IcmpEcho { .. } => set_l4_u16(pkt, header, 4, port),
@@ -479,7 +643,7 @@ pub fn set_dst_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
 }
 
 /// Decrement the TTL / hop limit (the caller checked it is above 1).
-pub fn decrement_hop_limit(pkt: &mut [u8], header: &IpHeader) {
+fn decrement_hop_limit(pkt: &mut [u8], header: &IpHeader) {
     let new_limit = header.hop_limit.saturating_sub(1);
     if header.is_v6() {
         if let Some(field) = pkt.get_mut(7) {
@@ -506,5 +670,161 @@ pub fn as_v6(addr: IpAddr) -> Option<Ipv6Addr> {
     match addr {
         IpAddr::V6(a) => Some(a),
         IpAddr::V4(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+
+    /// A TCP SYN from 10.0.0.1:1000 to 10.0.0.2:80 with valid checksums.
+    fn syn() -> Vec<u8> {
+        let mut buf = vec![0u8; 40];
+        let src = Ipv4Addr::new(10, 0, 0, 1);
+        let dst = Ipv4Addr::new(10, 0, 0, 2);
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+            ip.set_version(4);
+            ip.set_header_len(20);
+            ip.set_total_len(40);
+            ip.set_hop_limit(64);
+            ip.set_next_header(IpProtocol::Tcp);
+            ip.set_src_addr(src);
+            ip.set_dst_addr(dst);
+            ip.fill_checksum();
+        }
+        let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
+        tcp.set_src_port(1000);
+        tcp.set_dst_port(80);
+        tcp.set_header_len(20);
+        tcp.set_syn(true);
+        tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+        buf
+    }
+
+    #[test]
+    fn setters_rewrite_in_place_and_keep_the_header_in_step() {
+        let mut packet = IpPacket::new_checked(syn()).unwrap();
+        let nat = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 6));
+        packet.set_src(nat);
+        packet.set_src_port(40000);
+        packet.decrement_hop_limit();
+        // Another family is ignored.
+        packet.set_dst(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        let header = *packet.header();
+        assert_eq!(header.src, nat);
+        assert_eq!(header.hop_limit, 63);
+        assert!(matches!(
+            header.transport,
+            Transport::Tcp {
+                src_port: 40000,
+                ..
+            }
+        ));
+        let bytes = packet.into_inner();
+        let ip = Ipv4Packet::new_checked(&bytes[..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(IpAddr::V4(ip.src_addr()), nat);
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(tcp.src_port(), 40000);
+        assert!(tcp.verify_checksum(
+            &IpAddress::Ipv4(ip.src_addr()),
+            &IpAddress::Ipv4(ip.dst_addr())
+        ));
+        // The view re-parses to what it says.
+        assert_eq!(parse(&bytes).unwrap(), header);
+    }
+
+    #[test]
+    fn the_quoted_packet_of_an_icmp_error_is_a_view_too() {
+        let quoted = syn();
+        let mut buf = vec![0u8; 28 + quoted.len()];
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+            ip.set_version(4);
+            ip.set_header_len(20);
+            ip.set_total_len((28 + quoted.len()) as u16);
+            ip.set_hop_limit(64);
+            ip.set_next_header(IpProtocol::Icmp);
+            ip.set_src_addr(Ipv4Addr::new(10, 0, 0, 2));
+            ip.set_dst_addr(Ipv4Addr::new(10, 0, 0, 1));
+            ip.fill_checksum();
+        }
+        buf[20] = 3;
+        buf[21] = 3;
+        buf[28..].copy_from_slice(&quoted);
+        let mut packet = IpPacket::new_checked(&mut buf[..]).unwrap();
+        assert_eq!(packet.icmp_quoted().unwrap().as_bytes(), &quoted[..]);
+        packet.icmp_quoted_mut().unwrap().set_dst_port(8080);
+        packet.fill_icmp_checksum();
+        let icmp = smoltcp::wire::Icmpv4Packet::new_checked(&buf[20..]).unwrap();
+        assert!(icmp.verify_checksum());
+        // The quoted TCP header starts at 28 + 20; its destination port at +2.
+        assert_eq!(u16::from_be_bytes([buf[50], buf[51]]), 8080);
+    }
+
+    fn any_transport() -> impl Strategy<Value = Transport> {
+        prop_oneof![
+            (any::<u16>(), any::<u16>()).prop_map(|(s, d)| Transport::Tcp {
+                src_port: s,
+                dst_port: d,
+                flags: TcpFlags::default()
+            }),
+            (any::<u16>(), any::<u16>()).prop_map(|(s, d)| Transport::Udp {
+                src_port: s,
+                dst_port: d
+            }),
+            any::<u8>().prop_map(|t| Transport::IcmpError { icmp_type: t }),
+            (any::<bool>(), any::<u16>()).prop_map(|(r, i)| Transport::IcmpEcho {
+                request: r,
+                ident: i,
+                icmp_type: 8
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn views_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..120),
+            l4_offset in prop_oneof![0usize..130, Just(usize::MAX)],
+            len in prop_oneof![0usize..130, Just(usize::MAX)],
+            v6 in any::<bool>(),
+            transport in any_transport(),
+        ) {
+            let _ = IpPacket::new_checked(&bytes[..]);
+            let _ = IpPacket::new_quoted(&bytes[..]);
+            let (src, dst) = if v6 {
+                (IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+            } else {
+                (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+            };
+            let header = IpHeader {
+                src,
+                dst,
+                protocol: 6,
+                hop_limit: 1,
+                l4_offset,
+                len,
+                fragment: None,
+                transport,
+            };
+            let mut packet = IpPacket::with_header(bytes.clone(), header);
+            let _ = packet.udp_payload();
+            let _ = packet.icmp_quoted();
+            if let Some(mut quoted) = packet.icmp_quoted_mut() {
+                quoted.set_dst_port(1);
+            }
+            packet.set_src(dst);
+            packet.set_dst(src);
+            packet.set_src_port(2);
+            packet.set_dst_port(3);
+            packet.decrement_hop_limit();
+            packet.fill_icmp_checksum();
+        }
     }
 }

@@ -9,12 +9,10 @@ use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
 use super::neighbor::ICMPV6_NEIGHBOR_SOLICIT;
-use super::{flow_ports, frame_around, Firewall, Transmit, DNS_PORT};
+use super::{flow_ports, frame_around, packet_in, Firewall, Transmit, DNS_PORT};
 use crate::conntrack::{Direction, ReplyKey};
 use crate::fragments::DatagramKey;
-use crate::icmp;
-use crate::link::ETHERNET_HEADER_LEN;
-use crate::packet::{self, IpHeader, Transport};
+use crate::packet::{self, IpHeader, IpPacket, Transport};
 use crate::resolver::RESOLVER_PORT;
 
 impl Firewall {
@@ -68,8 +66,9 @@ impl Firewall {
                 .any(|d| d.upstream == Some(header.src))
             {
                 // An answer for the dsthost= resolver, not a client's flow.
-                let payload = ip.get(header.l4_offset + 8..header.len).unwrap_or_default();
-                self.resolver.on_response(now, payload);
+                let packet = IpPacket::with_header(ip, header);
+                self.resolver
+                    .on_response(now, packet.udp_payload().unwrap_or_default());
                 return;
             }
         }
@@ -133,13 +132,12 @@ impl Firewall {
         let Some(mut frame) = frame_around(ip, header) else {
             return;
         };
-        if let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) {
-            packet::decrement_hop_limit(pkt, header);
-            packet::set_dst(pkt, header, conn.orig.src);
-            packet::set_dst_port(pkt, header, conn.orig.src_port);
-            if conn.orig.dst != header.src {
-                packet::set_src(pkt, header, conn.orig.dst);
-            }
+        if let Some(mut pkt) = packet_in(&mut frame, header) {
+            pkt.decrement_hop_limit();
+            pkt.set_dst(conn.orig.src);
+            pkt.set_dst_port(conn.orig.src_port);
+            // The virtual DNS server the client asked, when redirected.
+            pkt.set_src(conn.orig.dst);
         }
         if let Some(fragment) = header.fragment {
             self.fragments.record(
@@ -196,12 +194,10 @@ impl Firewall {
         let Some(mut frame) = frame_around(ip, header) else {
             return;
         };
-        if let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) {
-            packet::decrement_hop_limit(pkt, header);
-            packet::set_dst(pkt, header, conn.orig.src);
-            if conn.orig.dst != header.src {
-                packet::set_src(pkt, header, conn.orig.dst);
-            }
+        if let Some(mut pkt) = packet_in(&mut frame, header) {
+            pkt.decrement_hop_limit();
+            pkt.set_dst(conn.orig.src);
+            pkt.set_src(conn.orig.dst);
         }
         if self.send_to_client(&client, client_id, frame, out) {
             self.counters.forwarded_in += 1;
@@ -217,13 +213,10 @@ impl Firewall {
         ip: &[u8],
         out: &mut Vec<Transmit>,
     ) {
-        const ICMP_HEADER_LEN: usize = 8;
-        let quoted_at = header.l4_offset + ICMP_HEADER_LEN;
-        let Some(quoted) = ip.get(quoted_at..header.len) else {
-            self.counters.dropped_malformed += 1;
-            return;
-        };
-        let Ok(inner) = packet::parse_quoted(quoted) else {
+        let Some(inner) = IpPacket::with_header(ip, *header)
+            .icmp_quoted()
+            .map(|quoted| *quoted.header())
+        else {
             self.counters.dropped_malformed += 1;
             return;
         };
@@ -272,27 +265,21 @@ impl Firewall {
         let Some(mut frame) = frame_around(ip, header) else {
             return;
         };
-        let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) else {
+        let Some(mut pkt) = packet_in(&mut frame, header) else {
             return;
         };
-        if let Some(inner_pkt) = pkt.get_mut(quoted_at..) {
-            packet::set_src(inner_pkt, &inner, conn.orig.src);
-            packet::set_src_port(inner_pkt, &inner, conn.orig.src_port);
-            if conn.orig.dst != inner.dst {
-                packet::set_dst(inner_pkt, &inner, conn.orig.dst);
-            }
+        // The quoted packet as the client sent it, then the outer header.
+        if let Some(mut quoted) = pkt.icmp_quoted_mut() {
+            quoted.set_src(conn.orig.src);
+            quoted.set_src_port(conn.orig.src_port);
+            quoted.set_dst(conn.orig.dst);
         }
-        packet::decrement_hop_limit(pkt, header);
-        packet::set_dst(pkt, header, conn.orig.src);
-        if header.src == conn.reply.remote && conn.orig.dst != conn.reply.remote {
-            packet::set_src(pkt, header, conn.orig.dst);
-        }
-        let mut outer = *header;
-        outer.dst = conn.orig.src;
+        pkt.decrement_hop_limit();
+        pkt.set_dst(conn.orig.src);
         if header.src == conn.reply.remote {
-            outer.src = conn.orig.dst;
+            pkt.set_src(conn.orig.dst);
         }
-        icmp::refill_checksum(pkt, &outer);
+        pkt.fill_icmp_checksum();
         if self.send_to_client(&client, client_id, frame, out) {
             self.counters.icmp_errors_translated += 1;
         }

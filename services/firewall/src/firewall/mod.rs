@@ -28,7 +28,7 @@ use crate::conntrack::{ConnTrack, Connection};
 use crate::counters::Counters;
 use crate::fragments::FragmentTable;
 use crate::link;
-use crate::packet::{IpHeader, TcpFlags, Transport};
+use crate::packet::{IpHeader, IpPacket, TcpFlags, Transport};
 use crate::resolver::{Outcome, RecordType, Resolver, ResolverStats, RESOLVER_PORT};
 use outbound::NAT_PORT_FIRST;
 pub use rules::RuleReport;
@@ -116,6 +116,14 @@ fn frame_around(ip: &[u8], header: &IpHeader) -> Option<Vec<u8>> {
     };
     let zero = EthernetAddress([0; 6]);
     Some(link::ethernet_frame(zero, zero, ethertype, packet))
+}
+
+/// The view of the packet in a frame built by [`frame_around`].
+fn packet_in<'a>(frame: &'a mut [u8], header: &IpHeader) -> Option<IpPacket<&'a mut [u8]>> {
+    Some(IpPacket::with_header(
+        frame.get_mut(link::ETHERNET_HEADER_LEN..)?,
+        *header,
+    ))
 }
 
 fn ip_ethertype(ip: &[u8]) -> EthernetProtocol {

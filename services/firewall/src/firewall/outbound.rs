@@ -10,12 +10,10 @@ use smoltcp::time::Instant;
 
 use super::neighbor::ICMPV6_NEIGHBOR_SOLICIT;
 use super::rules::{flow_query, opens_flow, RuleContext};
-use super::{flow_ports, frame_around, Client, ClientId, Firewall, Transmit, DNS_PORT};
+use super::{flow_ports, frame_around, packet_in, Client, ClientId, Firewall, Transmit, DNS_PORT};
 use crate::conntrack::{ConnId, Direction, FlowState, OrigKey, ReplyKey, TcpState};
 use crate::fragments::DatagramKey;
-use crate::icmp;
-use crate::link::ETHERNET_HEADER_LEN;
-use crate::packet::{self, IpHeader, Transport};
+use crate::packet::{self, IpHeader, IpPacket, Transport};
 use crate::resolver::RESOLVER_PORT;
 use qubes::firewall_rules::Action;
 
@@ -149,13 +147,10 @@ impl Firewall {
         uplink_ip: IpAddr,
         out: &mut Vec<Transmit>,
     ) {
-        const ICMP_HEADER_LEN: usize = 8;
-        let quoted_at = header.l4_offset + ICMP_HEADER_LEN;
-        let Some(quoted) = ip.get(quoted_at..header.len) else {
-            self.counters.dropped_malformed += 1;
-            return;
-        };
-        let Ok(inner) = packet::parse_quoted(quoted) else {
+        let Some(inner) = IpPacket::with_header(ip, *header)
+            .icmp_quoted()
+            .map(|quoted| *quoted.header())
+        else {
             self.counters.dropped_malformed += 1;
             return;
         };
@@ -200,25 +195,19 @@ impl Firewall {
         let Some(mut frame) = frame_around(ip, header) else {
             return;
         };
-        let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) else {
+        let Some(mut pkt) = packet_in(&mut frame, header) else {
             return;
         };
-        if let Some(inner_pkt) = pkt.get_mut(quoted_at..) {
-            if conn.reply.remote != inner.src {
-                packet::set_src(inner_pkt, &inner, conn.reply.remote);
-            }
-            packet::set_dst(inner_pkt, &inner, uplink_ip);
-            packet::set_dst_port(inner_pkt, &inner, conn.reply.local_port);
+        // The quoted packet as the uplink sent it, then the outer header.
+        if let Some(mut quoted) = pkt.icmp_quoted_mut() {
+            quoted.set_src(conn.reply.remote);
+            quoted.set_dst(uplink_ip);
+            quoted.set_dst_port(conn.reply.local_port);
         }
-        packet::decrement_hop_limit(pkt, header);
-        packet::set_src(pkt, header, uplink_ip);
-        if conn.reply.remote != header.dst {
-            packet::set_dst(pkt, header, conn.reply.remote);
-        }
-        let mut outer = *header;
-        outer.src = uplink_ip;
-        outer.dst = conn.reply.remote;
-        icmp::refill_checksum(pkt, &outer);
+        pkt.decrement_hop_limit();
+        pkt.set_src(uplink_ip);
+        pkt.set_dst(conn.reply.remote);
+        pkt.fill_icmp_checksum();
         self.send_to_uplink(now, frame, out);
         self.counters.icmp_errors_translated += 1;
     }
@@ -342,13 +331,12 @@ impl Firewall {
             self.counters.dropped_malformed += 1;
             return;
         };
-        if let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) {
-            packet::decrement_hop_limit(pkt, header);
-            packet::set_src(pkt, header, uplink_ip);
-            packet::set_src_port(pkt, header, conn.reply.local_port);
-            if conn.reply.remote != header.dst {
-                packet::set_dst(pkt, header, conn.reply.remote);
-            }
+        if let Some(mut pkt) = packet_in(&mut frame, header) {
+            pkt.decrement_hop_limit();
+            pkt.set_src(uplink_ip);
+            pkt.set_src_port(conn.reply.local_port);
+            // The upstream resolver, when redirected.
+            pkt.set_dst(conn.reply.remote);
         }
         if let Some(fragment) = header.fragment {
             self.fragments.record(
@@ -458,12 +446,10 @@ impl Firewall {
         let Some(mut frame) = frame_around(ip, header) else {
             return;
         };
-        if let Some(pkt) = frame.get_mut(ETHERNET_HEADER_LEN..) {
-            packet::decrement_hop_limit(pkt, header);
-            packet::set_src(pkt, header, uplink_ip);
-            if conn.reply.remote != header.dst {
-                packet::set_dst(pkt, header, conn.reply.remote);
-            }
+        if let Some(mut pkt) = packet_in(&mut frame, header) {
+            pkt.decrement_hop_limit();
+            pkt.set_src(uplink_ip);
+            pkt.set_dst(conn.reply.remote);
         }
         self.send_to_uplink(now, frame, out);
         self.counters.forwarded_out += 1;
