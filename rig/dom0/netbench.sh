@@ -23,6 +23,13 @@
 #       (UDP NoPorts from rig/domu/init's port 5004). Prints
 #       RIG pps NAME SENT MICROSECONDS RECEIVED
 #       or `RIG pps NAME failed WHY`.
+#   bash netbench.sh iperf3 NAME IP [SECONDS]
+#       dom0's iperf3 client against the iperf3 server of guest NAME (port
+#       5201: netdemo's own, or `iperf3 -s` in the Linux domU), SECONDS
+#       (default 10) each way: `iperf3 -c IP` (dom0 -> guest) and
+#       `iperf3 -c IP -R` (guest -> dom0). Prints, per direction,
+#       RIG iperf3 NAME to-guest|from-guest MBITS
+#       (the receiver's figure) or `RIG iperf3 NAME DIRECTION failed WHY`.
 set -u
 console() { echo "/var/log/xen/console/guest-$1.log"; }
 now() { read -r t _ </proc/uptime; echo "$t"; }
@@ -115,9 +122,26 @@ pps() {
   echo "RIG pps $name $res $((after - before))"
 }
 
+iperf3_run() {
+  local name=$1 ip=$2 secs=${3:-10} dir flag out rate
+  for dir in to-guest from-guest; do
+    flag=""
+    [ "$dir" = from-guest ] && flag=-R
+    out=$(timeout $((secs + 60)) iperf3 -c "$ip" -t "$secs" -f m $flag 2>&1)
+    # "[  5]   0.00-10.00  sec  28.6 MBytes  24.0 Mbits/sec    receiver"
+    rate=$(echo "$out" | awk '/receiver$/ { for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") print $(i - 1) }')
+    if [ -n "$rate" ]; then
+      echo "RIG iperf3 $name $dir $rate"
+    else
+      echo "RIG iperf3 $name $dir failed $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+  done
+}
+
 case "${1:-}" in
 start) shift; start "$@" ;;
 pull) shift; pull "$@" ;;
 pps) shift; pps "$@" ;;
-*) echo "usage: netbench.sh start|pull|pps ..." >&2; exit 2 ;;
+iperf3) shift; iperf3_run "$@" ;;
+*) echo "usage: netbench.sh start|pull|pps|iperf3 ..." >&2; exit 2 ;;
 esac

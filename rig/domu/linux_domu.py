@@ -2,7 +2,8 @@
 """Builds the rig's Linux PV domU: Debian's kernel (the rig's boot/vmlinuz,
 the same one dom0 runs) with a small initramfs made here from the rig cache
 (rig/fetch.sh): the static busybox of dom0's tree with a symlink per applet,
-xen-netfront.ko, and rig/domu/init as /init. Also extracts pktgen.ko from the
+xen-netfront.ko, dom0's iperf3 with its libraries (amd64), and
+rig/domu/init as /init. Also extracts pktgen.ko from the
 cached linux-image package, for dom0 to generate 64-byte UDP floods.
 
 Command line (prints the paths):
@@ -68,12 +69,52 @@ def applets(busybox: Path) -> list:
     return names
 
 
-def initramfs(busybox: Path, netfront: Path, init: bytes) -> bytes:
-    """The domU's initramfs, gzip'd."""
+def needed_libs(elf: Path, root: Path, libdir: str) -> list:
+    """The shared libraries `elf` needs, recursively, as paths in dom0's
+    tree `root` (rig/fetch.sh copied them to /`libdir`)."""
+    out: list = []
+
+    def walk(f: Path) -> None:
+        text = subprocess.run(["readelf", "-d", str(f)], check=True, capture_output=True, text=True).stdout
+        for line in text.splitlines():
+            if "(NEEDED)" not in line:
+                continue
+            name = line.split("[", 1)[1].split("]", 1)[0]
+            lib = root / libdir / name
+            assert lib.is_file(), f"{name} (needed by {f.name}) not in {root / libdir}"
+            if lib not in out:
+                out.append(lib)
+                walk(lib)
+    walk(elf)
+    return out
+
+
+#: dom0's library directory (rig/fetch.sh) and the loader's path.
+LIBDIR = "lib/x86_64-linux-gnu"
+LOADER = "lib64/ld-linux-x86-64.so.2"
+
+
+def initramfs(busybox: Path, netfront: Path, init: bytes, iperf3: Path | None = None) -> bytes:
+    """The domU's initramfs, gzip'd. With `iperf3` (dom0's, in its tree),
+    also iperf3, its libraries and the loader, for `iperf3 -s`."""
     entries = []
     ino = 1
     for d in ("bin", "dev", "lib", "proc", "sys", "tmp"):
         entries.append(newc(d, 0o040755, b"", ino))
+        ino += 1
+    if iperf3 is not None:
+        root = iperf3.parent.parent.parent
+        for d in ("usr", "usr/bin", "lib/x86_64-linux-gnu", "lib64"):
+            entries.append(newc(d, 0o040755, b"", ino))
+            ino += 1
+        entries.append(newc("usr/bin/iperf3", 0o100755, iperf3.read_bytes(), ino))
+        ino += 1
+        loader = root / LIBDIR / "ld-linux-x86-64.so.2"
+        libs = needed_libs(iperf3, root, LIBDIR)
+        for lib in libs + ([loader] if loader not in libs else []):
+            entries.append(newc(f"{LIBDIR}/{lib.name}", 0o100755, lib.read_bytes(), ino))
+            ino += 1
+        entries.append(newc(LOADER, 0o120777, f"/{LIBDIR}/ld-linux-x86-64.so.2".encode(), ino))
         ino += 1
     # the kernel opens /dev/console for init before anything is mounted
     entries.append(newc("dev/console", 0o020600, b"", ino, (5, 1)))
@@ -134,14 +175,19 @@ def build(arch: str = "amd64") -> LinuxDomU:
     out.mkdir(exist_ok=True)
 
     init = INIT.read_bytes()
+    iperf3 = root / "usr" / "bin" / "iperf3"
+    iperf3 = iperf3 if iperf3.is_file() and arch == "amd64" else None
     key = hashlib.sha256()
-    for part in (init, busybox.read_bytes(), netfront.read_bytes(), Path(__file__).read_bytes()):
+    parts = [init, busybox.read_bytes(), netfront.read_bytes(), Path(__file__).read_bytes()]
+    if iperf3 is not None:
+        parts.append(iperf3.read_bytes())
+    for part in parts:
         key.update(hashlib.sha256(part).digest())
     ramdisk = out / "initramfs.cpio.gz"
     stamp = out / "initramfs.key"
     if not ramdisk.is_file() or not stamp.is_file() or stamp.read_text() != key.hexdigest():
         tmp = ramdisk.with_suffix(".tmp")
-        tmp.write_bytes(initramfs(busybox, netfront, init))
+        tmp.write_bytes(initramfs(busybox, netfront, init, iperf3))
         tmp.replace(ramdisk)
         stamp.write_text(key.hexdigest())
 
