@@ -60,6 +60,13 @@ fn firewall() -> Firewall {
         ("0002", b"action=accept dsthost=example.com proto=tcp"),
         ("0004", b"action=accept"),
     ];
+    // dsthost= names are resolved when rules are loaded; answer at once so
+    // that client A's rules are in force from the first frame.
+    fw.set_host_addresses(
+        Instant::from_millis(0),
+        "example.com",
+        vec![IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34))],
+    );
     fw.set_rules(
         IpAddr::V4(Ipv4Addr::new(10, 138, 0, 10)),
         LoadedRules::load(Family::V4, rules).rules,
