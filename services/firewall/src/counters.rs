@@ -42,7 +42,8 @@ pub struct Counters {
     pub dropped_inter_client: u64,
     /// Packets that neither open a flow nor belong to one.
     pub dropped_no_flow: u64,
-    /// IPv6 packets from clients while the uplink has no IPv6.
+    /// IPv6 packets from clients while the uplink has no IPv6 (or the
+    /// firewall none at all).
     pub dropped_ipv6_no_uplink: u64,
     /// Protocols or message types the firewall does not forward.
     pub dropped_unsupported: u64,

@@ -632,3 +632,24 @@ fn refused_with_admin_prohibited_at(fw: &mut Firewall, secs: i64, packet: &[u8])
     );
     assert_eq!(icmp4_type_code(&out), (3, 13), "admin-prohibited");
 }
+
+/// qubes-iptables 33-39 load qubes-ipv6-disabled.nft when the firewall has
+/// neither `/qubes-ip6` nor `/qubes-netvm-gateway6`: input and forward
+/// drop every IPv6 packet, so not even a neighbour solicitation is
+/// answered.
+#[test]
+fn without_any_ipv6_address_every_ipv6_packet_is_dropped() {
+    let mut no_ipv6 = config(false);
+    no_ipv6.client_side.gateway6 = None;
+    let mut fw = firewall_without_rules(no_ipv6);
+    fw.set_rules(IpAddr::V6(A_IP6), RuleSet::accept_all());
+    let link_local: Ipv6Addr = "fe80::fcff:ffff:feff:ffff".parse().unwrap();
+    for frame in [
+        ns(A_IP6, link_local, 255),
+        from_a(&icmp6_echo(A_IP6, link_local, 1, true)),
+        from_a(&tcp(A_IP6, 40000, WEB6, 80, SYN)),
+    ] {
+        assert!(fw.handle(t(0), Interface::Client(A), &frame).is_empty());
+    }
+    assert_eq!(fw.counters().dropped_ipv6_no_uplink, 3);
+}

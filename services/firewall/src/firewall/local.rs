@@ -121,6 +121,14 @@ impl Firewall {
         allowed
     }
 
+    /// Whether the firewall does IPv6 at all: as Linux's qubes-iptables
+    /// (33-39) decides, when it has an IPv6 uplink address or an IPv6
+    /// gateway address for clients; otherwise it drops every IPv6 packet
+    /// (qubes-ipv6-disabled.nft).
+    pub(super) fn ipv6_enabled(&self) -> bool {
+        self.config.uplink.ip6.is_some() || self.config.client_side.gateway6.is_some()
+    }
+
     /// Whether `addr` is one of the firewall's own addresses: the gateway
     /// addresses clients use, the uplink addresses, and the link-local
     /// addresses of both sides.
@@ -130,8 +138,9 @@ impl Firewall {
             IpAddr::V6(a) => {
                 self.config.client_side.gateway6 == Some(*a)
                     || self.config.uplink.ip6 == Some(*a)
-                    || link::link_local_of(self.config.client_side.mac) == *a
-                    || link::link_local_of(self.config.uplink.mac) == *a
+                    || (self.ipv6_enabled()
+                        && (link::link_local_of(self.config.client_side.mac) == *a
+                            || link::link_local_of(self.config.uplink.mac) == *a))
             }
         }
     }

@@ -75,6 +75,12 @@ impl Firewall {
             self.counters.dropped_malformed += 1;
             return;
         };
+        if header.is_v6() && !self.ipv6_enabled() {
+            // Linux loads qubes-ipv6-disabled.nft: every IPv6 packet is
+            // dropped, neighbour discovery included.
+            self.counters.dropped_ipv6_no_uplink += 1;
+            return;
+        }
         if header.is_v6()
             && header.transport
                 == (Transport::IcmpOther {
