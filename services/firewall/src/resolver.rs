@@ -99,6 +99,9 @@ pub struct Query {
     pub message: Vec<u8>,
     /// Address family of the record type (the upstream is chosen by the caller).
     pub record_type: RecordType,
+    /// Which query of its lookup this is (0 for the first): the caller
+    /// asks the next upstream resolver on each retry.
+    pub attempt: u32,
 }
 
 /// Counters of the resolver.
@@ -296,11 +299,13 @@ impl Resolver {
             }
             lookup.pending = Some(id);
             lookup.next_query = Some(now + RETRY_FIRST * (1 << lookup.attempts));
+            let attempt = lookup.attempts;
             lookup.attempts += 1;
             self.stats.queries += 1;
             queries.push(Query {
                 message,
                 record_type: key.1,
+                attempt,
             });
         }
         queries

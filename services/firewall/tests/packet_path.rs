@@ -1555,3 +1555,32 @@ fn set_a_dns_only(fw: &mut Firewall) {
         ),
     );
 }
+
+#[test]
+fn dsthost_lookups_try_each_upstream_resolver_in_turn() {
+    let secondary = Ipv4Addr::new(192, 168, 1, 54);
+    let mut config = config(false);
+    config.dns = firewall::Config::new(
+        config.uplink,
+        config.client_side,
+        &[UPSTREAM_DNS, secondary],
+    )
+    .dns;
+    let mut fw = Firewall::new(config);
+    fw.set_rules(
+        IpAddr::V4(A_IP),
+        rules(
+            Family::V4,
+            "drop",
+            &[("0000", "action=accept dsthost=example.com")],
+        ),
+    );
+    let mut asked = Vec::new();
+    for second in 0..10 {
+        for tx in fw.poll(t(second)) {
+            let ip = single(vec![tx], Interface::Uplink);
+            asked.push(assert_valid4(&ip).dst_addr());
+        }
+    }
+    assert_eq!(asked, vec![UPSTREAM_DNS, secondary, UPSTREAM_DNS]);
+}

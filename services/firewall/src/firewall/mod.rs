@@ -396,10 +396,22 @@ impl Firewall {
 
     /// The first IPv4 upstream resolver, which the `dsthost=` lookups ask.
     fn upstream_resolver(&self) -> Option<core::net::Ipv4Addr> {
-        self.config.dns.iter().find_map(|d| match d.upstream {
-            Some(IpAddr::V4(a)) => Some(a),
-            _ => None,
-        })
+        self.upstream_resolvers().first().copied()
+    }
+
+    /// The IPv4 upstream resolvers, each once, in order: a lookup's
+    /// retries go to each in turn, as glibc's resolver tries each
+    /// `nameserver` of `resolv.conf`.
+    fn upstream_resolvers(&self) -> Vec<core::net::Ipv4Addr> {
+        let mut upstreams: Vec<core::net::Ipv4Addr> = Vec::new();
+        for redirect in &self.config.dns {
+            if let Some(IpAddr::V4(a)) = redirect.upstream {
+                if !upstreams.contains(&a) {
+                    upstreams.push(a);
+                }
+            }
+        }
+        upstreams
     }
 
     /// Install what [`crate::store::load_rules`] read for `client_addr`, as
@@ -478,10 +490,14 @@ impl Firewall {
         if self.gateway_mac.is_none() && !self.awaiting_gateway.is_empty() {
             self.request_gateway_mac(now, &mut out);
         }
-        let upstream = self.upstream_resolver();
+        let upstreams = self.upstream_resolvers();
         let queries = self.resolver.due_queries(now);
-        if let Some(upstream) = upstream {
+        if !upstreams.is_empty() {
             for query in queries {
+                let attempt = query.attempt as usize;
+                let Some(upstream) = upstreams.get(attempt % upstreams.len()).copied() else {
+                    continue;
+                };
                 let packet = link::udp_packet_v4(
                     self.config.uplink.ip4,
                     RESOLVER_PORT,
