@@ -1001,6 +1001,8 @@ fn dsthost_rules_use_the_resolved_addresses() {
             addr: IpAddr::V4(A_IP)
         }]
     );
+    let hosts = fw.dsthost_addresses(&IpAddr::V4(A_IP)).unwrap();
+    assert_eq!(hosts["example.com"], vec![IpAddr::V4(WEB)]);
 }
 
 /// The DNS answer to `query` (a UDP payload) giving `addr` with `ttl`.

@@ -389,6 +389,17 @@ impl Firewall {
         self.rule_reports.drain(..).collect()
     }
 
+    /// The addresses the `dsthost=` names of `client_addr`'s rules in
+    /// force had when they were loaded, name by name: what the Linux agent
+    /// writes to QubesDB as `/dns/<ip>/<name>` (`update_dns_info` in
+    /// `qubesagent/firewall.py`) for applications to pin.
+    pub fn dsthost_addresses(
+        &self,
+        client_addr: &IpAddr,
+    ) -> Option<&BTreeMap<String, Vec<IpAddr>>> {
+        self.rules.get(client_addr).map(|active| &active.hosts)
+    }
+
     /// Whether rules for `client_addr` wait for their `dsthost=` names.
     pub fn rules_pending(&self, client_addr: &IpAddr) -> bool {
         self.pending_rules.contains_key(client_addr)
