@@ -19,7 +19,7 @@
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 
 use super::{ip_ethertype, Client, ClientId, Firewall, Transmit};
@@ -32,39 +32,45 @@ const DHCP_CLIENT_PORT: u16 = 68;
 
 /// Least time between two ICMP errors to one address once the burst is
 /// spent: Linux's `icmp_ratelimit` and `icmpv6 ratelimit` (1000 ms).
-const ERROR_INTERVAL_MS: i64 = 1000;
-/// Errors sent at once before the interval applies (`XRLIM_BURST_FACTOR`).
-const ERROR_BURST: i64 = 6;
+const PER_ADDRESS_INTERVAL: Duration = Duration::from_millis(1000);
+/// Errors sent to one address at once before the interval applies
+/// (`XRLIM_BURST_FACTOR`).
+const PER_ADDRESS_BURST: i64 = 6;
+/// Least time between two ICMP errors of all, once the burst is spent:
+/// Linux's `icmp_msgs_per_sec` (1000).
+const GLOBAL_INTERVAL: Duration = Duration::from_millis(1);
+/// Errors sent at once before the global interval applies
+/// (`icmp_msgs_burst`, 50).
+const GLOBAL_BURST: i64 = 50;
 
-/// How many ICMP errors one client address may still receive: Linux's
-/// per-destination token bucket (`inet_peer_xrlim_allow`), which limits
-/// destination-unreachable and time-exceeded errors (`icmp_ratemask`) to
-/// one a second after a burst of six. Echo replies are not limited.
+/// A token bucket of ICMP errors, as Linux keeps one per destination
+/// (`inet_peer_xrlim_allow`, for the destination-unreachable and
+/// time-exceeded errors of `icmp_ratemask`) and one for all
+/// (`icmp_global_allow`). Echo replies are not limited.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct ErrorBudget {
-    /// Milliseconds of credit, at most `ERROR_BURST` intervals.
-    tokens_ms: i64,
+    /// Microseconds of credit, at most `burst` intervals.
+    tokens_us: i64,
     /// When the credit was last updated; `None` before the first error.
     last: Option<Instant>,
 }
 
 impl ErrorBudget {
-    /// Whether an error may be sent at `now`; spends it if so.
-    fn allow(&mut self, now: Instant) -> bool {
-        let full = ERROR_BURST * ERROR_INTERVAL_MS;
-        let elapsed = self
-            .last
-            .map_or(full, |last| (now - last).total_millis() as i64);
-        // A clock that went back gives no credit.
-        let elapsed = if now < self.last.unwrap_or(now) {
-            0
-        } else {
-            elapsed
+    /// Whether an error may be sent at `now` with one every `interval`
+    /// after a burst of `burst`; spends it if so.
+    fn allow(&mut self, now: Instant, interval: Duration, burst: i64) -> bool {
+        let interval = interval.total_micros() as i64;
+        let full = burst.saturating_mul(interval);
+        let elapsed = match self.last {
+            None => full,
+            // A clock that went back gives no credit.
+            Some(last) if now < last => 0,
+            Some(last) => (now - last).total_micros() as i64,
         };
-        self.tokens_ms = self.tokens_ms.saturating_add(elapsed).min(full);
+        self.tokens_us = self.tokens_us.saturating_add(elapsed).min(full);
         self.last = Some(now);
-        if self.tokens_ms >= ERROR_INTERVAL_MS {
-            self.tokens_ms -= ERROR_INTERVAL_MS;
+        if self.tokens_us >= interval {
+            self.tokens_us -= interval;
             true
         } else {
             false
@@ -110,11 +116,14 @@ impl Firewall {
     /// (its [`ErrorBudget`] for the packet's family); counts it if not.
     fn error_allowed(&mut self, now: Instant, id: ClientId, header: &IpHeader) -> bool {
         let family = usize::from(header.is_v6());
+        // Per destination first, then the global budget (the order of
+        // Linux since "icmp: change the order of rate limits", 2024).
         let allowed = self
             .clients
             .get_mut(&id)
             .and_then(|client| client.error_budgets.get_mut(family))
-            .is_some_and(|budget| budget.allow(now));
+            .is_some_and(|budget| budget.allow(now, PER_ADDRESS_INTERVAL, PER_ADDRESS_BURST))
+            && self.error_budget.allow(now, GLOBAL_INTERVAL, GLOBAL_BURST);
         if !allowed {
             self.counters.icmp_errors_rate_limited += 1;
         }
@@ -273,22 +282,33 @@ impl Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::TcpFlags;
+    use core::net::Ipv4Addr;
 
     #[test]
     fn errors_are_limited_to_one_a_second_after_a_burst_of_six() {
         let mut budget = ErrorBudget::default();
         let at = |ms| Instant::from_millis(ms);
-        assert_eq!((0..10).filter(|_| budget.allow(at(0))).count(), 6);
-        assert!(!budget.allow(at(999)));
-        assert!(budget.allow(at(1000)));
-        assert!(!budget.allow(at(1500)));
+        let mut allow = |ms| budget.allow(at(ms), PER_ADDRESS_INTERVAL, PER_ADDRESS_BURST);
+        assert_eq!((0..10).filter(|_| allow(0)).count(), 6);
+        assert!(!allow(999));
+        assert!(allow(1000));
+        assert!(!allow(1500));
         // Ten quiet seconds refill the burst, no more.
-        assert_eq!((0..10).filter(|_| budget.allow(at(12_000))).count(), 6);
+        assert_eq!((0..10).filter(|_| allow(12_000)).count(), 6);
         // A clock that goes back gives nothing.
-        assert!(!budget.allow(at(5_000)));
+        assert!(!allow(5_000));
     }
-    use crate::packet::TcpFlags;
-    use core::net::Ipv4Addr;
+
+    #[test]
+    fn all_errors_together_are_limited_to_a_thousand_a_second() {
+        let mut budget = ErrorBudget::default();
+        let sent = (0..2000)
+            .filter(|i| budget.allow(Instant::from_micros(i * 100), GLOBAL_INTERVAL, GLOBAL_BURST))
+            .count();
+        // 50 at once, then one a millisecond over 0.2 s.
+        assert!((240..=251).contains(&sent), "{sent}");
+    }
 
     fn header(transport: Transport) -> IpHeader {
         IpHeader {

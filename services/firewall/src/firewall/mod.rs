@@ -80,6 +80,8 @@ pub struct Firewall {
     rules: BTreeMap<IpAddr, ActiveRules>,
     pending_rules: BTreeMap<IpAddr, PendingRules>,
     rule_reports: VecDeque<RuleReport>,
+    /// The ICMP errors the firewall may still send to any client.
+    error_budget: local::ErrorBudget,
     resolver: Resolver,
     conntrack: ConnTrack,
     fragments: FragmentTable,
@@ -150,6 +152,7 @@ impl Firewall {
             rules: BTreeMap::new(),
             pending_rules: BTreeMap::new(),
             rule_reports: VecDeque::new(),
+            error_budget: Default::default(),
             resolver: Resolver::new(seed),
             last_arp_request: None,
             awaiting_gateway: VecDeque::new(),
