@@ -1,0 +1,868 @@
+//! The loop of a network VM: [`run`].
+//!
+//! One future, no spawned tasks: it owns the uplink (a [`Netfront`]), the
+//! client vifs (netback [`Vif`]s), the offers still waiting for their
+//! frontends and the [`Service`]. Each round it
+//!
+//! 1. takes at most [`Options::budget`] frames from the uplink and from
+//!    each client (clients taken in a rotating order), hands each to
+//!    [`Service::handle`] and sends what it returns;
+//! 2. fills the clients' RX rings (again at most a budget each);
+//! 3. runs [`Service::tick`] when due;
+//! 4. does its xenstore work when a watch fired or once a second: the
+//!    toolstack's shutdown request, the health of every client and of the
+//!    uplink, one look at each offer, new and finished `backend/vif`
+//!    directories, the configuration directory;
+//! 5. yields if a budget ran out, else sleeps until an event channel, a
+//!    watch or a timer wakes it.
+//!
+//! The uplink's backend going away (dom0's netback restarted, `xl
+//! network-detach` + `network-attach` of the uplink) is noticed by a ring
+//! error or by the once-a-second state check; the runtime then drives
+//! `Netfront::reconnect` as a boxed future beside the clients, which are
+//! still served (frames to the uplink are dropped and counted). The
+//! xenstore connection lives in the uplink's environment, so xenstore work
+//! waits for the uplink to be back: a client that goes away meanwhile stops
+//! being polled at once and is closed once the uplink is back.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeSet;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::future::{poll_fn, Future};
+use core::pin::{pin, Pin};
+use core::task::Poll;
+
+use kernel::control::ShutdownRequest;
+use kernel::executor::Handle;
+use netback::{BackendDevice, BackendOptions, Health, NetbackEnv, Offer, Offload, Packet, Vif};
+use netfront::{ConnectOptions, MacAddress, NetEnv, Netfront, NetfrontError, TxOffload};
+use xen::abi::Port as EvtchnPort;
+use xen::xenbus::{write_state, XenbusState};
+use xen::xenstore::{XenStore, XsError, XsTransport};
+
+use crate::identity::{self, ClientInfo, Key};
+use crate::{config, ClientId, Link, Service, To, Transmit};
+
+const SECOND: u64 = 1_000_000_000;
+const WATCH_VIFS: &str = "netvm:vifs";
+const WATCH_CONFIG: &str = "netvm:config";
+
+/// How a network VM runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Printed before every console line (`netbridge`, `firewall`).
+    pub name: &'static str,
+    /// Where console lines go (`kernel::println!` in an image).
+    pub print: fn(&str),
+    /// The uplink device, `device/vif/0` normally.
+    pub uplink_path: String,
+    /// How the uplink connects.
+    pub uplink: ConnectOptions,
+    /// What the clients are offered (e.g. no GSO for a service that would
+    /// have to segment).
+    pub backend: BackendOptions,
+    /// Frames taken from one vif (or the uplink) per round, and delivered
+    /// to one vif per round: no vif can starve another.
+    pub budget: usize,
+    /// The periodic xenstore scan (backstop of the `backend/vif` watch,
+    /// health of clients and uplink, shutdown requests).
+    pub scan_ns: u64,
+    /// Wait before a vif whose offer failed is offered again.
+    pub retry_ns: u64,
+    /// [`Service::tick`] period.
+    pub tick_ns: u64,
+    /// [`Service::report`] period (0: never).
+    pub report_ns: u64,
+    /// The configuration directory to watch and hand to
+    /// [`Service::configure`] (relative to our home or absolute).
+    pub config: Option<String>,
+    /// Drop (and count in [`Stats::spoofed`]) a client's frames whose
+    /// Ethernet source is not the `mac` of its vif.
+    pub enforce_mac: bool,
+    /// Most clients connected or offered at once; more vifs wait.
+    pub max_clients: usize,
+}
+
+impl Options {
+    /// The defaults: `device/vif/0`, budget 64, a scan every second, offers
+    /// retried after 10 s, ticks every 100 ms, a report every 10 s, MACs
+    /// enforced, 64 clients.
+    pub fn new(name: &'static str, print: fn(&str)) -> Self {
+        Self {
+            name,
+            print,
+            uplink_path: String::from("device/vif/0"),
+            uplink: ConnectOptions::default(),
+            backend: BackendOptions::default(),
+            budget: 64,
+            scan_ns: SECOND,
+            retry_ns: 10 * SECOND,
+            tick_ns: SECOND / 10,
+            report_ns: 10 * SECOND,
+            config: None,
+            enforce_mac: true,
+            max_clients: 64,
+        }
+    }
+}
+
+/// The uplink as the service sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UplinkInfo {
+    /// Our MAC on it.
+    pub mac: MacAddress,
+    /// Its backend directory.
+    pub backend: String,
+    /// The `ip` key of its backend directory (`vif=['ip=...']` in our own
+    /// xl config).
+    pub ip: Key<Vec<core::net::IpAddr>>,
+}
+
+/// Why [`run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The toolstack asked (`xl shutdown`, `xl reboot`); everything was
+    /// closed in order.
+    Requested(ShutdownRequest),
+    /// The uplink could not be connected at start.
+    NoUplink(NetfrontError),
+    /// The uplink could not be reconnected after its backend went away.
+    UplinkLost(NetfrontError),
+}
+
+/// Counters of the runtime (the service keeps its own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Clients connected now.
+    pub clients: usize,
+    /// Vifs offered now, waiting for their frontend.
+    pub offered: usize,
+    /// Connections made in all.
+    pub connected: u64,
+    /// Connections closed in all.
+    pub closed: u64,
+    /// Vifs refused by [`Service::admit`].
+    pub refused: u64,
+    /// Backend directories removed once the toolstack was done.
+    pub removed: u64,
+    /// Offers that failed (bad keys, frontend closed before connecting).
+    pub offer_errors: u64,
+    /// Frames taken from the uplink.
+    pub uplink_rx: u64,
+    /// Frames sent on the uplink.
+    pub uplink_tx: u64,
+    /// Frames for the uplink dropped (ring full, offload refused, uplink
+    /// down).
+    pub uplink_tx_dropped: u64,
+    /// Frames taken from clients.
+    pub client_rx: u64,
+    /// Frames queued for clients.
+    pub client_tx: u64,
+    /// Frames for clients dropped (queue full, client gone).
+    pub client_tx_dropped: u64,
+    /// Client frames dropped for a source MAC not their vif's.
+    pub spoofed: u64,
+    /// Times a client was not read because the uplink's TX ring was full
+    /// (backpressure: the frames wait in the client's ring).
+    pub uplink_full: u64,
+    /// Times the uplink's backend went away.
+    pub uplink_lost: u64,
+    /// Configuration snapshots read.
+    pub config_reads: u64,
+    /// Configuration reads that failed (the previous one stays).
+    pub config_errors: u64,
+    /// Rounds of the loop.
+    pub rounds: u64,
+}
+
+struct Client<B: NetbackEnv> {
+    info: ClientInfo,
+    vif: Vif<B>,
+}
+
+type Reconnect<U> = Pin<Box<dyn Future<Output = Result<Netfront<U>, (U, NetfrontError)>>>>;
+
+enum Uplink<U: NetEnv + 'static> {
+    Up(Netfront<U>),
+    Down(Reconnect<U>),
+}
+
+/// Every `backend/vif/<front>/<dev>` directory of ours.
+async fn backend_dirs<T: XsTransport>(xs: &mut XenStore<T>) -> Result<Vec<String>, XsError> {
+    let mut out = Vec::new();
+    let fronts = match xs.directory("backend/vif").await {
+        Ok(f) => f,
+        Err(XsError::Enoent) => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for front in fronts {
+        let dir = format!("backend/vif/{front}");
+        match xs.directory(&dir).await {
+            Ok(devs) => out.extend(devs.into_iter().map(|d| format!("{dir}/{d}"))),
+            Err(XsError::Enoent) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+async fn uplink_info<U: NetEnv>(nf: &mut Netfront<U>) -> UplinkInfo {
+    let backend = nf.device().backend.clone();
+    let mac = nf.mac();
+    let ip = match nf.env().xenstore().read(&format!("{backend}/ip")).await {
+        Ok(v) => identity::parse_ip(&v),
+        Err(_) => Key::Absent,
+    };
+    UplinkInfo { mac, backend, ip }
+}
+
+/// The loop's state, apart from the uplink (which owns the xenstore
+/// connection and so is borrowed separately).
+struct State<'a, B: NetbackEnv, S: Service> {
+    options: &'a Options,
+    benv: B,
+    service: &'a mut S,
+    clients: Vec<Client<B>>,
+    /// Clients gone while the uplink (and so xenstore) was down: closed
+    /// once it is back.
+    dying: Vec<Client<B>>,
+    offers: Vec<(String, Offer)>,
+    /// Vifs not to look at again before a time (failed offers).
+    retry_at: Vec<(String, u64)>,
+    /// Vifs refused by the service, while their directory lives.
+    refused: BTreeSet<String>,
+    next_id: u32,
+    rotate: usize,
+    stats: Stats,
+    out: Vec<Transmit>,
+    packets: Vec<Packet>,
+}
+
+impl<B: NetbackEnv, S: Service> State<'_, B, S> {
+    fn print(&self, line: &str) {
+        (self.options.print)(&format!("{}: {line}", self.options.name));
+    }
+
+    /// Send everything in `self.out`.
+    fn dispatch<U: NetEnv + 'static>(&mut self, uplink: &mut Uplink<U>) {
+        for t in core::mem::take(&mut self.out) {
+            match t.to {
+                To::Uplink => match uplink {
+                    Uplink::Up(nf) => {
+                        let offload = TxOffload {
+                            csum_blank: t.packet.offload.csum_blank,
+                            data_validated: t.packet.offload.data_validated,
+                            gso: t.packet.offload.gso,
+                        };
+                        match nf.send(&t.packet.data, offload) {
+                            Ok(()) => self.stats.uplink_tx += 1,
+                            Err(_) => self.stats.uplink_tx_dropped += 1,
+                        }
+                    }
+                    Uplink::Down(_) => self.stats.uplink_tx_dropped += 1,
+                },
+                To::Client(id) => match self.clients.iter_mut().find(|c| c.info.id == id) {
+                    Some(c) => {
+                        if c.vif.send(t.packet) {
+                            self.stats.client_tx += 1;
+                        } else {
+                            self.stats.client_tx_dropped += 1;
+                        }
+                    }
+                    None => self.stats.client_tx_dropped += 1,
+                },
+                To::Clients { except } => {
+                    for c in self.clients.iter_mut() {
+                        if Some(c.info.id) == except {
+                            continue;
+                        }
+                        if c.vif.send(t.packet.clone()) {
+                            self.stats.client_tx += 1;
+                        } else {
+                            self.stats.client_tx_dropped += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frames from the clients (and their RX rings filled). Returns whether
+    /// a budget ran out; clients that failed are moved to `dead`.
+    fn serve_clients<U: NetEnv + 'static>(
+        &mut self,
+        now: u64,
+        uplink: &mut Uplink<U>,
+        dead: &mut Vec<(ClientId, String)>,
+    ) -> bool {
+        let mut more = false;
+        let n = self.clients.len();
+        if n > 0 {
+            self.rotate = (self.rotate + 1) % n;
+        }
+        for k in 0..n {
+            let i = (self.rotate + k) % n;
+            let Some(c) = self.clients.get_mut(i) else {
+                continue;
+            };
+            let id = c.info.id;
+            if dead.iter().any(|d| d.0 == id) {
+                continue;
+            }
+            // Backpressure: take no more from a client than the uplink can
+            // queue now (a frame without GSO takes one slot), so a busy
+            // uplink leaves frames in the clients' rings, where their TCP
+            // waits, instead of dropping them here. The uplink's TX
+            // completions wake us.
+            let room = match uplink {
+                Uplink::Up(nf) => nf
+                    .queues()
+                    .iter()
+                    .map(|q| q.tx.free_slots() as usize)
+                    .min()
+                    .unwrap_or(0),
+                Uplink::Down(_) => usize::MAX,
+            };
+            let budget = self.options.budget.min(room);
+            if budget == 0 {
+                self.stats.uplink_full += 1;
+                continue;
+            }
+            self.packets.clear();
+            match c.vif.receive(&mut self.benv, budget, &mut self.packets) {
+                Ok(p) => more |= p.more,
+                Err(f) => {
+                    dead.push((id, format!("{f:?}")));
+                    continue;
+                }
+            }
+            let mac = match (&c.info.mac, self.options.enforce_mac) {
+                (Key::Valid(m), true) => Some(m.0),
+                _ => None,
+            };
+            for p in core::mem::take(&mut self.packets) {
+                self.stats.client_rx += 1;
+                if let Some(mac) = mac {
+                    if p.data.get(6..12) != Some(&mac[..]) {
+                        self.stats.spoofed += 1;
+                        continue;
+                    }
+                }
+                self.service.handle(now, Link::Client(id), p, &mut self.out);
+                self.dispatch(uplink);
+            }
+        }
+        for c in self.clients.iter_mut() {
+            if dead.iter().any(|d| d.0 == c.info.id) {
+                continue;
+            }
+            match c.vif.deliver(&mut self.benv, self.options.budget) {
+                Ok(p) => more |= p.more,
+                Err(f) => dead.push((c.info.id, format!("{f:?}"))),
+            }
+        }
+        more
+    }
+
+    /// Take the clients in `dead` out of service (closed now if `xs` is
+    /// given, else once it is).
+    async fn bury<T: XsTransport>(
+        &mut self,
+        now: u64,
+        dead: &mut Vec<(ClientId, String)>,
+        mut xs: Option<&mut XenStore<T>>,
+    ) {
+        dead.sort();
+        dead.dedup_by_key(|d| d.0);
+        for (id, why) in dead.drain(..) {
+            let Some(at) = self.clients.iter().position(|c| c.info.id == id) else {
+                continue;
+            };
+            let c = self.clients.remove(at);
+            self.service.client_down(now, id);
+            self.stats.closed += 1;
+            self.print(&format!("vif {} closed ({why})", c.info.path));
+            match xs.as_deref_mut() {
+                Some(xs) => {
+                    let path = c.info.path.clone();
+                    let _ = c.vif.close(&mut self.benv, xs).await;
+                    self.retry_at.push((path, now + SECOND));
+                }
+                None => self.dying.push(c),
+            }
+        }
+    }
+
+    /// The xenstore part of a round.
+    async fn scan<T: XsTransport>(
+        &mut self,
+        now: u64,
+        xs: &mut XenStore<T>,
+        config_changed: bool,
+        changed: &mut config::Changed,
+    ) -> Option<ShutdownRequest> {
+        if let Some(request) = kernel::control::requested(xs).await {
+            return Some(request);
+        }
+        for c in core::mem::take(&mut self.dying) {
+            let path = c.info.path.clone();
+            let _ = c.vif.close(&mut self.benv, xs).await;
+            self.retry_at.push((path, now + SECOND));
+        }
+        // Health of every client.
+        let mut dead = Vec::new();
+        for c in &self.clients {
+            match c.vif.device().health(xs).await {
+                Ok(Health::Connected) => {}
+                Ok(other) => dead.push((c.info.id, format!("{other:?}"))),
+                Err(e) => dead.push((c.info.id, format!("{e:?}"))),
+            }
+        }
+        self.bury(now, &mut dead, Some(&mut *xs)).await;
+        // One look at each frontend being waited for.
+        let mut k = 0;
+        while k < self.offers.len() {
+            match self.offers[k].1.advance(&mut self.benv, xs).await {
+                Ok(None) => k += 1,
+                Ok(Some(vif)) => {
+                    let (path, _) = self.offers.swap_remove(k);
+                    let mut info = match identity::read(xs, &path, vif.device().frontend_id).await {
+                        Ok(i) => i,
+                        Err(_) => ClientInfo {
+                            id: ClientId(0),
+                            path: path.clone(),
+                            frontend_id: vif.device().frontend_id,
+                            mac: Key::Absent,
+                            ip: Key::Absent,
+                        },
+                    };
+                    self.next_id += 1;
+                    info.id = ClientId(self.next_id);
+                    self.print(&format!(
+                        "vif {path} connected (frontend domain {}, client {})",
+                        info.frontend_id, info.id.0
+                    ));
+                    self.service.client_up(now, &info);
+                    self.stats.connected += 1;
+                    self.clients.push(Client { info, vif });
+                }
+                Err(e) => {
+                    let (path, _) = self.offers.swap_remove(k);
+                    self.stats.offer_errors += 1;
+                    self.print(&format!("vif {path}: {e:?}; retrying later"));
+                    self.retry_at.push((path, now + self.options.retry_ns));
+                }
+            }
+        }
+        // New and finished vifs.
+        match backend_dirs(xs).await {
+            Ok(dirs) => {
+                self.retry_at.retain(|(p, t)| dirs.contains(p) && now < *t);
+                self.refused.retain(|p| dirs.contains(p));
+                for path in dirs {
+                    if self.clients.iter().any(|c| c.info.path == path)
+                        || self.offers.iter().any(|(p, _)| *p == path)
+                        || self.retry_at.iter().any(|(p, _)| *p == path)
+                    {
+                        continue;
+                    }
+                    if let Err(e) = self.look_at(now, xs, &path).await {
+                        self.stats.offer_errors += 1;
+                        self.print(&format!("vif {path}: {e:?}; retrying later"));
+                        self.retry_at.push((path, now + self.options.retry_ns));
+                    }
+                }
+            }
+            Err(e) => self.print(&format!("cannot list backend/vif: {e}")),
+        }
+        if config_changed {
+            if let Some(dir) = self.options.config.as_deref() {
+                match config::read(xs, dir).await {
+                    Ok(snapshot) => {
+                        self.stats.config_reads += 1;
+                        let changed = core::mem::take(changed);
+                        for line in self.service.configure(now, &snapshot, &changed) {
+                            self.print(&line);
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.config_errors += 1;
+                        self.print(&format!(
+                            "configuration {dir}: {e}; keeping the previous one"
+                        ));
+                    }
+                }
+            }
+        }
+        self.stats.clients = self.clients.len();
+        self.stats.offered = self.offers.len();
+        None
+    }
+
+    /// A vif directory we serve nothing on: remove it if the toolstack is
+    /// done with it, leave it while it is being detached (or refused),
+    /// else ask the service and offer it to its frontend.
+    async fn look_at<T: XsTransport>(
+        &mut self,
+        now: u64,
+        xs: &mut XenStore<T>,
+        path: &str,
+    ) -> Result<(), netback::NetbackError> {
+        let device = BackendDevice::open(xs, path).await?;
+        if device.finished(xs).await? {
+            device.remove(xs).await?;
+            self.refused.remove(path);
+            self.stats.removed += 1;
+            self.print(&format!(
+                "vif {path} removed (the toolstack is done with it)"
+            ));
+            return Ok(());
+        }
+        if self.refused.contains(path) || device.detached(xs).await? {
+            return Ok(());
+        }
+        if self.clients.len() + self.offers.len() >= self.options.max_clients {
+            self.retry_at.push((String::from(path), now + SECOND));
+            return Ok(());
+        }
+        let info = identity::read(xs, path, device.frontend_id).await?;
+        if let Err(why) = self.service.admit(&info) {
+            self.stats.refused += 1;
+            self.refused.insert(String::from(path));
+            self.print(&format!(
+                "vif {path} refused (frontend domain {}): {why}",
+                device.frontend_id
+            ));
+            // Tell the frontend (and the toolstack, which waits for
+            // InitWait) that nothing will be served here.
+            write_state(xs, path, XenbusState::Closed).await?;
+            return Ok(());
+        }
+        let offer = Offer::start(xs, path, &self.options.backend).await?;
+        self.print(&format!(
+            "vif {path} offered (frontend domain {})",
+            offer.device().frontend_id
+        ));
+        self.offers.push((String::from(path), offer));
+        Ok(())
+    }
+}
+
+/// Poll `f` once with the caller's context.
+async fn poll_once<F: Future + ?Sized>(f: Pin<&mut F>) -> Poll<F::Output> {
+    let mut f = f;
+    poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+}
+
+/// Run a network VM: connect the uplink at `options.uplink_path` with
+/// `uplink_env` (which holds the xenstore connection), serve client vifs
+/// with `backend_env`, hand every frame to `service`, until the toolstack
+/// asks us to stop or the uplink is lost for good. Returns why, with the
+/// final counters.
+pub async fn run<U, B, S>(
+    clock: &Handle,
+    uplink_env: U,
+    backend_env: B,
+    service: &mut S,
+    options: &Options,
+) -> (Stop, Stats)
+where
+    U: NetEnv + 'static,
+    B: NetbackEnv,
+    S: Service,
+{
+    let mut state = State {
+        options,
+        benv: backend_env,
+        service,
+        clients: Vec::new(),
+        dying: Vec::new(),
+        offers: Vec::new(),
+        retry_at: Vec::new(),
+        refused: BTreeSet::new(),
+        next_id: 0,
+        rotate: 0,
+        stats: Stats::default(),
+        out: Vec::new(),
+        packets: Vec::new(),
+    };
+    let nf = match Netfront::connect(uplink_env, &options.uplink_path, options.uplink).await {
+        Ok(nf) => nf,
+        Err((_, e)) => {
+            state.print(&format!("no uplink ({}): {e}", options.uplink_path));
+            return (Stop::NoUplink(e), state.stats);
+        }
+    };
+    let mut uplink: Uplink<U> = Uplink::Up(nf);
+    if let Uplink::Up(nf) = &mut uplink {
+        // We act on `xl shutdown` and `xl reboot` (see the scan).
+        if let Err(e) = kernel::control::advertise(nf.env().xenstore()).await {
+            state.print(&format!("cannot advertise control/feature-*: {e}"));
+        }
+    }
+    let mut watching = false;
+    let mut vifs_changed = true;
+    let mut config_changed = options.config.is_some();
+    let mut uplink_announced = false;
+    let start = clock.now_ns();
+    let mut next_scan = start;
+    let mut next_tick = start;
+    let mut next_report = start + options.report_ns;
+    let mut dead: Vec<(ClientId, String)> = Vec::new();
+    let mut reconnected = None;
+    let mut changed = config::Changed {
+        paths: Vec::new(),
+        all: true,
+    };
+    loop {
+        let now = clock.now_ns();
+        state.stats.rounds += 1;
+        let mut more = false;
+        // The uplink: back yet? then its frames.
+        if let Uplink::Down(fut) = &mut uplink {
+            if reconnected.is_none() {
+                if let Poll::Ready(r) = poll_once(fut.as_mut()).await {
+                    reconnected = Some(r);
+                }
+            }
+        }
+        if let Some(r) = reconnected.take() {
+            match r {
+                Ok(nf) => {
+                    uplink = Uplink::Up(nf);
+                    uplink_announced = false;
+                    watching = false;
+                    vifs_changed = true;
+                    config_changed = options.config.is_some();
+                    changed.all = true;
+                    next_scan = now;
+                }
+                Err((_, e)) => {
+                    state.print(&format!("uplink reconnect failed: {e}"));
+                    return (Stop::UplinkLost(e), state.stats);
+                }
+            }
+        }
+        if let Uplink::Up(nf) = &mut uplink {
+            if !uplink_announced {
+                uplink_announced = true;
+                let info = uplink_info(nf).await;
+                state.print(&format!("uplink {} on {}", info.mac, info.backend));
+                state.service.uplink_up(now, &info);
+            }
+        }
+        let mut lost = None;
+        if let Uplink::Up(nf) = &mut uplink {
+            match nf.poll() {
+                Err(e) => lost = Some(e),
+                Ok(()) => {
+                    for _ in 0..options.budget {
+                        let Uplink::Up(nf) = &mut uplink else { break };
+                        let Some(rx) = nf.receive() else { break };
+                        state.stats.uplink_rx += 1;
+                        let p = Packet {
+                            data: rx.data,
+                            offload: Offload {
+                                csum_blank: rx.csum_blank,
+                                data_validated: rx.data_validated,
+                                gso: rx.gso,
+                            },
+                        };
+                        state.service.handle(now, Link::Uplink, p, &mut state.out);
+                        state.dispatch(&mut uplink);
+                        more = true;
+                    }
+                }
+            }
+        }
+        if let Some(e) = lost {
+            uplink = lose_uplink(&mut state, uplink, now, &format!("{e}"));
+        }
+        // The clients.
+        more |= state.serve_clients(now, &mut uplink, &mut dead);
+        if !dead.is_empty() {
+            match &mut uplink {
+                Uplink::Up(nf) => {
+                    let xs = nf.env().xenstore();
+                    state.bury(now, &mut dead, Some(xs)).await;
+                }
+                Uplink::Down(_) => state.bury::<U::Xs>(now, &mut dead, None).await,
+            }
+        }
+        // Timers.
+        if now >= next_tick {
+            next_tick = now + options.tick_ns;
+            state.service.tick(now, &mut state.out);
+            state.dispatch(&mut uplink);
+        }
+        if options.report_ns > 0 && now >= next_report {
+            next_report = now + options.report_ns;
+            state.stats.clients = state.clients.len();
+            state.stats.offered = state.offers.len();
+            if let Some(line) = state.service.report(&state.stats) {
+                state.print(&line);
+            }
+        }
+        // xenstore: watches first, then the scan when something changed
+        // or once a `scan_ns`.
+        let mut lost_why = None;
+        let mut scanned = false;
+        if let Uplink::Up(nf) = &mut uplink {
+            if !watching {
+                watching = true;
+                let xs = nf.env().xenstore();
+                if let Err(e) = xs.watch("backend/vif", WATCH_VIFS).await {
+                    state.print(&format!("cannot watch backend/vif: {e}"));
+                }
+                if let Some(dir) = options.config.as_deref() {
+                    if let Err(e) = xs.watch(dir, WATCH_CONFIG).await {
+                        state.print(&format!("cannot watch {dir}: {e}"));
+                    }
+                }
+            }
+            // Every queued event, without waiting.
+            loop {
+                let ev = {
+                    let f = pin!(nf.env().xenstore().next_watch_event());
+                    poll_once(f).await
+                };
+                match ev {
+                    Poll::Ready(Ok(ev)) if ev.token == WATCH_VIFS => vifs_changed = true,
+                    Poll::Ready(Ok(ev)) if ev.token == WATCH_CONFIG => {
+                        note_config(&mut changed, options, &ev.path);
+                        config_changed = true
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(_)) | Poll::Pending => break,
+                }
+            }
+            if vifs_changed || config_changed || now >= next_scan {
+                let periodic = now >= next_scan;
+                if periodic {
+                    next_scan = now + options.scan_ns;
+                }
+                let reread = core::mem::take(&mut config_changed);
+                vifs_changed = false;
+                scanned = true;
+                let request = state
+                    .scan(now, nf.env().xenstore(), reread, &mut changed)
+                    .await;
+                if let Some(request) = request {
+                    state.print(&format!("{request:?} requested by the toolstack"));
+                    for c in core::mem::take(&mut state.clients) {
+                        state.service.client_down(now, c.info.id);
+                        let _ = c.vif.close(&mut state.benv, nf.env().xenstore()).await;
+                    }
+                    for (_, offer) in core::mem::take(&mut state.offers) {
+                        offer.withdraw(nf.env().xenstore()).await;
+                    }
+                    let _ = nf.disconnect().await;
+                    state.stats.clients = 0;
+                    state.stats.offered = 0;
+                    return (Stop::Requested(request), state.stats);
+                }
+                if periodic {
+                    if let Err(e) = nf.check_backend().await {
+                        lost_why = Some(format!("{e}"));
+                    }
+                }
+            }
+        }
+        if let Some(why) = lost_why {
+            uplink = lose_uplink(&mut state, uplink, now, &why);
+        }
+        if scanned {
+            continue;
+        }
+        if more {
+            kernel::executor::yield_now().await;
+            continue;
+        }
+        if let Uplink::Up(nf) = &mut uplink {
+            if nf.rx().ready() > 0 {
+                kernel::executor::yield_now().await;
+                continue;
+            }
+        }
+        // Sleep until a vif, the uplink, a watch or a timer wakes us.
+        let mut deadline = next_tick.min(next_scan);
+        if options.report_ns > 0 {
+            deadline = deadline.min(next_report);
+        }
+        let sleep = clock.sleep_until(deadline);
+        let mut sleep = pin!(sleep);
+        let benv = &mut state.benv;
+        let clients = &mut state.clients;
+        poll_fn(|cx| {
+            let mut ready = sleep.as_mut().poll(cx).is_ready();
+            for c in clients.iter_mut() {
+                ready |= c.vif.poll_event(benv, cx).is_ready();
+            }
+            match &mut uplink {
+                Uplink::Up(nf) => {
+                    let ports: Vec<EvtchnPort> = nf.queues().iter().map(|q| q.port).collect();
+                    for port in ports {
+                        ready |= NetEnv::poll_event(nf.env(), port, cx).is_ready();
+                    }
+                    // A watch event (the future is cancel-safe: a partly
+                    // received message stays in the client).
+                    let xs = nf.env().xenstore();
+                    let mut ev = pin!(xs.next_watch_event());
+                    if let Poll::Ready(r) = ev.as_mut().poll(cx) {
+                        match r {
+                            Ok(ev) if ev.token == WATCH_VIFS => vifs_changed = true,
+                            Ok(ev) if ev.token == WATCH_CONFIG => {
+                                note_config(&mut changed, options, &ev.path);
+                                config_changed = true
+                            }
+                            _ => {}
+                        }
+                        ready = true;
+                    }
+                }
+                Uplink::Down(fut) => {
+                    // Its result is taken at the top of the loop.
+                    if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                        reconnected = Some(r);
+                        ready = true;
+                    }
+                }
+            }
+            if ready {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// A watch event of the configuration directory.
+fn note_config(changed: &mut config::Changed, options: &Options, path: &str) {
+    if let Some(dir) = options.config.as_deref() {
+        changed.add(dir, path);
+    }
+}
+
+/// The uplink's backend went away: tell the service and start
+/// reconnecting.
+fn lose_uplink<U: NetEnv + 'static, B: NetbackEnv, S: Service>(
+    state: &mut State<'_, B, S>,
+    uplink: Uplink<U>,
+    now: u64,
+    why: &str,
+) -> Uplink<U> {
+    match uplink {
+        Uplink::Up(nf) => {
+            state.stats.uplink_lost += 1;
+            state.print(&format!("uplink lost ({why}): reconnecting"));
+            state.service.uplink_down(now);
+            let options = state.options.uplink;
+            Uplink::Down(Box::pin(nf.reconnect(options)))
+        }
+        down => down,
+    }
+}

@@ -1,0 +1,722 @@
+//! The network-VM runtime over the simulated hypervisor: one machine with
+//! dom0 serving the VM's uplink (our netback), the VM (domain 2) running
+//! `netvm::run` with a test service, and client domains running our
+//! netfront against the VM's netback. Everything runs on the kernel's
+//! executor with a virtual clock (a block jumps to the next deadline).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use kernel::executor::{Executor, Handle, Idle};
+use netback::sim::SimNetbackEnv;
+use netback::{BackendOptions, Packet};
+use netfront::{ConnectOptions, EnvError, NetEnv, Netfront, TxOffload};
+use netvm::config::{Changed, Snapshot};
+use netvm::{ClientId, ClientInfo, Link, Options, Service, Stats, Stop, To, Transmit, UplinkInfo};
+use xen::abi::{DomId, GrantRef, Port};
+use xen::grant::GrantError;
+use xen::shared_page::SharedPage;
+use xen::sim::{SimHypervisor, SimPage, SimTransport, Xenstored};
+use xen::xenstore::XenStore;
+
+const VM: DomId = 2;
+const MS: u64 = 1_000_000;
+const SECOND: u64 = 1_000_000_000;
+
+/// A virtual clock: time moves 50 µs per read (the simulated xenstore's
+/// transport wakes its waiter at once, so a task waiting on it spins) and jumps to the deadline
+/// when everything sleeps.
+struct Clock {
+    now: Cell<u64>,
+}
+
+impl Idle for Clock {
+    fn now_ns(&self) -> u64 {
+        let t = self.now.get() + 50_000;
+        self.now.set(t);
+        t
+    }
+    fn take_pending(&mut self, _wake: &mut dyn FnMut(u32)) {}
+    fn block(&mut self, deadline_ns: Option<u64>) {
+        let d = deadline_ns.expect("everything waits and no timer is set: deadlock");
+        if d > self.now.get() {
+            self.now.set(d);
+        }
+    }
+}
+
+/// A domain's netfront environment.
+struct FrontEnv {
+    hv: SimHypervisor,
+    dom: DomId,
+    xs: XenStore<SimTransport>,
+}
+
+impl NetEnv for FrontEnv {
+    type Page = SimPage;
+    type Xs = SimTransport;
+    fn alloc_page(&mut self) -> Result<SharedPage<SimPage>, EnvError> {
+        Ok(self.hv.alloc_page_of(self.dom))
+    }
+    fn grant_access(&mut self, domid: DomId, frame: u64, ro: bool) -> Result<GrantRef, GrantError> {
+        self.hv.grant_access(self.dom, domid, frame, ro)
+    }
+    fn end_access(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+        self.hv.end_access(self.dom, gref)
+    }
+    fn alloc_unbound(&mut self, remote: DomId) -> Result<Port, EnvError> {
+        self.hv
+            .alloc_unbound(self.dom, remote)
+            .map_err(|_| EnvError::Hypercall(-3))
+    }
+    fn notify(&mut self, port: Port) {
+        let _ = self.hv.send(self.dom, port);
+    }
+    fn poll_event(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()> {
+        self.hv.poll_event(self.dom, port, cx)
+    }
+    fn close_port(&mut self, port: Port) {
+        self.hv.close(self.dom, port)
+    }
+    fn xenstore(&mut self) -> &mut XenStore<SimTransport> {
+        &mut self.xs
+    }
+}
+
+#[derive(Clone)]
+struct Machine {
+    hv: SimHypervisor,
+    xsd: Rc<RefCell<Xenstored>>,
+}
+
+fn mac_of(dom: DomId) -> String {
+    format!("00:16:3e:00:00:{dom:02x}")
+}
+
+fn mac_bytes(dom: DomId) -> [u8; 6] {
+    [0, 0x16, 0x3e, 0, 0, dom as u8]
+}
+
+impl Machine {
+    fn new() -> Self {
+        Self {
+            hv: SimHypervisor::new(),
+            xsd: Rc::new(RefCell::new(Xenstored::new(0))),
+        }
+    }
+    fn front_path(dom: DomId) -> String {
+        format!("/local/domain/{dom}/device/vif/0")
+    }
+    fn back_path(front: DomId, back: DomId) -> String {
+        format!("/local/domain/{back}/backend/vif/{front}/0")
+    }
+    /// The toolstack's keys of a vif of `front` served by `back`.
+    fn add_vif(&self, front: DomId, back: DomId, ip: Option<&str>) {
+        let (f, b) = (Self::front_path(front), Self::back_path(front, back));
+        let mut d = self.xsd.borrow_mut();
+        d.set(&format!("{f}/backend"), b.as_bytes());
+        d.set(&format!("{f}/backend-id"), back.to_string().as_bytes());
+        d.set(&format!("{f}/mac"), mac_of(front).as_bytes());
+        d.set(&format!("{f}/handle"), b"0");
+        d.set(&format!("{f}/state"), b"1");
+        d.set(&format!("{b}/frontend"), f.as_bytes());
+        d.set(&format!("{b}/frontend-id"), front.to_string().as_bytes());
+        d.set(&format!("{b}/online"), b"1");
+        d.set(&format!("{b}/mac"), mac_of(front).as_bytes());
+        if let Some(ip) = ip {
+            d.set(&format!("{b}/ip"), ip.as_bytes());
+        }
+        d.set(&format!("{b}/state"), b"1");
+    }
+    /// `xl network-detach` as libxl does it: online 0 and the backend
+    /// Closing; once the frontend closed, its directory goes.
+    fn detach(&self, front: DomId, back: DomId) {
+        let b = Self::back_path(front, back);
+        self.set(&format!("{b}/online"), "0");
+        self.set(&format!("{b}/state"), "5");
+    }
+    fn xs_for(&self, dom: DomId) -> XenStore<SimTransport> {
+        let conn = self.xsd.borrow_mut().connect(dom);
+        XenStore::new(SimTransport::connection(self.xsd.clone(), conn, 64))
+    }
+    fn front_env(&self, dom: DomId) -> FrontEnv {
+        FrontEnv {
+            hv: self.hv.clone(),
+            dom,
+            xs: self.xs_for(dom),
+        }
+    }
+    fn get(&self, path: &str) -> Option<String> {
+        self.xsd
+            .borrow()
+            .get(path)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+    fn set(&self, path: &str, value: &str) {
+        self.xsd.borrow_mut().set(path, value.as_bytes())
+    }
+}
+
+/// What the test service saw.
+#[derive(Default)]
+struct Log {
+    up: Vec<ClientInfo>,
+    down: Vec<ClientId>,
+    uplinks: Vec<UplinkInfo>,
+    uplink_downs: u32,
+    configs: Vec<Snapshot>,
+    changes: Vec<Changed>,
+    from_clients: Vec<(ClientId, Vec<u8>)>,
+    from_uplink: Vec<Vec<u8>>,
+    stats: Option<Stats>,
+}
+
+/// A hub: client frames go to the uplink and the other clients, uplink
+/// frames to every client. Refuses clients without an `ip`.
+struct Hub(Rc<RefCell<Log>>);
+
+impl Service for Hub {
+    fn admit(&mut self, client: &ClientInfo) -> Result<(), String> {
+        if client.ip4().is_none() {
+            return Err("no ip".into());
+        }
+        Ok(())
+    }
+    fn client_up(&mut self, _now: u64, client: &ClientInfo) {
+        self.0.borrow_mut().up.push(client.clone());
+    }
+    fn client_down(&mut self, _now: u64, id: ClientId) {
+        self.0.borrow_mut().down.push(id);
+    }
+    fn uplink_up(&mut self, _now: u64, uplink: &UplinkInfo) {
+        self.0.borrow_mut().uplinks.push(uplink.clone());
+    }
+    fn uplink_down(&mut self, _now: u64) {
+        self.0.borrow_mut().uplink_downs += 1;
+    }
+    fn handle(&mut self, _now: u64, from: Link, packet: Packet, out: &mut Vec<Transmit>) {
+        match from {
+            Link::Uplink => {
+                self.0.borrow_mut().from_uplink.push(packet.data.clone());
+                out.push(Transmit {
+                    to: To::Clients { except: None },
+                    packet,
+                });
+            }
+            Link::Client(id) => {
+                self.0
+                    .borrow_mut()
+                    .from_clients
+                    .push((id, packet.data.clone()));
+                out.push(Transmit {
+                    to: To::Clients { except: Some(id) },
+                    packet: packet.clone(),
+                });
+                out.push(Transmit {
+                    to: To::Uplink,
+                    packet,
+                });
+            }
+        }
+    }
+    fn configure(&mut self, _now: u64, snapshot: &Snapshot, changed: &Changed) -> Vec<String> {
+        self.0.borrow_mut().configs.push(snapshot.clone());
+        self.0.borrow_mut().changes.push(changed.clone());
+        vec![format!("configured ({} keys)", snapshot.nodes.len())]
+    }
+    fn report(&mut self, stats: &Stats) -> Option<String> {
+        self.0.borrow_mut().stats = Some(stats.clone());
+        None
+    }
+}
+
+fn print(line: &str) {
+    println!("{line}");
+}
+
+fn options() -> Options {
+    let mut o = Options::new("vm", print);
+    o.backend = BackendOptions {
+        gso_tcpv4: false,
+        gso_tcpv6: false,
+        ..BackendOptions::default()
+    };
+    o.report_ns = 100 * MS;
+    o
+}
+
+/// A frame from `src` (a MAC) with a payload tag.
+fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12] = 0x88;
+    f[13] = 0xb5;
+    f[14] = tag;
+    f
+}
+
+/// dom0's side of the VM's uplink: our netback; it records what the VM
+/// sent and sends what the test queues. `restart` makes it close the vif
+/// and offer it again (a dom0 netback restart).
+#[derive(Default)]
+struct Dom0 {
+    got: Vec<Vec<u8>>,
+    to_send: VecDeque<Vec<u8>>,
+    restart: bool,
+    connections: u32,
+}
+
+async fn dom0_uplink(m: Machine, h: Handle, state: Rc<RefCell<Dom0>>) {
+    let mut env = SimNetbackEnv {
+        hv: m.hv.clone(),
+        dom: 0,
+    };
+    let mut xs = m.xs_for(0);
+    let path = Machine::back_path(VM, 0);
+    let options = BackendOptions::default();
+    loop {
+        let mut vif = match netback::connect(&mut env, &mut xs, &path, &options).await {
+            Ok(v) => v,
+            Err(e) => panic!("dom0 netback: {e:?}"),
+        };
+        state.borrow_mut().connections += 1;
+        loop {
+            let mut got = Vec::new();
+            let _ = vif.poll(&mut env, 64, &mut got);
+            let restart = {
+                let mut s = state.borrow_mut();
+                s.got.extend(got.into_iter().map(|p| p.data));
+                while let Some(f) = s.to_send.pop_front() {
+                    vif.send(Packet {
+                        data: f,
+                        offload: Default::default(),
+                    });
+                }
+                core::mem::take(&mut s.restart)
+            };
+            let _ = vif.deliver(&mut env, 64);
+            if restart {
+                let _ = vif.close(&mut env, &mut xs).await;
+                // As Linux netback after a rebind: offer again once the
+                // frontend noticed (a frontend still Connected would be
+                // taken back on its old rings).
+                let fstate = format!("{}/state", Machine::front_path(VM));
+                while m.get(&fstate).as_deref() == Some("4") {
+                    h.sleep(MS).await;
+                }
+                break;
+            }
+            h.sleep(MS).await;
+        }
+    }
+}
+
+/// A client domain: our netfront; records what it receives, sends what
+/// the test queues; `leave` makes it disconnect and end.
+#[derive(Default)]
+struct Front {
+    got: Vec<Vec<u8>>,
+    to_send: VecDeque<Vec<u8>>,
+    connected: bool,
+    leave: bool,
+    left: bool,
+}
+
+async fn client(m: Machine, h: Handle, dom: DomId, state: Rc<RefCell<Front>>) {
+    let bstate = format!("{}/state", Machine::back_path(dom, VM));
+    while m.get(&bstate).as_deref() != Some("2") {
+        h.sleep(MS).await;
+    }
+    let options = ConnectOptions {
+        max_queues: 1,
+        ..ConnectOptions::default()
+    };
+    let mut nf = match Netfront::connect(m.front_env(dom), "device/vif/0", options).await {
+        Ok(nf) => nf,
+        Err((_, e)) => panic!("client {dom}: {e}"),
+    };
+    state.borrow_mut().connected = true;
+    loop {
+        nf.poll().expect("client poll");
+        while let Some(p) = nf.receive() {
+            state.borrow_mut().got.push(p.data);
+        }
+        let (sends, leave) = {
+            let mut s = state.borrow_mut();
+            (core::mem::take(&mut s.to_send), s.leave)
+        };
+        for f in sends {
+            nf.send(&f, TxOffload::default()).expect("client send");
+        }
+        if leave {
+            nf.disconnect().await;
+            state.borrow_mut().left = true;
+            return;
+        }
+        h.sleep(MS).await;
+    }
+}
+
+/// Wait (virtual time) until `cond`, at most `limit_ns`.
+async fn until(h: &Handle, limit_ns: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = h.now_ns() + limit_ns;
+    while !cond() {
+        assert!(h.now_ns() < end, "timed out waiting for {what}");
+        h.sleep(MS).await;
+    }
+}
+
+struct World {
+    m: Machine,
+    h: Handle,
+    log: Rc<RefCell<Log>>,
+    dom0: Rc<RefCell<Dom0>>,
+    result: Rc<RefCell<Option<(Stop, Stats)>>>,
+}
+
+fn start(ex: &Executor, m: &Machine, options: Options) -> World {
+    let h = ex.handle();
+    m.add_vif(VM, 0, Some("10.0.0.2"));
+    let dom0 = Rc::new(RefCell::new(Dom0::default()));
+    h.spawn(dom0_uplink(m.clone(), h.clone(), dom0.clone()));
+    let log = Rc::new(RefCell::new(Log::default()));
+    let result = Rc::new(RefCell::new(None));
+    {
+        let (m, h, log, result) = (m.clone(), h.clone(), log.clone(), result.clone());
+        h.clone().spawn(async move {
+            let uplink = m.front_env(VM);
+            let back = SimNetbackEnv {
+                hv: m.hv.clone(),
+                dom: VM,
+            };
+            let mut hub = Hub(log);
+            let r = netvm::run(&h, uplink, back, &mut hub, &options).await;
+            *result.borrow_mut() = Some(r);
+        });
+    }
+    World {
+        m: m.clone(),
+        h,
+        log,
+        dom0,
+        result,
+    }
+}
+
+fn spawn_client(w: &World, dom: DomId) -> Rc<RefCell<Front>> {
+    let s = Rc::new(RefCell::new(Front::default()));
+    w.h.spawn(client(w.m.clone(), w.h.clone(), dom, s.clone()));
+    s
+}
+
+thread_local! {
+    /// The virtual time of this test (each runs on its own thread), kept
+    /// across `run_main` calls.
+    static NOW: Cell<u64> = const { Cell::new(0) };
+}
+
+fn run_main<F: core::future::Future>(ex: &mut Executor, f: F) -> F::Output {
+    let mut clock = Clock {
+        now: Cell::new(NOW.with(Cell::get)),
+    };
+    let r = ex.run_until(&mut clock, f);
+    NOW.with(|n| n.set(clock.now.get()));
+    r
+}
+
+#[test]
+fn clients_connect_with_their_identity_and_frames_flow_both_ways() {
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let w = start(&ex, &m, options());
+    m.add_vif(3, VM, Some("10.137.0.10"));
+    m.add_vif(4, VM, Some("10.137.0.11 fd09:24ef:4179::a89:b"));
+    let c3 = spawn_client(&w, 3);
+    let c4 = spawn_client(&w, 4);
+    let h = w.h.clone();
+    run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "two clients", || {
+            w.log.borrow().up.len() == 2
+        })
+        .await;
+        until(&h, SECOND, "frontends", || {
+            c3.borrow().connected && c4.borrow().connected
+        })
+        .await;
+        {
+            let log = w.log.borrow();
+            assert_eq!(log.uplinks.len(), 1);
+            assert_eq!(
+                log.uplinks[0].ip.valid().map(|v| v[0].to_string()),
+                Some("10.0.0.2".into())
+            );
+            let by_dom = |d: DomId| log.up.iter().find(|c| c.frontend_id == d).unwrap();
+            assert_eq!(by_dom(3).ip4().unwrap().to_string(), "10.137.0.10");
+            assert_eq!(
+                by_dom(4).ip6().unwrap().to_string(),
+                "fd09:24ef:4179::a89:b"
+            );
+            assert_eq!(by_dom(3).mac.valid().unwrap().0, mac_bytes(3));
+            assert_ne!(by_dom(3).id, by_dom(4).id);
+        }
+        // client 3 -> uplink and client 4
+        c3.borrow_mut()
+            .to_send
+            .push_back(frame([0xff; 6], mac_bytes(3), 1));
+        // a spoofed source MAC is dropped at the door
+        c3.borrow_mut()
+            .to_send
+            .push_back(frame([0xff; 6], mac_bytes(9), 2));
+        until(&h, 5 * SECOND, "frame at dom0", || {
+            w.dom0.borrow().got.iter().any(|f| f[14] == 1)
+        })
+        .await;
+        until(&h, 5 * SECOND, "frame at client 4", || {
+            c4.borrow().got.iter().any(|f| f[14] == 1)
+        })
+        .await;
+        // uplink -> both clients
+        w.dom0
+            .borrow_mut()
+            .to_send
+            .push_back(frame([0xff; 6], [2, 0, 0, 0, 0, 1], 3));
+        until(&h, 5 * SECOND, "uplink frame at clients", || {
+            c3.borrow().got.iter().any(|f| f[14] == 3) && c4.borrow().got.iter().any(|f| f[14] == 3)
+        })
+        .await;
+        h.sleep(200 * MS).await;
+        assert!(!w.dom0.borrow().got.iter().any(|f| f[14] == 2));
+        let stats = w.log.borrow().stats.clone().unwrap();
+        assert_eq!(stats.spoofed, 1);
+        assert_eq!(stats.clients, 2);
+        // xl shutdown
+        m.set("/local/domain/2/control/shutdown", "poweroff");
+        until(&h, 5 * SECOND, "the runtime to stop", || {
+            w.result.borrow().is_some()
+        })
+        .await;
+    });
+    let (stop, stats) = w.result.borrow_mut().take().unwrap();
+    assert_eq!(
+        stop,
+        Stop::Requested(kernel::control::ShutdownRequest::Poweroff)
+    );
+    assert_eq!(stats.connected, 2);
+    assert_eq!(w.log.borrow().down.len(), 2);
+    // Both vifs were closed in order, the shutdown acknowledged.
+    assert_eq!(
+        m.get(&format!("{}/state", Machine::back_path(3, VM)))
+            .as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        m.get("/local/domain/2/control/shutdown").as_deref(),
+        Some("")
+    );
+}
+
+#[test]
+fn a_vif_without_an_ip_is_refused_and_counted() {
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let w = start(&ex, &m, options());
+    m.add_vif(3, VM, None);
+    m.add_vif(4, VM, Some("10.137.0.11"));
+    let c4 = spawn_client(&w, 4);
+    let h = w.h.clone();
+    run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "client 4", || c4.borrow().connected).await;
+        h.sleep(3 * SECOND).await;
+    });
+    let stats = w.log.borrow().stats.clone().unwrap();
+    assert_eq!(stats.refused, 1);
+    assert_eq!(stats.clients, 1);
+    assert_eq!(
+        m.get(&format!("{}/state", Machine::back_path(3, VM)))
+            .as_deref(),
+        Some("6"),
+        "refused: Closed, never InitWait"
+    );
+    assert_eq!(w.log.borrow().up.len(), 1);
+}
+
+fn ports_open(hv: &SimHypervisor, dom: DomId) -> usize {
+    (0..4096).filter(|p| hv.port_open(dom, *p)).count()
+}
+
+#[test]
+fn clients_come_and_go_and_leave_nothing_behind() {
+    const CYCLES: u32 = 100;
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let w = start(&ex, &m, options());
+    // A client that stays, and one that comes and goes.
+    m.add_vif(3, VM, Some("10.137.0.10"));
+    let stay = spawn_client(&w, 3);
+    let h = w.h.clone();
+    let before = run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "client 3", || stay.borrow().connected).await;
+        h.sleep(100 * MS).await;
+        (
+            ports_open(&m.hv, VM),
+            m.hv.maps_of(VM, 4),
+            m.hv.grants_of(4),
+        )
+    });
+    for cycle in 0..CYCLES {
+        let tag = (cycle % 200) as u8 + 10;
+        m.add_vif(4, VM, Some("10.137.0.11"));
+        let c = spawn_client(&w, 4);
+        run_main(&mut ex, async {
+            until(&h, 30 * SECOND, "client 4", || c.borrow().connected).await;
+            c.borrow_mut()
+                .to_send
+                .push_back(frame([0xff; 6], mac_bytes(4), tag));
+            until(&h, 5 * SECOND, "its frame at client 3", || {
+                stay.borrow().got.iter().any(|f| f[14] == tag)
+            })
+            .await;
+            stay.borrow_mut().got.clear();
+            // xl network-detach: the toolstack, then the frontend leaves,
+            // then its directory goes and the VM removes the backend's.
+            m.detach(4, VM);
+            let b = Machine::back_path(4, VM);
+            until(&h, 5 * SECOND, "the VM to close the vif", || {
+                m.get(&format!("{b}/state")).as_deref() == Some("6")
+            })
+            .await;
+            c.borrow_mut().leave = true;
+            until(&h, 5 * SECOND, "client 4 to leave", || c.borrow().left).await;
+            m.xsd.borrow_mut().remove(&Machine::front_path(4));
+            until(&h, 5 * SECOND, "the backend directory removed", || {
+                m.get(&format!("{b}/frontend")).is_none()
+            })
+            .await;
+        });
+    }
+    let after = run_main(&mut ex, async {
+        h.sleep(100 * MS).await;
+        (
+            ports_open(&m.hv, VM),
+            m.hv.maps_of(VM, 4),
+            m.hv.grants_of(4),
+        )
+    });
+    println!("before {before:?} after {after:?} ({CYCLES} cycles)");
+    assert_eq!(before, after);
+    let stats = w.log.borrow().stats.clone().unwrap();
+    assert_eq!(stats.connected, 1 + u64::from(CYCLES));
+    assert_eq!(stats.closed, u64::from(CYCLES));
+    assert_eq!(stats.removed, u64::from(CYCLES));
+    assert_eq!(stats.clients, 1);
+    assert!(stay.borrow().connected);
+}
+
+#[test]
+fn the_configuration_directory_is_watched() {
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let mut o = options();
+    o.config = Some("data/vm".into());
+    // A long scan period: only the watch can explain a prompt reload.
+    o.scan_ns = 3600 * SECOND;
+    let w = start(&ex, &m, o);
+    let h = w.h.clone();
+    run_main(&mut ex, async {
+        until(&h, 10 * SECOND, "the first read", || {
+            !w.log.borrow().configs.is_empty()
+        })
+        .await;
+        assert!(w.log.borrow().configs[0].nodes.is_empty());
+        assert!(w.log.borrow().changes[0].all);
+        m.set(
+            "/local/domain/2/data/vm/qubes-firewall/10-137-0-10/policy",
+            "drop",
+        );
+        until(&h, SECOND, "a reload", || {
+            w.log
+                .borrow()
+                .configs
+                .last()
+                .is_some_and(|c| c.get("qubes-firewall/10-137-0-10/policy") == Some(b"drop"))
+        })
+        .await;
+        assert_eq!(
+            w.log.borrow().changes.last().unwrap().paths,
+            ["qubes-firewall/10-137-0-10/policy"]
+        );
+        // The same value written again is still a change (QubesDB's
+        // "written last" signal).
+        m.set("/local/domain/2/data/vm/qubes-firewall/10-137-0-10", "");
+        m.set("/local/domain/2/data/vm/qubes-firewall/10-137-0-10", "");
+        until(&h, SECOND, "a reload for the rewrite", || {
+            w.log
+                .borrow()
+                .changes
+                .last()
+                .is_some_and(|c| c.paths.iter().all(|p| p == "qubes-firewall/10-137-0-10"))
+        })
+        .await;
+        m.xsd
+            .borrow_mut()
+            .remove("/local/domain/2/data/vm/qubes-firewall");
+        until(&h, SECOND, "a reload after the removal", || {
+            w.log
+                .borrow()
+                .configs
+                .last()
+                .is_some_and(|c| c.nodes.is_empty())
+        })
+        .await;
+    });
+}
+
+#[test]
+fn clients_are_served_while_the_uplink_backend_restarts() {
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let w = start(&ex, &m, options());
+    m.add_vif(3, VM, Some("10.137.0.10"));
+    m.add_vif(4, VM, Some("10.137.0.11"));
+    let c3 = spawn_client(&w, 3);
+    let c4 = spawn_client(&w, 4);
+    let h = w.h.clone();
+    run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "clients", || {
+            c3.borrow().connected && c4.borrow().connected && w.log.borrow().up.len() == 2
+        })
+        .await;
+        w.dom0.borrow_mut().restart = true;
+        until(&h, 5 * SECOND, "the VM to notice", || {
+            w.log.borrow().uplink_downs == 1
+        })
+        .await;
+        // Meanwhile client to client still works.
+        c3.borrow_mut()
+            .to_send
+            .push_back(frame([0xff; 6], mac_bytes(3), 7));
+        until(&h, 5 * SECOND, "client 4 served during the outage", || {
+            c4.borrow().got.iter().any(|f| f[14] == 7)
+        })
+        .await;
+        until(&h, 30 * SECOND, "the uplink back", || {
+            w.log.borrow().uplinks.len() == 2
+        })
+        .await;
+        assert_eq!(w.dom0.borrow().connections, 2);
+        c3.borrow_mut()
+            .to_send
+            .push_back(frame([0xff; 6], mac_bytes(3), 8));
+        until(&h, 5 * SECOND, "the uplink carrying again", || {
+            w.dom0.borrow().got.iter().any(|f| f[14] == 8)
+        })
+        .await;
+    });
+    let stats = w.log.borrow().stats.clone().unwrap();
+    assert_eq!(stats.uplink_lost, 1);
+    assert_eq!(stats.clients, 2);
+    assert!(w.log.borrow().down.is_empty(), "no client was disturbed");
+}
