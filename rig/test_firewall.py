@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""The firewall VM on real Xen (issue 12): moat's `firewall` image started
+with `xl create configs/firewall-<type>.cfg` as users start it, its uplink on
+dom0's bridge, and a Debian Linux PV client domU behind it (the rig's Linux
+domU, rig/domu/, started from configs/firewall-client-pv.cfg:
+`vif=['backend=firewall,ip=10.137.0.10,...']`). dom0 serves two TCP ports
+(8080, 8081); the client tries both every second (`moat.probe=`) and prints
+each result when it changes. Checked, in one rig boot per type:
+
+- the firewall boots, takes its uplink address from its vif's `ip` and its
+  gateway/DNS from `extra=` (`firewall: forwarding: ...`);
+- rules written by dom0 with stock `xenstore-write` under
+  /local/domain/<firewall>/qubesdb/qubes-firewall/10-137-0-10/ (policy
+  drop, 0000 accept tcp 8080) are loaded through the watch;
+- the client reaches dom0:8080 through the firewall (allowed, NATed);
+- dom0:8081 is rejected: the client's nc sees "No route to host" (ICMP
+  admin-prohibited from the firewall), not a timeout;
+- a rule change (0001 accept tcp 8081) written from dom0 takes effect
+  without a restart: the client's next probe of 8081 succeeds (time from
+  the write printed);
+- a vif without `ip=` (`xl network-attach client-a backend=firewall`) is
+  refused and counted by the firewall.
+
+Prints every failed check, then `test_firewall: N passed, M failed`; exit 1
+on any failure. Needs `make images` (target/images/amd64/firewall) and the
+rig cache (rig/fetch.sh, run by xenrig)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import xenrig  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "domu"))
+import linux_domu  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CLIENT_IP = "10.137.0.10"
+CLIENT_ENC = "10-137-0-10"
+DOM0 = "10.99.0.1"
+ALLOWED, DENIED = 8080, 8081
+
+SCRIPT = r"""
+set -u
+log() { echo "RIG $*"; }
+up() { cut -d' ' -f1 /proc/uptime; }
+# wait_for FILE REGEX SECONDS
+wait_for() {
+  n=$(($3 * 5)); i=0
+  while [ $i -lt $n ]; do grep -q -E -- "$2" "$1" 2>/dev/null && return 0; sleep 0.2; i=$((i + 1)); done
+  return 1
+}
+printf '#!/bin/sh\necho served-by-dom0\n' > /tmp/answer; chmod +x /tmp/answer
+for port in @ALLOWED@ @DENIED@; do
+  (while :; do nc -ll -p $port -e /tmp/answer; sleep 0.2; done) >/dev/null 2>&1 &
+done
+flog=/var/log/xen/console/guest-firewall.log
+clog=/var/log/xen/console/guest-client-a.log
+log create firewall-@TYPE@ $(up)
+xl create /guest/firewall-@TYPE@.cfg
+if wait_for $flog "firewall: forwarding:" 90; then log forwarding ok $(up); else log forwarding FAIL; fi
+fw=$(xl domid firewall)
+base=/local/domain/$fw/qubesdb/qubes-firewall/@ENC@
+xenstore-write $base/policy drop $base/0000 "action=accept proto=tcp dstports=@ALLOWED@-@ALLOWED@" $base ""
+if wait_for $flog "rules of @IP@: 1 rules" 30; then log rules ok; else log rules FAIL; fi
+log create client-a $(up)
+xl create /guest/firewall-client-pv.cfg \
+  'extra="console=hvc0 quiet moat.ip=@IP@/24 moat.gw=10.137.0.1 moat.probe=@DOM0@:@ALLOWED@,@DOM0@:@DENIED@"'
+if wait_for $clog "probe @DOM0@:@ALLOWED@ ok" 300; then log allowed ok $(up); else log allowed FAIL; fi
+if wait_for $clog "probe @DOM0@:@DENIED@ fail" 30; then log denied ok; else log denied FAIL; fi
+t=$(up)
+xenstore-write $base/0001 "action=accept proto=tcp dstports=@DENIED@-@DENIED@" $base ""
+if wait_for $clog "probe @DOM0@:@DENIED@ ok" 30; then log rule-change ok $t $(up); else log rule-change FAIL; fi
+timeout 60 xl network-attach client-a backend=firewall mac=00:16:3e:6d:6f:21
+log attach-noip rc=$?
+if wait_for $flog "refused" 20; then log refused ok; else log refused FAIL; fi
+xenstore-ls /local/domain/$fw/qubesdb | sed 's/^/RIG store /'
+sed 's/^/FW /' $flog
+sed 's/^/CLIENT /' $clog
+xl list
+xl destroy client-a
+xl destroy firewall
+log end @TYPE@
+"""
+
+
+def script(t: str) -> str:
+    s = SCRIPT
+    for k, v in {"TYPE": t, "IP": CLIENT_IP, "ENC": CLIENT_ENC, "DOM0": DOM0,
+                 "ALLOWED": str(ALLOWED), "DENIED": str(DENIED)}.items():
+        s = s.replace(f"@{k}@", v)
+    return s
+
+
+def check(texts: list, t: str) -> tuple:
+    """(passed, failures) for one type's run."""
+    passed, failures = 0, []
+
+    def rig(word: str) -> list:
+        return [l.split()[2:] for l in texts if l.startswith(f"RIG {word} ")]
+
+    for word in ("forwarding", "rules", "allowed", "denied", "rule-change", "refused"):
+        r = rig(word)
+        if r and r[0] and r[0][0] == "ok":
+            passed += 1
+        else:
+            failures.append(f"{t}: {word}: {r}")
+    client = [l[len("CLIENT "):] for l in texts if l.startswith("CLIENT ")]
+    denied = [l for l in client if f"probe {DOM0}:{DENIED} fail" in l]
+    if denied and "No route to host" in denied[0]:
+        passed += 1
+    else:
+        failures.append(f"{t}: the denied port was not rejected with ICMP admin-prohibited: {denied[:1]}")
+    fw = [l[len("FW "):] for l in texts if l.startswith("FW ")]
+    if any(re.search(r"firewall: vif \S+ refused", l) for l in fw):
+        passed += 1
+    else:
+        failures.append(f"{t}: no 'vif ... refused' line from the firewall")
+    bad = [l for l in fw if "panicked" in l]
+    if bad:
+        failures.append(f"{t}: the firewall panicked: {bad}")
+    else:
+        passed += 1
+    rc = rig("rule-change")
+    if rc and rc[0][0] == "ok" and len(rc[0]) == 3:
+        print(f"bench: {t}: rule change written -> probe of the newly allowed port succeeded: "
+              f"{float(rc[0][2]) - float(rc[0][1]):.1f} s (client probes once a second)")
+    return passed, failures
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", default=str(REPO / "target/images/amd64/firewall"))
+    ap.add_argument("--types", default="pv", help="pv and/or pvh (the firewall's type; the client is PV)")
+    ap.add_argument("--timeout", type=float, default=1500)
+    ap.add_argument("--log")
+    args = ap.parse_args()
+    types = [t for t in args.types.split(",") if t]
+    if not types or any(t not in ("pv", "pvh") for t in types):
+        print("--types takes pv and/or pvh", file=sys.stderr)
+        return 2
+    image = Path(args.image)
+    if not image.is_file():
+        print(f"no image at {image}: run `make images`", file=sys.stderr)
+        return 2
+    domu = linux_domu.build()
+    guests = [
+        (image, "firewall"),
+        (REPO / "configs/firewall-client-pv.cfg", "firewall-client-pv.cfg"),
+        (domu.kernel, "vmlinuz"),
+        (domu.ramdisk, "linux-domu.cpio.gz"),
+    ] + [(REPO / f"configs/firewall-{t}.cfg", f"firewall-{t}.cfg") for t in types]
+    xenrig.exit_on_sigterm()
+    result = xenrig.run_script("\n".join(script(t) for t in types), guests=guests,
+                               timeout=args.timeout, log=Path(args.log) if args.log else None)
+    texts = [l for _, l in result.lines]
+    passed, failures = 0, []
+    if result.rc != 0:
+        failures.append(f"rig: dom0 script ended with rc {result.rc} (timeout 124, rig failure 125)")
+    for t in types:
+        # each type's lines lie between its `RIG create firewall-<t>` and `RIG end <t>`
+        try:
+            a = next(i for i, l in enumerate(texts) if l.startswith(f"RIG create firewall-{t}"))
+        except StopIteration:
+            failures.append(f"{t}: never started")
+            continue
+        b = next((i for i, l in enumerate(texts) if l.startswith(f"RIG end {t}")), len(texts))
+        p, f = check(texts[a:b + 1], t)
+        passed += p
+        failures += f
+    for f in failures:
+        print(f"FAIL: {f}")
+    print(f"test_firewall: {passed} passed, {len(failures)} failed")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

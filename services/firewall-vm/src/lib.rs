@@ -1,0 +1,388 @@
+//! The firewall VM: the firewall core (`services/firewall`) as a
+//! [`netvm::Service`], between the client vifs our netback serves (the
+//! driver-domain role: clients say `vif=['backend=firewall,ip=...']`) and
+//! the uplink our netfront connects (usually on dom0's bridge).
+//!
+//! - [`settings`]: the `firewall.*` keys of the command line (`extra=`).
+//! - [`store`]: the configuration directory (`<home>/qubesdb/`, keys named
+//!   and valued as QubesDB's) as a `firewall::store::ConfigStore`, with the
+//!   command line and the uplink vif's `ip` key as defaults.
+//! - [`FirewallVm`]: the service: clients admitted only with an IPv4 `ip`
+//!   key, rules (re)loaded as the Linux agent does when dom0 writes
+//!   `/qubes-firewall/<ip>`, frames through `Firewall::handle`.
+//!
+//! Deployment and configuration: `docs/firewall.md`.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+pub mod settings;
+pub mod store;
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use firewall::store::{
+    load_config, load_rules, now_or_never, rule_targets, xenstore_to_key, Macs, Reload,
+    QUBES_CLIENT_SIDE_MAC,
+};
+use firewall::{ClientConfig, Config, EthernetAddress, Firewall, Instant, Interface};
+use netvm::config::{Changed, Snapshot};
+use netvm::identity::Key;
+use netvm::{ClientId, ClientInfo, Link, Packet, Service, Stats, To, Transmit, UplinkInfo};
+
+pub use settings::FirewallSettings;
+pub use store::{Defaults, EffectiveStore};
+
+/// The directory (relative to the firewall domain's home) that dom0 fills
+/// with QubesDB-named keys: `/local/domain/<firewall>/qubesdb/`.
+pub const CONFIG_DIR: &str = "qubesdb";
+
+/// Counters of the VM's own decisions (the core counts the packets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmStats {
+    /// Vifs refused: no valid IPv4 address in their `ip` key.
+    pub refused: u64,
+    /// Frames dropped because the firewall is not configured yet (no
+    /// uplink address or gateway).
+    pub unconfigured: u64,
+    /// Times the firewall was (re)built from a new configuration.
+    pub builds: u64,
+    /// Client rule sets (re)loaded.
+    pub rule_loads: u64,
+    /// Rule sets that were refused (the client is drop-all).
+    pub rule_errors: u64,
+    /// Blank IPv4/IPv6 checksums from clients filled in software.
+    pub csum_filled: u64,
+}
+
+/// The service.
+pub struct FirewallVm {
+    settings: FirewallSettings,
+    print: fn(&str),
+    uplink: Option<UplinkInfo>,
+    snapshot: Snapshot,
+    config: Option<Config>,
+    fw: Option<Firewall>,
+    clients: BTreeMap<u32, ClientConfig>,
+    /// Addresses rules were installed for (a removed directory makes them
+    /// drop-all, as in Linux).
+    installed: BTreeSet<IpAddr>,
+    problem: Option<String>,
+    /// Frames in and out at the last report (unchanged: no report).
+    reported: (u64, u64),
+    /// Counters.
+    pub stats: VmStats,
+}
+
+fn instant(now_ns: u64) -> Instant {
+    Instant::from_micros((now_ns / 1000) as i64)
+}
+
+impl FirewallVm {
+    /// A firewall VM with the command line's `settings`, printing with
+    /// `print`.
+    pub fn new(settings: FirewallSettings, print: fn(&str)) -> Self {
+        Self {
+            settings,
+            print,
+            uplink: None,
+            snapshot: Snapshot::default(),
+            config: None,
+            fw: None,
+            clients: BTreeMap::new(),
+            installed: BTreeSet::new(),
+            problem: None,
+            reported: (0, 0),
+            stats: VmStats::default(),
+        }
+    }
+
+    /// The core, once configured.
+    pub fn firewall(&self) -> Option<&Firewall> {
+        self.fw.as_ref()
+    }
+
+    fn say(&self, line: &str) {
+        (self.print)(&format!("firewall: {line}"));
+    }
+
+    fn defaults(&self) -> Defaults {
+        let uplink_ip = self.uplink.as_ref().and_then(|u| match &u.ip {
+            Key::Valid(addrs) => addrs.iter().find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            }),
+            _ => None,
+        });
+        Defaults::new(&self.settings, uplink_ip)
+    }
+
+    /// Build (or rebuild) the core from the configuration, keeping it if
+    /// nothing it depends on changed; then load every client's rules.
+    fn build(&mut self, out: &mut Vec<String>) {
+        let Some(uplink) = &self.uplink else {
+            return;
+        };
+        let macs = Macs {
+            uplink: EthernetAddress(uplink.mac.0),
+            client_side: QUBES_CLIENT_SIDE_MAC,
+        };
+        let defaults = self.defaults();
+        let mut store = EffectiveStore::new(&self.snapshot, &defaults);
+        let loaded = now_or_never(load_config(&mut store, macs));
+        match loaded {
+            Some(Ok(config)) => {
+                self.problem = None;
+                if self.fw.is_none() || self.config.as_ref() != Some(&config) {
+                    let mut fw = Firewall::new(config.clone());
+                    for (id, c) in &self.clients {
+                        fw.add_client(firewall::ClientId(*id), *c);
+                    }
+                    let dns: Vec<String> = config
+                        .dns
+                        .iter()
+                        .map(|d| match d.upstream {
+                            Some(u) => format!("{}->{u}", d.virtual_server),
+                            None => format!("{}->(none: dropped)", d.virtual_server),
+                        })
+                        .collect();
+                    out.push(format!(
+                        "forwarding: uplink {} gateway {} (mac {}), clients' gateway {}, dns {}",
+                        config.uplink.ip4,
+                        config.uplink.gateway4,
+                        config.uplink.mac,
+                        config.client_side.gateway4,
+                        dns.join(" ")
+                    ));
+                    self.fw = Some(fw);
+                    self.config = Some(config);
+                    self.installed.clear();
+                    self.stats.builds += 1;
+                }
+                self.reload_all(out);
+            }
+            Some(Err(e)) => {
+                let why = format!(
+                    "not forwarding: {e} (firewall.ip=/firewall.gw= in extra=, ip= in the \
+                     firewall's vif, or {CONFIG_DIR}/qubes-ip, qubes-gateway in xenstore)"
+                );
+                if self.problem.as_deref() != Some(why.as_str()) {
+                    out.push(why.clone());
+                    self.problem = Some(why);
+                }
+                self.fw = None;
+                self.config = None;
+            }
+            None => out.push(String::from("configuration store would block")),
+        }
+    }
+
+    fn reload_all(&mut self, out: &mut Vec<String>) {
+        let defaults = self.defaults();
+        let store = &mut EffectiveStore::new(&self.snapshot, &defaults);
+        let mut addrs: BTreeSet<IpAddr> = self.installed.clone();
+        match now_or_never(rule_targets(store)) {
+            Some(Ok(t)) => addrs.extend(t.addrs),
+            Some(Err(e)) => out.push(format!("cannot list the rules: {e}")),
+            None => {}
+        }
+        for addr in addrs {
+            self.reload(addr, out);
+        }
+    }
+
+    fn reload(&mut self, addr: IpAddr, out: &mut Vec<String>) {
+        let defaults = self.defaults();
+        let store = &mut EffectiveStore::new(&self.snapshot, &defaults);
+        let Some(fw) = self.fw.as_mut() else {
+            return;
+        };
+        let loaded = match now_or_never(load_rules(store, addr)) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                out.push(format!("rules of {addr}: {e}"));
+                return;
+            }
+            None => return,
+        };
+        let killed = fw.apply_loaded_rules(addr, loaded.as_ref());
+        self.stats.rule_loads += 1;
+        let what = match &loaded {
+            None => String::from("no rules (new flows dropped)"),
+            Some(l) => match &l.error {
+                Some(e) => {
+                    self.stats.rule_errors += 1;
+                    format!("refused, drop-all: {e}")
+                }
+                None => format!("{} rules, policy {:?}", l.rules.rules.len(), l.rules.policy),
+            },
+        };
+        if loaded.is_some() {
+            self.installed.insert(addr);
+        }
+        out.push(format!("rules of {addr}: {what}; {killed} flows killed"));
+    }
+
+    fn flush(&self, lines: Vec<String>) {
+        for l in lines {
+            self.say(&l);
+        }
+    }
+}
+
+impl Service for FirewallVm {
+    fn admit(&mut self, client: &ClientInfo) -> Result<(), String> {
+        let why = match (&client.ip, client.ip4()) {
+            (_, Some(_)) => return Ok(()),
+            (Key::Invalid(why), _) => why.clone(),
+            (Key::Absent, _) => String::from("no ip key in its vif"),
+            (Key::Valid(_), None) => String::from("no IPv4 address in its vif's ip key"),
+        };
+        self.stats.refused += 1;
+        Err(format!(
+            "{why} (the firewall serves only clients whose config says vif=['backend=...,ip=A.B.C.D'])"
+        ))
+    }
+
+    fn client_up(&mut self, _now_ns: u64, client: &ClientInfo) {
+        let Some(ip4) = client.ip4() else {
+            return;
+        };
+        let config = ClientConfig {
+            ip4,
+            ip6: client.ip6(),
+            mac: client.mac.valid().map(|m| EthernetAddress(m.0)),
+        };
+        self.clients.insert(client.id.0, config);
+        if let Some(fw) = self.fw.as_mut() {
+            fw.add_client(firewall::ClientId(client.id.0), config);
+        }
+        let rules = self
+            .fw
+            .as_ref()
+            .map(|fw| fw.has_rules(&IpAddr::V4(ip4)))
+            .unwrap_or(false);
+        self.say(&format!(
+            "client {} is {ip4}{} ({})",
+            client.id.0,
+            client.ip6().map(|a| format!(" {a}")).unwrap_or_default(),
+            if rules {
+                "has rules"
+            } else {
+                "no rules yet: its new flows are dropped"
+            }
+        ));
+    }
+
+    fn client_down(&mut self, _now_ns: u64, id: ClientId) {
+        self.clients.remove(&id.0);
+        if let Some(fw) = self.fw.as_mut() {
+            fw.remove_client(firewall::ClientId(id.0));
+        }
+    }
+
+    fn uplink_up(&mut self, _now_ns: u64, uplink: &UplinkInfo) {
+        let changed = self.uplink.as_ref() != Some(uplink);
+        self.uplink = Some(uplink.clone());
+        if changed || self.fw.is_none() {
+            let mut out = Vec::new();
+            self.build(&mut out);
+            self.flush(out);
+        }
+    }
+
+    fn handle(&mut self, now_ns: u64, from: Link, packet: Packet, out: &mut Vec<Transmit>) {
+        let Some(fw) = self.fw.as_mut() else {
+            self.stats.unconfigured += 1;
+            return;
+        };
+        let mut data = packet.data;
+        if packet.offload.csum_blank && netback::packet::fill_checksum(&mut data) {
+            // A client's netfront leaves the checksum to its backend (us):
+            // fill it before NAT updates it incrementally.
+            self.stats.csum_filled += 1;
+        }
+        let interface = match from {
+            Link::Uplink => Interface::Uplink,
+            Link::Client(id) => Interface::Client(firewall::ClientId(id.0)),
+        };
+        for t in fw.handle(instant(now_ns), interface, &data) {
+            out.push(convert(t));
+        }
+    }
+
+    fn tick(&mut self, now_ns: u64, out: &mut Vec<Transmit>) {
+        if let Some(fw) = self.fw.as_mut() {
+            for t in fw.poll(instant(now_ns)) {
+                out.push(convert(t));
+            }
+        }
+    }
+
+    fn configure(&mut self, _now_ns: u64, snapshot: &Snapshot, changed: &Changed) -> Vec<String> {
+        self.snapshot = snapshot.clone();
+        let mut out = Vec::new();
+        let reload = if changed.all {
+            Reload {
+                all_clients: true,
+                config: true,
+                ..Reload::default()
+            }
+        } else {
+            let keys: Vec<String> = changed
+                .paths
+                .iter()
+                .filter_map(|p| xenstore_to_key(p).ok())
+                .collect();
+            Reload::from_keys(keys.iter().map(String::as_str))
+        };
+        if reload.config || self.fw.is_none() {
+            self.build(&mut out);
+        } else if reload.all_clients {
+            self.reload_all(&mut out);
+        } else {
+            for addr in reload.clients.iter().copied() {
+                self.reload(addr, &mut out);
+            }
+        }
+        out
+    }
+
+    fn report(&mut self, stats: &Stats) -> Option<String> {
+        let c = self.fw.as_ref()?.counters();
+        if (c.frames_in, c.frames_out) == self.reported {
+            return None;
+        }
+        self.reported = (c.frames_in, c.frames_out);
+        Some(format!(
+            "stats: clients={} out={} in={} refused-by-rule={} admin-prohibited={} \
+             no-rules={} spoofed={} inter-client={} refused-vifs={} csum-filled={} \
+             uplink-tx-dropped={}",
+            stats.clients,
+            c.forwarded_out,
+            c.forwarded_in,
+            c.dropped_by_rule,
+            c.admin_prohibited_sent,
+            c.dropped_no_rules,
+            c.dropped_spoofed + stats.spoofed,
+            c.dropped_inter_client,
+            self.stats.refused,
+            self.stats.csum_filled,
+            stats.uplink_tx_dropped
+        ))
+    }
+}
+
+fn convert(t: firewall::Transmit) -> Transmit {
+    let to = match t.interface {
+        Interface::Uplink => To::Uplink,
+        Interface::Client(id) => To::Client(ClientId(id.0)),
+    };
+    Transmit::frame(to, t.frame)
+}

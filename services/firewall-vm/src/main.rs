@@ -1,0 +1,65 @@
+//! The firewall VM image: `xl create configs/firewall-pvh.cfg` (or
+//! `-pv`, `-arm32`) puts the firewall between client domains (whose vifs
+//! say `backend=firewall`) and the uplink vif of this domain. See
+//! `firewall_vm` for the service and `docs/firewall.md` for deployment.
+//!
+//! Console lines: those of the runtime (`firewall: uplink ...`, `firewall:
+//! vif ... offered/connected/closed/refused/removed`), then the service's
+//! (`firewall: forwarding: ...`, `firewall: rules of A: ...`, `firewall:
+//! client N is A`, `firewall: stats: ...`).
+#![cfg_attr(target_os = "none", no_std, no_main)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+mod image {
+    use firewall_vm::{FirewallSettings, FirewallVm, CONFIG_DIR};
+    use kernel::boot::{Env, Exit};
+    use kernel::devices::XenEnv;
+    use kernel::println;
+    use netback::BackendOptions;
+    use netvm::{Options, Stop};
+
+    kernel::service!(main);
+
+    fn print(line: &str) {
+        println!("{line}");
+    }
+
+    async fn main(mut env: Env) -> Exit {
+        let mut settings = FirewallSettings::default();
+        if env.configure(&mut settings).is_err() {
+            return Exit::Crash;
+        }
+        let Some(xs) = env.xenstore.take() else {
+            println!("firewall: no xenstore");
+            return Exit::Crash;
+        };
+        let h = env.executor.clone();
+        let mut options = Options::new("firewall", print);
+        // No GSO from clients (the core would have to segment), and IPv6
+        // checksums complete (blank IPv4 ones are filled before NAT).
+        options.backend = BackendOptions {
+            gso_tcpv4: false,
+            gso_tcpv6: false,
+            ipv6_csum_offload: false,
+            ..BackendOptions::default()
+        };
+        options.config = Some(alloc::string::String::from(CONFIG_DIR));
+        let uplink = XenEnv::new(env.platform, h.clone(), Some(xs));
+        let backend = XenEnv::new(env.platform, h.clone(), None);
+        let mut service = FirewallVm::new(settings, print);
+        let (stop, _) = netvm::run(&h, uplink, backend, &mut service, &options).await;
+        match stop {
+            Stop::Requested(r) => r.into(),
+            Stop::NoUplink(_) | Stop::UplinkLost(_) => Exit::Crash,
+        }
+    }
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("the firewall is a Xen guest image: build it with `make images`");
+    std::process::exit(2);
+}

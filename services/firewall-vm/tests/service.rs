@@ -1,0 +1,255 @@
+//! The firewall VM's service on the host, driven as the runtime drives it:
+//! the uplink comes up with its vif's `ip`, the configuration directory is
+//! read (rules written as dom0 writes them), a client without `ip` is
+//! refused, one with it connects; its allowed flow is NATed to the uplink,
+//! its denied one answered with ICMP admin-prohibited, and a rule change
+//! (only the client's directory key reported written) opens the port.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use firewall_vm::{FirewallSettings, FirewallVm};
+use netfront::MacAddress;
+use netvm::config::{Changed, Snapshot};
+use netvm::identity::Key;
+use netvm::{ClientId, ClientInfo, Link, Offload, Packet, Service, To, Transmit, UplinkInfo};
+
+const FW_MAC: [u8; 6] = [0, 0x16, 0x3e, 0x6d, 0x6f, 0x10];
+const GW_MAC: [u8; 6] = [0, 0x16, 0x3e, 0, 0, 0x01];
+const CLIENT_MAC: [u8; 6] = [0, 0x16, 0x3e, 0x6d, 0x6f, 0x20];
+const FW_IP: [u8; 4] = [10, 99, 0, 10];
+const GW_IP: [u8; 4] = [10, 99, 0, 1];
+const CLIENT_IP: [u8; 4] = [10, 137, 0, 10];
+
+fn print(line: &str) {
+    println!("{line}");
+}
+
+fn ip_checksum(header: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in header.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A TCP SYN from the client; with `blank`, its checksum left to the
+/// backend (as a Linux netfront sends it).
+fn syn(dport: u16, blank: bool) -> Packet {
+    let mut f = vec![0u8; 14 + 20 + 20];
+    f[0..6].copy_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    f[6..12].copy_from_slice(&CLIENT_MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&CLIENT_IP);
+    ip[16..20].copy_from_slice(&GW_IP);
+    let c = ip_checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    if !blank {
+        assert!(netback::packet::fill_checksum(&mut f));
+    }
+    Packet {
+        data: f,
+        offload: Offload {
+            csum_blank: blank,
+            ..Offload::default()
+        },
+    }
+}
+
+fn arp_reply() -> Packet {
+    let mut f = vec![0u8; 42];
+    f[0..6].copy_from_slice(&FW_MAC);
+    f[6..12].copy_from_slice(&GW_MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    let a = &mut f[14..42];
+    a[0..2].copy_from_slice(&1u16.to_be_bytes());
+    a[2..4].copy_from_slice(&0x0800u16.to_be_bytes());
+    a[4] = 6;
+    a[5] = 4;
+    a[6..8].copy_from_slice(&2u16.to_be_bytes());
+    a[8..14].copy_from_slice(&GW_MAC);
+    a[14..18].copy_from_slice(&GW_IP);
+    a[18..24].copy_from_slice(&FW_MAC);
+    a[24..28].copy_from_slice(&FW_IP);
+    Packet {
+        data: f,
+        offload: Offload::default(),
+    }
+}
+
+fn rules(extra: &[(&str, &str)]) -> Snapshot {
+    let mut s = Snapshot::default();
+    for (k, v) in [
+        ("qubes-firewall", ""),
+        ("qubes-firewall/10-137-0-10", ""),
+        ("qubes-firewall/10-137-0-10/policy", "drop"),
+        (
+            "qubes-firewall/10-137-0-10/0000",
+            "action=accept proto=tcp dstports=8080-8080",
+        ),
+    ]
+    .iter()
+    .chain(extra)
+    {
+        s.nodes.insert(k.to_string(), v.as_bytes().to_vec());
+    }
+    s
+}
+
+fn client(ip: Option<&str>) -> ClientInfo {
+    ClientInfo {
+        id: ClientId(0),
+        path: "backend/vif/5/0".into(),
+        frontend_id: 5,
+        mac: Key::Valid(MacAddress(CLIENT_MAC)),
+        ip: match ip {
+            Some(a) => Key::Valid(vec![a.parse::<IpAddr>().unwrap()]),
+            None => Key::Absent,
+        },
+    }
+}
+
+/// The TCP destination port and IPv4 source of an IPv4/TCP frame.
+fn tcp_of(frame: &[u8]) -> Option<(u16, Ipv4Addr)> {
+    if frame.get(12..14)? != [0x08, 0x00] || *frame.get(23)? != 6 {
+        return None;
+    }
+    let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+    Some((u16::from_be_bytes([frame[36], frame[37]]), src))
+}
+
+fn tcp_checksum_ok(frame: &[u8]) -> bool {
+    let mut copy = frame.to_vec();
+    let before = [copy[50], copy[51]];
+    assert!(netback::packet::fill_checksum(&mut copy));
+    [copy[50], copy[51]] == before
+}
+
+#[test]
+fn clients_rules_and_rule_changes_through_the_service() {
+    let settings = FirewallSettings {
+        gw: Some(Ipv4Addr::from(GW_IP)),
+        dns: vec![Ipv4Addr::from(GW_IP)],
+        client_gw: Some(Ipv4Addr::new(10, 137, 0, 1)),
+        ..FirewallSettings::default()
+    };
+    let mut vm = FirewallVm::new(settings, print);
+    let mut out: Vec<Transmit> = Vec::new();
+    // Before the uplink: nothing is forwarded.
+    vm.handle(1, Link::Client(ClientId(1)), syn(8080, false), &mut out);
+    assert!(out.is_empty());
+    vm.uplink_up(
+        1,
+        &UplinkInfo {
+            mac: MacAddress(FW_MAC),
+            backend: "/local/domain/0/backend/vif/7/0".into(),
+            ip: Key::Valid(vec![IpAddr::from(FW_IP)]),
+        },
+    );
+    let lines = vm.configure(
+        2,
+        &rules(&[]),
+        &Changed {
+            paths: vec![],
+            all: true,
+        },
+    );
+    // (configured at the uplink's arrival already: the command line and
+    // the vif's ip are enough; the directory's first read adds the rules)
+    assert!(vm.firewall().is_some());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rules of 10.137.0.10: 1 rules")),
+        "{lines:?}"
+    );
+
+    // A client without ip is refused (and counted), one with it admitted.
+    assert!(vm.admit(&client(None)).is_err());
+    assert_eq!(vm.stats.refused, 1);
+    let mut c = client(Some("10.137.0.10"));
+    assert!(vm.admit(&c).is_ok());
+    c.id = ClientId(1);
+    vm.client_up(3, &c);
+
+    // Allowed: held until the gateway's MAC is known (ARP), then NATed.
+    vm.handle(10, Link::Client(ClientId(1)), syn(8080, true), &mut out);
+    assert!(out.iter().all(|t| t.to == To::Uplink), "{out:?}");
+    out.clear();
+    vm.handle(11, Link::Uplink, arp_reply(), &mut out);
+    let sent: Vec<_> = out
+        .iter()
+        .filter(|t| t.to == To::Uplink)
+        .filter_map(|t| tcp_of(&t.packet.data).map(|x| (x, t.packet.data.clone())))
+        .collect();
+    assert_eq!(sent.len(), 1, "{out:?}");
+    assert_eq!(sent[0].0, (8080, Ipv4Addr::from(FW_IP)));
+    assert!(
+        tcp_checksum_ok(&sent[0].1),
+        "the blank checksum was filled before NAT"
+    );
+    assert_eq!(vm.stats.csum_filled, 1);
+    out.clear();
+
+    // Denied: ICMP admin-prohibited (type 3 code 13) back to the client.
+    vm.handle(20, Link::Client(ClientId(1)), syn(8081, false), &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].to, To::Client(ClientId(1)));
+    let icmp = &out[0].packet.data;
+    assert_eq!((icmp[23], icmp[34], icmp[35]), (1, 3, 13));
+    out.clear();
+
+    // dom0 adds a rule; only the directory key is reported written.
+    let lines = vm.configure(
+        30,
+        &rules(&[(
+            "qubes-firewall/10-137-0-10/0001",
+            "action=accept proto=tcp dstports=8081-8081",
+        )]),
+        &Changed {
+            paths: vec!["qubes-firewall/10-137-0-10".into()],
+            all: false,
+        },
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rules of 10.137.0.10: 2 rules")),
+        "{lines:?}"
+    );
+    vm.handle(31, Link::Client(ClientId(1)), syn(8081, false), &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].to, To::Uplink);
+    assert_eq!(tcp_of(&out[0].packet.data).map(|x| x.0), Some(8081));
+    out.clear();
+
+    // A rule entry written alone reloads nothing (Linux agent semantics).
+    let lines = vm.configure(
+        40,
+        &rules(&[]),
+        &Changed {
+            paths: vec!["qubes-firewall/10-137-0-10/0001".into()],
+            all: false,
+        },
+    );
+    assert!(lines.is_empty(), "{lines:?}");
+
+    // The client goes: its frames are no longer forwarded.
+    vm.client_down(50, ClientId(1));
+    vm.handle(51, Link::Client(ClientId(1)), syn(8080, false), &mut out);
+    assert!(out.is_empty());
+}
