@@ -239,9 +239,11 @@ pub async fn timer(env: &Env) -> Outcome {
         report += &format!(" {}ms+{}us", d / MS, late / 1000);
     }
     // Never early (checked above). Under TCG on a busy 2-core host,
-    // lateness up to ~250 ms was seen (the vCPU is simply not scheduled);
-    // a lost wakeup shows as the next event's time (seconds) or a hang.
-    ensure(worst <= 1000 * MS, || {
+    // lateness up to ~250 ms was seen on amd64 and 1.8 s on arm32 (host
+    // load 8: the vCPU is simply not scheduled); a lost wakeup shows as a
+    // hang (nothing else wakes this guest: the rig's case limit fails it)
+    // or as the next unrelated event's time, tens of seconds later.
+    ensure(worst <= 5000 * MS, || {
         format!("timer late by {} us:{report}", worst / 1000)
     })?;
     Ok(format!("singleshot timer lateness:{report}"))
