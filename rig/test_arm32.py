@@ -134,14 +134,14 @@ def main(argv=None) -> int:
     rig = test_selftest.Tally("rig")
     rig.check(result.rc == 0, f"the dom0 script ended with rc {result.rc}"
               + (" (timeout)" if result.timed_out else ""))
-    case_failures, rig_warnings = xenrig.case_report(
+    case_failures, case_times = xenrig.case_report(
         result, [c.name for c in dom0_cases(with_net, with_blk, args.mib, args.pings)
                  if c.name != test_selftest.HANG_PROBE])
     for f in case_failures:
         rig.check(False, f)
     test_selftest.assert_hang_probe(rig, result)
-    for w in rig_warnings:
-        print(f"rig warning: {w}")
+    for w in case_times:
+        print(f"rig: {w}")
     st = test_selftest.Tally("selftest-arm32")
     names = test_selftest.case_names("arm32")
     test_selftest.assert_normal(st, result.lines, names["normal"])

@@ -457,7 +457,7 @@ def main(argv=None) -> int:
     passed, failures, bench, figures = 0, [], [], {}
     if result.rc != 0:
         failures.append(f"rig: dom0 script ended with rc {result.rc} (timeout 124, rig failure 125)")
-    case_failures, rig_warnings = xenrig.case_report(result, case_names)
+    case_failures, case_times = xenrig.case_report(result, case_names)
     failures += case_failures
 
     def add(pf: tuple) -> None:
@@ -495,8 +495,8 @@ def main(argv=None) -> int:
         print("bench: moat beside the Debian Linux domU, same rig boot (QEMU TCG: compare ratios, not absolutes)")
         for row in table(figures):
             print(f"bench: {row}")
-    for w in rig_warnings:
-        print(f"rig warning: {w}")
+    for w in case_times:
+        print(f"rig: {w}")
     for f in failures:
         print(f"FAIL: {f}")
     print(f"test_netdemo: {passed} passed, {len(failures)} failed")

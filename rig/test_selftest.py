@@ -352,13 +352,13 @@ def main(argv: Optional[list] = None) -> int:
     rig = Tally("rig")
     rig.check(result.rc == 0, f"the dom0 script ended with rc {result.rc}"
               + (" (timeout)" if result.timed_out else ""))
-    case_failures, rig_warnings = xenrig.case_report(
+    case_failures, case_times = xenrig.case_report(
         result, [c.name for c in dom0_cases(types) if c.name != HANG_PROBE])
     for f in case_failures:
         rig.check(False, f)
     assert_hang_probe(rig, result)
-    for w in rig_warnings:
-        print(f"rig warning: {w}")
+    for w in case_times:
+        print(f"rig: {w}")
     tallies.append(rig)
     for t in types:
         tally = Tally(t)
