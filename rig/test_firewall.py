@@ -18,6 +18,9 @@ each result when it changes. Checked, in one rig boot per type:
 - a rule change (0001 accept tcp 8081) written from dom0 takes effect
   without a restart: the client's next probe of 8081 succeeds (time from
   the write printed);
+- dom0's netback lets go of the firewall's uplink and takes it again (sysfs
+  unbind + bind, as rig/dom0/netcase.sh does): the firewall reconnects its
+  uplink and the client still gets through afterwards;
 - a vif without `ip=` (`xl network-attach client-a backend=firewall`) is
   refused and counted by the firewall.
 
@@ -54,12 +57,20 @@ wait_for() {
   while [ $i -lt $n ]; do grep -q -E -- "$2" "$1" 2>/dev/null && return 0; sleep 0.2; i=$((i + 1)); done
   return 1
 }
+# wait_count FILE REGEX N SECONDS: until N lines match
+wait_count() {
+  n=$(($4 * 5)); i=0
+  while [ $i -lt $n ]; do [ "$(grep -c -E -- "$2" "$1" 2>/dev/null)" -ge "$3" ] && return 0; sleep 0.2; i=$((i + 1)); done
+  return 1
+}
 printf '#!/bin/sh\necho served-by-dom0\n' > /tmp/answer; chmod +x /tmp/answer
 for port in @ALLOWED@ @DENIED@; do
   (while :; do nc -ll -p $port -e /tmp/answer; sleep 0.2; done) >/dev/null 2>&1 &
 done
 flog=/var/log/xen/console/guest-firewall.log
 clog=/var/log/xen/console/guest-client-a.log
+# (xenconsoled appends: each type starts with empty logs)
+rm -f $flog $clog
 log create firewall-@TYPE@ $(up)
 xl create /guest/firewall-@TYPE@.cfg
 if wait_for $flog "firewall: forwarding:" 90; then log forwarding ok $(up); else log forwarding FAIL; fi
@@ -70,14 +81,41 @@ if wait_for $flog "rules of @IP@: 1 rules" 30; then log rules ok; else log rules
 log create client-a $(up)
 xl create /guest/firewall-client-pv.cfg \
   'extra="console=hvc0 quiet moat.ip=@IP@/24 moat.gw=10.137.0.1 moat.probe=@DOM0@:@ALLOWED@,@DOM0@:@DENIED@"'
-if wait_for $clog "probe @DOM0@:@ALLOWED@ ok" 300; then log allowed ok $(up); else log allowed FAIL; fi
+if wait_for $clog "probe @DOM0@:@ALLOWED@ ok" 240; then log allowed ok $(up); else
+  log allowed FAIL
+  xl list
+  tail -n 30 $flog | sed 's/^/FWNOW /'
+fi
 if wait_for $clog "probe @DOM0@:@DENIED@ fail" 30; then log denied ok; else log denied FAIL; fi
 t=$(up)
 xenstore-write $base/0001 "action=accept proto=tcp dstports=@DENIED@-@DENIED@" $base ""
 if wait_for $clog "probe @DOM0@:@DENIED@ ok" 30; then log rule-change ok $t $(up); else log rule-change FAIL; fi
+# The uplink's backend restarted: dom0's xen-netback lets go of the vif and
+# takes it again (as rig/dom0/netcase.sh does; the hotplug script run as
+# libxl would). The firewall reconnects its uplink, serving the client
+# meanwhile; the client's probes go on.
+dev=$(ls /sys/bus/xen-backend/drivers/vif/ | grep "^vif-$fw-" | head -n 1)
+devid=${dev##*-}
+t=$(up)
+echo "$dev" > /sys/bus/xen-backend/drivers/vif/unbind
+sleep 1
+echo "$dev" > /sys/bus/xen-backend/drivers/vif/bind
+XENBUS_PATH=backend/vif/$fw/$devid XENBUS_TYPE=vif XENBUS_BASE_PATH=backend vif=vif$fw.$devid \
+  bash /etc/xen/scripts/vif-bridge online
+if wait_for $flog "firewall: uplink lost" 30 && wait_count $flog "firewall: uplink [0-9a-f:]+ on" 2 60; then
+  log uplink-restart ok $t $(up)
+else
+  log uplink-restart FAIL backend=$(xenstore-read backend/vif/$fw/$devid/state 2>&1) \
+    online=$(xenstore-read backend/vif/$fw/$devid/online 2>&1) \
+    hotplug=$(xenstore-read backend/vif/$fw/$devid/hotplug-status 2>&1) \
+    frontend=$(xenstore-read /local/domain/$fw/device/vif/$devid/state 2>&1)
+fi
+sleep 8
+last=$(grep "probe @DOM0@:@ALLOWED@" $clog | tail -n 1)
+case "$last" in *" ok "*) log after-uplink-restart ok ;; *) log after-uplink-restart FAIL "$last" ;; esac
 timeout 60 xl network-attach client-a backend=firewall mac=00:16:3e:6d:6f:21
 log attach-noip rc=$?
-if wait_for $flog "refused" 20; then log refused ok; else log refused FAIL; fi
+if wait_for $flog "firewall: vif [^ ]* refused" 20; then log refused ok; else log refused FAIL; fi
 xenstore-ls /local/domain/$fw/qubesdb | sed 's/^/RIG store /'
 sed 's/^/FW /' $flog
 sed 's/^/CLIENT /' $clog
@@ -103,7 +141,8 @@ def check(texts: list, t: str) -> tuple:
     def rig(word: str) -> list:
         return [l.split()[2:] for l in texts if l.startswith(f"RIG {word} ")]
 
-    for word in ("forwarding", "rules", "allowed", "denied", "rule-change", "refused"):
+    for word in ("forwarding", "rules", "allowed", "denied", "rule-change", "uplink-restart",
+                 "after-uplink-restart", "refused"):
         r = rig(word)
         if r and r[0] and r[0][0] == "ok":
             passed += 1
@@ -129,6 +168,10 @@ def check(texts: list, t: str) -> tuple:
     if rc and rc[0][0] == "ok" and len(rc[0]) == 3:
         print(f"bench: {t}: rule change written -> probe of the newly allowed port succeeded: "
               f"{float(rc[0][2]) - float(rc[0][1]):.1f} s (client probes once a second)")
+    ur = rig("uplink-restart")
+    if ur and ur[0][0] == "ok" and len(ur[0]) == 3:
+        print(f"bench: {t}: dom0 netback restart of the uplink -> firewall's uplink back: "
+              f"{float(ur[0][2]) - float(ur[0][1]):.1f} s")
     return passed, failures
 
 

@@ -83,6 +83,10 @@ pub struct Options {
     pub enforce_mac: bool,
     /// Most clients connected or offered at once; more vifs wait.
     pub max_clients: usize,
+    /// What the platform can say about its resources (free frames, heap in
+    /// use), printed when the uplink comes up and after each client closed,
+    /// so a run of attach/detach cycles shows whether anything leaks.
+    pub resources: Option<fn() -> String>,
 }
 
 impl Options {
@@ -104,6 +108,7 @@ impl Options {
             config: None,
             enforce_mac: true,
             max_clients: 64,
+            resources: None,
         }
     }
 }
@@ -245,6 +250,18 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
         (self.options.print)(&format!("{}: {line}", self.options.name));
     }
 
+    fn print_resources(&self) {
+        if let Some(f) = self.options.resources {
+            self.print(&format!(
+                "resources: {} clients={} connected={} closed={}",
+                f(),
+                self.clients.len(),
+                self.stats.connected,
+                self.stats.closed
+            ));
+        }
+    }
+
     /// Send everything in `self.out`.
     fn dispatch<U: NetEnv + 'static>(&mut self, uplink: &mut Uplink<U>) {
         for t in core::mem::take(&mut self.out) {
@@ -384,6 +401,7 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
             self.service.client_down(now, id);
             self.stats.closed += 1;
             self.print(&format!("vif {} closed ({why})", c.info.path));
+            self.print_resources();
             match xs.as_deref_mut() {
                 Some(xs) => {
                     let path = c.info.path.clone();
@@ -650,6 +668,7 @@ where
                 uplink_announced = true;
                 let info = uplink_info(nf).await;
                 state.print(&format!("uplink {} on {}", info.mac, info.backend));
+                state.print_resources();
                 state.service.uplink_up(now, &info);
             }
         }
@@ -786,11 +805,20 @@ where
                 continue;
             }
         }
-        // Sleep until a vif, the uplink, a watch or a timer wakes us.
-        let mut deadline = next_tick.min(next_scan);
+        // Sleep until a vif, the uplink, a watch or a timer wakes us. Every
+        // deadline must lie ahead: a sleep already due is ready at once, the
+        // loop would go round without ever returning to the executor, which
+        // then never delivers an event nor moves its clock (on Xen, the
+        // uplink's reconnection waiting for xenstore hung so, spinning).
+        // The scan is not due while the uplink is down (it needs xenstore).
+        let mut deadline = next_tick;
+        if matches!(uplink, Uplink::Up(_)) {
+            deadline = deadline.min(next_scan);
+        }
         if options.report_ns > 0 {
             deadline = deadline.min(next_report);
         }
+        let deadline = deadline.max(now + 1);
         let sleep = clock.sleep_until(deadline);
         let mut sleep = pin!(sleep);
         let benv = &mut state.benv;

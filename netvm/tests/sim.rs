@@ -307,6 +307,12 @@ async fn dom0_uplink(m: Machine, h: Handle, state: Rc<RefCell<Dom0>>) {
                 while m.get(&fstate).as_deref() == Some("4") {
                     h.sleep(MS).await;
                 }
+                // Away for longer than the VM's scan period: the VM must
+                // keep returning to the executor meanwhile (it once spun
+                // on its overdue scan deadline and, on Xen, never got the
+                // xenstore events its reconnection waited for; this test
+                // then hangs).
+                h.sleep(3 * SECOND).await;
                 break;
             }
             h.sleep(MS).await;

@@ -27,6 +27,15 @@ mod image {
         println!("{line}");
     }
 
+    /// Free frames and heap in use, for the runtime's `resources:` lines.
+    fn resources() -> alloc::string::String {
+        let frames = kernel::boot::platform()
+            .map(|p| p.frames.lock().free_count())
+            .unwrap_or(0);
+        let heap = kernel::HEAP.stats();
+        alloc::format!("frames-free={frames} heap-in-use={}", heap.bytes_in_use)
+    }
+
     async fn main(mut env: Env) -> Exit {
         let mut settings = FirewallSettings::default();
         if env.configure(&mut settings).is_err() {
@@ -47,6 +56,7 @@ mod image {
             ..BackendOptions::default()
         };
         options.config = Some(alloc::string::String::from(CONFIG_DIR));
+        options.resources = Some(resources);
         let uplink = XenEnv::new(env.platform, h.clone(), Some(xs));
         let backend = XenEnv::new(env.platform, h.clone(), None);
         let mut service = FirewallVm::new(settings, print);

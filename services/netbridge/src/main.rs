@@ -62,6 +62,15 @@ mod image {
         println!("{line}");
     }
 
+    /// Free frames and heap in use, for the runtime's `resources:` lines.
+    fn resources() -> alloc::string::String {
+        let frames = kernel::boot::platform()
+            .map(|p| p.frames.lock().free_count())
+            .unwrap_or(0);
+        let heap = kernel::HEAP.stats();
+        alloc::format!("frames-free={frames} heap-in-use={}", heap.bytes_in_use)
+    }
+
     async fn main(mut env: Env) -> Exit {
         if env.configure(&mut NoKeys).is_err() {
             return Exit::Crash;
@@ -79,6 +88,7 @@ mod image {
             gso_tcpv6: false,
             ..BackendOptions::default()
         };
+        options.resources = Some(resources);
         let uplink = XenEnv::new(env.platform, h.clone(), Some(xs));
         let backend = XenEnv::new(env.platform, h.clone(), None);
         let mut bridge = Bridge::default();
