@@ -536,10 +536,71 @@ def _guest_files(guests: Iterable[tuple], script: Optional[str]) -> list:
     return files
 
 
+def _monitor(sock: Path, command: str, timeout: float = 10.0) -> str:
+    """`command` on QEMU's human monitor at `sock`; its answer (text up to
+    the next prompt), or why there is none."""
+    import socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            buf = b""
+            while not buf.endswith(b"(qemu) "):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return "monitor closed"
+                buf += chunk
+            s.sendall(command.encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"(qemu) "):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+    except OSError as e:
+        return f"monitor: {e}"
+    text = _CONTROL.sub("", buf.decode("utf-8", "replace").replace("\r", ""))
+    lines = [l for l in text.split("\n") if l.strip() and not l.startswith("(qemu)")]
+    # The first line echoes the command.
+    return "\n".join(lines[1:] if lines and command in lines[0] else lines)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process `pid` so far, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wedge_probe(proc: subprocess.Popen, sock: Path) -> list:
+    """What a silent rig is doing, for the failure's record: whether QEMU
+    still burns CPU (vCPUs spinning) or sleeps (everything waiting), and
+    where each vCPU is (`info cpus`, and RIP/PC with the privilege level
+    from `info registers -a`: Xen, dom0's kernel or dom0's userland)."""
+    out = []
+    try:
+        a = _cpu_seconds(proc.pid)
+        time.sleep(3.0)
+        b = _cpu_seconds(proc.pid)
+        out.append(f"QEMU used {b - a:.2f} s of CPU in 3 s (about {(b - a) / 3:.1f} host CPUs busy)")
+    except (OSError, ValueError, IndexError) as e:
+        out.append(f"QEMU CPU time unreadable: {e}")
+    out += [f"info cpus: {l}" for l in _monitor(sock, "info cpus").split("\n")]
+    regs = _monitor(sock, "info registers -a")
+    keep = re.compile(r"^(CPU#|RIP=|RAX=|CS =|CR0=|R15=|PC=|PSR=|CPSR=)")
+    out += [f"registers: {l}" for l in regs.split("\n") if keep.search(l.strip())][:40]
+    return out
+
+
 def _qemu_booter(arch: str, workdir: Path) -> Callable:
-    """A boot function for _run_boots: starts QEMU with `files` in /guest."""
+    """A boot function for _run_boots: starts QEMU with `files` in /guest,
+    its human monitor on a socket in `workdir` (for wedge_probe)."""
+    boots = [0]
+
     def boot(files: list) -> tuple:
         cmd = _prepare(arch, files, workdir)
+        boots[0] += 1
+        sock = workdir / f"monitor-{boots[0]}.sock"
+        cmd += ["-monitor", f"unix:{sock},server=on,wait=off"]
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -547,7 +608,7 @@ def _qemu_booter(arch: str, workdir: Path) -> Callable:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
-        return proc, lambda: _stop(proc)
+        return proc, lambda: _stop(proc), lambda: wedge_probe(proc, sock)
     return boot
 
 
@@ -600,9 +661,14 @@ def _run_boots(boot: Callable, files: list, timeout: float, log: Optional[Path],
         while True:
             boots += 1
             extra = [("rig-skip", watch.skip_file(), False)] if boots > 1 else []
-            proc, stop = boot(files + extra)
+            proc, stop, *probe = boot(files + extra)
+            seen: list = []
             try:
                 rc, how = _follow(proc, start, timeout, lines, watch, logf, echo)
+                if how == "wedged" and probe:
+                    seen = probe[0]()
+                    for line in seen:
+                        note(f"xenrig: wedge-probe: {line}")
             finally:
                 stop()
             if how == "exit":
@@ -619,8 +685,11 @@ def _run_boots(boot: Callable, files: list, timeout: float, log: Optional[Path],
                 return RunResult(rc=RC_RIG_FAILED, lines=lines, timed_out=False, cases=watch.cases, boots=boots)
             last = [l for _, l in lines if not l.startswith("xenrig: ")][-8:]
             if how == "wedged":
+                where = [l.split("registers: ", 1)[1].split(" RFL")[0] + (" HLT" if "HLT=1" in l else "")
+                         for l in seen if re.search(r"registers: (RIP|PC)=", l)]
+                probed = (f"; {seen[0]}; vCPUs at {', '.join(where) or 'unknown'}" if seen else "")
                 why = (f"no `RIG case-end {c.name}` within its limit of {c.limit} s + {case_grace:.0f} s "
-                       f"(boot {boots}); last lines: {' | '.join(last)}")
+                       f"(boot {boots}){probed}; last lines: {' | '.join(last)}")
             else:
                 why = f"QEMU exited (status {proc.returncode}) during the case; last lines: {' | '.join(last)}"
             c.status, c.reason = "wedged", why
