@@ -15,6 +15,7 @@ use core::net::IpAddr;
 use smoltcp::time::{Duration, Instant};
 
 use crate::conntrack::ConnId;
+use crate::packet::IpHeader;
 
 /// How long the later fragments of a datagram are expected (Linux's
 /// `ipfrag_time`).
@@ -31,6 +32,20 @@ pub struct DatagramKey {
     pub ident: u32,
     /// IP protocol.
     pub protocol: u8,
+}
+
+impl DatagramKey {
+    /// The key of the datagram `header` belongs to; `None` when it is not
+    /// a fragment.
+    pub fn of(header: &IpHeader) -> Option<Self> {
+        let fragment = header.fragment?;
+        Some(DatagramKey {
+            src: header.src,
+            dst: header.dst,
+            ident: fragment.ident,
+            protocol: header.protocol,
+        })
+    }
 }
 
 /// The bounded datagram → flow map.

@@ -139,17 +139,8 @@ impl Firewall {
             // The virtual DNS server the client asked, when redirected.
             pkt.set_src(conn.orig.dst);
         }
-        if let Some(fragment) = header.fragment {
-            self.fragments.record(
-                now,
-                DatagramKey {
-                    src: header.src,
-                    dst: header.dst,
-                    ident: fragment.ident,
-                    protocol: header.protocol,
-                },
-                conn_id,
-            );
+        if let Some(key) = DatagramKey::of(header) {
+            self.fragments.record(now, key, conn_id);
         }
         if self.send_to_client(&client, client_id, frame, out) {
             self.counters.forwarded_in += 1;
@@ -165,22 +156,10 @@ impl Firewall {
         ip: &[u8],
         out: &mut Vec<Transmit>,
     ) {
-        let Some(fragment) = header.fragment else {
+        let Some(key) = DatagramKey::of(header) else {
             return;
         };
-        let key = DatagramKey {
-            src: header.src,
-            dst: header.dst,
-            ident: fragment.ident,
-            protocol: header.protocol,
-        };
-        let Some(conn) = self
-            .fragments
-            .lookup(now, &key)
-            .and_then(|conn_id| self.conntrack.get(conn_id))
-            .cloned()
-        else {
-            self.counters.dropped_fragment += 1;
+        let Some(conn) = self.fragment_flow(now, &key) else {
             return;
         };
         let Some((client_id, client)) = self.client_for_conn(&conn) else {

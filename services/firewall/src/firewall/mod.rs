@@ -26,7 +26,7 @@ use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
 use crate::config::{ClientConfig, Config};
 use crate::conntrack::{ConnTrack, Connection};
 use crate::counters::Counters;
-use crate::fragments::FragmentTable;
+use crate::fragments::{DatagramKey, FragmentTable};
 use crate::link;
 use crate::packet::{IpHeader, IpPacket, TcpFlags, Transport};
 use crate::resolver::{Outcome, RecordType, Resolver, ResolverStats, RESOLVER_PORT};
@@ -635,6 +635,21 @@ impl Firewall {
             }
             _ => self.counters.dropped_unsupported += 1,
         }
+    }
+
+    /// The flow whose first fragment recorded datagram `key`; a miss (the
+    /// first fragment never came, or its flow ended) counts a dropped
+    /// fragment.
+    fn fragment_flow(&mut self, now: Instant, key: &DatagramKey) -> Option<Connection> {
+        let conn = self
+            .fragments
+            .lookup(now, key)
+            .and_then(|conn_id| self.conntrack.get(conn_id))
+            .cloned();
+        if conn.is_none() {
+            self.counters.dropped_fragment += 1;
+        }
+        conn
     }
 
     fn client_for_conn(&self, conn: &Connection) -> Option<(ClientId, Client)> {

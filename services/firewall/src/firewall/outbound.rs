@@ -344,17 +344,8 @@ impl Firewall {
             // The upstream resolver, when redirected.
             pkt.set_dst(conn.reply.remote);
         }
-        if let Some(fragment) = header.fragment {
-            self.fragments.record(
-                now,
-                DatagramKey {
-                    src: header.src,
-                    dst: header.dst,
-                    ident: fragment.ident,
-                    protocol: header.protocol,
-                },
-                conn_id,
-            );
+        if let Some(key) = DatagramKey::of(header) {
+            self.fragments.record(now, key, conn_id);
         }
         self.send_to_uplink(now, frame, out);
         self.counters.forwarded_out += 1;
@@ -431,22 +422,10 @@ impl Firewall {
         uplink_ip: IpAddr,
         out: &mut Vec<Transmit>,
     ) {
-        let Some(fragment) = header.fragment else {
+        let Some(key) = DatagramKey::of(header) else {
             return;
         };
-        let key = DatagramKey {
-            src: header.src,
-            dst: header.dst,
-            ident: fragment.ident,
-            protocol: header.protocol,
-        };
-        let Some(conn) = self
-            .fragments
-            .lookup(now, &key)
-            .and_then(|conn_id| self.conntrack.get(conn_id))
-            .cloned()
-        else {
-            self.counters.dropped_fragment += 1;
+        let Some(conn) = self.fragment_flow(now, &key) else {
             return;
         };
         let Some(mut frame) = frame_around(ip, header) else {
