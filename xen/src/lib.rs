@@ -21,6 +21,7 @@ pub mod grant;
 pub mod hypercall;
 pub mod netif;
 pub mod ring;
+pub mod shared_fields;
 pub mod shared_info;
 pub mod shared_page;
 #[cfg(any(test, feature = "sim"))]
