@@ -9,7 +9,11 @@
 //!   command line and the uplink vif's `ip` key as defaults.
 //! - [`FirewallVm`]: the service: clients admitted only with an IPv4 `ip`
 //!   key, rules (re)loaded as the Linux agent does when dom0 writes
-//!   `/qubes-firewall/<ip>`, frames through `Firewall::handle`.
+//!   `/qubes-firewall/<ip>`, frames through `Firewall::handle_offloaded`
+//!   with their offload flags (GSO super-packets and blank checksums pass
+//!   with only their headers rewritten, segmented or completed for a link
+//!   that does not take them: [`FirewallVm::set_uplink_capabilities`],
+//!   [`FirewallVm::set_client_capabilities`]).
 //!
 //! Deployment and configuration: `docs/firewall.md`.
 #![cfg_attr(not(test), no_std)]
@@ -31,7 +35,10 @@ use firewall::store::{
     load_config, load_rules, now_or_never, rule_targets, xenstore_to_key, Macs, Reload,
     QUBES_CLIENT_SIDE_MAC,
 };
-use firewall::{ClientConfig, Config, EthernetAddress, Firewall, Instant, Interface};
+use firewall::{
+    Capabilities, ClientConfig, Config, EthernetAddress, Firewall, Gso, GsoKind, Instant,
+    Interface, Offload,
+};
 use netvm::config::{Changed, Snapshot};
 use netvm::identity::Key;
 use netvm::{ClientId, ClientInfo, Link, Packet, Service, Stats, To, Transmit, UplinkInfo};
@@ -57,9 +64,31 @@ pub struct VmStats {
     pub rule_loads: u64,
     /// Rule sets that were refused (the client is drop-all).
     pub rule_errors: u64,
-    /// Blank IPv4/IPv6 checksums from clients filled in software.
-    pub csum_filled: u64,
 }
+
+/// What the uplink is assumed to take until
+/// [`FirewallVm::set_uplink_capabilities`] says otherwise: blank IPv4
+/// checksums, which netif.h has a backend take unless it writes
+/// `feature-no-csum-offload`, and nothing else (IPv6 checksum offload and
+/// GSO only when the backend offers them, and the runtime does not tell
+/// the service what it offered).
+pub const ASSUMED_UPLINK: Capabilities = Capabilities {
+    gso_tcpv4: false,
+    gso_tcpv6: false,
+    csum_blank_v4: true,
+    csum_blank_v6: false,
+};
+
+/// What a client's link is assumed to take until
+/// [`FirewallVm::set_client_capabilities`] says otherwise: blank checksums
+/// (our netback completes them for a frontend that does not take them) but
+/// no GSO (netback drops a super-packet its frontend did not ask for).
+pub const ASSUMED_CLIENT: Capabilities = Capabilities {
+    gso_tcpv4: false,
+    gso_tcpv6: false,
+    csum_blank_v4: true,
+    csum_blank_v6: true,
+};
 
 /// The service.
 pub struct FirewallVm {
@@ -76,6 +105,10 @@ pub struct FirewallVm {
     problem: Option<String>,
     /// Frames in and out at the last report (unchanged: no report).
     reported: (u64, u64),
+    /// What the uplink takes on the way out.
+    uplink_capabilities: Capabilities,
+    /// What each client's link takes, when told.
+    client_capabilities: BTreeMap<u32, Capabilities>,
     /// Counters.
     pub stats: VmStats,
 }
@@ -99,8 +132,37 @@ impl FirewallVm {
             installed: BTreeSet::new(),
             problem: None,
             reported: (0, 0),
+            uplink_capabilities: ASSUMED_UPLINK,
+            client_capabilities: BTreeMap::new(),
             stats: VmStats::default(),
         }
+    }
+
+    /// What the uplink takes on the way out (from its backend's
+    /// `feature-gso-tcpv4`/`v6`, `feature-no-csum-offload` and
+    /// `feature-ipv6-csum-offload`); [`ASSUMED_UPLINK`] until called.
+    pub fn set_uplink_capabilities(&mut self, capabilities: Capabilities) {
+        self.uplink_capabilities = capabilities;
+        if let Some(fw) = self.fw.as_mut() {
+            fw.set_capabilities(Interface::Uplink, capabilities);
+        }
+    }
+
+    /// What client `id`'s link takes on the way out (from its frontend's
+    /// `feature-gso-tcpv4`/`v6` and checksum features); [`ASSUMED_CLIENT`]
+    /// until called. Forgotten when the client goes down.
+    pub fn set_client_capabilities(&mut self, id: ClientId, capabilities: Capabilities) {
+        self.client_capabilities.insert(id.0, capabilities);
+        if let Some(fw) = self.fw.as_mut() {
+            fw.set_capabilities(Interface::Client(firewall::ClientId(id.0)), capabilities);
+        }
+    }
+
+    fn client_capabilities(&self, id: u32) -> Capabilities {
+        self.client_capabilities
+            .get(&id)
+            .copied()
+            .unwrap_or(ASSUMED_CLIENT)
     }
 
     /// The core, once configured.
@@ -141,8 +203,13 @@ impl FirewallVm {
                 self.problem = None;
                 if self.fw.is_none() || self.config.as_ref() != Some(&config) {
                     let mut fw = Firewall::new(config.clone());
+                    fw.set_capabilities(Interface::Uplink, self.uplink_capabilities);
                     for (id, c) in &self.clients {
                         fw.add_client(firewall::ClientId(*id), *c);
+                        fw.set_capabilities(
+                            Interface::Client(firewall::ClientId(*id)),
+                            self.client_capabilities(*id),
+                        );
                     }
                     let dns: Vec<String> = config
                         .dns
@@ -260,8 +327,13 @@ impl Service for FirewallVm {
             mac: client.mac.valid().map(|m| EthernetAddress(m.0)),
         };
         self.clients.insert(client.id.0, config);
+        let capabilities = self.client_capabilities(client.id.0);
         if let Some(fw) = self.fw.as_mut() {
             fw.add_client(firewall::ClientId(client.id.0), config);
+            fw.set_capabilities(
+                Interface::Client(firewall::ClientId(client.id.0)),
+                capabilities,
+            );
         }
         let rules = self
             .fw
@@ -282,6 +354,7 @@ impl Service for FirewallVm {
 
     fn client_down(&mut self, _now_ns: u64, id: ClientId) {
         self.clients.remove(&id.0);
+        self.client_capabilities.remove(&id.0);
         if let Some(fw) = self.fw.as_mut() {
             fw.remove_client(firewall::ClientId(id.0));
         }
@@ -302,17 +375,15 @@ impl Service for FirewallVm {
             self.stats.unconfigured += 1;
             return;
         };
-        let mut data = packet.data;
-        if packet.offload.csum_blank && netback::packet::fill_checksum(&mut data) {
-            // A client's netfront leaves the checksum to its backend (us):
-            // fill it before NAT updates it incrementally.
-            self.stats.csum_filled += 1;
-        }
         let interface = match from {
             Link::Uplink => Interface::Uplink,
             Link::Client(id) => Interface::Client(firewall::ClientId(id.0)),
         };
-        for t in fw.handle(instant(now_ns), interface, &data) {
+        // The flags go through with the frame: a blank checksum stays
+        // blank (NAT updates its pseudo-header sum), a super-packet stays
+        // one, unless the link it leaves on does not take them.
+        let offload = offload_in(&packet.offload);
+        for t in fw.handle_offloaded(instant(now_ns), interface, &packet.data, offload) {
             out.push(convert(t));
         }
     }
@@ -362,8 +433,9 @@ impl Service for FirewallVm {
         self.reported = (c.frames_in, c.frames_out);
         Some(format!(
             "stats: clients={} out={} in={} refused-by-rule={} admin-prohibited={} \
-             no-rules={} spoofed={} inter-client={} refused-vifs={} csum-filled={} \
-             uplink-tx-dropped={}",
+             no-rules={} spoofed={} inter-client={} refused-vifs={} \
+             uplink-tx-dropped={} gso={}/{}B plain={}/{}B segmented={} csum-completed={} \
+             gso-dropped={} bad-offload={}",
             stats.clients,
             c.forwarded_out,
             c.forwarded_in,
@@ -373,9 +445,46 @@ impl Service for FirewallVm {
             c.dropped_spoofed + stats.spoofed,
             c.dropped_inter_client,
             self.stats.refused,
-            self.stats.csum_filled,
-            stats.uplink_tx_dropped
+            stats.uplink_tx_dropped,
+            c.forwarded_gso,
+            c.forwarded_gso_bytes,
+            c.forwarded_plain,
+            c.forwarded_plain_bytes,
+            c.gso_segmented,
+            c.csum_completed,
+            c.dropped_gso,
+            c.dropped_bad_offload
         ))
+    }
+}
+
+/// The core's view of a link's offload flags.
+pub fn offload_in(o: &netvm::Offload) -> Offload {
+    Offload {
+        csum_blank: o.csum_blank,
+        data_validated: o.data_validated,
+        gso: o.gso.map(|g| Gso {
+            kind: match g.kind {
+                xen::netif::GsoKind::TcpV4 => GsoKind::TcpV4,
+                xen::netif::GsoKind::TcpV6 => GsoKind::TcpV6,
+            },
+            mss: g.mss,
+        }),
+    }
+}
+
+/// A link's view of the core's offload flags.
+pub fn offload_out(o: &Offload) -> netvm::Offload {
+    netvm::Offload {
+        csum_blank: o.csum_blank,
+        data_validated: o.data_validated,
+        gso: o.gso.map(|g| xen::netif::Gso {
+            kind: match g.kind {
+                GsoKind::TcpV4 => xen::netif::GsoKind::TcpV4,
+                GsoKind::TcpV6 => xen::netif::GsoKind::TcpV6,
+            },
+            mss: g.mss,
+        }),
     }
 }
 
@@ -384,5 +493,11 @@ fn convert(t: firewall::Transmit) -> Transmit {
         Interface::Uplink => To::Uplink,
         Interface::Client(id) => To::Client(ClientId(id.0)),
     };
-    Transmit::frame(to, t.frame)
+    Transmit {
+        to,
+        packet: Packet {
+            data: t.frame,
+            offload: offload_out(&t.offload),
+        },
+    }
 }

@@ -36,7 +36,8 @@ fn ip_checksum(header: &[u8]) -> u16 {
 }
 
 /// A TCP SYN from the client; with `blank`, its checksum left to the
-/// backend (as a Linux netfront sends it).
+/// backend as a Linux netfront sends it: the field holds the
+/// pseudo-header sum.
 fn syn(dport: u16, blank: bool) -> Packet {
     let mut f = vec![0u8; 14 + 20 + 20];
     f[0..6].copy_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]);
@@ -58,7 +59,16 @@ fn syn(dport: u16, blank: bool) -> Packet {
     tcp[12] = 0x50;
     tcp[13] = 0x02;
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    if !blank {
+    if blank {
+        let mut sum = 6u32 + 20;
+        for c in f[26..34].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        f[50..52].copy_from_slice(&(sum as u16).to_be_bytes());
+    } else {
         assert!(netback::packet::fill_checksum(&mut f));
     }
     Packet {
@@ -132,6 +142,21 @@ fn tcp_of(frame: &[u8]) -> Option<(u16, Ipv4Addr)> {
     Some((u16::from_be_bytes([frame[36], frame[37]]), src))
 }
 
+/// Complete a blank TCP checksum as the next hop does: sum the segment
+/// (the field holds the pseudo-header sum) and complement.
+fn complete(frame: &[u8]) -> Vec<u8> {
+    let mut copy = frame.to_vec();
+    let mut sum = 0u32;
+    for c in copy[34..54].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    copy[50..52].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    copy
+}
+
 fn tcp_checksum_ok(frame: &[u8]) -> bool {
     let mut copy = frame.to_vec();
     let before = [copy[50], copy[51]];
@@ -194,15 +219,30 @@ fn clients_rules_and_rule_changes_through_the_service() {
     let sent: Vec<_> = out
         .iter()
         .filter(|t| t.to == To::Uplink)
-        .filter_map(|t| tcp_of(&t.packet.data).map(|x| (x, t.packet.data.clone())))
+        .filter_map(|t| tcp_of(&t.packet.data).map(|x| (x, t.packet.clone())))
         .collect();
     assert_eq!(sent.len(), 1, "{out:?}");
     assert_eq!(sent[0].0, (8080, Ipv4Addr::from(FW_IP)));
+    // The uplink takes blank IPv4 checksums: it stays blank, its
+    // pseudo-header sum updated for the uplink address.
+    assert!(sent[0].1.offload.csum_blank);
     assert!(
-        tcp_checksum_ok(&sent[0].1),
-        "the blank checksum was filled before NAT"
+        tcp_checksum_ok(&complete(&sent[0].1.data)),
+        "the blank checksum's pseudo-header sum follows NAT"
     );
-    assert_eq!(vm.stats.csum_filled, 1);
+    out.clear();
+
+    // An uplink that takes no blank checksum gets it completed.
+    vm.set_uplink_capabilities(firewall::Capabilities::NONE);
+    let mut again = syn(8080, true);
+    again.data[34..36].copy_from_slice(&40001u16.to_be_bytes());
+    vm.handle(12, Link::Client(ClientId(1)), again, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(!out[0].packet.offload.csum_blank);
+    assert!(out[0].packet.offload.data_validated);
+    assert!(tcp_checksum_ok(&out[0].packet.data));
+    assert_eq!(vm.firewall().unwrap().counters().csum_completed, 1);
+    vm.set_uplink_capabilities(firewall_vm::ASSUMED_UPLINK);
     out.clear();
 
     // Denied: ICMP admin-prohibited (type 3 code 13) back to the client.

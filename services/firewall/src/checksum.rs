@@ -41,6 +41,22 @@ pub fn compute(initial: u32, data: &[u8]) -> u16 {
     !fold(initial.wrapping_add(sum_words(data)))
 }
 
+/// Sum of the IPv4 pseudo-header (RFC 793 section 3.1, RFC 768), for
+/// TCP and UDP.
+pub fn pseudo_header_v4(src: &[u8; 4], dst: &[u8; 4], protocol: u8, len: u32) -> u32 {
+    let mut sum = sum_words(src) + sum_words(dst);
+    sum += (len >> 16) + (len & 0xffff);
+    sum + u32::from(protocol)
+}
+
+/// The partial (not complemented) sum `partial` after the pseudo-header
+/// bytes `old` were replaced by `new`: what a blank (`CHECKSUM_PARTIAL`)
+/// checksum field must become when NAT rewrites an address, RFC 1624's
+/// update applied to the sum itself.
+pub fn adjust_partial(partial: u16, old: &[u8], new: &[u8]) -> u16 {
+    !adjust(!partial, old, new)
+}
+
 /// Sum of the IPv6 pseudo-header (RFC 8200 section 8.1), for ICMPv6.
 pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, len: u32) -> u32 {
     let mut sum = sum_words(src) + sum_words(dst);

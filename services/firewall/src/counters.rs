@@ -70,4 +70,27 @@ pub struct Counters {
     pub dropped_dns_no_upstream: u64,
     /// Flows removed because new rules forbid them.
     pub flows_killed_by_rules: u64,
+    /// Forwarded packets (both ways) sent as GSO super-packets.
+    pub forwarded_gso: u64,
+    /// Bytes (Ethernet frames) of those.
+    pub forwarded_gso_bytes: u64,
+    /// Forwarded packets (both ways) sent without GSO, software segments
+    /// included.
+    pub forwarded_plain: u64,
+    /// Bytes (Ethernet frames) of those.
+    pub forwarded_plain_bytes: u64,
+    /// Super-packets cut into segments in software, for a link that does
+    /// not take GSO of their kind.
+    pub gso_segmented: u64,
+    /// Blank checksums completed in software, for a link that does not
+    /// take them.
+    pub csum_completed: u64,
+    /// GSO super-packets that came in and were not forwarded (the reason
+    /// is counted too).
+    pub dropped_gso: u64,
+    /// Frames whose offload flags do not fit the packet (a blank checksum
+    /// on something other than unfragmented TCP or UDP, GSO on something
+    /// other than unfragmented TCP of the kind's family or with a segment
+    /// size below `offload::MIN_MSS`).
+    pub dropped_bad_offload: u64,
 }

@@ -7,7 +7,8 @@
 //! and in tests. It enforces each client's Qubes rules (parsed by
 //! [`qubes::firewall_rules`]) on new flows, tracks connections in a bounded
 //! table, translates client addresses to the uplink address (with ICMP
-//! errors translated back), redirects queries to the Qubes virtual DNS
+//! errors translated back; GSO super-packets and blank checksums pass with
+//! only their headers rewritten, see [`offload`]), redirects queries to the Qubes virtual DNS
 //! servers to the real resolvers, answers ARP and neighbour discovery as
 //! Qubes clients expect, refuses spoofed sources, and counts every drop.
 #![cfg_attr(not(test), no_std)]
@@ -24,6 +25,7 @@ mod firewall;
 pub mod fragments;
 pub mod icmp;
 pub mod link;
+pub mod offload;
 pub mod packet;
 pub mod resolver;
 pub mod store;
@@ -31,5 +33,6 @@ pub mod store;
 pub use config::{ClientConfig, ClientSideConfig, Config, DnsRedirect, UplinkConfig};
 pub use counters::Counters;
 pub use firewall::{ClientId, Firewall, Interface, RuleReport, Transmit, MAX_RULE_REPORTS};
+pub use offload::{Capabilities, Gso, GsoKind, Offload};
 pub use smoltcp::time::{Duration, Instant};
 pub use smoltcp::wire::EthernetAddress;

@@ -257,27 +257,53 @@ const UDP_HEADER_LEN: usize = 8;
 pub struct IpPacket<T> {
     buffer: T,
     header: IpHeader,
+    /// The transport checksum field is blank (partial): it holds only the
+    /// pseudo-header sum.
+    partial: bool,
 }
 
 impl<T: AsRef<[u8]>> IpPacket<T> {
     /// A view of a complete packet as received on a link (see [`parse`]).
     pub fn new_checked(buffer: T) -> Result<IpPacket<T>, Malformed> {
         let header = parse(buffer.as_ref())?;
-        Ok(IpPacket { buffer, header })
+        Ok(IpPacket {
+            buffer,
+            header,
+            partial: false,
+        })
     }
 
     /// A view of the (usually truncated) packet quoted in an ICMP error
     /// (see [`parse_quoted`]).
     pub fn new_quoted(buffer: T) -> Result<IpPacket<T>, Malformed> {
         let header = parse_quoted(buffer.as_ref())?;
-        Ok(IpPacket { buffer, header })
+        Ok(IpPacket {
+            buffer,
+            header,
+            partial: false,
+        })
     }
 
     /// A view of `buffer` with a `header` parsed earlier from the same
     /// bytes (from the packet a copy was made of, typically). A header of
     /// other bytes makes the view wrong, never unsafe.
     pub fn with_header(buffer: T, header: IpHeader) -> IpPacket<T> {
-        IpPacket { buffer, header }
+        IpPacket {
+            buffer,
+            header,
+            partial: false,
+        }
+    }
+
+    /// The same view of a packet whose TCP/UDP checksum field is blank
+    /// (`partial`: it holds the pseudo-header sum, not complemented, as a
+    /// frame flagged `csum_blank` carries it) or complete. The setters keep
+    /// a blank field right by adding address changes (the pseudo-header)
+    /// and leaving port changes (covered by the sum still to be made)
+    /// alone.
+    pub fn with_partial_checksum(mut self, partial: bool) -> IpPacket<T> {
+        self.partial = partial;
+        self
     }
 
     /// The parsed facts, as the setters left them.
@@ -328,7 +354,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IpPacket<T> {
     /// is ignored).
     pub fn set_src(&mut self, addr: IpAddr) {
         if addr != self.header.src && addr.is_ipv6() == self.header.is_v6() {
-            set_src(self.buffer.as_mut(), &self.header, addr);
+            set_src(self.buffer.as_mut(), &self.header, addr, self.partial);
             self.header.src = addr;
         }
     }
@@ -336,14 +362,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IpPacket<T> {
     /// Rewrite the destination address (of the packet's family).
     pub fn set_dst(&mut self, addr: IpAddr) {
         if addr != self.header.dst && addr.is_ipv6() == self.header.is_v6() {
-            set_dst(self.buffer.as_mut(), &self.header, addr);
+            set_dst(self.buffer.as_mut(), &self.header, addr, self.partial);
             self.header.dst = addr;
         }
     }
 
     /// Rewrite the source port (TCP, UDP) or the identifier (ICMP query).
     pub fn set_src_port(&mut self, port: u16) {
-        set_src_port(self.buffer.as_mut(), &self.header, port);
+        set_src_port(self.buffer.as_mut(), &self.header, port, self.partial);
         match &mut self.header.transport {
             Transport::Tcp { src_port, .. } | Transport::Udp { src_port, .. } => *src_port = port,
             Transport::IcmpEcho { ident, .. } => *ident = port,
@@ -354,7 +380,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IpPacket<T> {
     /// Rewrite the destination port (TCP, UDP) or the identifier (ICMP
     /// query).
     pub fn set_dst_port(&mut self, port: u16) {
-        set_dst_port(self.buffer.as_mut(), &self.header, port);
+        set_dst_port(self.buffer.as_mut(), &self.header, port, self.partial);
         match &mut self.header.transport {
             Transport::Tcp { dst_port, .. } | Transport::Udp { dst_port, .. } => *dst_port = port,
             Transport::IcmpEcho { ident, .. } => *ident = port,
@@ -532,8 +558,17 @@ fn pseudo_header_covers(header: &IpHeader) -> bool {
 
 /// Update the transport checksum for `old` → `new` covered bytes; skipped
 /// when the checksum field is not in the buffer (a short quoted packet) or
-/// is the UDP-over-IPv4 "no checksum" value.
-fn adjust_l4_checksum(pkt: &mut [u8], header: &IpHeader, old: &[u8], new: &[u8]) {
+/// is the UDP-over-IPv4 "no checksum" value. A blank field (`partial`)
+/// takes only pseudo-header changes (`pseudo`): the rest of the packet is
+/// summed by whoever completes it.
+fn adjust_l4_checksum(
+    pkt: &mut [u8],
+    header: &IpHeader,
+    old: &[u8],
+    new: &[u8],
+    pseudo: bool,
+    partial: bool,
+) {
     let Some(offset) = l4_checksum_offset(header) else {
         return;
     };
@@ -541,6 +576,15 @@ fn adjust_l4_checksum(pkt: &mut [u8], header: &IpHeader, old: &[u8], new: &[u8])
     let Some(current) = be16(pkt, at) else {
         return;
     };
+    if partial {
+        if pseudo {
+            let updated = checksum::adjust_partial(current, old, new);
+            if let Some(f) = pkt.get_mut(at..at.saturating_add(2)) {
+                f.copy_from_slice(&updated.to_be_bytes());
+            }
+        }
+        return;
+    }
     let is_udp = matches!(header.transport, Transport::Udp { .. });
     if is_udp && current == 0 && !header.is_v6() {
         return;
@@ -581,6 +625,7 @@ fn set_addr(
     v4_range: Range<usize>,
     v6_range: Range<usize>,
     new: IpAddr,
+    partial: bool,
 ) {
     match new {
         IpAddr::V4(addr) if !header.is_v6() => {
@@ -589,7 +634,7 @@ fn set_addr(
                 let old = &old[..4];
                 adjust_ipv4_header_checksum(pkt, old, &new);
                 if pseudo_header_covers(header) {
-                    adjust_l4_checksum(pkt, header, old, &new);
+                    adjust_l4_checksum(pkt, header, old, &new, true, partial);
                 }
             }
         }
@@ -597,7 +642,7 @@ fn set_addr(
             let new = addr.octets();
             if let Some(old) = swap_bytes(pkt, v6_range, &new) {
                 if pseudo_header_covers(header) {
-                    adjust_l4_checksum(pkt, header, &old, &new);
+                    adjust_l4_checksum(pkt, header, &old, &new, true, partial);
                 }
             }
         }
@@ -607,37 +652,37 @@ fn set_addr(
 }
 
 /// Rewrite the source address, fixing the checksums it is covered by.
-fn set_src(pkt: &mut [u8], header: &IpHeader, new: IpAddr) {
-    set_addr(pkt, header, 12..16, 8..24, new);
+fn set_src(pkt: &mut [u8], header: &IpHeader, new: IpAddr, partial: bool) {
+    set_addr(pkt, header, 12..16, 8..24, new, partial);
 }
 
 /// Rewrite the destination address, fixing the checksums it is covered by.
-fn set_dst(pkt: &mut [u8], header: &IpHeader, new: IpAddr) {
-    set_addr(pkt, header, 16..20, 24..40, new);
+fn set_dst(pkt: &mut [u8], header: &IpHeader, new: IpAddr, partial: bool) {
+    set_addr(pkt, header, 16..20, 24..40, new, partial);
 }
 
-fn set_l4_u16(pkt: &mut [u8], header: &IpHeader, offset: usize, value: u16) {
+fn set_l4_u16(pkt: &mut [u8], header: &IpHeader, offset: usize, value: u16, partial: bool) {
     let at = header.l4_offset.saturating_add(offset);
     let new = value.to_be_bytes();
     if let Some(old) = swap_bytes(pkt, at..at.saturating_add(2), &new) {
-        adjust_l4_checksum(pkt, header, &old[..2], &new);
+        adjust_l4_checksum(pkt, header, &old[..2], &new, false, partial);
     }
 }
 
 /// Rewrite the source port (TCP/UDP) or the echo identifier (ICMP echo).
-fn set_src_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
+fn set_src_port(pkt: &mut [u8], header: &IpHeader, port: u16, partial: bool) {
     match header.transport {
-        Transport::Tcp { .. } | Transport::Udp { .. } => set_l4_u16(pkt, header, 0, port),
-        Transport::IcmpEcho { .. } => set_l4_u16(pkt, header, 4, port),
+        Transport::Tcp { .. } | Transport::Udp { .. } => set_l4_u16(pkt, header, 0, port, partial),
+        Transport::IcmpEcho { .. } => set_l4_u16(pkt, header, 4, port, partial),
         _ => {}
     }
 }
 
 /// Rewrite the destination port (TCP/UDP) or the echo identifier (ICMP echo).
-fn set_dst_port(pkt: &mut [u8], header: &IpHeader, port: u16) {
+fn set_dst_port(pkt: &mut [u8], header: &IpHeader, port: u16, partial: bool) {
     match header.transport {
-        Transport::Tcp { .. } | Transport::Udp { .. } => set_l4_u16(pkt, header, 2, port),
-        Transport::IcmpEcho { .. } => set_l4_u16(pkt, header, 4, port),
+        Transport::Tcp { .. } | Transport::Udp { .. } => set_l4_u16(pkt, header, 2, port, partial),
+        Transport::IcmpEcho { .. } => set_l4_u16(pkt, header, 4, port, partial),
         _ => {}
     }
 }

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use firewall::{Firewall, Interface};
+use firewall::offload::{self, Fitted};
+use firewall::{Capabilities, Firewall, Gso, GsoKind, Interface, Offload};
 use proptest::prelude::*;
 use std::net::IpAddr;
 
@@ -92,6 +93,56 @@ proptest! {
         for iface in [Interface::Uplink, Interface::Client(A), Interface::Client(B)] {
             fw.handle(t(1), iface, &frame);
             check_bounds(&fw);
+        }
+    }
+
+    #[test]
+    fn mutated_frames_with_any_offload_never_panic(
+        seed in 0usize..15,
+        mutations in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        csum_blank in any::<bool>(),
+        data_validated in any::<bool>(),
+        gso in prop::option::of((any::<bool>(), any::<u16>())),
+        caps in any::<[bool; 4]>(),
+    ) {
+        let mut fw = firewall(true);
+        let caps = Capabilities {
+            gso_tcpv4: caps[0],
+            gso_tcpv6: caps[1],
+            csum_blank_v4: caps[2],
+            csum_blank_v6: caps[3],
+        };
+        fw.set_capabilities(Interface::Uplink, caps);
+        fw.set_capabilities(Interface::Client(A), caps);
+        for frame in seeds() {
+            let iface = if frame[0..6] == FW_CLIENT_MAC.0 { Interface::Client(A) } else { Interface::Uplink };
+            fw.handle(t(0), iface, &frame);
+        }
+        let mut frame = seeds()[seed].clone();
+        for (index, value) in &mutations {
+            let at = index.index(frame.len());
+            frame[at] = *value;
+        }
+        let offload = Offload {
+            csum_blank,
+            data_validated,
+            gso: gso.map(|(v6, mss)| Gso {
+                kind: if v6 { GsoKind::TcpV6 } else { GsoKind::TcpV4 },
+                mss,
+            }),
+        };
+        for iface in [Interface::Uplink, Interface::Client(A)] {
+            let out = fw.handle_offloaded(t(1), iface, &frame, offload);
+            // A frame of under 200 bytes is at most a few segments.
+            prop_assert!(out.len() <= 8);
+            check_bounds(&fw);
+        }
+        // The fallbacks alone, on whatever bytes.
+        let _ = offload::segment(&frame, 1);
+        let mut copy = frame.clone();
+        let _ = offload::complete_checksum(&mut copy);
+        if let Fitted::Segmented(segments) = offload::fit(frame.clone(), offload, &Capabilities::NONE) {
+            prop_assert!(!segments.is_empty());
         }
     }
 }

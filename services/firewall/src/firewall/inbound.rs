@@ -132,7 +132,11 @@ impl Firewall {
         let Some(mut frame) = frame_around(ip, header) else {
             return;
         };
-        if let Some(mut pkt) = packet_in(&mut frame, header) {
+        // Only the headers change, whatever the size (a GSO super-packet)
+        // or the state of the checksum field (blank or complete).
+        let offload = self.ingress;
+        if let Some(pkt) = packet_in(&mut frame, header) {
+            let mut pkt = pkt.with_partial_checksum(offload.csum_blank);
             pkt.decrement_hop_limit();
             pkt.set_dst(conn.orig.src);
             pkt.set_dst_port(conn.orig.src_port);
@@ -142,7 +146,7 @@ impl Firewall {
         if let Some(key) = DatagramKey::of(header) {
             self.fragments.record(now, key, conn_id);
         }
-        if self.send_to_client(&client, client_id, frame, out) {
+        if self.forward_to_client(&client, client_id, frame, offload, true, out) {
             self.counters.forwarded_in += 1;
         }
     }
@@ -178,7 +182,8 @@ impl Firewall {
             pkt.set_dst(conn.orig.src);
             pkt.set_src(conn.orig.dst);
         }
-        if self.send_to_client(&client, client_id, frame, out) {
+        let offload = self.ingress;
+        if self.forward_to_client(&client, client_id, frame, offload, true, out) {
             self.counters.forwarded_in += 1;
         }
     }

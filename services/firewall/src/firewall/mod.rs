@@ -28,6 +28,7 @@ use crate::conntrack::{ConnTrack, Connection};
 use crate::counters::Counters;
 use crate::fragments::{DatagramKey, FragmentTable};
 use crate::link;
+use crate::offload::{self, Capabilities, Fitted, Offload};
 use crate::packet::{IpHeader, IpPacket, TcpFlags, Transport};
 use crate::resolver::{Outcome, RecordType, Resolver, ResolverStats, RESOLVER_PORT};
 use outbound::NAT_PORT_FIRST;
@@ -57,6 +58,22 @@ pub struct Transmit {
     pub interface: Interface,
     /// The Ethernet frame.
     pub frame: Vec<u8>,
+    /// What the link must still do with it (a forwarded super-packet or
+    /// blank checksum the link accepts, see
+    /// [`Firewall::set_capabilities`]); [`Offload::NONE`] for every frame
+    /// the firewall makes itself.
+    pub offload: Offload,
+}
+
+impl Transmit {
+    /// A complete frame (no offload).
+    pub fn plain(interface: Interface, frame: Vec<u8>) -> Transmit {
+        Transmit {
+            interface,
+            frame,
+            offload: Offload::NONE,
+        }
+    }
 }
 
 /// The DNS port.
@@ -70,6 +87,8 @@ struct Client {
     /// The ICMP errors the firewall may still send to the client's IPv4
     /// and IPv6 address.
     error_budgets: [local::ErrorBudget; 2],
+    /// The offloads its link takes.
+    capabilities: Capabilities,
 }
 
 /// The firewall: clients, their rules, connection tracking and NAT.
@@ -87,9 +106,15 @@ pub struct Firewall {
     fragments: FragmentTable,
     gateway_mac: Option<EthernetAddress>,
     last_arp_request: Option<Instant>,
-    awaiting_gateway: VecDeque<Vec<u8>>,
+    /// Frames waiting for the gateway's MAC, with their offload and
+    /// whether they are forwarded (for the counters).
+    awaiting_gateway: VecDeque<(Vec<u8>, Offload, bool)>,
     next_nat_port: u16,
     counters: Counters,
+    /// The offloads the uplink takes.
+    uplink_capabilities: Capabilities,
+    /// The offload of the frame being handled (checked against it).
+    ingress: Offload,
 }
 
 /// The ports of a flow-carrying packet: TCP/UDP ports, or the echo
@@ -158,6 +183,8 @@ impl Firewall {
             awaiting_gateway: VecDeque::new(),
             next_nat_port: NAT_PORT_FIRST,
             counters: Counters::default(),
+            uplink_capabilities: Capabilities::NONE,
+            ingress: Offload::NONE,
         }
     }
 
@@ -245,8 +272,31 @@ impl Firewall {
                 config,
                 mac: config.mac,
                 error_budgets: Default::default(),
+                capabilities: Capabilities::NONE,
             },
         );
+    }
+
+    /// Which offloads `interface`'s link takes on the way out (what its
+    /// peer offered: `feature-gso-tcpv4`/`v6`, checksum offload). A
+    /// forwarded super-packet or blank checksum the link does not take is
+    /// segmented or completed in software. The default, and what a client
+    /// gets again when it is added, is [`Capabilities::NONE`]. Returns
+    /// false for a client that is not connected.
+    pub fn set_capabilities(&mut self, interface: Interface, capabilities: Capabilities) -> bool {
+        match interface {
+            Interface::Uplink => {
+                self.uplink_capabilities = capabilities;
+                true
+            }
+            Interface::Client(id) => match self.clients.get_mut(&id) {
+                Some(c) => {
+                    c.capabilities = capabilities;
+                    true
+                }
+                None => false,
+            },
+        }
     }
 
     /// Disconnect a client link and forget its flows; returns how many.
@@ -535,6 +585,51 @@ impl Firewall {
     /// Process one frame received at `now` on `interface`; returns the
     /// frames to send.
     pub fn handle(&mut self, now: Instant, interface: Interface, frame: &[u8]) -> Vec<Transmit> {
+        self.handle_offloaded(now, interface, frame, Offload::NONE)
+    }
+
+    /// Process one frame received at `now` on `interface` with the offload
+    /// flags its link gave it (see [`crate::offload`]); returns the frames
+    /// to send.
+    ///
+    /// A forwarded TCP or UDP packet keeps its flags: only its headers are
+    /// rewritten (addresses, ports, TTL / hop limit, the IPv4 header
+    /// checksum), a blank checksum field is updated as the pseudo-header
+    /// sum it is, and a GSO super-packet is judged by connection tracking
+    /// and the rules as the one segment its header describes (SYN, ACK,
+    /// FIN and RST as they are there). The egress link's
+    /// [capabilities](Firewall::set_capabilities) decide whether it leaves
+    /// as it came or segmented / completed in software. Flags that do not
+    /// fit the packet drop it (counted in
+    /// [`Counters::dropped_bad_offload`]).
+    pub fn handle_offloaded(
+        &mut self,
+        now: Instant,
+        interface: Interface,
+        frame: &[u8],
+        offload: Offload,
+    ) -> Vec<Transmit> {
+        if offload::check(frame, &offload).is_err() {
+            self.counters.frames_in += 1;
+            self.counters.dropped_bad_offload += 1;
+            if offload.gso.is_some() {
+                self.counters.dropped_gso += 1;
+            }
+            return Vec::new();
+        }
+        self.ingress = offload;
+        let forwarded = self.counters.forwarded_out + self.counters.forwarded_in;
+        let out = self.handle_inner(now, interface, frame);
+        self.ingress = Offload::NONE;
+        if offload.gso.is_some()
+            && self.counters.forwarded_out + self.counters.forwarded_in == forwarded
+        {
+            self.counters.dropped_gso += 1;
+        }
+        out
+    }
+
+    fn handle_inner(&mut self, now: Instant, interface: Interface, frame: &[u8]) -> Vec<Transmit> {
         let mut out = Vec::new();
         self.counters.frames_in += 1;
         // Forget flows past their deadline before anything looks them up.
@@ -606,7 +701,21 @@ impl Firewall {
         &mut self,
         client: &Client,
         id: ClientId,
+        frame: Vec<u8>,
+        out: &mut Vec<Transmit>,
+    ) -> bool {
+        self.forward_to_client(client, id, frame, Offload::NONE, false, out)
+    }
+
+    /// Send `frame` to client `id` with `offload` (fitted to its link);
+    /// `forwarded` counts it as forwarded traffic.
+    fn forward_to_client(
+        &mut self,
+        client: &Client,
+        id: ClientId,
         mut frame: Vec<u8>,
+        offload: Offload,
+        forwarded: bool,
         out: &mut Vec<Transmit>,
     ) -> bool {
         let Some(mac) = client.mac else {
@@ -614,10 +723,77 @@ impl Firewall {
             return false;
         };
         link::set_ethernet_addrs(&mut frame, self.config.client_side.mac, mac);
-        out.push(Transmit {
-            interface: Interface::Client(id),
+        self.emit(
+            Interface::Client(id),
+            client.capabilities,
             frame,
-        });
+            offload,
+            forwarded,
+            out,
+        )
+    }
+
+    /// Push `frame` for `interface`, fitted to `capabilities`, and count
+    /// it; false if its offload could not be honoured.
+    fn emit(
+        &mut self,
+        interface: Interface,
+        capabilities: Capabilities,
+        frame: Vec<u8>,
+        offload: Offload,
+        forwarded: bool,
+        out: &mut Vec<Transmit>,
+    ) -> bool {
+        let count = |counters: &mut Counters, frame: &[u8], gso: bool| {
+            if !forwarded {
+                return;
+            }
+            if gso {
+                counters.forwarded_gso += 1;
+                counters.forwarded_gso_bytes += frame.len() as u64;
+            } else {
+                counters.forwarded_plain += 1;
+                counters.forwarded_plain_bytes += frame.len() as u64;
+            }
+        };
+        match offload::fit(frame, offload, &capabilities) {
+            Fitted::Pass(frame, offload) => {
+                count(&mut self.counters, &frame, offload.gso.is_some());
+                out.push(Transmit {
+                    interface,
+                    frame,
+                    offload,
+                });
+            }
+            Fitted::Completed(frame, offload) => {
+                self.counters.csum_completed += 1;
+                count(&mut self.counters, &frame, false);
+                out.push(Transmit {
+                    interface,
+                    frame,
+                    offload,
+                });
+            }
+            Fitted::Segmented(segments) => {
+                self.counters.gso_segmented += 1;
+                for frame in segments {
+                    count(&mut self.counters, &frame, false);
+                    out.push(Transmit {
+                        interface,
+                        frame,
+                        offload: Offload {
+                            csum_blank: false,
+                            data_validated: true,
+                            gso: None,
+                        },
+                    });
+                }
+            }
+            Fitted::Failed => {
+                self.counters.dropped_bad_offload += 1;
+                return false;
+            }
+        }
         true
     }
 

@@ -10,6 +10,7 @@ use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress};
 
 use super::{Client, ClientId, Firewall, Interface, Transmit};
 use crate::link;
+use crate::offload::Offload;
 use crate::packet::IpHeader;
 
 /// Least time between two ARP requests for the uplink gateway.
@@ -55,10 +56,7 @@ impl Firewall {
             source_hardware_addr,
             source_protocol_addr,
         );
-        out.push(Transmit {
-            interface: Interface::Client(id),
-            frame: reply,
-        });
+        out.push(Transmit::plain(Interface::Client(id), reply));
         self.counters.neighbor_replies += 1;
     }
 
@@ -112,10 +110,7 @@ impl Firewall {
             src
         };
         let frame = link::neighbor_advertisement(self.config.client_side.mac, target, dst, mac);
-        out.push(Transmit {
-            interface: Interface::Client(id),
-            frame,
-        });
+        out.push(Transmit::plain(Interface::Client(id), frame));
         self.counters.neighbor_replies += 1;
     }
 
@@ -126,23 +121,31 @@ impl Firewall {
             .is_none_or(|last| now >= last + ARP_RETRY);
         if due {
             self.last_arp_request = Some(now);
-            out.push(Transmit {
-                interface: Interface::Uplink,
-                frame: link::arp_request(
+            out.push(Transmit::plain(
+                Interface::Uplink,
+                link::arp_request(
                     self.config.uplink.mac,
                     self.config.uplink.ip4,
                     self.config.uplink.gateway4,
                 ),
-            });
+            ));
         }
     }
 
     /// Send `frame` to the uplink gateway, or hold it (a few, oldest
     /// dropped first) until the gateway's MAC is known.
-    pub(super) fn send_to_uplink(
+    pub(super) fn send_to_uplink(&mut self, now: Instant, frame: Vec<u8>, out: &mut Vec<Transmit>) {
+        self.forward_to_uplink(now, frame, Offload::NONE, false, out);
+    }
+
+    /// [`Firewall::send_to_uplink`] with `offload` (fitted to the uplink's
+    /// capabilities); `forwarded` counts it as forwarded traffic.
+    pub(super) fn forward_to_uplink(
         &mut self,
         now: Instant,
         mut frame: Vec<u8>,
+        offload: Offload,
+        forwarded: bool,
         out: &mut Vec<Transmit>,
     ) {
         let Some(gateway_mac) = self.gateway_mac else {
@@ -152,15 +155,20 @@ impl Firewall {
                 self.awaiting_gateway.pop_front();
                 self.counters.dropped_no_neighbor += 1;
             }
-            self.awaiting_gateway.push_back(frame);
+            self.awaiting_gateway.push_back((frame, offload, forwarded));
             self.request_gateway_mac(now, out);
             return;
         };
         link::set_ethernet_addrs(&mut frame, self.config.uplink.mac, gateway_mac);
-        out.push(Transmit {
-            interface: Interface::Uplink,
+        let capabilities = self.uplink_capabilities;
+        self.emit(
+            Interface::Uplink,
+            capabilities,
             frame,
-        });
+            offload,
+            forwarded,
+            out,
+        );
     }
 
     /// Record the gateway's MAC and release the frames that waited for it.
@@ -171,8 +179,8 @@ impl Firewall {
         out: &mut Vec<Transmit>,
     ) {
         self.gateway_mac = Some(mac);
-        while let Some(frame) = self.awaiting_gateway.pop_front() {
-            self.send_to_uplink(now, frame, out);
+        while let Some((frame, offload, forwarded)) = self.awaiting_gateway.pop_front() {
+            self.forward_to_uplink(now, frame, offload, forwarded, out);
         }
     }
 
@@ -195,15 +203,15 @@ impl Firewall {
             self.learn_gateway_mac(now, source_hardware_addr, out);
         }
         if operation == ArpOperation::Request && target_protocol_addr == self.config.uplink.ip4 {
-            out.push(Transmit {
-                interface: Interface::Uplink,
-                frame: link::arp_reply(
+            out.push(Transmit::plain(
+                Interface::Uplink,
+                link::arp_reply(
                     self.config.uplink.mac,
                     self.config.uplink.ip4,
                     source_hardware_addr,
                     source_protocol_addr,
                 ),
-            });
+            ));
             self.counters.neighbor_replies += 1;
         }
     }
@@ -243,10 +251,10 @@ impl Firewall {
         } else {
             src
         };
-        out.push(Transmit {
-            interface: Interface::Uplink,
-            frame: link::neighbor_advertisement(self.config.uplink.mac, target, dst, src_mac),
-        });
+        out.push(Transmit::plain(
+            Interface::Uplink,
+            link::neighbor_advertisement(self.config.uplink.mac, target, dst, src_mac),
+        ));
         self.counters.neighbor_replies += 1;
     }
 }

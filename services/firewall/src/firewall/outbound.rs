@@ -337,7 +337,11 @@ impl Firewall {
             self.counters.dropped_malformed += 1;
             return;
         };
-        if let Some(mut pkt) = packet_in(&mut frame, header) {
+        // Only the headers change, whatever the size (a GSO super-packet)
+        // or the state of the checksum field (blank or complete).
+        let offload = self.ingress;
+        if let Some(pkt) = packet_in(&mut frame, header) {
+            let mut pkt = pkt.with_partial_checksum(offload.csum_blank);
             pkt.decrement_hop_limit();
             pkt.set_src(uplink_ip);
             pkt.set_src_port(conn.reply.local_port);
@@ -347,7 +351,7 @@ impl Firewall {
         if let Some(key) = DatagramKey::of(header) {
             self.fragments.record(now, key, conn_id);
         }
-        self.send_to_uplink(now, frame, out);
+        self.forward_to_uplink(now, frame, offload, true, out);
         self.counters.forwarded_out += 1;
     }
 
@@ -436,7 +440,8 @@ impl Firewall {
             pkt.set_src(uplink_ip);
             pkt.set_dst(conn.reply.remote);
         }
-        self.send_to_uplink(now, frame, out);
+        let offload = self.ingress;
+        self.forward_to_uplink(now, frame, offload, true, out);
         self.counters.forwarded_out += 1;
     }
 }
