@@ -520,23 +520,24 @@ impl<E: NetbackEnv> Vif<E> {
             }
             let chunks = p.data.len().div_ceil(PAGE_SIZE);
             let need = chunks + usize::from(p.offload.gso.is_some());
-            let avail = match self.rx.unconsumed_requests() {
-                Ok(n) if n as usize >= need => n,
-                Ok(_) => {
-                    // Ask for an event when more buffers come, then look again.
-                    match self.rx.final_check_for_requests() {
-                        Err(e) => break Err(ring_fatal(e)),
-                        Ok(_) => match self.rx.unconsumed_requests() {
-                            Err(e) => break Err(ring_fatal(e)),
-                            Ok(n) => n,
-                        },
-                    }
-                }
+            if need > self.rx.size() as usize {
+                // Can never fit (not with a ring of at least 32 slots).
+                self.stats.rx_dropped += 1;
+                continue;
+            }
+            // Enough buffers posted? If not, ask for an event when the
+            // frontend's producer index reaches the `need`-th one and look
+            // again. (Asking for "the next request" would ask for nothing
+            // while some, too few, are posted: a frontend that notifies
+            // only on crossing `req_event`, as Linux's does, would then
+            // never wake us.)
+            match self.rx.final_check_for_requests_n(need as u32) {
                 Err(e) => break Err(ring_fatal(e)),
-            };
-            if (avail as usize) < need {
-                self.unpop_rx(p);
-                break Ok(false);
+                Ok(true) => {}
+                Ok(false) => {
+                    self.unpop_rx(p);
+                    break Ok(false);
+                }
             }
             if let Err(f) = self.rx_packet(env, &p, chunks, need) {
                 break Err(f);

@@ -554,6 +554,78 @@ fn split_event_channels_notify_each_ring_on_its_own_port() {
     assert!(!m.hv.port_open(BACK, btx) && !m.hv.port_open(BACK, brx));
 }
 
+/// Linux's netfront posts RX buffers in batches and notifies only when its
+/// push crosses `req_event`. A packet waiting for more slots than are
+/// posted (here 3 of 2) must leave `req_event` where the next batch crosses
+/// it, else the packet, and every one queued behind it, waits for some
+/// unrelated wake-up.
+#[test]
+fn a_packet_waiting_for_more_rx_slots_than_posted_is_woken_by_the_next_batch() {
+    let m = Machine::new();
+    let mut back = Backend::new(&m);
+    let tx_port = m.hv.alloc_unbound(FRONT, BACK).unwrap();
+    let rx_port = m.hv.alloc_unbound(FRONT, BACK).unwrap();
+    let (mut h, mut vif) = Hostile::attach_with(
+        &m,
+        &mut back,
+        FRONT,
+        u32::MAX - 1,
+        BackendOptions::default(),
+        Some((tx_port, rx_port)),
+    );
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let post = |h: &mut Hostile, ids: std::ops::Range<u16>| -> bool {
+        for id in ids {
+            let gref = h.rx_bufs[usize::from(id)].1;
+            h.rx.queue_request(NetifRxRequest { id, pad: 0, gref })
+                .unwrap();
+        }
+        // As Linux: kick only when the push crosses req_event.
+        let kick = h.rx.push_requests_and_check_notify();
+        if kick {
+            m.hv.send(FRONT, rx_port).unwrap();
+        }
+        kick
+    };
+    assert!(post(&mut h, 0..2));
+    assert!(vif.poll_event(&mut back.env, &mut cx).is_ready());
+    // 9000 bytes: three slots; a 60-byte frame queued behind it.
+    let big = pattern(9000, 3);
+    vif.send(Packet {
+        data: big.clone(),
+        offload: Offload::default(),
+    });
+    vif.send(Packet {
+        data: pattern(60, 4),
+        offload: Offload::default(),
+    });
+    let p = vif.deliver(&mut back.env, 8).unwrap();
+    assert_eq!((p.packets, p.more), (0, false), "waits for buffers");
+    assert_eq!(vif.queued(), 2);
+    // The next batch: the frontend must see that we asked for it.
+    assert!(post(&mut h, 2..10), "the batch crosses req_event: a kick");
+    assert!(vif.poll_event(&mut back.env, &mut cx).is_ready());
+    let p = vif.deliver(&mut back.env, 8).unwrap();
+    assert_eq!(p.packets, 2);
+    assert_eq!(vif.queued(), 0);
+    let mut got = Vec::new();
+    while let Some(r) = h.rx.take_response().unwrap() {
+        got.push((r.id, r.status, r.flags & NETRXF_MORE_DATA != 0));
+    }
+    assert_eq!(
+        got,
+        [
+            (0, 4096, true),
+            (1, 4096, true),
+            (2, 808, false),
+            (3, 60, false)
+        ]
+    );
+    let mut first = vec![0u8; 4096];
+    h.rx_bufs[0].0.read(0, &mut first).unwrap();
+    assert_eq!(&first[..], &big[..4096]);
+}
+
 #[test]
 fn persistent_violations_disconnect_after_the_limit() {
     let m = Machine::new();

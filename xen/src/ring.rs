@@ -431,4 +431,21 @@ impl<Req: PlainData, Rsp: PlainData> BackRing<Req, Rsp> {
         fence(Ordering::SeqCst);
         Ok(self.unconsumed_requests()? > 0)
     }
+
+    /// Before sleeping until `n` requests are published (one packet needs
+    /// that many slots): ask for an event when the frontend's producer
+    /// index reaches `req_cons + n`, then re-check; true if `n` are there.
+    /// [`final_check_for_requests`](Self::final_check_for_requests) asks
+    /// for nothing while some (too few) requests are unconsumed, so a
+    /// frontend that notifies only when crossing `req_event` would never
+    /// wake us. `n` is taken between 1 and the ring's size.
+    pub fn final_check_for_requests_n(&mut self, n: u32) -> Result<bool, RingError> {
+        let n = n.clamp(1, self.shared.size);
+        if self.unconsumed_requests()? >= n {
+            return Ok(true);
+        }
+        self.shared.store(REQ_EVENT, self.req_cons.wrapping_add(n));
+        fence(Ordering::SeqCst);
+        Ok(self.unconsumed_requests()? >= n)
+    }
 }

@@ -172,6 +172,37 @@ fn notification_is_held_off_until_the_peer_rearms() {
 }
 
 #[test]
+fn waiting_for_n_requests_asks_for_the_event_that_brings_them() {
+    let mut p = Pair::new(u32::MAX - 2);
+    p.front.queue_request(request(1)).unwrap();
+    p.front.queue_request(request(2)).unwrap();
+    assert!(p.front.push_requests_and_check_notify());
+    // Two unconsumed, three wanted: the plain final check re-arms nothing
+    // (work is there), so the frontend's next push would not kick us.
+    assert_eq!(p.back.final_check_for_requests(), Ok(true));
+    let stale = p.header().req_event;
+    assert_eq!(p.back.final_check_for_requests_n(3), Ok(false));
+    assert_eq!(p.header().req_event, (u32::MAX - 2).wrapping_add(3));
+    assert_ne!(p.header().req_event, stale);
+    // One more request reaches the third: that push kicks (across 2^32).
+    p.front.queue_request(request(3)).unwrap();
+    assert!(p.front.push_requests_and_check_notify());
+    assert_eq!(p.back.final_check_for_requests_n(3), Ok(true));
+    // Enough already there: nothing is touched.
+    let before = p.header().req_event;
+    assert_eq!(p.back.final_check_for_requests_n(2), Ok(true));
+    assert_eq!(p.header().req_event, before);
+    // n is clamped to the ring: 0 acts as 1, more than the ring as the ring.
+    for _ in 0..3 {
+        assert!(p.back.take_request().unwrap().is_some());
+    }
+    assert_eq!(p.back.final_check_for_requests_n(0), Ok(false));
+    assert_eq!(p.header().req_event, (u32::MAX - 2).wrapping_add(4));
+    assert_eq!(p.back.final_check_for_requests_n(100_000), Ok(false));
+    assert_eq!(p.header().req_event, (u32::MAX - 2).wrapping_add(3 + 256));
+}
+
+#[test]
 fn full_ring_refuses_more_requests() {
     let mut p = Pair::new(0);
     for n in 0..256 {
