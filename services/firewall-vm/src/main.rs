@@ -47,8 +47,14 @@ mod image {
         };
         let h = env.executor.clone();
         let mut options = Options::new("firewall", print);
-        // No GSO from clients (the core would have to segment), and IPv6
-        // checksums complete (blank IPv4 ones are filled before NAT).
+        // No GSO offered to clients, nor asked of the uplink, yet: the
+        // runtime does not tell the service what the uplink's backend and
+        // each client's frontend take, so every super-packet would be
+        // segmented here (`firewall::offload`), and the runtime's
+        // backpressure counts one uplink ring slot per client frame.
+        // IPv6 checksums complete; blank IPv4 ones pass NAT blank (the
+        // pseudo-header sum updated), which netif.h has every backend
+        // take. See "Fast path" in docs/firewall.md.
         options.backend = BackendOptions {
             gso_tcpv4: false,
             gso_tcpv6: false,
