@@ -3,6 +3,13 @@
 //!
 //! - [`wire`]: the control page's layout and the ring-size rules;
 //! - [`stream`]: reading and writing the rings, sans I/O;
+//! - [`conn`]: server and client set-up over a [`VchanEnv`] (grants,
+//!   event channel, xenstore), the async [`Vchan`] and closing.
 
+pub mod conn;
 pub mod stream;
 pub mod wire;
+
+pub use conn::{
+    connect, listen, wait_for_server, EnvError, Lingering, Vchan, VchanEnv, VchanError,
+};
