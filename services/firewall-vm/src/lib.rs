@@ -458,6 +458,34 @@ impl Service for FirewallVm {
     }
 }
 
+/// What the uplink takes, from what its backend offered: GSO of a type
+/// only with scatter-gather (netfront refuses a super-packet without
+/// both), blank IPv4 checksums unless `feature-no-csum-offload`, blank
+/// IPv6 ones with `feature-ipv6-csum-offload`. For
+/// [`FirewallVm::set_uplink_capabilities`] once the runtime reports them.
+pub fn uplink_capabilities(features: &netfront::BackendFeatures) -> Capabilities {
+    Capabilities {
+        gso_tcpv4: features.sg && features.gso_tcpv4,
+        gso_tcpv6: features.sg && features.gso_tcpv6,
+        csum_blank_v4: features.ipv4_csum_offload,
+        csum_blank_v6: features.ipv6_csum_offload,
+    }
+}
+
+/// What a client's link takes, from what its frontend asked for: GSO of a
+/// type only with scatter-gather (netback drops a super-packet its
+/// frontend cannot take), blank checksums always (netback completes them
+/// for a frontend that does not take them). For
+/// [`FirewallVm::set_client_capabilities`] once the runtime reports them.
+pub fn client_capabilities(front: &netback::FrontendConfig) -> Capabilities {
+    Capabilities {
+        gso_tcpv4: front.sg && front.gso_tcpv4,
+        gso_tcpv6: front.sg && front.gso_tcpv6,
+        csum_blank_v4: true,
+        csum_blank_v6: true,
+    }
+}
+
 /// The core's view of a link's offload flags.
 pub fn offload_in(o: &netvm::Offload) -> Offload {
     Offload {

@@ -293,3 +293,55 @@ fn clients_rules_and_rule_changes_through_the_service() {
     vm.handle(51, Link::Client(ClientId(1)), syn(8080, false), &mut out);
     assert!(out.is_empty());
 }
+
+#[test]
+fn link_capabilities_follow_what_the_peers_offered() {
+    use firewall::Capabilities;
+    use firewall_vm::{client_capabilities, uplink_capabilities};
+    let mut features = netfront::BackendFeatures {
+        sg: true,
+        gso_tcpv4: true,
+        gso_tcpv6: false,
+        ipv4_csum_offload: true,
+        ipv6_csum_offload: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        uplink_capabilities(&features),
+        Capabilities {
+            gso_tcpv6: false,
+            ..Capabilities::ALL
+        }
+    );
+    // netfront sends no super-packet without scatter-gather.
+    features.sg = false;
+    features.ipv4_csum_offload = false;
+    assert_eq!(
+        uplink_capabilities(&features),
+        Capabilities {
+            csum_blank_v6: true,
+            ..Capabilities::NONE
+        }
+    );
+    let mut front = netback::FrontendConfig {
+        tx_ring_ref: 8,
+        rx_ring_ref: 9,
+        events: netback::config::EventChannels::Shared(3),
+        sg: true,
+        gso_tcpv4: true,
+        gso_tcpv6: true,
+        csum_v4: false,
+        csum_v6: false,
+    };
+    // Blank checksums always: netback completes them for the frontend.
+    assert_eq!(client_capabilities(&front), Capabilities::ALL);
+    front.sg = false;
+    assert_eq!(
+        client_capabilities(&front),
+        Capabilities {
+            gso_tcpv4: false,
+            gso_tcpv6: false,
+            ..Capabilities::ALL
+        }
+    );
+}
