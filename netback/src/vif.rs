@@ -433,14 +433,31 @@ impl<E: NetbackEnv> Vif<E> {
         }))
     }
 
+    /// Whether [`send`](Self::send) would queue a packet of `len` bytes now
+    /// (the vif runs and its queue has room).
+    pub fn would_accept(&self, len: usize) -> bool {
+        self.would_accept_leaving(len, 0, 0)
+    }
+
+    /// Whether [`send`](Self::send) would queue a packet of `len` bytes and
+    /// still leave room for `frames` more frames and `bytes` more bytes: a
+    /// caller that can wait (another vif's frames) keeps that much for the
+    /// ones that cannot (the uplink's).
+    pub fn would_accept_leaving(&self, len: usize, frames: usize, bytes: usize) -> bool {
+        self.fatal.is_none()
+            && self.rx_queue.len().saturating_add(frames) < self.options.rx_queue_max
+            && self
+                .rx_queue_bytes
+                .saturating_add(len)
+                .saturating_add(bytes)
+                <= self.options.rx_queue_bytes_max
+    }
+
     /// Queue `packet` for the frontend (delivered by [`deliver`](Self::deliver));
     /// false if it was dropped (queue full, or the vif stopped).
     pub fn send(&mut self, packet: Packet) -> bool {
         let bytes = self.rx_queue_bytes.saturating_add(packet.data.len());
-        if self.fatal.is_some()
-            || self.rx_queue.len() >= self.options.rx_queue_max
-            || bytes > self.options.rx_queue_bytes_max
-        {
+        if !self.would_accept(packet.data.len()) {
             self.stats.rx_dropped += 1;
             return false;
         }

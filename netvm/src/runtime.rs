@@ -7,6 +7,15 @@
 //! 1. takes at most [`Options::budget`] frames from the uplink and from
 //!    each client (clients taken in a rotating order), hands each to
 //!    [`Service::handle`] and sends what it returns;
+//!    a client's frame for another client whose queue is half full waits
+//!    (it is not dropped; the other half is kept for the uplink's frames,
+//!    which cannot wait) and that client is not read again until it went:
+//!    backpressure, as towards a full uplink, so a slow receiver slows
+//!    its sender down instead of costing it a burst of losses (which a
+//!    TCP without congestion control or SACK, smoltcp's, takes minutes
+//!    to recover from). A receiver that delivers nothing for
+//!    [`Options::hold_ns`] counts as stalled: its frames are dropped again,
+//!    so it cannot hold its senders up;
 //! 2. fills the clients' RX rings (again at most a budget each);
 //! 3. runs [`Service::tick`] when due;
 //! 4. does its xenstore work when a watch fired or once a second: the
@@ -66,6 +75,10 @@ pub struct Options {
     /// Frames taken from one vif (or the uplink) per round, and delivered
     /// to one vif per round: no vif can starve another.
     pub budget: usize,
+    /// How long a client's frames may wait for room in another client's
+    /// queue while that client delivers nothing (no RX buffers posted);
+    /// then it counts as stalled and frames for it are dropped.
+    pub hold_ns: u64,
     /// The periodic xenstore scan (backstop of the `backend/vif` watch,
     /// health of clients and uplink, shutdown requests).
     pub scan_ns: u64,
@@ -90,9 +103,9 @@ pub struct Options {
 }
 
 impl Options {
-    /// The defaults: `device/vif/0`, budget 64, a scan every second, offers
-    /// retried after 10 s, ticks every 100 ms, a report every 10 s, MACs
-    /// enforced, 64 clients.
+    /// The defaults: `device/vif/0`, budget 64, frames held for a stalled
+    /// client 1 s, a scan every second, offers retried after 10 s, ticks
+    /// every 100 ms, a report every 10 s, MACs enforced, 64 clients.
     pub fn new(name: &'static str, print: fn(&str)) -> Self {
         Self {
             name,
@@ -101,6 +114,7 @@ impl Options {
             uplink: ConnectOptions::default(),
             backend: BackendOptions::default(),
             budget: 64,
+            hold_ns: SECOND,
             scan_ns: SECOND,
             retry_ns: 10 * SECOND,
             tick_ns: SECOND / 10,
@@ -165,8 +179,14 @@ pub struct Stats {
     pub client_rx: u64,
     /// Frames queued for clients.
     pub client_tx: u64,
-    /// Frames for clients dropped (queue full, client gone).
+    /// Frames for clients dropped (queue full, client gone or stalled).
     pub client_tx_dropped: u64,
+    /// A client's frames for another client that waited for room in its
+    /// queue instead of being dropped.
+    pub client_held: u64,
+    /// Times a client was not read because its frames for another client
+    /// still waited (backpressure between clients).
+    pub client_full: u64,
     /// Client frames dropped for a source MAC not their vif's.
     pub spoofed: u64,
     /// Times a client was not read because the uplink's TX ring was full
@@ -185,6 +205,22 @@ pub struct Stats {
 struct Client<B: NetbackEnv> {
     info: ClientInfo,
     vif: Vif<B>,
+    /// When its queue last moved into its RX ring, or was empty.
+    progress_at: u64,
+}
+
+impl<B: NetbackEnv> Client<B> {
+    /// Frames wait for it, and none went for `hold_ns`.
+    fn stalled(&self, now: u64, hold_ns: u64) -> bool {
+        self.vif.queued() > 0 && now.saturating_sub(self.progress_at) > hold_ns
+    }
+}
+
+/// A client's frame for another client, waiting for room in its queue.
+struct Held {
+    from: ClientId,
+    to: ClientId,
+    packet: Packet,
 }
 
 type Reconnect<U> = Pin<Box<dyn Future<Output = Result<Netfront<U>, (U, NetfrontError)>>>>;
@@ -243,6 +279,9 @@ struct State<'a, B: NetbackEnv, S: Service> {
     stats: Stats,
     out: Vec<Transmit>,
     packets: Vec<Packet>,
+    /// Frames of clients for other clients whose queues were full, in
+    /// order; a client with frames here is not read.
+    held: Vec<Held>,
 }
 
 impl<B: NetbackEnv, S: Service> State<'_, B, S> {
@@ -262,8 +301,16 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
         }
     }
 
-    /// Send everything in `self.out`.
-    fn dispatch<U: NetEnv + 'static>(&mut self, uplink: &mut Uplink<U>) {
+    /// Send everything in `self.out`, which came from `from` (a client:
+    /// its frames for a full client are held, not dropped).
+    fn dispatch<U: NetEnv + 'static>(
+        &mut self,
+        uplink: &mut Uplink<U>,
+        now: u64,
+        from: Option<ClientId>,
+    ) {
+        let hold_ns = self.options.hold_ns;
+        let reserve = self.reserve();
         for t in core::mem::take(&mut self.out) {
             match t.to {
                 To::Uplink => match uplink {
@@ -282,7 +329,26 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                 },
                 To::Client(id) => match self.clients.iter_mut().find(|c| c.info.id == id) {
                     Some(c) => {
-                        if c.vif.send(t.packet) {
+                        // Behind frames already waiting for it (order), or
+                        // its queue half full: wait, unless it stalled.
+                        let wait = from.filter(|f| {
+                            *f != id
+                                && !c.stalled(now, hold_ns)
+                                && (self.held.iter().any(|h| h.from == *f && h.to == id)
+                                    || !c.vif.would_accept_leaving(
+                                        t.packet.data.len(),
+                                        reserve.0,
+                                        reserve.1,
+                                    ))
+                        });
+                        if let Some(f) = wait {
+                            self.stats.client_held += 1;
+                            self.held.push(Held {
+                                from: f,
+                                to: id,
+                                packet: t.packet,
+                            });
+                        } else if c.vif.send(t.packet) {
                             self.stats.client_tx += 1;
                         } else {
                             self.stats.client_tx_dropped += 1;
@@ -304,6 +370,57 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                 }
             }
         }
+    }
+
+    /// What a client's frames for another client leave free in its queue
+    /// (frames, bytes): half of it, for the uplink's frames and floods,
+    /// which are never held (the uplink serves every client).
+    fn reserve(&self) -> (usize, usize) {
+        (
+            self.options.backend.rx_queue_max / 2,
+            self.options.backend.rx_queue_bytes_max / 2,
+        )
+    }
+
+    /// Queue what client `from` has waiting for other clients, in order,
+    /// where there is room now (dropped for a client gone or stalled).
+    /// Returns whether some still waits.
+    fn release_held(&mut self, now: u64, from: ClientId) -> bool {
+        let hold_ns = self.options.hold_ns;
+        let reserve = self.reserve();
+        let mut blocked: Vec<ClientId> = Vec::new();
+        let mut left = false;
+        let mut i = 0;
+        while i < self.held.len() {
+            let (f, to, len) = match self.held.get(i) {
+                Some(h) => (h.from, h.to, h.packet.data.len()),
+                None => break,
+            };
+            if f != from || blocked.contains(&to) {
+                i += 1;
+                continue;
+            }
+            match self.clients.iter_mut().find(|c| c.info.id == to) {
+                Some(c) if c.vif.would_accept_leaving(len, reserve.0, reserve.1) => {
+                    let h = self.held.remove(i);
+                    if c.vif.send(h.packet) {
+                        self.stats.client_tx += 1;
+                    } else {
+                        self.stats.client_tx_dropped += 1;
+                    }
+                }
+                Some(c) if !c.stalled(now, hold_ns) => {
+                    blocked.push(to);
+                    left = true;
+                    i += 1;
+                }
+                _ => {
+                    self.held.remove(i);
+                    self.stats.client_tx_dropped += 1;
+                }
+            }
+        }
+        left
     }
 
     /// Frames from the clients (and their RX rings filled). Returns whether
@@ -328,6 +445,15 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
             if dead.iter().any(|d| d.0 == id) {
                 continue;
             }
+            // Backpressure between clients: frames it sent earlier still
+            // wait for another client's queue.
+            if self.release_held(now, id) {
+                self.stats.client_full += 1;
+                continue;
+            }
+            let Some(c) = self.clients.get_mut(i) else {
+                continue;
+            };
             // Backpressure: take no more from a client than the uplink can
             // queue now (a frame without GSO takes one slot), so a busy
             // uplink leaves frames in the clients' rings, where their TCP
@@ -368,18 +494,29 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                     }
                 }
                 self.service.handle(now, Link::Client(id), p, &mut self.out);
-                self.dispatch(uplink);
+                self.dispatch(uplink, now, Some(id));
             }
         }
+        let mut delivered = false;
         for c in self.clients.iter_mut() {
             if dead.iter().any(|d| d.0 == c.info.id) {
                 continue;
             }
             match c.vif.deliver(&mut self.benv, self.options.budget) {
-                Ok(p) => more |= p.more,
+                Ok(p) => {
+                    more |= p.more;
+                    delivered |= p.packets > 0;
+                    if p.packets > 0 || c.vif.queued() == 0 {
+                        c.progress_at = now;
+                    }
+                }
                 Err(f) => dead.push((c.info.id, format!("{f:?}"))),
             }
         }
+        // Room made for held frames: release them next round (a client
+        // that delivered nothing wakes us with its RX event, a stalled
+        // one is seen by the tick).
+        more |= delivered && !self.held.is_empty();
         more
     }
 
@@ -398,6 +535,9 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                 continue;
             };
             let c = self.clients.remove(at);
+            let before = self.held.len();
+            self.held.retain(|h| h.from != id && h.to != id);
+            self.stats.client_tx_dropped += (before - self.held.len()) as u64;
             self.service.client_down(now, id);
             self.stats.closed += 1;
             self.print(&format!("vif {} closed ({why})", c.info.path));
@@ -464,7 +604,11 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                     ));
                     self.service.client_up(now, &info);
                     self.stats.connected += 1;
-                    self.clients.push(Client { info, vif });
+                    self.clients.push(Client {
+                        info,
+                        vif,
+                        progress_at: now,
+                    });
                 }
                 Err(e) => {
                     let (path, _) = self.offers.swap_remove(k);
@@ -605,6 +749,7 @@ where
         stats: Stats::default(),
         out: Vec::new(),
         packets: Vec::new(),
+        held: Vec::new(),
     };
     let nf = match Netfront::connect(uplink_env, &options.uplink_path, options.uplink).await {
         Ok(nf) => nf,
@@ -690,7 +835,7 @@ where
                             },
                         };
                         state.service.handle(now, Link::Uplink, p, &mut state.out);
-                        state.dispatch(&mut uplink);
+                        state.dispatch(&mut uplink, now, None);
                         more = true;
                     }
                 }
@@ -714,7 +859,7 @@ where
         if now >= next_tick {
             next_tick = now + options.tick_ns;
             state.service.tick(now, &mut state.out);
-            state.dispatch(&mut uplink);
+            state.dispatch(&mut uplink, now, None);
         }
         if options.report_ns > 0 && now >= next_report {
             next_report = now + options.report_ns;
