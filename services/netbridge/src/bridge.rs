@@ -79,7 +79,7 @@ impl Service for Bridge {
         }
         self.reported = (self.forwarded, self.flooded);
         Some(format!(
-            "stats: vifs={} macs={} forwarded={} flooded={} dropped={} spoofed={} uplink-tx-dropped={} uplink-full={} client-tx-dropped={}",
+            "stats: vifs={} macs={} forwarded={} flooded={} dropped={} spoofed={} uplink-tx-dropped={} uplink-full={} client-tx-dropped={} client-held={} client-full={} rounds={}",
             stats.clients,
             self.switch.len(),
             self.forwarded,
@@ -88,7 +88,10 @@ impl Service for Bridge {
             stats.spoofed,
             stats.uplink_tx_dropped,
             stats.uplink_full,
-            stats.client_tx_dropped
+            stats.client_tx_dropped,
+            stats.client_held,
+            stats.client_full,
+            stats.rounds
         ))
     }
 }
