@@ -1112,3 +1112,77 @@ fn a_slow_linux_like_receiver_slows_its_sender_down_without_losses() {
 fn w_push(dom0: &Rc<RefCell<Dom0>>, f: Vec<u8>) {
     dom0.borrow_mut().to_send.push_back(f);
 }
+
+/// A client that stops taking frames (posts no more RX buffers) cannot hold
+/// its senders up: after `hold_ns` of no delivery it counts as stalled,
+/// what waited for it is dropped, and the sender is read again.
+#[test]
+fn a_receiver_that_stops_reading_does_not_hold_its_sender_up() {
+    const FRAMES: u32 = 3000;
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let h = ex.handle();
+    m.add_vif(VM, 0, Some("10.0.0.2"));
+    let dom0 = Rc::new(RefCell::new(Dom0::default()));
+    h.spawn(dom0_uplink(m.clone(), h.clone(), dom0.clone()));
+    let log = Rc::new(RefCell::new(Log::default()));
+    {
+        let (m, h, log) = (m.clone(), h.clone(), log.clone());
+        h.clone().spawn(async move {
+            let mut svc = Unicast {
+                log,
+                macs: Vec::new(),
+            };
+            let uplink = m.front_env(VM);
+            let back = SimNetbackEnv {
+                hv: m.hv.clone(),
+                dom: VM,
+            };
+            let _ = netvm::run(&h, uplink, back, &mut svc, &options()).await;
+        });
+    }
+    // napi budget 0: it never takes a response, so it never re-posts.
+    m.add_vif(4, VM, Some("10.137.0.11"));
+    let linux = Rc::new(RefCell::new(LinuxLog::default()));
+    h.spawn(linux_like(m.clone(), h.clone(), 4, 0, linux.clone()));
+    run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "the stuck client", || {
+            linux.borrow().connected && log.borrow().up.len() == 1
+        })
+        .await;
+    });
+    m.add_vif(3, VM, Some("10.137.0.10"));
+    let sent = Rc::new(Cell::new(0));
+    h.spawn(streamer(
+        m.clone(),
+        h.clone(),
+        3,
+        mac_bytes(4),
+        FRAMES,
+        sent.clone(),
+    ));
+    let start = run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "the streamer", || sent.get() > 0).await;
+        h.now_ns()
+    });
+    run_main(&mut ex, async {
+        until(&h, 10 * SECOND, "the whole stream sent", || {
+            sent.get() >= FRAMES
+        })
+        .await;
+        h.sleep(500 * MS).await;
+    });
+    let took = NOW.with(Cell::get) - start;
+    let stats = log.borrow().stats.clone().unwrap();
+    println!("sent in {} ms virtual; stats {stats:?}", took / MS);
+    // 256 frames fill its ring, 256 its queue (once it is stalled nothing
+    // is held for it): the rest is dropped.
+    assert!(stats.client_held > 0);
+    assert_eq!(stats.client_tx, 512, "{stats:?}");
+    assert_eq!(stats.client_tx_dropped, u64::from(FRAMES) - 512);
+    assert!(
+        took < 4 * SECOND,
+        "held up for {} ms (hold_ns 1 s)",
+        took / MS
+    );
+}
