@@ -2,15 +2,19 @@
 //! the two rings sharing one event channel, and an orderly disconnect that
 //! gives back every grant the backend released.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::future::poll_fn;
+use core::future::{poll_fn, Future};
+use core::pin::Pin;
+use core::task::{Context, Poll};
 use xen::abi::ring::RingIdx;
 use xen::abi::{DomId, GrantRef, Port};
 use xen::ring::ring_size;
 use xen::shared_page::{PageMemory, PAGE_SIZE};
-use xen::xenbus::{XenbusDevice, XenbusState};
+use xen::xenbus::{Unbounded, WaitBound, XenbusDevice, XenbusError, XenbusState};
+use xen::xenstore::XsError;
 
 use crate::config::{BackendFeatures, MacAddress};
 use crate::env::NetEnv;
@@ -61,6 +65,99 @@ pub struct Queue<P: PageMemory> {
     rx_ring_ref: GrantRef,
 }
 
+/// How long a [bounded reconnection](Netfront::reconnect_bounded) may go
+/// without progress (a change of the backend's state, a step of ours)
+/// before it starts over: 10 s.
+pub const RECONNECT_STALL_NS: u64 = 10_000_000_000;
+
+/// A clock and timer, to bound a reconnection (the kernel's executor
+/// handle, through [`FnClock`]).
+pub trait Clock {
+    /// The timer's future.
+    type Sleep: Future<Output = ()>;
+    /// Nanoseconds since a fixed start.
+    fn now_ns(&self) -> u64;
+    /// A future ready once [`now_ns`](Self::now_ns) reached `deadline_ns`.
+    fn sleep_until(&self, deadline_ns: u64) -> Self::Sleep;
+}
+
+/// A [`Clock`] made of two closures: `now` and `sleep` (for instance over
+/// clones of the kernel's executor handle).
+pub struct FnClock<N, S> {
+    /// The time now, in nanoseconds.
+    pub now: N,
+    /// A future ready at the given time.
+    pub sleep: S,
+}
+
+impl<N, S, F> Clock for FnClock<N, S>
+where
+    N: Fn() -> u64,
+    S: Fn(u64) -> F,
+    F: Future<Output = ()>,
+{
+    type Sleep = F;
+    fn now_ns(&self) -> u64 {
+        (self.now)()
+    }
+    fn sleep_until(&self, deadline_ns: u64) -> F {
+        (self.sleep)(deadline_ns)
+    }
+}
+
+/// What the last reconnection took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconnectStats {
+    /// Attempts, the successful one included (0: never reconnected).
+    pub attempts: u32,
+    /// Attempts given up for lack of progress.
+    pub stalled: u32,
+    /// Why the last failed attempt ended.
+    pub last_error: Option<NetfrontError>,
+}
+
+/// A [`WaitBound`] over a [`Clock`]: expires `stall_ns` after the last
+/// progress (armed at the first poll after it).
+struct StallBound<C: Clock> {
+    clock: C,
+    stall_ns: u64,
+    sleep: Option<Pin<Box<C::Sleep>>>,
+}
+
+impl<C: Clock> WaitBound for StallBound<C> {
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let clock = &self.clock;
+        let stall = self.stall_ns;
+        let sleep = self.sleep.get_or_insert_with(|| {
+            Box::pin(clock.sleep_until(clock.now_ns().saturating_add(stall)))
+        });
+        let expired = sleep.as_mut().poll(cx);
+        if expired.is_ready() {
+            self.sleep = None;
+        }
+        expired
+    }
+
+    fn progress(&mut self) {
+        self.sleep = None;
+    }
+}
+
+/// Whether a failed reconnection attempt may be started over: the backend
+/// closed or went quiet, our directory or a key vanished meanwhile, a
+/// transaction kept conflicting. Anything else (the xenstore connection
+/// broken, no memory, a malformed value) ends the reconnection.
+fn worth_retrying(e: &NetfrontError) -> bool {
+    matches!(
+        e,
+        NetfrontError::Xenbus(
+            XenbusError::BackendClosed(_)
+                | XenbusError::Stalled
+                | XenbusError::Xs(XsError::Enoent | XsError::Eagain | XsError::RetriesExhausted)
+        )
+    )
+}
+
 /// A connected network frontend.
 pub struct Netfront<E: NetEnv> {
     env: E,
@@ -74,6 +171,9 @@ pub struct Netfront<E: NetEnv> {
     notifies: u64,
     options: ConnectOptions,
     bad_checksums: u64,
+    reconnect_stats: ReconnectStats,
+    /// Grants the backend still mapped when we released them.
+    still_mapped: Vec<GrantRef>,
 }
 
 fn alloc_pool<E: NetEnv>(
@@ -137,9 +237,23 @@ impl<E: NetEnv> Netfront<E> {
     /// and wait until the backend is `Connected`. On failure every grant
     /// made is revoked again and the environment handed back.
     pub async fn connect(
+        env: E,
+        path: &str,
+        options: ConnectOptions,
+    ) -> Result<Self, (E, NetfrontError)> {
+        Self::connect_inner(env, path, options, &mut Unbounded, false).await
+    }
+
+    /// [`connect`](Self::connect); with `again` (a reconnection) the
+    /// backend may pass through `Closing`/`Closed` while it stays online
+    /// (it is catching up with our earlier `Closed`), and `bound` ends a
+    /// wait that makes no progress.
+    async fn connect_inner<B: WaitBound>(
         mut env: E,
         path: &str,
         options: ConnectOptions,
+        bound: &mut B,
+        again: bool,
     ) -> Result<Self, (E, NetfrontError)> {
         let xs = env.xenstore();
         let device = match XenbusDevice::open(xs, path).await {
@@ -198,10 +312,23 @@ impl<E: NetEnv> Netfront<E> {
             notifies: 0,
             options,
             bad_checksums: 0,
+            reconnect_stats: ReconnectStats::default(),
+            still_mapped: Vec::new(),
         };
-        match front.handshake(options).await {
+        match front.handshake(options, bound, again).await {
             Ok(()) => Ok(front),
             Err(e) => {
+                if again {
+                    // Closed before the grants go: a backend must not
+                    // read our Connected and map rings being revoked.
+                    let path = front.device.path.clone();
+                    let _ = xen::xenbus::write_state_if_present(
+                        front.env.xenstore(),
+                        &path,
+                        XenbusState::Closed,
+                    )
+                    .await;
+                }
                 front.release();
                 Err((front.env, e))
             }
@@ -240,10 +367,19 @@ impl<E: NetEnv> Netfront<E> {
         })
     }
 
-    async fn handshake(&mut self, options: ConnectOptions) -> Result<(), NetfrontError> {
+    async fn handshake<B: WaitBound>(
+        &mut self,
+        options: ConnectOptions,
+        bound: &mut B,
+        again: bool,
+    ) -> Result<(), NetfrontError> {
+        self.publish(XenbusState::Initialising).await?;
         let xs = self.env.xenstore();
-        self.device.set_state(xs, XenbusState::Initialising).await?;
-        if self.device.backend_state(xs).await? != XenbusState::InitWait {
+        if again {
+            self.device
+                .wait_for_backend_online(xs, XenbusState::InitWait, bound)
+                .await?;
+        } else if self.device.backend_state(xs).await? != XenbusState::InitWait {
             self.device
                 .wait_for_backend(xs, XenbusState::InitWait)
                 .await?;
@@ -280,24 +416,50 @@ impl<E: NetEnv> Netfront<E> {
         ] {
             keys.push((String::from(key), String::from(value)));
         }
-        for (key, value) in keys {
-            xs.write(&format!("{}/{key}", self.device.path), value.as_bytes())
-                .await?;
-        }
+        // All keys in one transaction, and only into our directory as it
+        // still is (`ENOENT` if the toolstack removed it meanwhile).
+        let path = self.device.path.clone();
+        let xs = self.env.xenstore();
+        xs.transaction(async |tx| {
+            tx.read(&format!("{path}/state")).await?;
+            for (key, value) in &keys {
+                tx.write(&format!("{path}/{key}"), value.as_bytes()).await?;
+            }
+            Ok(())
+        })
+        .await?;
         // Buffers are posted before we announce Connected, so the backend
         // has somewhere to put the first packet.
         for q in &mut self.queues {
             q.rx.refill()?;
         }
-        self.device.set_state(xs, XenbusState::Connected).await?;
-        self.device
-            .wait_for_backend(xs, XenbusState::Connected)
-            .await?;
+        self.publish(XenbusState::Connected).await?;
+        let xs = self.env.xenstore();
+        if again {
+            self.device
+                .wait_for_backend_online(xs, XenbusState::Connected, bound)
+                .await?;
+        } else {
+            self.device
+                .wait_for_backend(xs, XenbusState::Connected)
+                .await?;
+        }
         for q in &self.queues {
             self.env.notify(q.port);
             self.notifies += 1;
         }
         Ok(())
+    }
+
+    /// Publish our state during the handshake: only into our directory
+    /// (`ENOENT` if the toolstack removed it).
+    async fn publish(&mut self, state: XenbusState) -> Result<(), NetfrontError> {
+        let xs = self.env.xenstore();
+        if self.device.set_state_if_present(xs, state).await? {
+            Ok(())
+        } else {
+            Err(XsError::Enoent.into())
+        }
     }
 
     /// Our MAC address.
@@ -509,7 +671,10 @@ impl<E: NetEnv> Netfront<E> {
         for gref in grefs {
             match self.env.end_access(gref) {
                 Ok(()) => report.revoked += 1,
-                Err(_) => report.leaked += 1,
+                Err(_) => {
+                    report.leaked += 1;
+                    self.still_mapped.push(gref);
+                }
             }
         }
         for port in ports {
@@ -519,13 +684,25 @@ impl<E: NetEnv> Netfront<E> {
     }
 
     /// Leave: publish `Closing` then `Closed` (best effort: the backend or
-    /// xenstore may be gone), revoke every grant the backend no longer
-    /// maps and close the event channels. The device is unusable afterwards.
+    /// xenstore may be gone; and only while our directory exists: after
+    /// `xl network-detach` the toolstack removes it once the backend is
+    /// `Closed`, and a write would create it again, which holds up the
+    /// backend's removal of its own), revoke every grant the backend no
+    /// longer maps and close the event channels. The device is unusable
+    /// afterwards.
     pub async fn disconnect(&mut self) -> DisconnectReport {
         self.broken.get_or_insert(NetfrontError::Disconnected);
         let xs = self.env.xenstore();
-        let _ = self.device.set_state(xs, XenbusState::Closing).await;
-        let _ = self.device.set_state(xs, XenbusState::Closed).await;
+        let closing = self
+            .device
+            .set_state_if_present(xs, XenbusState::Closing)
+            .await;
+        if closing != Ok(false) {
+            let _ = self
+                .device
+                .set_state_if_present(xs, XenbusState::Closed)
+                .await;
+        }
         self.release()
     }
 
@@ -533,14 +710,125 @@ impl<E: NetEnv> Netfront<E> {
     /// netback restart): disconnect, wait until the backend is back in
     /// `InitWait` (through `Closed`, `Unknown` or a missing directory), and
     /// connect again with `options`.
-    pub async fn reconnect(mut self, options: ConnectOptions) -> Result<Self, (E, NetfrontError)> {
+    ///
+    /// A backend that is still catching up with our `Closed` (Linux's
+    /// netback passes through `Closing` and `Closed` before it answers our
+    /// `Initialising` with `InitWait`) is waited for while it stays
+    /// `online`, and an attempt that ends because the backend closed or our
+    /// directory vanished starts over (`Closed`, then `Initialising` again);
+    /// each restart is logged and counted ([`reconnect_stats`](Self::reconnect_stats)).
+    /// Not bounded in time: use [`reconnect_bounded`](Self::reconnect_bounded)
+    /// to start over after a stall. Errors that a retry cannot cure (the
+    /// xenstore connection broken, no memory, malformed values) end it.
+    pub async fn reconnect(self, options: ConnectOptions) -> Result<Self, (E, NetfrontError)> {
+        self.reconnect_with(options, &mut Unbounded).await
+    }
+
+    /// [`reconnect`](Self::reconnect) that never waits forever: an attempt
+    /// that makes no progress (no change of the backend's state, no step of
+    /// ours) for `stall_ns` ([`RECONNECT_STALL_NS`] is a good value) starts
+    /// over from `Closed`. Waiting for our device directory to come back
+    /// (detached, not attached again yet) is not a stall.
+    pub async fn reconnect_bounded<C: Clock>(
+        self,
+        options: ConnectOptions,
+        clock: C,
+        stall_ns: u64,
+    ) -> Result<Self, (E, NetfrontError)> {
+        let mut bound = StallBound {
+            clock,
+            stall_ns,
+            sleep: None,
+        };
+        self.reconnect_with(options, &mut bound).await
+    }
+
+    async fn reconnect_with<B: WaitBound>(
+        mut self,
+        options: ConnectOptions,
+        bound: &mut B,
+    ) -> Result<Self, (E, NetfrontError)> {
         self.disconnect().await;
         let path = self.device.path.clone();
-        let mut env = self.env;
-        if let Err(e) = wait_backend_ready(&mut env, &path).await {
-            return Err((env, e));
+        let mut stats = ReconnectStats::default();
+        if let Err(e) = self.wait_let_go(bound).await {
+            if !worth_retrying(&e) {
+                return Err((self.env, e));
+            }
         }
-        Self::connect(env, &path, options).await
+        let mut env = self.env;
+        loop {
+            stats.attempts = stats.attempts.saturating_add(1);
+            bound.progress();
+            let ready = xen::xenbus::wait_backend_ready_bounded(env.xenstore(), &path, bound).await;
+            let result = match ready {
+                Ok(()) => Self::connect_inner(env, &path, options, bound, true).await,
+                Err(e) => Err((env, e.into())),
+            };
+            let e = match result {
+                Ok(mut front) => {
+                    front.reconnect_stats = stats;
+                    if stats.attempts > 1 {
+                        log::info!(
+                            "netfront: {path}: reconnected at attempt {} ({} stalled)",
+                            stats.attempts,
+                            stats.stalled
+                        );
+                    }
+                    return Ok(front);
+                }
+                Err((back, e)) => {
+                    env = back;
+                    e
+                }
+            };
+            if !worth_retrying(&e) {
+                return Err((env, e));
+            }
+            if e == NetfrontError::Xenbus(XenbusError::Stalled) {
+                stats.stalled = stats.stalled.saturating_add(1);
+            }
+            stats.last_error = Some(e);
+            log::info!(
+                "netfront: {path}: reconnection attempt {} ended ({e}): starting over",
+                stats.attempts
+            );
+            // Start over from Closed (only into our directory as it is).
+            let _ = xen::xenbus::write_state_if_present(env.xenstore(), &path, XenbusState::Closed)
+                .await;
+        }
+    }
+
+    /// The backend still mapped our rings when we left: it has not acted on
+    /// our `Closed` yet. Wait until it lets go of them (each change of its
+    /// state, try to revoke them again), or closes or goes away, or `bound`
+    /// expires (then they stay leaked, as after any disconnect). Otherwise
+    /// a backend that is slow to read our states (Linux reads the state
+    /// current when its watch fires, so quick changes are seen as the last
+    /// one) may take our next `Connected` for the one it already acted on
+    /// and stay on the old rings, both ends `Connected` and nothing moving.
+    async fn wait_let_go<B: WaitBound>(&mut self, bound: &mut B) -> Result<(), NetfrontError> {
+        let backend = self.device.backend.clone();
+        loop {
+            let env = &mut self.env;
+            self.still_mapped
+                .retain(|gref| env.end_access(*gref).is_err());
+            if self.still_mapped.is_empty() {
+                return Ok(());
+            }
+            let xs = self.env.xenstore();
+            let state = xen::xenbus::read_state(xs, &backend).await?;
+            if matches!(state, XenbusState::Closed | XenbusState::Unknown) {
+                return Ok(());
+            }
+            xen::xenbus::wait_backend_state_change(xs, &backend, state, bound).await?;
+        }
+    }
+
+    /// What the reconnection that made this device took (all zero for a
+    /// device from [`connect`](Self::connect)).
+    pub fn reconnect_stats(&self) -> ReconnectStats {
+        self.reconnect_stats
     }
 
     /// Give the environment back (after [`disconnect`](Self::disconnect),

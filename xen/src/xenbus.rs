@@ -11,6 +11,9 @@
 use crate::xenstore::{WatchGuard, XenStore, XsError, XsTransport};
 use alloc::format;
 use alloc::string::String;
+use core::future::{poll_fn, Future};
+use core::pin::pin;
+use core::task::{Context, Poll};
 
 /// The state of one end of a split device (`enum xenbus_state`).
 #[repr(u32)]
@@ -121,6 +124,8 @@ pub enum XenbusError {
     BadBackendPath(BadValue),
     /// While waiting, the backend went to `Closing`/`Closed` instead.
     BackendClosed(XenbusState),
+    /// A bounded wait ([`WaitBound`]) saw no progress for too long.
+    Stalled,
 }
 
 impl From<XsError> for XenbusError {
@@ -150,6 +155,25 @@ pub async fn write_state<T: XsTransport>(
 ) -> Result<(), XsError> {
     xs.write(&format!("{node}/state"), state.to_value().as_bytes())
         .await
+}
+
+/// Publish `state` as `<node>/state` only if that node exists: the check
+/// and the write are one transaction (retried on a conflict), so a
+/// directory the toolstack removed is never created again. `Ok(false)`:
+/// the node is gone, nothing was written.
+pub async fn write_state_if_present<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    node: &str,
+    state: XenbusState,
+) -> Result<bool, XsError> {
+    let key = format!("{node}/state");
+    let value = state.to_value();
+    xs.transaction(async |tx| match tx.read(&key).await {
+        Ok(_) => tx.write(&key, value.as_bytes()).await.map(|()| true),
+        Err(XsError::Enoent) => Ok(false),
+        Err(e) => Err(e),
+    })
+    .await
 }
 
 /// A frontend device and its backend, as found in xenstore.
@@ -198,6 +222,19 @@ impl XenbusDevice {
         state: XenbusState,
     ) -> Result<(), XenbusError> {
         Ok(write_state(xs, &self.path, state).await?)
+    }
+
+    /// Publish our state only if our `state` node still exists (as Linux's
+    /// `xenbus_switch_state` does): the check and the write are one
+    /// transaction, so a toolstack that removed our directory (`xl
+    /// network-detach`, after the backend closed) never sees it created
+    /// again. `Ok(false)`: the node is gone, nothing was written.
+    pub async fn set_state_if_present<T: XsTransport>(
+        &self,
+        xs: &mut XenStore<T>,
+        state: XenbusState,
+    ) -> Result<bool, XenbusError> {
+        Ok(write_state_if_present(xs, &self.path, state).await?)
     }
 
     /// Our published state.
@@ -254,6 +291,141 @@ impl XenbusDevice {
             xs.next_watch_event_for(token).await?;
         }
     }
+
+    /// Wait until the backend's state is `target`, passing through
+    /// `Closing` and `Closed` while the backend stays `online` (a
+    /// reconnection: Linux's netback walks through them toward the state
+    /// our latest state asks for, e.g. `Closing`, `Closed`, `InitWait` after
+    /// our `Closed` then `Initialising`; the toolstack sets `online` to 0
+    /// before it really closes a device). Fails with
+    /// [`XenbusError::BackendClosed`] when the backend is `Closing` or
+    /// `Closed` (or gone: `Unknown`) and not online, and with [`XenbusError::Stalled`] when
+    /// `bound` expires (told of each state change as progress). The watch
+    /// is removed on every exit, as in
+    /// [`wait_for_backend`](Self::wait_for_backend).
+    pub async fn wait_for_backend_online<T: XsTransport, B: WaitBound>(
+        &self,
+        xs: &mut XenStore<T>,
+        target: XenbusState,
+        bound: &mut B,
+    ) -> Result<XenbusState, XenbusError> {
+        let node = format!("{}/state", self.backend);
+        let token = format!("xenbus-online:{}", self.path);
+        let mut watches = WatchGuard::new(xs);
+        let result = async {
+            watches.add(&node, &token).await?;
+            let mut last = None;
+            loop {
+                let state = self.backend_state(&mut watches).await?;
+                if last != Some(state) {
+                    last = Some(state);
+                    bound.progress();
+                }
+                if state == target {
+                    return Ok(state);
+                }
+                let closed = matches!(
+                    state,
+                    XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown
+                );
+                if closed && !backend_online(&mut watches, &self.backend).await? {
+                    return Err(XenbusError::BackendClosed(state));
+                }
+                next_event_or(&mut watches, &token, bound).await?;
+            }
+        }
+        .await;
+        let unwatched = watches.close().await;
+        let state = result?;
+        unwatched?;
+        Ok(state)
+    }
+}
+
+/// Wait until the state of the backend at `backend` (its directory) is no
+/// longer `last`, and return it (a missing node reads as `Unknown`); ends
+/// with [`XenbusError::Stalled`] when `bound` expires. A change between
+/// the caller's read of `last` and this call is seen at once.
+pub async fn wait_backend_state_change<T: XsTransport, B: WaitBound>(
+    xs: &mut XenStore<T>,
+    backend: &str,
+    last: XenbusState,
+    bound: &mut B,
+) -> Result<XenbusState, XenbusError> {
+    let token = format!("xenbus-change:{backend}");
+    let mut watches = WatchGuard::new(xs);
+    let result: Result<XenbusState, XenbusError> = async {
+        watches.add(&format!("{backend}/state"), &token).await?;
+        loop {
+            let state = read_state(&mut watches, backend).await?;
+            if state != last {
+                bound.progress();
+                return Ok(state);
+            }
+            next_event_or(&mut watches, &token, bound).await?;
+        }
+    }
+    .await;
+    let unwatched = watches.close().await;
+    let state = result?;
+    unwatched?;
+    Ok(state)
+}
+
+/// A bound on a xenbus wait: polled beside every wait for a watch event,
+/// it ends the wait with [`XenbusError::Stalled`] once ready; told of
+/// progress (a state that changed) so it can start counting again.
+pub trait WaitBound {
+    /// Ready when the wait has gone on too long (registers `cx`'s waker
+    /// otherwise).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+    /// Something changed: the wait is making progress.
+    fn progress(&mut self);
+}
+
+/// No bound: waits as long as it takes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unbounded;
+
+impl WaitBound for Unbounded {
+    fn poll_expired(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+    fn progress(&mut self) {}
+}
+
+/// The next watch event carrying `token`, or [`XenbusError::Stalled`] if
+/// `bound` expires first. (Dropping a pending event wait loses nothing:
+/// the client queues events.)
+async fn next_event_or<T: XsTransport, B: WaitBound>(
+    xs: &mut XenStore<T>,
+    token: &str,
+    bound: &mut B,
+) -> Result<(), XenbusError> {
+    let mut event = pin!(xs.next_watch_event_for(token));
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = event.as_mut().poll(cx) {
+            return Poll::Ready(r.map(drop).map_err(XenbusError::from));
+        }
+        if bound.poll_expired(cx).is_ready() {
+            return Poll::Ready(Err(XenbusError::Stalled));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Whether the backend at `backend` is `online` (`1`; missing reads as
+/// not online).
+async fn backend_online<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    backend: &str,
+) -> Result<bool, XenbusError> {
+    match xs.read(&format!("{backend}/online")).await {
+        Ok(v) => Ok(v == b"1"),
+        Err(XsError::Enoent) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Wait until the device at `path` is offered (again): its backend in
@@ -273,16 +445,31 @@ impl XenbusDevice {
 ///
 /// The watches are held by a [`WatchGuard`]: removed on every exit,
 /// including the caller dropping this future. Unbounded if the device never
-/// comes back: the caller bounds it with a timeout.
+/// comes back: the caller bounds it with a timeout, or uses
+/// [`wait_backend_ready_bounded`].
 pub async fn wait_backend_ready<T: XsTransport>(
     xs: &mut XenStore<T>,
     path: &str,
+) -> Result<(), XenbusError> {
+    wait_backend_ready_bounded(xs, path, &mut Unbounded).await
+}
+
+/// [`wait_backend_ready`] that gives up with [`XenbusError::Stalled`] when
+/// `bound` expires while the device exists and its backend is not ready
+/// (each change of the backend's state counts as progress). While our
+/// device directory is missing there is nothing to start over: that wait
+/// is not bounded (and counts as progress).
+pub async fn wait_backend_ready_bounded<T: XsTransport, B: WaitBound>(
+    xs: &mut XenStore<T>,
+    path: &str,
+    bound: &mut B,
 ) -> Result<(), XenbusError> {
     let token = format!("xenbus-ready:{path}");
     let mut watches = WatchGuard::new(xs);
     let result = async {
         watches.add(path, &token).await?;
         let mut watched: Option<String> = None;
+        let mut last = None;
         loop {
             match XenbusDevice::open(&mut watches, path).await {
                 Ok(dev) => {
@@ -295,17 +482,26 @@ pub async fn wait_backend_ready<T: XsTransport>(
                             .await?;
                         watched = Some(dev.backend.clone());
                     }
-                    match dev.backend_state(&mut watches).await? {
+                    let state = dev.backend_state(&mut watches).await?;
+                    if last != Some(state) {
+                        last = Some(state);
+                        bound.progress();
+                    }
+                    match state {
                         XenbusState::InitWait => return Ok(()),
                         XenbusState::Closed => ask_for_reconnect(&mut watches, &dev).await?,
                         _ => {}
                     }
+                    next_event_or(&mut watches, &token, bound).await?;
                 }
                 // Not there (yet): wait for the toolstack.
-                Err(XenbusError::Xs(XsError::Enoent)) => {}
+                Err(XenbusError::Xs(XsError::Enoent)) => {
+                    last = None;
+                    bound.progress();
+                    watches.next_watch_event_for(&token).await?;
+                }
                 Err(e) => return Err(e),
             }
-            watches.next_watch_event_for(&token).await?;
         }
     }
     .await;
@@ -314,18 +510,18 @@ pub async fn wait_backend_ready<T: XsTransport>(
 }
 
 /// The backend of `dev` is `Closed`: if it stays `online` and we are
-/// `Closed` too, publish `Initialising` so that it goes back to `InitWait`.
+/// `Closed` too, publish `Initialising` so that it goes back to `InitWait`
+/// (only while our directory exists: never created again here).
 async fn ask_for_reconnect<T: XsTransport>(
     xs: &mut XenStore<T>,
     dev: &XenbusDevice,
 ) -> Result<(), XenbusError> {
-    match xs.read(&format!("{}/online", dev.backend)).await {
-        Ok(v) if v == b"1" => {}
-        Ok(_) | Err(XsError::Enoent) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    if !backend_online(xs, &dev.backend).await? {
+        return Ok(());
     }
     if dev.state(xs).await? == XenbusState::Closed {
-        dev.set_state(xs, XenbusState::Initialising).await?;
+        dev.set_state_if_present(xs, XenbusState::Initialising)
+            .await?;
     }
     Ok(())
 }

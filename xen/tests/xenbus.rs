@@ -148,3 +148,63 @@ fn garbage_backend_state_is_an_error_and_missing_is_unknown() {
     ));
     assert_eq!(daemon.borrow().watch_count(), 0);
 }
+
+#[test]
+fn state_is_published_only_into_a_directory_that_exists() {
+    let (daemon, mut xs) = setup();
+    daemon.borrow_mut().set("device/vif/0/state", b"4");
+    let dev = block_on(XenbusDevice::open(&mut xs, "device/vif/0")).unwrap();
+    // A conflicting commit is retried.
+    daemon.borrow_mut().force_conflicts = 2;
+    assert_eq!(
+        block_on(dev.set_state_if_present(&mut xs, XenbusState::Closing)),
+        Ok(true)
+    );
+    assert_eq!(daemon.borrow().force_conflicts, 0);
+    assert_eq!(
+        daemon.borrow().get("device/vif/0/state"),
+        Some(b"5".to_vec())
+    );
+    // The toolstack removed our directory (`xl network-detach`): nothing
+    // is written, nothing created.
+    daemon.borrow_mut().remove("device/vif/0");
+    assert_eq!(
+        block_on(dev.set_state_if_present(&mut xs, XenbusState::Closed)),
+        Ok(false)
+    );
+    assert_eq!(daemon.borrow().get("device/vif/0"), None);
+    assert_eq!(daemon.borrow().get("device/vif/0/state"), None);
+}
+
+#[test]
+fn an_online_backend_passes_through_closed_a_detached_one_does_not() {
+    let (daemon, mut xs) = setup();
+    let dev = block_on(XenbusDevice::open(&mut xs, "device/vif/0")).unwrap();
+    let state = format!("{BACKEND}/state");
+    daemon.borrow_mut().set(&format!("{BACKEND}/online"), b"1");
+    daemon.borrow_mut().set(&state, b"4");
+    // Catching up with our earlier Closed, then answering Initialising.
+    daemon.borrow_mut().scheduled.extend([
+        (state.clone(), b"5".to_vec()),
+        (state.clone(), b"6".to_vec()),
+        (state.clone(), b"2".to_vec()),
+    ]);
+    let mut bound = xen::xenbus::Unbounded;
+    assert_eq!(
+        block_on(dev.wait_for_backend_online(&mut xs, XenbusState::InitWait, &mut bound)),
+        Ok(XenbusState::InitWait)
+    );
+    assert!(daemon.borrow().scheduled.is_empty(), "it really waited");
+    assert_eq!(daemon.borrow().watch_count(), 0);
+    // The toolstack detaching: online 0, then Closing.
+    daemon.borrow_mut().set(&format!("{BACKEND}/online"), b"0");
+    daemon
+        .borrow_mut()
+        .scheduled
+        .push_back((state.clone(), b"5".to_vec()));
+    assert_eq!(
+        block_on(dev.wait_for_backend_online(&mut xs, XenbusState::Connected, &mut bound)),
+        Err(XenbusError::BackendClosed(XenbusState::Closing))
+    );
+    assert_eq!(daemon.borrow().watch_count(), 0);
+}

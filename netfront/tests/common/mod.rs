@@ -211,6 +211,15 @@ impl SimNetback {
         if !self.conns.is_empty() || self.front_key("state").as_deref() != Some("4") {
             return;
         }
+        self.attach_rings();
+        self.xsd
+            .borrow_mut()
+            .set(&format!("{BACK_PATH}/state"), b"4");
+    }
+
+    /// Map the rings and bind the event channels the frontend published
+    /// (netback's `connect`), without publishing a state.
+    pub fn attach_rings(&mut self) {
         assert_eq!(self.front_key("request-rx-copy").as_deref(), Some("1"));
         let dirs: Vec<String> = match self.front_key("multi-queue-num-queues") {
             None => vec![String::new()],
@@ -246,19 +255,22 @@ impl SimNetback {
                 rx_reqs: VecDeque::new(),
             });
         }
-        self.xsd
-            .borrow_mut()
-            .set(&format!("{BACK_PATH}/state"), b"4");
     }
 
-    /// netback restarts (dom0 service restart): it unmaps the rings,
-    /// closes its port and publishes `Closed`; later `InitWait` again.
-    pub fn restart(&mut self) {
+    /// Unmap the rings and close the ports (netback's `disconnect`),
+    /// without publishing a state.
+    pub fn detach_rings(&mut self) {
         for c in self.conns.drain(..) {
             self.hv.unmap_grant(FRONT, c.tx_ref);
             self.hv.unmap_grant(FRONT, c.rx_ref);
             self.hv.close(BACK, c.port);
         }
+    }
+
+    /// netback restarts (dom0 service restart): it unmaps the rings,
+    /// closes its port and publishes `Closed`; later `InitWait` again.
+    pub fn restart(&mut self) {
+        self.detach_rings();
         self.xsd
             .borrow_mut()
             .set(&format!("{BACK_PATH}/state"), b"6");
