@@ -22,8 +22,8 @@
 //! to the allocator (the project's owner model for granted memory).
 //!
 //! A peer that vanishes (its domain destroyed) clears no live byte: every
-//! wait also watches `@releaseDomain`, and after each wake-up asks the
-//! environment whether the other end of the port has gone
+//! wait also watches `@releaseDomain` (if xenstored lets us), and after each
+//! wake-up asks the environment whether the other end of the port has gone
 //! ([`VchanEnv::peer_closed`]).
 
 use super::stream::{self, Progress, Role, Stream, StreamError};
@@ -159,6 +159,8 @@ pub struct Vchan<M: PageMemory> {
     /// Server: the xenstore directory to remove on close.
     path: Option<String>,
     token: String,
+    /// Whether the `@releaseDomain` watch under `token` is registered.
+    watching: bool,
     peer_gone: bool,
 }
 
@@ -241,13 +243,30 @@ pub async fn listen<E: VchanEnv>(
         grants,
         path: Some(path.into()),
         token: watch_token(port),
+        watching: false,
         peer_gone: false,
     };
-    if let Err(e) = env.xenstore().watch("@releaseDomain", &v.token).await {
-        let _ = v.close(env).await;
-        return Err(e.into());
+    let mut v = v;
+    match watch_release(env, &v.token).await {
+        Ok(watching) => v.watching = watching,
+        Err(e) => {
+            let _ = v.close(env).await;
+            return Err(e);
+        }
     }
     Ok(v)
+}
+
+/// Watch `@releaseDomain` under `token`. Refused (xenstored may keep
+/// special watches to privileged domains) is not an error: the vchan then
+/// notices a vanished peer only through its port. Only a broken xenstore
+/// connection is.
+async fn watch_release<E: VchanEnv>(env: &mut E, token: &str) -> Result<bool, VchanError> {
+    match env.xenstore().watch("@releaseDomain", token).await {
+        Ok(()) => Ok(true),
+        Err(e @ (XsError::Protocol(_) | XsError::Closed)) => Err(e.into()),
+        Err(_) => Ok(false),
+    }
 }
 
 /// The server's pages, grants and keys. Every granted page is in `held`
@@ -321,14 +340,16 @@ async fn read_keys<T: XsTransport>(
     xs: &mut XenStore<T>,
     path: &str,
 ) -> Result<Option<(u32, u32)>, VchanError> {
+    // Not there yet may also read as EACCES: xenstored answers so for a
+    // missing node under a parent we may not read (dom0's home).
     let ring = match xs.read(&format!("{path}/ring-ref")).await {
         Ok(v) => v,
-        Err(XsError::Enoent) => return Ok(None),
+        Err(XsError::Enoent | XsError::Eacces) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let port = match xs.read(&format!("{path}/event-channel")).await {
         Ok(v) => v,
-        Err(XsError::Enoent) => return Ok(None),
+        Err(XsError::Enoent | XsError::Eacces) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     Ok(Some((
@@ -379,6 +400,7 @@ pub async fn connect<E: VchanEnv>(
                 grants: Vec::new(),
                 path: None,
                 token: watch_token(port),
+                watching: false,
                 peer_gone: false,
             };
             if let Err(e) = r {
@@ -386,9 +408,13 @@ pub async fn connect<E: VchanEnv>(
                 return Err(e.into());
             }
             env.notify(port);
-            if let Err(e) = env.xenstore().watch("@releaseDomain", &v.token).await {
-                let _ = v.close(env).await;
-                return Err(e.into());
+            let mut v = v;
+            match watch_release(env, &v.token).await {
+                Ok(watching) => v.watching = watching,
+                Err(e) => {
+                    let _ = v.close(env).await;
+                    return Err(e);
+                }
             }
             Ok(v)
         }
@@ -457,10 +483,13 @@ impl<M: PageMemory> Vchan<M> {
         if self.peer_gone {
             return Err(VchanError::PeerGone);
         }
-        let (port, token) = (self.port, self.token.as_str());
+        let (port, token, watching) = (self.port, self.token.as_str(), self.watching);
         poll_fn(|cx| {
             if env.poll_event(port, cx).is_ready() {
                 return Poll::Ready(Ok(()));
+            }
+            if !watching {
+                return Poll::Pending;
             }
             let mut event = pin!(env.xenstore().next_watch_event_for(token));
             match event.as_mut().poll(cx) {
@@ -589,8 +618,11 @@ impl<M: PageMemory> Vchan<M> {
         let live = stream.set_live(Live::Closed);
         env.notify(self.port);
         env.close_port(self.port);
-        let unwatch = env.xenstore().unwatch("@releaseDomain", &self.token).await;
-        env.xenstore().discard_watch_events(&self.token);
+        let mut unwatch = Ok(());
+        if self.watching {
+            unwatch = env.xenstore().unwatch("@releaseDomain", &self.token).await;
+            env.xenstore().discard_watch_events(&self.token);
+        }
         let mut rm = Ok(());
         if let Some(path) = self.path.take() {
             rm = env.xenstore().rm(&path).await;
