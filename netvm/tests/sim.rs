@@ -1021,8 +1021,8 @@ async fn streamer(
 /// like smoltcp's then stalls for minutes: the rig's domU-to-domU pull).
 #[test]
 fn a_slow_linux_like_receiver_slows_its_sender_down_without_losses() {
-    const FRAMES: u32 = 3000;
-    const PINGS: u32 = 100;
+    const FRAMES: u32 = 20_000;
+    const PINGS: u32 = 50;
     let mut ex = Executor::new();
     let m = Machine::new();
     let h = ex.handle();
@@ -1073,12 +1073,28 @@ fn a_slow_linux_like_receiver_slows_its_sender_down_without_losses() {
     });
     run_main(&mut ex, async {
         let uplink_mac = [2, 0, 0, 0, 0, 1];
+        let mut rtt_max = 0;
         for n in 0..PINGS {
             let mut p = frame(mac_bytes(4), uplink_mac, PING);
             p[15..19].copy_from_slice(&n.to_be_bytes());
+            let sent_at = h.now_ns();
             w_push(&dom0, p);
-            h.sleep(10 * MS).await;
+            // Its answer, before the next: a lost wake-up would show as
+            // the runtime's 100 ms tick.
+            until(&h, SECOND, "the pong", || {
+                dom0.borrow()
+                    .got
+                    .iter()
+                    .any(|f| f[14] == PONG && f[15..19] == n.to_be_bytes())
+            })
+            .await;
+            rtt_max = rtt_max.max(h.now_ns() - sent_at);
+            h.sleep(5 * MS).await;
         }
+        println!("ping rtt max {} ms during the stream", rtt_max / MS);
+        // Behind at most a ring (256) and half a queue (128) of the
+        // stream, taken 16 a millisecond: some 25 ms.
+        assert!(rtt_max < 50 * MS, "ping rtt {} ms", rtt_max / MS);
         until(&h, 60 * SECOND, "the whole stream", || {
             linux.borrow().stream.len() as u32 >= FRAMES
         })
