@@ -7,15 +7,30 @@
 //! datagram, or the packet quoted inside an ICMP error).
 
 /// Ones'-complement sum of `data` read as big-endian 16-bit words (an odd
-/// trailing byte is padded with zero), not yet folded.
+/// trailing byte is padded with zero), not yet folded to 16 bits. Eight
+/// bytes are added at a time as two 32-bit words (RFC 1071 2(C): the sum
+/// of wider words, folded, is the same), which a segment's whole payload
+/// (software segmentation, a completed blank checksum) needs.
 fn sum_words(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|pair| match pair {
-            [hi, lo] => u32::from(u16::from_be_bytes([*hi, *lo])),
-            [hi] => u32::from(u16::from_be_bytes([*hi, 0])),
+    let mut acc: u64 = 0;
+    let mut blocks = data.chunks_exact(8);
+    for block in &mut blocks {
+        let w = u64::from_be_bytes(block.try_into().unwrap_or([0; 8]));
+        acc += (w >> 32) + (w & 0xffff_ffff);
+    }
+    for pair in blocks.remainder().chunks(2) {
+        acc += u64::from(match pair {
+            [hi, lo] => u16::from_be_bytes([*hi, *lo]),
+            [hi] => u16::from_be_bytes([*hi, 0]),
             _ => 0,
-        })
-        .sum()
+        });
+    }
+    // Fold to 32 bits (then callers fold to 16).
+    while acc > 0xffff_ffff {
+        acc = (acc & 0xffff_ffff) + (acc >> 32);
+    }
+    let acc = acc as u32;
+    (acc & 0xffff) + (acc >> 16)
 }
 
 /// Fold carries back into 16 bits.
@@ -81,6 +96,36 @@ mod tests {
         let recomputed = compute(0, &data);
         assert_eq!(adjust(before, &old, &new), recomputed);
         assert_ne!(before, recomputed);
+    }
+
+    /// The plain definition: 16-bit words, one at a time.
+    fn sum16(data: &[u8]) -> u32 {
+        data.chunks(2)
+            .map(|p| u32::from(p[0]) << 8 | u32::from(*p.get(1).unwrap_or(&0)))
+            .sum()
+    }
+
+    #[test]
+    fn wide_sum_folds_to_the_16_bit_sum() {
+        for len in [0usize, 1, 2, 7, 8, 9, 15, 16, 17, 1500, 65535] {
+            for fill in [0x00u8, 0xff, 0x5a] {
+                let data: alloc::vec::Vec<u8> = (0..len)
+                    .map(|i| {
+                        if fill == 0x5a {
+                            (i * 31 + 7) as u8
+                        } else {
+                            fill
+                        }
+                    })
+                    .collect();
+                assert_eq!(
+                    compute(0, &data),
+                    !fold(sum16(&data)),
+                    "len {len} fill {fill}"
+                );
+                assert_eq!(compute(0x1234, &data), !fold(0x1234 + sum16(&data)));
+            }
+        }
     }
 
     #[test]
