@@ -17,6 +17,7 @@ extern crate alloc;
 pub mod abi;
 pub mod console;
 pub mod event;
+pub mod evtchn_status;
 pub mod grant;
 pub mod hypercall;
 pub mod netif;

@@ -137,9 +137,13 @@ mod image {
         fn poll_event(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()> {
             NetEnv::poll_event(&mut self.0, port, cx)
         }
-        /// Unknown: the hypercall layer has no `EVTCHNOP_status` yet.
-        fn peer_closed(&mut self, _port: Port) -> bool {
-            false
+        /// `EVTCHNOP_status` says our end is no longer interdomain.
+        fn peer_closed(&mut self, port: Port) -> bool {
+            use xen::evtchn_status::{evtchn_status, PortState};
+            matches!(
+                evtchn_status(port),
+                Ok(PortState::Unbound { .. } | PortState::Closed)
+            )
         }
         fn close_port(&mut self, port: Port) {
             NetEnv::close_port(&mut self.0, port)
