@@ -16,8 +16,9 @@
 //!    to recover from). A receiver that delivers nothing for
 //!    [`Options::hold_ns`] counts as stalled: its frames are dropped again,
 //!    so it cannot hold its senders up;
-//! 2. fills the clients' RX rings (again at most a budget each);
-//! 3. runs [`Service::tick`] when due;
+//! 2. fills the clients' RX rings (again at most a budget each), after
+//!    [`Service::tick`] when due (so what it sends goes out this round);
+//! 3. reports when due;
 //! 4. does its xenstore work when a watch fired or once a second: the
 //!    toolstack's shutdown request, the health of every client and of the
 //!    uplink, one look at each offer, new and finished `backend/vif`
@@ -844,6 +845,14 @@ where
         if let Some(e) = lost {
             uplink = lose_uplink(&mut state, uplink, now, &format!("{e}"));
         }
+        // The tick, before the clients: what it sends them goes into
+        // their rings this round (after them, it waited for the next
+        // wake-up, up to a tick period).
+        if now >= next_tick {
+            next_tick = now + options.tick_ns;
+            state.service.tick(now, &mut state.out);
+            state.dispatch(&mut uplink, now, None);
+        }
         // The clients.
         more |= state.serve_clients(now, &mut uplink, &mut dead);
         if !dead.is_empty() {
@@ -856,11 +865,6 @@ where
             }
         }
         // Timers.
-        if now >= next_tick {
-            next_tick = now + options.tick_ns;
-            state.service.tick(now, &mut state.out);
-            state.dispatch(&mut uplink, now, None);
-        }
         if options.report_ns > 0 && now >= next_report {
             next_report = now + options.report_ns;
             state.stats.clients = state.clients.len();
