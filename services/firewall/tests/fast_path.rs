@@ -547,3 +547,49 @@ fn a_blank_udp_checksum_follows_nat_too() {
         .unwrap()
         .verify_checksum(&addr(src), &addr(dst)));
 }
+
+mod segmentation {
+    use super::*;
+    use firewall::offload::segment;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any super-packet cut at any segment size gives complete,
+        /// valid segments that carry its data in order, its flags where
+        /// they belong.
+        #[test]
+        fn segments_are_valid_and_carry_the_data(
+            len in 0usize..9000,
+            mss in 48u16..3000,
+            v6 in any::<bool>(),
+            fin in any::<bool>(),
+        ) {
+            let flags = if fin { FIN } else { ACK };
+            let ip = if v6 {
+                blank_tcp(A_IP6, 40000, WEB6, 80, flags, len)
+            } else {
+                blank_tcp(A_IP, 40000, WEB, 80, flags, len)
+            };
+            let segments = segment(&from_a(&ip), mss).unwrap();
+            prop_assert_eq!(segments.len(), len.div_ceil(usize::from(mss)).max(1));
+            let mut data = Vec::new();
+            for (i, seg) in segments.iter().enumerate() {
+                let ip = &seg[14..];
+                let l4 = if v6 {
+                    assert_valid6(ip).payload().to_vec()
+                } else {
+                    assert_valid4(ip).payload().to_vec()
+                };
+                let tcp = TcpPacket::new_checked(&l4[..]).unwrap();
+                prop_assert_eq!(tcp.seq_number().0, 1000 + (i * usize::from(mss)) as i32);
+                prop_assert_eq!(tcp.fin(), fin && i + 1 == segments.len());
+                prop_assert!(tcp.ack());
+                prop_assert!(tcp.payload().len() <= usize::from(mss));
+                data.extend_from_slice(tcp.payload());
+            }
+            prop_assert_eq!(data, payload(len));
+        }
+    }
+}
