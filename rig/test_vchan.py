@@ -142,9 +142,9 @@ def main(argv=None) -> int:
         name = c.name
         role = name.rsplit("-", 1)[1]
         seg = segment(texts, name)
-        sum_in = next((l.split()[2:] for l in texts if l.startswith(f"RIG sum-in {name} ")), [])
-        sum_out = next((l.split()[2:] for l in seg if l.startswith(f"RIG sum-out {name} ")), [])
-        proxy = next((l.split()[3:] for l in seg if l.startswith(f"RIG proxy {name} rc ")), [])
+        sum_in = next((l.split()[3:] for l in texts if l.startswith(f"RIG sum-in {name} ")), [])
+        sum_out = next((l.split()[3:] for l in seg if l.startswith(f"RIG sum-out {name} ")), [])
+        proxy = next((l.split()[4:] for l in seg if l.startswith(f"RIG proxy {name} rc ")), [])
         if role == "server":
             up = [l for l in seg if re.match(r"vchantest: listening at /local/domain/\d+/data/vchan/0/5000 \(rings 65536/65536 bytes\)", l)]
             check(bool(up), f"{name}: moat published its vchan with 64 KiB rings")
