@@ -755,6 +755,10 @@ impl<E: NetEnv> Netfront<E> {
             if !worth_retrying(&e) {
                 return Err((self.env, e));
             }
+            // Stalled: the grants stay leaked; go on.
+            stats.stalled = stats.stalled.saturating_add(1);
+            stats.last_error = Some(e);
+            log::info!("netfront: {path}: the backend kept our old rings mapped ({e})");
         }
         let mut env = self.env;
         loop {
@@ -809,19 +813,23 @@ impl<E: NetEnv> Netfront<E> {
     /// and stay on the old rings, both ends `Connected` and nothing moving.
     async fn wait_let_go<B: WaitBound>(&mut self, bound: &mut B) -> Result<(), NetfrontError> {
         let backend = self.device.backend.clone();
+        let mut state = None;
         loop {
+            // Read first: a backend unmaps before it publishes Closing.
+            let now = match state {
+                Some(s) => s,
+                None => xen::xenbus::read_state(self.env.xenstore(), &backend).await?,
+            };
             let env = &mut self.env;
             self.still_mapped
                 .retain(|gref| env.end_access(*gref).is_err());
-            if self.still_mapped.is_empty() {
+            if self.still_mapped.is_empty()
+                || matches!(now, XenbusState::Closed | XenbusState::Unknown)
+            {
                 return Ok(());
             }
             let xs = self.env.xenstore();
-            let state = xen::xenbus::read_state(xs, &backend).await?;
-            if matches!(state, XenbusState::Closed | XenbusState::Unknown) {
-                return Ok(());
-            }
-            xen::xenbus::wait_backend_state_change(xs, &backend, state, bound).await?;
+            state = Some(xen::xenbus::wait_backend_state_change(xs, &backend, now, bound).await?);
         }
     }
 
