@@ -241,7 +241,9 @@ def check_type(name: str, texts: list, mib: int, pings: int, detach: bool, bench
     bench.append(f"{name}: xl create -> ready {ready[0]} s")
     figures[(name, "ready")] = float(ready[0])
     p = rig_fields(seg, "ping", name)
-    check(p == [str(pings), str(pings)], f"{pings} pings, all answered (sent, received = {p})")
+    drops = [l[len(f"RIG ping-drops {name} "):] for l in seg if l.startswith(f"RIG ping-drops {name} ")]
+    check(p == [str(pings), str(pings)], f"{pings} pings, all answered (sent, received = {p})"
+          + (f"; dom0 interfaces that dropped frames: {drops}" if drops else ""))
     check(rig_fields(seg, "tcp-echo", name) == ["ok"], "TCP echo on port 7")
     udp = rig_fields(seg, "udp-echo", name)
     if kind == "linux":
