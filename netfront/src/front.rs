@@ -789,6 +789,17 @@ impl<E: NetEnv> Netfront<E> {
             if !worth_retrying(&e) {
                 return Err((env, e));
             }
+            // ENOENT is worth a new attempt only if it was our directory
+            // that went (the next attempt waits for it to come back): a
+            // key missing from a directory that stays would fail again at
+            // once, round and round.
+            if e == NetfrontError::Xenbus(XenbusError::Xs(XsError::Enoent)) {
+                let state = format!("{path}/state");
+                match env.xenstore().read(&state).await {
+                    Err(XsError::Enoent) => {}
+                    _ => return Err((env, e)),
+                }
+            }
             if e == NetfrontError::Xenbus(XenbusError::Stalled) {
                 stats.stalled = stats.stalled.saturating_add(1);
             }

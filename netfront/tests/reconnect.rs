@@ -588,3 +588,24 @@ fn reconnection_after_a_detach_waits_for_the_next_attach_without_writing() {
     front.send(&pattern(900, 7), TxOffload::default()).unwrap();
     assert_eq!(back.process_tx(), 1);
 }
+
+#[test]
+fn a_key_missing_from_a_directory_that_stays_ends_the_reconnection() {
+    // Not round and round: our directory is there, its `mac` is not.
+    let m = Machine::new();
+    let mut back = m.backend();
+    let front = connect(&m, &mut back, options()).unwrap();
+    back.restart();
+    m.xsd.borrow_mut().remove(&format!("{FRONT_ABS}/mac"));
+    m.set(&format!("{BACK_PATH}/state"), "2");
+    let e = run(front.reconnect(options()), || back.step())
+        .err()
+        .map(|(_, e)| e);
+    assert_eq!(
+        e,
+        Some(NetfrontError::Xenbus(xen::xenbus::XenbusError::Xs(
+            xen::xenstore::XsError::Enoent
+        )))
+    );
+    assert_eq!(m.hv.grants_of(FRONT), 0, "every grant revoked");
+}
