@@ -11,3 +11,4 @@
 
 pub mod link;
 pub mod qubesdb_file;
+pub mod reload;

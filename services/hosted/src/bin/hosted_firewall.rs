@@ -7,9 +7,11 @@
 //! Usage: `hosted-firewall CONFIG [STATS]` — when STATS is given, the
 //! packet counters are written there (one `name value` per line) whenever
 //! they change.
+//!
+//! A changed file that does not parse puts the clients it may concern on
+//! deny-all until a valid one arrives (see `hosted::reload`).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use std::time::Duration as StdDuration;
 
 use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface, RuleReport, Transmit};
 use hosted::qubesdb_file::HostedConfig;
-use qubes::firewall_rules::LoadedRules;
+use hosted::reload::{apply_rules, reload, Reload};
 use tun_tap::{Iface, Mode};
 
 /// How often the configuration file is re-read and timers run.
@@ -30,38 +32,6 @@ fn open_tap(name: &str) -> Result<Arc<Iface>, String> {
     Iface::without_packet_info(name, Mode::Tap)
         .map(Arc::new)
         .map_err(|e| format!("cannot open TAP device {name}: {e}"))
-}
-
-/// Install the rules of `config` for every client address that has a rule
-/// directory, or had one, as the Linux agent's `handle_addr` does: an
-/// address that never had rules is dropped silently; one whose directory
-/// went away is refused (`Firewall::apply_loaded_rules`). Parse errors are
-/// reported like the Linux sys-firewall reports them.
-fn apply_rules(fw: &mut Firewall, config: &HostedConfig, previous: &BTreeMap<IpAddr, LoadedRules>) {
-    let mut addresses: Vec<IpAddr> = config.rules.keys().copied().collect();
-    addresses.extend(previous.keys().copied());
-    addresses.sort();
-    addresses.dedup();
-    for addr in addresses {
-        let loaded = config.rules.get(&addr);
-        if previous.get(&addr) == loaded {
-            continue;
-        }
-        if let Some(error) = loaded.and_then(|l| l.error.as_ref()) {
-            eprintln!(
-                "/qubes-iptables-error: Failed to parse rules for {addr} ({error}), blocking traffic"
-            );
-        }
-        let killed = fw.apply_loaded_rules(addr, loaded);
-        match loaded {
-            Some(loaded) => eprintln!(
-                "rules for {addr}: {} rules, policy {:?}; {killed} flows killed",
-                loaded.rules.rules.len(),
-                loaded.rules.policy
-            ),
-            None => eprintln!("rules for {addr} removed: drop-all; {killed} flows killed"),
-        }
-    }
 }
 
 /// Log what became of rules that waited for their `dsthost=` names, as
@@ -184,16 +154,13 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
             if let Ok(new_text) = read() {
                 if new_text != text {
                     text = new_text;
-                    match HostedConfig::parse(&text) {
-                        Ok(new_config) => {
-                            if new_config.firewall != config.firewall {
-                                let ended = fw.set_config(new_config.firewall.clone());
-                                eprintln!("configuration changed; {ended} flows ended");
-                            }
-                            apply_rules(&mut fw, &new_config, &config.rules);
-                            config = new_config;
+                    match reload(&mut fw, &mut config, &text) {
+                        Reload::Applied { flows_ended } => {
+                            eprintln!("configuration changed; {flows_ended} flows ended")
                         }
-                        Err(e) => eprintln!("{config_path}: {e}; keeping the previous rules"),
+                        Reload::Rejected { error, denied } => eprintln!(
+                            "{config_path}: {error}; update rejected, deny-all for {denied:?} until a valid file"
+                        ),
                     }
                 }
             }
