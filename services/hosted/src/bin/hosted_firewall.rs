@@ -10,6 +10,7 @@
 //!
 //! A changed file that does not parse puts the clients it may concern on
 //! deny-all until a valid one arrives (see `hosted::reload`).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;

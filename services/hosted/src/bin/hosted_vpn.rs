@@ -17,6 +17,7 @@
 //! standard error every 10 s when they changed, and on every new handshake.
 //! `ListenPort` in the configuration is the UDP port used on the uplink
 //! (51820 when absent).
+#![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::net::Ipv4Addr;
