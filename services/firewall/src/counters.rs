@@ -51,6 +51,10 @@ pub struct Counters {
     pub dropped_ttl: u64,
     /// Later fragments of datagrams whose first fragment was not seen.
     pub dropped_fragment: u64,
+    /// IPv4 packets carrying a loose or strict source route option, which
+    /// the Linux sys-firewall drops on input (`accept_source_route` 0, see
+    /// [`crate::packet::ipv4_options`]).
+    pub dropped_source_route: u64,
     /// Packets that could not be sent because the next hop's MAC is unknown.
     pub dropped_no_neighbor: u64,
     /// New flows refused because no NAT port was free.

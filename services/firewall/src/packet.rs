@@ -238,6 +238,54 @@ pub fn parse(buf: &[u8]) -> Result<IpHeader, Malformed> {
     parse_inner(buf, false)
 }
 
+/// IPv4 option: end of the option list (RFC 791).
+const IPOPT_END: u8 = 0;
+/// IPv4 option: no operation (RFC 791).
+const IPOPT_NOOP: u8 = 1;
+/// IPv4 option: loose source and record route (RFC 791).
+pub const IPOPT_LSRR: u8 = 131;
+/// IPv4 option: strict source and record route (RFC 791).
+pub const IPOPT_SSRR: u8 = 137;
+
+/// What an IPv4 header's options hold, as far as forwarding cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4Options {
+    /// No options, or only ones a router forwards (record route,
+    /// timestamp, router alert, padding, ...).
+    Forwardable,
+    /// A loose or strict source route: the sender chose the path.
+    SourceRoute,
+}
+
+/// Walks the options of the IPv4 packet `ip` (the bytes between the fixed
+/// 20-byte header and `header.l4_offset`). An option whose length byte is
+/// missing, below 2 or past the header is [`Malformed`]; an IPv6 packet
+/// has no IPv4 options.
+pub fn ipv4_options(ip: &[u8], header: &IpHeader) -> Result<Ipv4Options, Malformed> {
+    if header.is_v6() {
+        return Ok(Ipv4Options::Forwardable);
+    }
+    let mut options = ip.get(20..header.l4_offset).ok_or(Malformed)?;
+    let mut verdict = Ipv4Options::Forwardable;
+    while let Some((&kind, rest)) = options.split_first() {
+        match kind {
+            IPOPT_END => break,
+            IPOPT_NOOP => options = rest,
+            _ => {
+                let len = usize::from(*rest.first().ok_or(Malformed)?);
+                if len < 2 || len > options.len() {
+                    return Err(Malformed);
+                }
+                if kind == IPOPT_LSRR || kind == IPOPT_SSRR {
+                    verdict = Ipv4Options::SourceRoute;
+                }
+                options = options.get(len..).ok_or(Malformed)?;
+            }
+        }
+    }
+    Ok(verdict)
+}
+
 /// Parse the (usually truncated) packet quoted inside an ICMP error.
 pub fn parse_quoted(buf: &[u8]) -> Result<IpHeader, Malformed> {
     parse_inner(buf, true)

@@ -653,3 +653,78 @@ fn without_any_ipv6_address_every_ipv6_packet_is_dropped() {
     }
     assert_eq!(fw.counters().dropped_ipv6_no_uplink, 3);
 }
+
+/// `packet` (IPv4, 20-byte header) with `options` (a multiple of 4
+/// bytes) inserted after its fixed header, lengths and checksum fixed.
+fn with_ipv4_options(packet: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let mut buf = packet[..20].to_vec();
+    buf.extend_from_slice(options);
+    buf.extend_from_slice(&packet[20..]);
+    let mut ip = smoltcp::wire::Ipv4Packet::new_unchecked(&mut buf[..]);
+    ip.set_header_len(20 + options.len() as u8);
+    ip.set_total_len((packet.len() + options.len()) as u16);
+    ip.fill_checksum();
+    buf
+}
+
+/// A loose source route through 192.0.2.1 (type 131, length 7, pointer
+/// 4), padded with an end-of-options byte.
+const LSRR: [u8; 8] = [131, 7, 4, 192, 0, 2, 1, 0];
+/// The same as a strict source route (type 137).
+const SSRR: [u8; 8] = [137, 7, 4, 192, 0, 2, 1, 0];
+/// Record route with room for one address (type 7), after a no-op.
+const RECORD_ROUTE: [u8; 8] = [1, 7, 7, 4, 0, 0, 0, 0];
+
+/// Linux drops a source-routed packet on input, before routing, unless
+/// `accept_source_route` is on for both `all` and the interface
+/// (`ip_rcv_options` in net/ipv4/ip_input.c; ip-sysctl.rst,
+/// `accept_source_route`); the Fedora and Debian templates sys-firewall
+/// runs on leave it off (systemd's sysctl.d/50-default.conf: "Do not
+/// accept source routing", `net.ipv4.conf.*.accept_source_route = 0`).
+/// Other options are forwarded; options that do not parse fail
+/// `ip_options_compile` and are dropped.
+#[test]
+fn source_routed_ipv4_is_dropped_other_options_forwarded() {
+    let mut fw = firewall(false);
+    let plain = udp(IpAddr::V4(A_IP), 40000, IpAddr::V4(WEB), 53, b"query");
+    for option in [LSRR, SSRR] {
+        let routed = with_ipv4_options(&plain, &option);
+        assert!(fw
+            .handle(t(0), Interface::Client(A), &from_a(&routed))
+            .is_empty());
+    }
+    assert_eq!(fw.counters().dropped_source_route, 2);
+    assert_eq!(fw.counters().forwarded_out, 0);
+
+    // From the uplink too, whatever it is addressed to.
+    let inbound = udp(IpAddr::V4(WEB), 53, IpAddr::V4(UPLINK_IP), 40000, b"answer");
+    let routed = with_ipv4_options(&inbound, &LSRR);
+    assert!(fw
+        .handle(t(0), Interface::Uplink, &from_uplink(&routed))
+        .is_empty());
+    assert_eq!(fw.counters().dropped_source_route, 3);
+
+    // Record route goes through, options and all.
+    let recorded = with_ipv4_options(&plain, &RECORD_ROUTE);
+    let out = forwarded(&mut fw, &recorded);
+    let ip = assert_valid4(&out);
+    assert_eq!(ip.header_len(), 28);
+    assert_eq!(&out[20..28], &RECORD_ROUTE);
+    assert_eq!(udp_ports(ip.payload()), (40000, 53));
+    assert_eq!(fw.counters().dropped_source_route, 3);
+
+    // An option whose length runs past the header is malformed.
+    let malformed_before = fw.counters().dropped_malformed;
+    let bad = with_ipv4_options(&plain, &[7, 9, 4, 0]);
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &from_a(&bad))
+        .is_empty());
+    assert_eq!(fw.counters().dropped_malformed, malformed_before + 1);
+    // So is one that claims a length below 2.
+    let bad = with_ipv4_options(&plain, &[68, 1, 0, 0]);
+    assert!(fw
+        .handle(t(0), Interface::Client(A), &from_a(&bad))
+        .is_empty());
+    assert_eq!(fw.counters().dropped_malformed, malformed_before + 2);
+}

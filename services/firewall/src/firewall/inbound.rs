@@ -30,6 +30,9 @@ impl Firewall {
             self.counters.dropped_malformed += 1;
             return;
         };
+        if self.refused_ipv4_options(ip, &header) {
+            return;
+        }
         if let Transport::IcmpOther { icmp_type } = header.transport {
             if header.is_v6() && icmp_type == ICMPV6_NEIGHBOR_SOLICIT {
                 self.uplink_neighbor_solicitation(now, src_mac, &header, ip, out);

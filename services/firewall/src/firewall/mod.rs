@@ -241,6 +241,29 @@ impl Firewall {
         ended
     }
 
+    /// Whether the IPv4 options of `ip` refuse it, counted: a source
+    /// route (LSRR/SSRR) or options that do not parse. Linux checks
+    /// options on input, before routing (`ip_rcv_options` in
+    /// net/ipv4/ip_input.c): malformed ones fail `ip_options_compile` and
+    /// a source route is dropped unless `accept_source_route` is set on
+    /// both `all` and the interface, which sys-firewall's Fedora and Debian
+    /// templates never do (systemd's sysctl.d/50-default.conf sets
+    /// `net.ipv4.conf.*.accept_source_route = 0`, "Do not accept source
+    /// routing"). Every other option is forwarded as it came.
+    fn refused_ipv4_options(&mut self, ip: &[u8], header: &IpHeader) -> bool {
+        match crate::packet::ipv4_options(ip, header) {
+            Ok(crate::packet::Ipv4Options::Forwardable) => false,
+            Ok(crate::packet::Ipv4Options::SourceRoute) => {
+                self.counters.dropped_source_route += 1;
+                true
+            }
+            Err(_) => {
+                self.counters.dropped_malformed += 1;
+                true
+            }
+        }
+    }
+
     /// Packet counters.
     pub fn counters(&self) -> Counters {
         self.counters

@@ -75,6 +75,9 @@ impl Firewall {
             self.counters.dropped_malformed += 1;
             return;
         };
+        if self.refused_ipv4_options(ip, &header) {
+            return;
+        }
         if header.is_v6() && !self.ipv6_enabled() {
             // Linux loads qubes-ipv6-disabled.nft: every IPv6 packet is
             // dropped, neighbour discovery included.
