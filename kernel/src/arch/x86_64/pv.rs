@@ -46,7 +46,8 @@ extern "C" {
 /// The PV page-table editor.
 struct Mmu {
     l4: u64,
-    mfn_list: *const u64,
+    /// Address of Xen's pfn-to-mfn list (`start_info.mfn_list`).
+    mfn_list: u64,
     nr_pages: u64,
     /// Next frame to use for a new page table (inside the mapped region).
     next_pt: u64,
@@ -69,7 +70,7 @@ impl Mmu {
     fn p2m(&self, pfn: u64) -> u64 {
         assert!(pfn < self.nr_pages, "pfn {pfn:#x} beyond nr_pages");
         // SAFETY: Xen maps the pfn-to-mfn list (`mfn_list`, nr_pages entries) in the bootstrap region.
-        unsafe { core::ptr::read_volatile(self.mfn_list.add(pfn as usize)) }
+        unsafe { core::ptr::read_volatile((self.mfn_list as *const u64).add(pfn as usize)) }
     }
 
     fn table_of(entry: u64) -> Option<u64> {
@@ -154,16 +155,17 @@ impl Mmu {
     }
 }
 
-static mut MMU: Option<Mmu> = None;
+/// The page-table editor, set once by [`moat_pv_start`]. A lock rather
+/// than a `static mut`, so that no caller ever holds a `&mut Mmu` another
+/// can alias: every use is a short critical section in [`with_mmu`].
+static MMU: spin::Mutex<Option<Mmu>> = spin::Mutex::new(None);
 
-fn mmu() -> &'static mut Mmu {
-    // SAFETY: set once during single-threaded boot before any use; the
-    // kernel is single-vCPU and cooperative, so no concurrent access.
-    unsafe {
-        (*core::ptr::addr_of_mut!(MMU))
-            .as_mut()
-            .expect("PV MMU not initialised")
-    }
+/// Runs `f` on the page-table editor. Panics (a boot bug) if called
+/// before `moat_pv_start` set it up, or from inside `f` (the lock is not
+/// re-entrant; nothing in `Mmu` calls back out).
+fn with_mmu<R>(f: impl FnOnce(&mut Mmu) -> R) -> R {
+    let mut guard = MMU.lock();
+    f(guard.as_mut().expect("PV MMU not initialised"))
 }
 
 fn register_callbacks() {
@@ -233,20 +235,17 @@ extern "C" fn moat_pv_start(si: *const StartInfo) -> ! {
     // SAFETY: boot_rsp was written by pv_entry.
     let first_free =
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!(boot_rsp)) }.div_ceil(4096);
-    // SAFETY: single-threaded boot; MMU is set before any `mmu()` call.
-    unsafe {
-        *core::ptr::addr_of_mut!(MMU) = Some(Mmu {
-            l4: si.pt_base,
-            mfn_list: si.mfn_list as *const u64,
-            nr_pages: si.nr_pages,
-            next_pt: first_free,
-        })
-    };
-    if let Err(e) = mmu().map_identity(1..si.nr_pages) {
+    *MMU.lock() = Some(Mmu {
+        l4: si.pt_base,
+        mfn_list: si.mfn_list,
+        nr_pages: si.nr_pages,
+        next_pt: first_free,
+    });
+    if let Err(e) = with_mmu(|m| m.map_identity(1..si.nr_pages)) {
         crate::boot::early_fatal(format_args!("cannot map RAM: {e}"));
     }
     // The foreign-mapping window gets its page tables now (entries stay empty).
-    if let Err(e) = mmu().l1_for(FOREIGN_WINDOW) {
+    if let Err(e) = with_mmu(|m| m.l1_for(FOREIGN_WINDOW)) {
         crate::boot::early_fatal(format_args!(
             "cannot create the foreign mapping window: {e}"
         ));
@@ -254,7 +253,7 @@ extern "C" fn moat_pv_start(si: *const StartInfo) -> ! {
     let mut ram = RegionList::new();
     let image = super::image_frames();
     ram.push(1..image.start);
-    ram.push(mmu().next_pt..si.nr_pages);
+    ram.push(with_mmu(|m| m.next_pt)..si.nr_pages);
 
     let initial_domain = si.flags & SIF_INITDOMAIN != 0;
     let console = (!initial_domain && si.console.mfn != 0).then(|| {
@@ -308,7 +307,7 @@ pub(super) fn map_grant_frames(base: u64, frames: usize) -> Result<(), XenError>
 }
 
 pub(super) fn pfn_to_mfn(pfn: u64) -> u64 {
-    mmu().p2m(pfn)
+    with_mmu(|m| m.p2m(pfn))
 }
 
 pub(super) fn foreign_window() -> (u64, usize) {
