@@ -15,6 +15,7 @@
 //! vchantest: listening at <path> (rings <read>/<write> bytes)
 //! vchantest: connected to <path> (rings <read>/<write> bytes)
 //! vchantest: peer connected
+//! vchantest: progress <bytes> bytes in <us> us (<waits> waits)   (every 8 MiB)
 //! vchantest: echoed <bytes> bytes in <us> us (<waits> waits)
 //! vchantest: closed (<n> pages still mapped by the peer)
 //! vchantest: error: <what>
@@ -153,12 +154,17 @@ mod image {
         }
     }
 
+    /// A progress line every this many bytes.
+    const PROGRESS: u64 = 8 << 20;
+
     /// Echo `total` bytes: everything read is written back.
     async fn echo<M: PageMemory>(
         v: &mut Vchan<M>,
         env: &mut KernelVchanEnv,
         total: u64,
+        h: &kernel::executor::Handle,
     ) -> Result<u64, VchanError> {
+        let t0 = h.now_ns();
         let mut buf = vec![0u8; 1 << 16];
         let (mut have, mut at) = (0usize, 0usize);
         let (mut got, mut waits) = (0u64, 0u64);
@@ -175,6 +181,13 @@ mod image {
                     let want = (total - got).min(buf.len() as u64) as usize;
                     let n = v.try_read(env, &mut buf[..want])?;
                     have = n;
+                    if got / PROGRESS != (got + n as u64) / PROGRESS {
+                        println!(
+                            "vchantest: progress {} bytes in {} us ({waits} waits)",
+                            got + n as u64,
+                            (h.now_ns() - t0) / 1000
+                        );
+                    }
                     got += n as u64;
                     progressed |= n > 0;
                 }
@@ -206,7 +219,7 @@ mod image {
         }
         let total = s.mib << 20;
         let t0 = h.now_ns();
-        match echo(&mut v, env, total).await {
+        match echo(&mut v, env, total, h).await {
             Ok(waits) => println!(
                 "vchantest: echoed {total} bytes in {} us ({waits} waits)",
                 (h.now_ns() - t0) / 1000
