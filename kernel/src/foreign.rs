@@ -35,6 +35,28 @@ impl core::fmt::Display for MapError {
     }
 }
 
+/// Bytes in a mapped grant.
+const PAGE: usize = 4096;
+
+/// An access that would leave the mapped page.
+pub use xen::shared_page::OutOfPage;
+
+/// Why [`ForeignPage::write`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignWriteError {
+    /// The grant was mapped read-only.
+    ReadOnly,
+    /// The range leaves the page.
+    OutOfPage(OutOfPage),
+}
+
+fn check(offset: usize, len: usize) -> Result<(), OutOfPage> {
+    match offset.checked_add(len) {
+        Some(end) if end <= PAGE => Ok(()),
+        _ => Err(OutOfPage { offset, len }),
+    }
+}
+
 static FOREIGN_SLOTS: spin::Mutex<[u64; 8]> = spin::Mutex::new([0; 8]);
 
 impl ForeignPage {
@@ -88,20 +110,38 @@ impl ForeignPage {
         self.writable
     }
 
-    /// The mapped page.
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the grant is mapped at `addr` for as long as `self` lives;
-        // the granting domain may change the bytes concurrently, which for
-        // plain `u8` data is a race on values only (callers copy and parse).
-        unsafe { core::slice::from_raw_parts(self.addr as usize as *const u8, 4096) }
+    /// Copies `dst.len()` bytes at `offset` out of the mapped page.
+    ///
+    /// The granting domain may write the page at any time, so no Rust
+    /// reference to it is ever formed: the bytes are read with volatile
+    /// accesses into `dst`, which the caller then parses (what it sees is
+    /// a snapshot that may be torn, never undefined behaviour).
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfPage> {
+        check(offset, dst.len())?;
+        let base = self.as_ptr();
+        for (i, b) in dst.iter_mut().enumerate() {
+            // SAFETY: `offset + i < offset + dst.len() <= PAGE` (checked);
+            // the grant is mapped at `base` for as long as `self` lives,
+            // and a volatile read of a `u8` is sound whatever the peer
+            // writes concurrently.
+            *b = unsafe { base.add(offset + i).read_volatile() };
+        }
+        Ok(())
     }
 
-    /// The mapped page, writable (only for writable mappings).
-    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
-        // SAFETY: as in `bytes`, and the mapping is writable.
-        self.writable.then(|| unsafe {
-            core::slice::from_raw_parts_mut(self.addr as usize as *mut u8, 4096)
-        })
+    /// Copies `src` into the mapped page at `offset` with volatile writes
+    /// (only for writable mappings).
+    pub fn write(&mut self, offset: usize, src: &[u8]) -> Result<(), ForeignWriteError> {
+        if !self.writable {
+            return Err(ForeignWriteError::ReadOnly);
+        }
+        check(offset, src.len()).map_err(ForeignWriteError::OutOfPage)?;
+        let base = self.as_ptr();
+        for (i, b) in src.iter().enumerate() {
+            // SAFETY: as in `read`, and the mapping is writable.
+            unsafe { base.add(offset + i).write_volatile(*b) };
+        }
+        Ok(())
     }
 
     /// Unmaps, reporting failure (dropping unmaps too, ignoring errors).
@@ -118,7 +158,9 @@ impl ForeignPage {
             handle: self.handle,
             status: 0,
         };
-        // SAFETY: `bytes` borrows `self`, so no reference outlives this.
+        // SAFETY: no Rust reference into the page exists (`read`/`write`
+        // copy with raw volatile accesses), and the `as_ptr` contract of
+        // `PageMemory` wrappers ends with the value that owns `self`.
         let r = unsafe { xen::hypercall::gnttab_unmap(&mut op) }
             .map_err(MapError::Xen)
             .and_then(|()| xen::hypercall::GrantStatus::check(op.status).map_err(MapError::Grant));

@@ -15,7 +15,7 @@ pub extern crate alloc as alloc_reexport;
 pub mod arch {
     //! The amd64 arch layer.
     mod x86_64;
-    pub use crate::foreign::{ForeignPage, MapError};
+    pub use crate::foreign::{ForeignPage, ForeignWriteError, MapError};
     pub use x86_64::*;
 }
 #[cfg(all(target_arch = "arm", target_os = "none"))]

@@ -2,7 +2,7 @@
 //! the amd64 module's), and the kernel's side of the arm32 boot, which
 //! turns what the arm32 entry found into a [`crate::boot::BootInfo`].
 
-pub use crate::foreign::{ForeignPage, MapError};
+pub use crate::foreign::{ForeignPage, ForeignWriteError, MapError};
 pub use arm32::*;
 
 use crate::boot::{BootInfo, RegionList};

@@ -491,8 +491,13 @@ pub fn grant_access(p: &Platform, domid: u16) -> Outcome {
             "ref {r} granted read-only and revoked (self-mapping is a PV-only check)"
         ));
     }
-    let mapping = arch::ForeignPage::map(domid, r, true).map_err(|e| format!("map: {e}"))?;
-    let mapped_ok = mapping.bytes() == &src.0[..];
+    let mut mapping =
+        arch::ForeignPage::map(domid, r, true).map_err(|e| format!("map: {e}"))?;
+    let mut seen = alloc::vec![0u8; 4096];
+    let mapped_ok = mapping.read(0, &mut seen).is_ok()
+        && seen[..] == src.0[..]
+        && mapping.read(4000, &mut seen[..97]).is_err()
+        && mapping.write(0, &[1]) == Err(arch::ForeignWriteError::ReadOnly);
     let busy = grants.end_access(r);
     mapping.unmap().map_err(|e| format!("unmap: {e}"))?;
     let freed = grants.end_access(r);
