@@ -1,6 +1,6 @@
 //! A small flattened-device-tree (DTB) reader for what a Xen guest needs:
 //! RAM banks, the `hypervisor` node (grant-table region, event-channel
-//! PPI) and `/chosen/bootargs`.
+//! PPI), `/chosen/bootargs` and `/chosen/rng-seed`.
 //!
 //! The blob comes from the toolstack, so it is parsed as untrusted input:
 //! every offset and length is checked against the blob, nesting is
@@ -118,6 +118,9 @@ pub struct GuestInfo<'a> {
     pub hypervisor: Option<Hypervisor>,
     /// `/chosen/bootargs` without its NUL (empty if absent).
     pub bootargs: &'a [u8],
+    /// `/chosen/rng-seed`: random bytes from the toolstack (libxl writes
+    /// 128 since Xen 4.16); empty if absent (dom0less domains).
+    pub rng_seed: &'a [u8],
     /// The generic timer's PPIs from the `timer` node (secure, non-secure,
     /// virtual, hypervisor), as GIC interrupt IDs; 0 where absent.
     pub timer_irqs: [u32; 4],
@@ -289,6 +292,7 @@ impl<'a> Fdt<'a> {
                 (2, b"bootargs") if base == b"chosen" => {
                     info.bootargs = p.value.split(|&b| b == 0).next().unwrap_or(&[]);
                 }
+                (2, b"rng-seed") if base == b"chosen" => info.rng_seed = p.value,
                 _ => {}
             }
         })?;

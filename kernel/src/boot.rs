@@ -47,6 +47,9 @@ pub struct BootInfo {
     pub store: Option<(*mut XenstoreDomainInterface, Port)>,
     /// Whether this is the initial (hardware) domain.
     pub initial_domain: bool,
+    /// Random bytes the toolstack gave the domain (arm32: the device
+    /// tree's `/chosen/rng-seed`); empty where there are none.
+    pub entropy_seed: &'static [u8],
 }
 
 /// How the service ended: the domain's shutdown reason.
@@ -319,6 +322,17 @@ pub fn start(info: BootInfo) -> ! {
         info.ram.as_slice().len(),
         info.memory_source
     );
+
+    let source = crate::entropy::init(info.entropy_seed);
+    if source.is_weak() {
+        log::warn!(
+            "entropy: no hardware random source and no toolstack seed; seeded from {} — \
+             unpredictable to an off-path attacker at best, not fit for keys",
+            source.name()
+        );
+    } else {
+        log::info!("entropy: seeded from {}", source.name());
+    }
 
     let grants = match arch::map_grant_table() {
         // SAFETY: the arch code mapped `len` entries for the domain's lifetime.

@@ -28,6 +28,7 @@ pub mod console;
 pub mod control;
 #[cfg(target_os = "none")]
 pub mod devices;
+pub mod entropy;
 pub mod executor;
 #[cfg(target_os = "none")]
 pub mod foreign;

@@ -76,6 +76,17 @@ impl Builder {
     }
 }
 
+/// The 128 random bytes libxl puts in `/chosen/rng-seed` (here a pattern).
+const SEED: [u8; 128] = {
+    let mut seed = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        seed[i] = (i as u8).wrapping_mul(37).wrapping_add(11);
+        i += 1;
+    }
+    seed
+};
+
 /// A tree shaped like the one libxl gives an arm32 guest.
 fn xen_guest_tree() -> Vec<u8> {
     let mut b = Builder::new();
@@ -84,6 +95,7 @@ fn xen_guest_tree() -> Vec<u8> {
         .cells("#size-cells", &[2])
         .begin("chosen")
         .prop("bootargs", b"loglevel=debug\0")
+        .prop("rng-seed", &SEED)
         .end()
         .begin("memory@40000000")
         .prop("device_type", b"memory\0")
@@ -125,6 +137,7 @@ fn reads_what_a_xen_guest_needs() {
         }
     );
     assert_eq!(info.bootargs, b"loglevel=debug");
+    assert_eq!(info.rng_seed, &SEED[..]);
     let h = info.hypervisor.unwrap();
     assert_eq!(
         h.grant_region,
@@ -160,6 +173,7 @@ fn one_cell_addresses_and_several_banks() {
     );
     assert!(info.hypervisor.is_none());
     assert_eq!(info.bootargs, b"");
+    assert!(info.rng_seed.is_empty(), "no seed: a dom0less domain");
 }
 
 #[test]

@@ -7,6 +7,13 @@ pub use arm32::*;
 
 use crate::boot::{BootInfo, RegionList};
 
+/// ARMv7 has no random-number instruction: always `None` (the entropy
+/// generator is seeded from the device tree's `/chosen/rng-seed`, or from
+/// timer jitter, see `crate::entropy`).
+pub fn hardware_random(_out: &mut [u8]) -> Option<crate::entropy::Source> {
+    None
+}
+
 /// Called by the arm32 entry once the MMU is on and Xen's pages are
 /// mapped.
 #[no_mangle]
@@ -33,5 +40,6 @@ fn __moat_arm32_main(boot: Boot) -> ! {
         console: boot.console,
         store: boot.store,
         initial_domain: false,
+        entropy_seed: boot.dt.rng_seed,
     })
 }

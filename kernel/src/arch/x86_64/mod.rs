@@ -5,6 +5,9 @@
 
 mod pv;
 mod pvh;
+mod random;
+
+pub use random::hardware_random;
 
 use core::sync::atomic::{AtomicU8, Ordering};
 

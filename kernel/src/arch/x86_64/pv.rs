@@ -279,6 +279,7 @@ extern "C" fn moat_pv_start(si: *const StartInfo) -> ! {
         store,
         initial_domain,
         total_pages: si.nr_pages,
+        entropy_seed: &[],
     })
 }
 

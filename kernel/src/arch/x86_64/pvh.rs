@@ -272,6 +272,7 @@ extern "C" fn moat_pvh_start(start_info_pa: u64) -> ! {
         store,
         initial_domain: si.flags & xen::abi::xen::SIF_INITDOMAIN != 0,
         total_pages,
+        entropy_seed: &[],
     })
 }
 
