@@ -25,6 +25,7 @@ extern crate alloc;
 pub mod settings;
 pub mod store;
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
@@ -37,7 +38,7 @@ use firewall::store::{
 };
 use firewall::{
     Capabilities, ClientConfig, Config, EthernetAddress, Firewall, Gso, GsoKind, Instant,
-    Interface, Offload,
+    Interface, Offload, RandomSource,
 };
 use netvm::config::{Changed, Snapshot};
 use netvm::identity::Key;
@@ -94,6 +95,8 @@ pub const ASSUMED_CLIENT: Capabilities = Capabilities {
 pub struct FirewallVm {
     settings: FirewallSettings,
     print: fn(&str),
+    /// Makes the random source of each firewall core built.
+    random: fn() -> Box<dyn RandomSource>,
     uplink: Option<UplinkInfo>,
     snapshot: Snapshot,
     config: Option<Config>,
@@ -119,11 +122,24 @@ fn instant(now_ns: u64) -> Instant {
 
 impl FirewallVm {
     /// A firewall VM with the command line's `settings`, printing with
-    /// `print`.
+    /// `print`, and no random source: `dsthost=` names are never looked
+    /// up (see [`FirewallVm::with_random`]).
     pub fn new(settings: FirewallSettings, print: fn(&str)) -> Self {
+        Self::with_random(settings, print, || Box::new(firewall::random::Unavailable))
+    }
+
+    /// A firewall VM whose `dsthost=` resolver takes its source ports and
+    /// transaction ids from the sources `random` makes (one per core
+    /// built).
+    pub fn with_random(
+        settings: FirewallSettings,
+        print: fn(&str),
+        random: fn() -> Box<dyn RandomSource>,
+    ) -> Self {
         Self {
             settings,
             print,
+            random,
             uplink: None,
             snapshot: Snapshot::default(),
             config: None,
@@ -202,7 +218,7 @@ impl FirewallVm {
             Some(Ok(config)) => {
                 self.problem = None;
                 if self.fw.is_none() || self.config.as_ref() != Some(&config) {
-                    let mut fw = Firewall::new(config.clone());
+                    let mut fw = Firewall::with_random(config.clone(), (self.random)());
                     fw.set_capabilities(Interface::Uplink, self.uplink_capabilities);
                     for (id, c) in &self.clients {
                         fw.add_client(firewall::ClientId(*id), *c);

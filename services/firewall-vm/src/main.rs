@@ -27,6 +27,23 @@ mod image {
         println!("{line}");
     }
 
+    /// The kernel's entropy generator (`kernel::entropy`) as the
+    /// firewall's random source; it fails (and the resolver sends
+    /// nothing) when the kernel has none.
+    struct KernelRandom;
+
+    impl firewall::RandomSource for KernelRandom {
+        fn fill(&mut self, buf: &mut [u8]) -> Result<(), firewall::NoRandomness> {
+            kernel::entropy::fill(buf)
+                .map(|_| ())
+                .map_err(|_| firewall::NoRandomness)
+        }
+    }
+
+    fn kernel_random() -> alloc::boxed::Box<dyn firewall::RandomSource> {
+        alloc::boxed::Box::new(KernelRandom)
+    }
+
     /// Free frames and heap in use, for the runtime's `resources:` lines.
     fn resources() -> alloc::string::String {
         let frames = kernel::boot::platform()
@@ -65,7 +82,13 @@ mod image {
         options.resources = Some(resources);
         let uplink = XenEnv::new(env.platform, h.clone(), Some(xs));
         let backend = XenEnv::new(env.platform, h.clone(), None);
-        let mut service = FirewallVm::new(settings, print);
+        if let Some(source) = kernel::entropy::source().filter(|s| s.is_weak()) {
+            println!(
+                "firewall: dsthost= queries use ports and ids from {}: guessable by anyone who can time this boot",
+                source.name()
+            );
+        }
+        let mut service = FirewallVm::with_random(settings, print, kernel_random);
         let (stop, _) = netvm::run(&h, uplink, backend, &mut service, &options).await;
         match stop {
             Stop::Requested(r) => r.into(),

@@ -27,6 +27,7 @@ pub mod icmp;
 pub mod link;
 pub mod offload;
 pub mod packet;
+pub mod random;
 pub mod resolver;
 pub mod store;
 
@@ -34,5 +35,6 @@ pub use config::{ClientConfig, ClientSideConfig, Config, DnsRedirect, UplinkConf
 pub use counters::Counters;
 pub use firewall::{ClientId, Firewall, Interface, RuleReport, Transmit, MAX_RULE_REPORTS};
 pub use offload::{Capabilities, Gso, GsoKind, Offload};
+pub use random::{NoRandomness, RandomSource};
 pub use smoltcp::time::{Duration, Instant};
 pub use smoltcp::wire::EthernetAddress;

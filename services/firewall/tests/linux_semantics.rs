@@ -36,7 +36,7 @@ fn set_a_rules(fw: &mut Firewall, policy: &str, entries: &[(&str, &str)]) {
 
 /// A firewall with client A and no rules for it.
 fn firewall_without_rules(config: Config) -> Firewall {
-    let mut fw = Firewall::new(config);
+    let mut fw = new_firewall(config);
     fw.add_client(
         A,
         ClientConfig {

@@ -85,7 +85,7 @@ fn arp_from_a_client_is_answered_for_every_address_but_its_own() {
 fn uplink_arp_is_answered_for_our_address_and_teaches_the_gateway_mac() {
     let mut cfg = config(false);
     cfg.uplink.gateway_mac = None;
-    let mut fw = Firewall::new(cfg);
+    let mut fw = new_firewall(cfg);
     fw.add_client(
         A,
         ClientConfig {
@@ -309,7 +309,7 @@ fn refused_flows_get_icmp_admin_prohibited() {
 
 #[test]
 fn clients_without_rules_or_with_broken_rules_get_nothing_through() {
-    let mut fw = Firewall::new(config(false));
+    let mut fw = new_firewall(config(false));
     fw.add_client(
         A,
         ClientConfig {
@@ -881,7 +881,7 @@ fn a_flood_of_new_flows_keeps_memory_bounded() {
     let mut cfg = config(false);
     cfg.max_flows = 64;
     cfg.max_flows_per_client = 64;
-    let mut fw = Firewall::new(cfg);
+    let mut fw = new_firewall(cfg);
     fw.add_client(
         A,
         ClientConfig {
@@ -1020,7 +1020,7 @@ fn dns_answer(query: &[u8], ttl: u32, addr: Ipv4Addr) -> Vec<u8> {
 
 #[test]
 fn dsthost_names_are_resolved_through_the_uplink_when_loaded() {
-    let mut fw = Firewall::new(config(false));
+    let mut fw = new_firewall(config(false));
     fw.add_client(
         A,
         ClientConfig {
@@ -1083,18 +1083,88 @@ fn dsthost_names_are_resolved_through_the_uplink_when_loaded() {
     }
     assert_eq!(queries, 2, "one query per load, none to refresh");
     assert_eq!(fw.resolver_stats().answers, 2);
-    // A forged answer (no matching pending query) changes nothing.
-    let forged = udp(
-        UPSTREAM_DNS,
-        53,
-        UPLINK_IP,
-        firewall::resolver::RESOLVER_PORT,
-        &[0u8; 40],
-    );
+    // A forged answer (no query in flight) is not the resolver's: it is
+    // a packet of no flow, dropped and counted as one.
+    let no_flow = fw.counters().dropped_no_flow;
+    let forged = udp(UPSTREAM_DNS, 53, UPLINK_IP, 40000, &[0u8; 40]);
     assert!(fw
         .handle(t(400), Interface::Uplink, &from_uplink(&forged))
         .is_empty());
-    assert_eq!(fw.resolver_stats().ignored, 1);
+    assert_eq!(fw.counters().dropped_no_flow, no_flow + 1);
+    assert_eq!(fw.resolver_stats().answers, 2);
+}
+
+/// The resolver's queries leave from random ports with random ids; an
+/// answer from the right resolver to the port asked from, but with
+/// another id, is counted and changes nothing; NAT never gives a client
+/// the port a query waits on.
+#[test]
+fn dsthost_queries_use_random_ports_and_ids() {
+    let mut fw = new_firewall(config(false));
+    fw.add_client(
+        A,
+        ClientConfig {
+            ip4: A_IP,
+            ip6: None,
+            mac: Some(A_MAC),
+        },
+    );
+    fw.add_client(
+        B,
+        ClientConfig {
+            ip4: B_IP,
+            ip6: None,
+            mac: Some(B_MAC),
+        },
+    );
+    fw.set_rules(IpAddr::V4(B_IP), RuleSet::accept_all());
+    let mut seen = Vec::new();
+    for i in 0..8 {
+        let name = format!("h{i}.example");
+        let set = rules(
+            Family::V4,
+            "drop",
+            &[("0000", &format!("action=accept dsthost={name}"))],
+        );
+        fw.set_rules(IpAddr::V4(A_IP), set);
+        for tx in fw.poll(t(i)) {
+            let ip = single(vec![tx], Interface::Uplink);
+            let packet = assert_valid4(&ip);
+            let udp = smoltcp::wire::UdpPacket::new_checked(packet.payload()).unwrap();
+            let id = u16::from_be_bytes([udp.payload()[0], udp.payload()[1]]);
+            seen.push((udp.src_port(), id));
+        }
+    }
+    assert!(seen.len() >= 8, "{seen:?}");
+    let mut ports: Vec<u16> = seen.iter().map(|s| s.0).collect();
+    ports.sort();
+    ports.dedup();
+    assert!(ports.len() >= seen.len() - 1, "ports repeat: {seen:?}");
+    assert!(ports.iter().all(|p| *p >= 1024));
+    let (port, id) = *seen.last().unwrap();
+    // A client's flow to the resolver from the port a query waits on
+    // gets another port.
+    let out = single(
+        fw.handle(
+            t(9),
+            Interface::Client(B),
+            &from_b(&udp(B_IP, port, UPSTREAM_DNS, 53, b"q")),
+        ),
+        Interface::Uplink,
+    );
+    let translated = smoltcp::wire::UdpPacket::new_checked(assert_valid4(&out).payload())
+        .unwrap()
+        .src_port();
+    assert_ne!(translated, port);
+    // The right resolver and port, another id: ignored, counted.
+    let ignored = fw.resolver_stats().ignored;
+    let mut message = vec![0u8; 40];
+    message[..2].copy_from_slice(&(id ^ 1).to_be_bytes());
+    let forged = udp(UPSTREAM_DNS, 53, UPLINK_IP, port, &message);
+    assert!(fw
+        .handle(t(9), Interface::Uplink, &from_uplink(&forged))
+        .is_empty());
+    assert_eq!(fw.resolver_stats().ignored, ignored + 1);
 }
 
 // ----- IPv6 -----
@@ -1403,7 +1473,7 @@ fn a_flooding_client_cannot_evict_another_clients_flows() {
     let mut cfg = config(false);
     cfg.max_flows = 64;
     cfg.max_flows_per_client = 16;
-    let mut fw = Firewall::new(cfg);
+    let mut fw = new_firewall(cfg);
     for (id, ip, mac) in [(A, A_IP, A_MAC), (B, B_IP, B_MAC)] {
         fw.add_client(
             id,
@@ -1568,7 +1638,7 @@ fn dsthost_lookups_try_each_upstream_resolver_in_turn() {
         &[UPSTREAM_DNS, secondary],
     )
     .dns;
-    let mut fw = Firewall::new(config);
+    let mut fw = new_firewall(config);
     fw.set_rules(
         IpAddr::V4(A_IP),
         rules(

@@ -11,4 +11,5 @@
 
 pub mod link;
 pub mod qubesdb_file;
+pub mod random;
 pub mod reload;

@@ -13,7 +13,6 @@ use super::{flow_ports, frame_around, packet_in, Firewall, Transmit, DNS_PORT};
 use crate::conntrack::{Direction, ReplyKey};
 use crate::fragments::DatagramKey;
 use crate::packet::{self, IpHeader, IpPacket, Transport};
-use crate::resolver::RESOLVER_PORT;
 
 impl Firewall {
     /// An IP packet from the uplink: neighbour solicitations, answers for
@@ -57,21 +56,19 @@ impl Firewall {
         if from_gateway && src_mac.is_unicast() {
             self.learn_gateway_mac(now, src_mac, out);
         }
-        if let Transport::Udp {
-            src_port: DNS_PORT,
-            dst_port: RESOLVER_PORT,
-        } = header.transport
-        {
-            if self
-                .config
-                .dns
-                .iter()
-                .any(|d| d.upstream == Some(header.src))
-            {
-                // An answer for the dsthost= resolver, not a client's flow.
+        if let Transport::Udp { src_port, dst_port } = header.transport {
+            if src_port == DNS_PORT && self.resolver.expects(header.src, dst_port) {
+                // For the dsthost= resolver, not a client's flow (NAT
+                // never gives a flow to that resolver this port); the
+                // resolver checks the rest and counts what it ignores.
                 let packet = IpPacket::with_header(ip, header);
-                self.resolver
-                    .on_response(now, packet.udp_payload().unwrap_or_default());
+                self.resolver.on_response(
+                    now,
+                    header.src,
+                    src_port,
+                    dst_port,
+                    packet.udp_payload().unwrap_or_default(),
+                );
                 return;
             }
         }

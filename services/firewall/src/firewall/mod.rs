@@ -14,6 +14,7 @@ mod neighbor;
 mod outbound;
 mod rules;
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -24,13 +25,14 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
 
 use crate::config::{ClientConfig, Config};
-use crate::conntrack::{ConnTrack, Connection};
+use crate::conntrack::{ConnTrack, Connection, ReplyKey};
 use crate::counters::Counters;
 use crate::fragments::{DatagramKey, FragmentTable};
 use crate::link;
 use crate::offload::{self, Capabilities, Fitted, Offload};
 use crate::packet::{IpHeader, IpPacket, TcpFlags, Transport};
-use crate::resolver::{Outcome, RecordType, Resolver, ResolverStats, RESOLVER_PORT};
+use crate::random::{RandomSource, Unavailable};
+use crate::resolver::{Outcome, RecordType, Resolver, ResolverStats};
 use outbound::NAT_PORT_FIRST;
 pub use rules::RuleReport;
 use rules::{ActiveRules, PendingRules, RuleContext};
@@ -77,7 +79,9 @@ impl Transmit {
 }
 
 /// The DNS port.
-const DNS_PORT: u16 = 53;
+const DNS_PORT: u16 = crate::resolver::DNS_PORT;
+/// The IP protocol number of UDP.
+const UDP_PROTOCOL: u8 = 17;
 
 /// A client as the firewall tracks it.
 #[derive(Debug, Clone, Copy)]
@@ -161,9 +165,17 @@ fn ip_ethertype(ip: &[u8]) -> EthernetProtocol {
 }
 
 impl Firewall {
-    /// A firewall with no clients yet.
+    /// A firewall with no clients yet and no random source: its
+    /// `dsthost=` resolver sends no query (each counted in
+    /// [`ResolverStats::no_randomness`]), so rules naming hosts block
+    /// their client. Platforms use [`Firewall::with_random`].
     pub fn new(config: Config) -> Firewall {
-        let seed = u32::from(config.uplink.ip4) ^ 0x6d6f_6174;
+        Firewall::with_random(config, Box::new(Unavailable))
+    }
+
+    /// A firewall with no clients yet whose `dsthost=` resolver takes its
+    /// source ports and transaction ids from `random`.
+    pub fn with_random(config: Config, random: Box<dyn RandomSource>) -> Firewall {
         Firewall {
             conntrack: ConnTrack::new(
                 config.max_flows,
@@ -178,7 +190,7 @@ impl Firewall {
             pending_rules: BTreeMap::new(),
             rule_reports: VecDeque::new(),
             error_budget: Default::default(),
-            resolver: Resolver::new(seed),
+            resolver: Resolver::new(random),
             last_arp_request: None,
             awaiting_gateway: VecDeque::new(),
             next_nat_port: NAT_PORT_FIRST,
@@ -577,29 +589,40 @@ impl Firewall {
         if self.gateway_mac.is_none() && !self.awaiting_gateway.is_empty() {
             self.request_gateway_mac(now, &mut out);
         }
-        let upstreams = self.upstream_resolvers();
-        let queries = self.resolver.due_queries(now);
-        if !upstreams.is_empty() {
-            for query in queries {
-                let attempt = query.attempt as usize;
-                let Some(upstream) = upstreams.get(attempt % upstreams.len()).copied() else {
-                    continue;
-                };
-                let packet = link::udp_packet_v4(
-                    self.config.uplink.ip4,
-                    RESOLVER_PORT,
-                    upstream,
-                    DNS_PORT,
-                    &query.message,
-                );
-                let frame = link::ethernet_frame(
-                    self.config.uplink.mac,
-                    EthernetAddress([0; 6]),
-                    EthernetProtocol::Ipv4,
-                    &packet,
-                );
-                self.send_to_uplink(now, frame, &mut out);
-            }
+        let upstreams: Vec<IpAddr> = self
+            .upstream_resolvers()
+            .into_iter()
+            .map(IpAddr::V4)
+            .collect();
+        let conntrack = &self.conntrack;
+        let queries = self
+            .resolver
+            .due_queries(now, &upstreams, |upstream, port| {
+                conntrack.reply_key_free(&ReplyKey {
+                    protocol: UDP_PROTOCOL,
+                    remote: upstream,
+                    remote_port: DNS_PORT,
+                    local_port: port,
+                })
+            });
+        for query in queries {
+            let IpAddr::V4(upstream) = query.upstream else {
+                continue;
+            };
+            let packet = link::udp_packet_v4(
+                self.config.uplink.ip4,
+                query.src_port,
+                upstream,
+                DNS_PORT,
+                &query.message,
+            );
+            let frame = link::ethernet_frame(
+                self.config.uplink.mac,
+                EthernetAddress([0; 6]),
+                EthernetProtocol::Ipv4,
+                &packet,
+            );
+            self.send_to_uplink(now, frame, &mut out);
         }
         self.counters.frames_out += out.len() as u64;
         out

@@ -10,11 +10,13 @@ use smoltcp::time::Instant;
 
 use super::neighbor::ICMPV6_NEIGHBOR_SOLICIT;
 use super::rules::{flow_query, opens_flow, RuleContext};
-use super::{flow_ports, frame_around, packet_in, Client, ClientId, Firewall, Transmit, DNS_PORT};
+use super::{
+    flow_ports, frame_around, packet_in, Client, ClientId, Firewall, Transmit, DNS_PORT,
+    UDP_PROTOCOL,
+};
 use crate::conntrack::{ConnId, Direction, FlowState, OrigKey, ReplyKey, TcpState};
 use crate::fragments::DatagramKey;
 use crate::packet::{self, IpHeader, IpPacket, Transport};
-use crate::resolver::RESOLVER_PORT;
 use qubes::firewall_rules::Action;
 
 /// NAT ports are picked from here when the client's own port is taken.
@@ -236,9 +238,12 @@ impl Firewall {
             remote_port,
             local_port,
         };
-        // The resolver's own port is never handed out.
+        // A port the dsthost= resolver awaits an answer on from this
+        // remote is never handed out (its answers must not reach a client).
+        let resolver_awaits =
+            |port| protocol == UDP_PROTOCOL && self.resolver.expects(remote, port);
         if preferred >= NAT_PORT_FIRST
-            && preferred != RESOLVER_PORT
+            && !resolver_awaits(preferred)
             && self.conntrack.reply_key_free(&key(preferred))
         {
             return Some(preferred);
@@ -250,7 +255,7 @@ impl Firewall {
             } else {
                 candidate + 1
             };
-            if candidate != RESOLVER_PORT && self.conntrack.reply_key_free(&key(candidate)) {
+            if !resolver_awaits(candidate) && self.conntrack.reply_key_free(&key(candidate)) {
                 return Some(candidate);
             }
         }

@@ -81,8 +81,28 @@ pub fn rules(family: Family, policy: &str, entries: &[(&str, &str)]) -> RuleSet 
 }
 
 /// A firewall with clients A and B, both allowed everything.
+/// A deterministic random source for tests (xorshift64).
+pub struct TestRandom(pub u64);
+
+impl firewall::RandomSource for TestRandom {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), firewall::NoRandomness> {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = (self.0 >> 24) as u8;
+        }
+        Ok(())
+    }
+}
+
+/// A firewall whose resolver has a (test) random source.
+pub fn new_firewall(config: Config) -> Firewall {
+    Firewall::with_random(config, Box::new(TestRandom(0x6d6f_6174_0001)))
+}
+
 pub fn firewall(with_ipv6: bool) -> Firewall {
-    let mut fw = Firewall::new(config(with_ipv6));
+    let mut fw = new_firewall(config(with_ipv6));
     fw.add_client(
         A,
         ClientConfig {

@@ -21,6 +21,7 @@ use std::time::Duration as StdDuration;
 
 use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface, RuleReport, Transmit};
 use hosted::qubesdb_file::HostedConfig;
+use hosted::random::OsRandom;
 use hosted::reload::{apply_rules, reload, Reload};
 use tun_tap::{Iface, Mode};
 
@@ -87,7 +88,7 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
         .map(|c| open_tap(&c.tap))
         .collect::<Result<_, _>>()?;
 
-    let mut fw = Firewall::new(config.firewall.clone());
+    let mut fw = Firewall::with_random(config.firewall.clone(), Box::new(OsRandom));
     for (index, client) in config.clients.iter().enumerate() {
         fw.add_client(
             ClientId(index as u32),
