@@ -79,7 +79,9 @@ fuzz_target!(|data: &[u8]| {
     let mut a = vec![0u8; 2048];
     let mut b = vec![0u8; 2048];
     if let Action::WriteToNetwork(init) = peer.force_handshake(now, &mut rng, &mut a) {
-        if let (_, Action::WriteToNetwork(resp)) = dev.decapsulate(now, &mut rng, src, init, None, &mut b) {
+        if let (_, Action::WriteToNetwork(resp)) =
+            dev.decapsulate(now, &mut rng, src, init, None, &mut b)
+        {
             let _ = peer.decapsulate(now, &mut rng, src, resp, &mut a);
         }
     }
