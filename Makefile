@@ -50,7 +50,7 @@ test-vchan: deps
 	RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) --target $(AMD64) -p vchantest
 	@mkdir -p $(IMAGE_DIR)
 	cp $(CARGO_TARGET_DIR)/$(AMD64)/release/vchantest $(IMAGE_DIR)/vchantest
-	python3 rig/test_vchan.py --image $(IMAGE_DIR)/vchantest --types pv,pvh --mib 64 --timeout 3000
+	python3 rig/test_vchan.py --image $(IMAGE_DIR)/vchantest --types pv,pvh --mib 64 --timeout 2400
 
 images: deps
 	RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) --target $(AMD64) $(addprefix -p ,$(IMAGE_PACKAGES))

@@ -52,6 +52,8 @@ mod image {
         port: u64,
         mib: u64,
         ring: u64,
+        /// Ask `EVTCHNOP_status` whether the peer is gone (default on).
+        status: bool,
     }
 
     impl Settings for VchantestSettings {
@@ -66,6 +68,7 @@ mod image {
                 }
                 "vchantest.mib" => self.mib = cmdline::parse_u64_in(value, 1..=4096)?,
                 "vchantest.ring" => self.ring = cmdline::parse_u64_in(value, 0..=1 << 20)?,
+                "vchantest.status" => self.status = cmdline::parse_bool(value)?,
                 _ => return Err(SettingError::Unknown),
             }
             Ok(())
@@ -78,6 +81,7 @@ mod image {
                 "vchantest.port",
                 "vchantest.mib",
                 "vchantest.ring",
+                "vchantest.status",
             ]
         }
     }
@@ -85,7 +89,7 @@ mod image {
     /// The vchan environment over the kernel's driver environment: pages,
     /// grants, unbound ports and xenstore as netfront gets them, mappings
     /// and interdomain binding as netback does.
-    struct KernelVchanEnv(XenEnv);
+    struct KernelVchanEnv(XenEnv, bool);
 
     fn net(e: netfront::EnvError) -> EnvError {
         match e {
@@ -141,6 +145,9 @@ mod image {
         /// `EVTCHNOP_status` says our end is no longer interdomain.
         fn peer_closed(&mut self, port: Port) -> bool {
             use xen::evtchn_status::{evtchn_status, PortState};
+            if !self.1 {
+                return false;
+            }
             matches!(
                 evtchn_status(port),
                 Ok(PortState::Unbound { .. } | PortState::Closed)
@@ -246,6 +253,7 @@ mod image {
             port: 5000,
             mib: 64,
             ring: 65536,
+            status: true,
         };
         if env.configure(&mut s).is_err() {
             println!("vchantest: bad command line");
@@ -256,7 +264,7 @@ mod image {
             return Exit::Crash;
         };
         let h = env.executor.clone();
-        let mut venv = KernelVchanEnv(XenEnv::new(env.platform, h.clone(), Some(xs)));
+        let mut venv = KernelVchanEnv(XenEnv::new(env.platform, h.clone(), Some(xs)), s.status);
         let me = match venv.xenstore().domid().await {
             Ok(d) => d,
             Err(e) => {
