@@ -218,15 +218,6 @@ pub fn parse_rule(family: Family, entry: &[u8]) -> Result<Rule, RuleError> {
         .map(parse_special_target)
         .transpose()?;
     let dst_ports = options.dstports.map(parse_ports).transpose()?;
-    // `dstports=` without `proto=` is TCP or UDP (the agent writes one nft
-    // rule for each); with `proto=icmp` nft refuses `icmp dport`, and the
-    // agent then blocks the client. `specialtarget=dns` sets the port to 53
-    // itself, so it cannot go with `proto=icmp` either.
-    if proto == Some(Proto::Icmp)
-        && (dst_ports.is_some() || special_target == Some(SpecialTarget::Dns))
-    {
-        return Err(RuleError::PortsNeedTcpOrUdp);
-    }
     let icmp_type = options.icmptype.map(parse_icmp_type).transpose()?;
     // `icmp type N` alone makes nft match ICMP only (an implicit protocol
     // dependency), so `icmptype=` without `proto=` means `proto=icmp`; with
@@ -236,6 +227,16 @@ pub fn parse_rule(family: Family, entry: &[u8]) -> Result<Rule, RuleError> {
         (Some(_), Some(Proto::Tcp | Proto::Udp)) => return Err(RuleError::IcmpTypeNeedsIcmp),
         (_, proto) => proto,
     };
+    // `dstports=` without `proto=` is TCP or UDP (the agent writes one nft
+    // rule for each); with ICMP (`proto=icmp`, or implied by `icmptype=`)
+    // nft refuses `icmp dport`, and the agent then blocks the client.
+    // `specialtarget=dns` sets the port to 53 itself, so it cannot go with
+    // ICMP either.
+    if proto == Some(Proto::Icmp)
+        && (dst_ports.is_some() || special_target == Some(SpecialTarget::Dns))
+    {
+        return Err(RuleError::PortsNeedTcpOrUdp);
+    }
 
     Ok(Rule {
         action,

@@ -259,6 +259,13 @@ fn precise_errors() {
             "action=drop proto=icmp specialtarget=dns",
             PortsNeedTcpOrUdp,
         ),
+        // Found by fuzz/ (rule_parser): ICMP implied by `icmptype=` refuses
+        // ports as `proto=icmp` does.
+        ("action=accept dstports=80-80 icmptype=8", PortsNeedTcpOrUdp),
+        (
+            "action=accept icmptype=0 specialtarget=dns",
+            PortsNeedTcpOrUdp,
+        ),
         (
             "action=accept dsthost=-bad.example",
             InvalidValue {
