@@ -491,8 +491,7 @@ pub fn grant_access(p: &Platform, domid: u16) -> Outcome {
             "ref {r} granted read-only and revoked (self-mapping is a PV-only check)"
         ));
     }
-    let mut mapping =
-        arch::ForeignPage::map(domid, r, true).map_err(|e| format!("map: {e}"))?;
+    let mut mapping = arch::ForeignPage::map(domid, r, true).map_err(|e| format!("map: {e}"))?;
     let mut seen = alloc::vec![0u8; 4096];
     let mapped_ok = mapping.read(0, &mut seen).is_ok()
         && seen[..] == src.0[..]
