@@ -24,7 +24,7 @@
 //! sent ([`ResolverStats::no_randomness`]) and the lookup fails.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -160,6 +160,9 @@ pub struct ResolverStats {
 /// Name → addresses, looked up on request.
 pub struct Resolver {
     lookups: BTreeMap<(String, RecordType), Lookup>,
+    /// (upstream, our port) of every query in flight: the `pending` of
+    /// the lookups, indexed, since NAT asks for each new flow.
+    awaiting: BTreeSet<(IpAddr, u16)>,
     random: Box<dyn RandomSource>,
     stats: ResolverStats,
 }
@@ -170,6 +173,13 @@ impl core::fmt::Debug for Resolver {
             .field("lookups", &self.lookups)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
+    }
+}
+
+/// Forget `lookup`'s query in flight, and its entry in `awaiting`.
+fn clear_pending(awaiting: &mut BTreeSet<(IpAddr, u16)>, lookup: &mut Lookup) {
+    if let Some(p) = lookup.pending.take() {
+        awaiting.remove(&(p.upstream, p.port));
     }
 }
 
@@ -191,6 +201,7 @@ impl Resolver {
     pub fn new(random: Box<dyn RandomSource>) -> Resolver {
         Resolver {
             lookups: BTreeMap::new(),
+            awaiting: BTreeSet::new(),
             random,
             stats: ResolverStats::default(),
         }
@@ -200,10 +211,7 @@ impl Resolver {
     /// datagram from `upstream` to `port` is the resolver's, and NAT must
     /// not give `port` to a flow towards `upstream`:53).
     pub fn expects(&self, upstream: IpAddr, port: u16) -> bool {
-        self.lookups.values().any(|l| {
-            l.pending
-                .is_some_and(|p| p.upstream == upstream && p.port == port)
-        })
+        self.awaiting.contains(&(upstream, port))
     }
 
     /// Counters.
@@ -267,7 +275,7 @@ impl Resolver {
         for lookup in self.lookups.values_mut() {
             if lookup.wanted {
                 lookup.wanted = false;
-                lookup.pending = None;
+                clear_pending(&mut self.awaiting, lookup);
                 lookup.failed = true;
             }
         }
@@ -275,7 +283,14 @@ impl Resolver {
 
     /// Forget every lookup whose name `keep` refuses.
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.lookups.retain(|(name, _), _| keep(name));
+        let awaiting = &mut self.awaiting;
+        self.lookups.retain(|(name, _), lookup| {
+            let kept = keep(name);
+            if !kept {
+                clear_pending(awaiting, lookup);
+            }
+            kept
+        });
     }
 
     /// Set the addresses of `name` directly (for platforms with another
@@ -288,7 +303,7 @@ impl Resolver {
                 .copied()
                 .filter(|a| RecordType::for_family_of(a) == record_type)
                 .collect();
-            self.lookups.insert(
+            let old = self.lookups.insert(
                 (name.clone(), record_type),
                 Lookup {
                     answer: Some((wanted, now + MAX_TTL)),
@@ -299,6 +314,9 @@ impl Resolver {
                     failed: false,
                 },
             );
+            if let Some(mut old) = old {
+                clear_pending(&mut self.awaiting, &mut old);
+            }
         }
     }
 
@@ -353,7 +371,7 @@ impl Resolver {
             let name = encode_name(&key.0);
             if attempt >= MAX_ATTEMPTS || name.is_none() {
                 lookup.wanted = false;
-                lookup.pending = None;
+                clear_pending(&mut self.awaiting, lookup);
                 lookup.failed = true;
                 self.stats.timeouts += 1;
                 continue;
@@ -361,7 +379,7 @@ impl Resolver {
             let Some(name) = name else {
                 continue;
             };
-            lookup.pending = None;
+            clear_pending(&mut self.awaiting, lookup);
             lookup.next_query = Some(now + RETRY_FIRST * (1 << attempt));
             lookup.attempts += 1;
             let Some(upstream) = upstreams
@@ -393,6 +411,7 @@ impl Resolver {
                     upstream,
                     port: src_port,
                 });
+                self.awaiting.insert((upstream, src_port));
             }
             self.stats.queries += 1;
             queries.push(Query {
@@ -479,7 +498,7 @@ impl Resolver {
             .min(MAX_TTL);
         let lookup = self.lookups.get_mut(&key)?;
         lookup.answer = Some((addrs, now + ttl));
-        lookup.pending = None;
+        clear_pending(&mut self.awaiting, lookup);
         lookup.wanted = false;
         lookup.failed = false;
         self.stats.answers += 1;
@@ -831,5 +850,44 @@ mod tests {
             resolver.outcome("z.example", RecordType::A, Instant::from_secs(20)),
             Outcome::Failed
         );
+    }
+
+    #[test]
+    fn ports_in_flight_are_forgotten_with_their_query() {
+        let now = Instant::from_secs(0);
+        let mut resolver = resolver(21);
+        for name in ["a.example", "b.example", "c.example", "d.example"] {
+            resolver.request(name, RecordType::A, now);
+        }
+        let queries = due(&mut resolver, now);
+        assert_eq!(queries.len(), 4);
+        assert!(queries
+            .iter()
+            .all(|q| resolver.expects(UPSTREAM, q.src_port)));
+        let by_name = |n: &[u8]| {
+            queries
+                .iter()
+                .find(|q| q.message.windows(n.len()).any(|w| w == n))
+                .unwrap()
+                .clone()
+        };
+        // Answered.
+        let a = by_name(b"\x01a\x07example");
+        let reply = answer(&a.message, 60, &[Ipv4Addr::new(192, 0, 2, 1)]);
+        assert!(respond(&mut resolver, now, &a, &reply).is_some());
+        assert!(!resolver.expects(UPSTREAM, a.src_port));
+        // Forgotten with its name.
+        let b = by_name(b"\x01b\x07example");
+        resolver.retain(|name| name != "b.example");
+        assert!(!resolver.expects(UPSTREAM, b.src_port));
+        // Replaced by addresses from elsewhere.
+        let c = by_name(b"\x01c\x07example");
+        resolver.set_addresses("c.example", vec![], now);
+        assert!(!resolver.expects(UPSTREAM, c.src_port));
+        // Failed for want of a resolver.
+        let d = by_name(b"\x01d\x07example");
+        assert!(resolver.expects(UPSTREAM, d.src_port));
+        resolver.fail_pending();
+        assert!(!resolver.expects(UPSTREAM, d.src_port));
     }
 }
