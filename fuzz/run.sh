@@ -37,8 +37,8 @@ for target in $TARGETS; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     printf '%-12s %4ss  execs %-10s %s\n' "$target" "$SECONDS_PER_TARGET" "${execs:-?}" \
         "$(echo "$done_line" | grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)"
-    if ls "artifacts/$target"/crash-* "artifacts/$target"/timeout-* "artifacts/$target"/oom-* \
-        > /dev/null 2>&1 || [ -z "$execs" ]; then
+    found=$(ls "artifacts/$target" | grep -E '^(crash|timeout|oom|leak|slow-unit)-' || true)
+    if [ -n "$found" ] || [ -z "$execs" ]; then
         grep -E "panicked|ERROR|SUMMARY|Test unit written" -A2 "$log" | head -20
         echo "$target: FAILED, see artifacts/$target and $log"
         failed="$failed $target"

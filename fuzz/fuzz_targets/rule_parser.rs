@@ -3,14 +3,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use qubes::firewall_rules::{parse_rule, Family, LoadedRules, RuleSet};
+use qubes::firewall_rules::{parse_rule, Family, LoadedRules, Proto, RuleSet};
 
 fuzz_target!(|data: &[u8]| {
     for family in [Family::V4, Family::V6] {
         if let Ok(rule) = parse_rule(family, data) {
-            // Invariants of a rule that parsed.
+            // Invariants of a rule that parsed: ports go with TCP or UDP
+            // (given, or both when `proto=` is absent), never with ICMP.
             if rule.dst_ports.is_some() {
-                assert!(rule.proto.is_some());
+                assert_ne!(rule.proto, Some(Proto::Icmp), "ports with ICMP");
             }
         }
     }

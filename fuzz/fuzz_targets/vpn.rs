@@ -182,7 +182,10 @@ fuzz_target!(|data: &[u8]| {
                 _ => continue,
             };
             gw.from_uplink(now, &mut rng, remote_addr(), &sealed, &mut out);
-            check_outputs(&out, p.len());
+            // WireGuard pads what it seals to 16 bytes: an inner packet
+            // shorter than its own IP header says arrives with up to 15
+            // bytes of that padding as the rest of its data.
+            check_outputs(&out, p.len().next_multiple_of(16));
         } else {
             gw.from_client(now, &mut rng, p, &mut out);
             check_outputs(&out, p.len());
