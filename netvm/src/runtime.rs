@@ -171,6 +171,10 @@ pub struct Stats {
     pub offer_errors: u64,
     /// Frames taken from the uplink.
     pub uplink_rx: u64,
+    /// Frames the uplink's netfront dropped on receive (error status,
+    /// oversized, its queue full) on its current connection; updated
+    /// before each report.
+    pub uplink_rx_dropped: u64,
     /// Frames sent on the uplink.
     pub uplink_tx: u64,
     /// Frames for the uplink dropped (ring full, offload refused, uplink
@@ -867,6 +871,10 @@ where
         // Timers.
         if options.report_ns > 0 && now >= next_report {
             next_report = now + options.report_ns;
+            if let Uplink::Up(nf) = &uplink {
+                state.stats.uplink_rx_dropped =
+                    nf.queues().iter().map(|q| q.rx.stats.dropped).sum();
+            }
             state.stats.clients = state.clients.len();
             state.stats.offered = state.offers.len();
             if let Some(line) = state.service.report(&state.stats) {

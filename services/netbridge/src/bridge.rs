@@ -79,13 +79,14 @@ impl Service for Bridge {
         }
         self.reported = (self.forwarded, self.flooded);
         Some(format!(
-            "stats: vifs={} macs={} forwarded={} flooded={} dropped={} spoofed={} uplink-tx-dropped={} uplink-full={} client-tx-dropped={} client-held={} client-full={} rounds={}",
+            "stats: vifs={} macs={} forwarded={} flooded={} dropped={} spoofed={} uplink-rx-dropped={} uplink-tx-dropped={} uplink-full={} client-tx-dropped={} client-held={} client-full={} rounds={}",
             stats.clients,
             self.switch.len(),
             self.forwarded,
             self.flooded,
             self.dropped,
             stats.spoofed,
+            stats.uplink_rx_dropped,
             stats.uplink_tx_dropped,
             stats.uplink_full,
             stats.client_tx_dropped,
