@@ -85,7 +85,7 @@ impl Daemon {
         match op % 8 {
             // A reply to the oldest request: its type or another, its id
             // or a wrong one, and a payload from the script.
-            0 | 1 | 2 => {
+            0..=2 => {
                 let (id, kind) = self.pending.pop_front().unwrap_or((0, 0));
                 let k = self.byte().unwrap_or(0);
                 let kind = if k < 200 { kind } else { u32::from(k - 200) };
