@@ -192,6 +192,14 @@ pub struct Stats {
     /// Times a client was not read because its frames for another client
     /// still waited (backpressure between clients).
     pub client_full: u64,
+    /// Over the clients connected now, updated before each report: frames
+    /// their vifs dropped at delivery (an offload or size the frontend
+    /// does not take; not counted in `client_tx_dropped`).
+    pub vif_rx_dropped: u64,
+    /// Over the clients connected now, updated before each report: RX and
+    /// TX requests their vifs answered with an error (failed copies,
+    /// violations).
+    pub vif_errors: u64,
     /// Client frames dropped for a source MAC not their vif's.
     pub spoofed: u64,
     /// Times a client was not read because the uplink's TX ring was full
@@ -877,6 +885,13 @@ where
             }
             state.stats.clients = state.clients.len();
             state.stats.offered = state.offers.len();
+            state.stats.vif_rx_dropped =
+                state.clients.iter().map(|c| c.vif.stats().rx_dropped).sum();
+            state.stats.vif_errors = state
+                .clients
+                .iter()
+                .map(|c| c.vif.stats().rx_errors + c.vif.stats().tx_errors)
+                .sum();
             if let Some(line) = state.service.report(&state.stats) {
                 state.print(&line);
             }

@@ -79,7 +79,7 @@ impl Service for Bridge {
         }
         self.reported = (self.forwarded, self.flooded);
         Some(format!(
-            "stats: vifs={} macs={} forwarded={} flooded={} dropped={} spoofed={} uplink-rx-dropped={} uplink-tx-dropped={} uplink-full={} client-tx-dropped={} client-held={} client-full={} rounds={}",
+            "stats: vifs={} macs={} forwarded={} flooded={} dropped={} spoofed={} uplink-rx-dropped={} uplink-tx-dropped={} uplink-full={} client-tx-dropped={} vif-rx-dropped={} vif-errors={} client-held={} client-full={} rounds={}",
             stats.clients,
             self.switch.len(),
             self.forwarded,
@@ -90,6 +90,8 @@ impl Service for Bridge {
             stats.uplink_tx_dropped,
             stats.uplink_full,
             stats.client_tx_dropped,
+            stats.vif_rx_dropped,
+            stats.vif_errors,
             stats.client_held,
             stats.client_full,
             stats.rounds
