@@ -684,12 +684,11 @@ impl<E: NetEnv> Netfront<E> {
     }
 
     /// Leave: publish `Closing` then `Closed` (best effort: the backend or
-    /// xenstore may be gone; and only while our directory exists: after
-    /// `xl network-detach` the toolstack removes it once the backend is
-    /// `Closed`, and a write would create it again, which holds up the
-    /// backend's removal of its own), revoke every grant the backend no
-    /// longer maps and close the event channels. The device is unusable
-    /// afterwards.
+    /// xenstore may be gone; and only while our directory exists: once the
+    /// toolstack removed it, at the end of `xl network-detach`, a write
+    /// would create it again, owned by us, for nobody), revoke every grant
+    /// the backend no longer maps and close the event channels. The device
+    /// is unusable afterwards.
     pub async fn disconnect(&mut self) -> DisconnectReport {
         self.broken.get_or_insert(NetfrontError::Disconnected);
         let xs = self.env.xenstore();

@@ -536,10 +536,10 @@ fn a_backend_that_misses_our_nudge_is_asked_again_after_a_stall() {
 
 #[test]
 fn disconnect_after_the_toolstack_removed_our_directory_leaves_it_removed() {
-    // `xl network-detach`: the backend closes, libxl removes our directory
-    // once the backend is Closed (and the backend's only once ours is
-    // gone). Our disconnect, and the reconnection that waits for a new
-    // vif, must not write our state into it again.
+    // The toolstack removed our directory (libxl does at the end of `xl
+    // network-detach`) before we noticed the backend left. Our disconnect,
+    // and the reconnection that waits for a new vif, must not write our
+    // state into it again.
     let m = Machine::new();
     let mut back = m.backend();
     let mut front = connect(&m, &mut back, options()).unwrap();

@@ -226,9 +226,8 @@ impl XenbusDevice {
 
     /// Publish our state only if our `state` node still exists (as Linux's
     /// `xenbus_switch_state` does): the check and the write are one
-    /// transaction, so a toolstack that removed our directory (`xl
-    /// network-detach`, after the backend closed) never sees it created
-    /// again. `Ok(false)`: the node is gone, nothing was written.
+    /// transaction, so a toolstack that removed our directory (at the end
+    /// of `xl network-detach`) never sees it created again. `Ok(false)`: the node is gone, nothing was written.
     pub async fn set_state_if_present<T: XsTransport>(
         &self,
         xs: &mut XenStore<T>,
