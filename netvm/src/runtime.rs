@@ -807,6 +807,13 @@ where
         if let Some(r) = reconnected.take() {
             match r {
                 Ok(nf) => {
+                    let r = nf.reconnect_stats();
+                    if r.attempts > 1 {
+                        state.print(&format!(
+                            "uplink back at attempt {} ({} stalled; last: {:?})",
+                            r.attempts, r.stalled, r.last_error
+                        ));
+                    }
                     uplink = Uplink::Up(nf);
                     uplink_announced = false;
                     watching = false;
@@ -855,7 +862,7 @@ where
             }
         }
         if let Some(e) = lost {
-            uplink = lose_uplink(&mut state, uplink, now, &format!("{e}"));
+            uplink = lose_uplink(&mut state, uplink, now, &format!("{e}"), clock);
         }
         // The tick, before the clients: what it sends them goes into
         // their rings this round (after them, it waited for the next
@@ -962,7 +969,7 @@ where
             }
         }
         if let Some(why) = lost_why {
-            uplink = lose_uplink(&mut state, uplink, now, &why);
+            uplink = lose_uplink(&mut state, uplink, now, &why, clock);
         }
         if scanned {
             continue;
@@ -1054,6 +1061,7 @@ fn lose_uplink<U: NetEnv + 'static, B: NetbackEnv, S: Service>(
     uplink: Uplink<U>,
     now: u64,
     why: &str,
+    clock: &Handle,
 ) -> Uplink<U> {
     match uplink {
         Uplink::Up(nf) => {
@@ -1061,7 +1069,18 @@ fn lose_uplink<U: NetEnv + 'static, B: NetbackEnv, S: Service>(
             state.print(&format!("uplink lost ({why}): reconnecting"));
             state.service.uplink_down(now);
             let options = state.options.uplink;
-            Uplink::Down(Box::pin(nf.reconnect(options)))
+            // A reconnection that makes no progress for
+            // RECONNECT_STALL_NS starts over (Closed, Initialising).
+            let (a, b) = (clock.clone(), clock.clone());
+            let clock = netfront::front::FnClock {
+                now: move || a.now_ns(),
+                sleep: move |deadline| b.sleep_until(deadline),
+            };
+            Uplink::Down(Box::pin(nf.reconnect_bounded(
+                options,
+                clock,
+                netfront::front::RECONNECT_STALL_NS,
+            )))
         }
         down => down,
     }
