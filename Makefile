@@ -24,11 +24,12 @@ IMAGE_DIR_ARM32 := $(CARGO_TARGET_DIR)/images/arm32
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
 
-.PHONY: help deps images run run-arm32 test test-host test-xen test-long fuzz fuzz-long lint fmt bench bench-firewall bench-wg bench-net rig-stress test-vchan clean
+.PHONY: help deps images run run-selftest run-arm32 test test-host test-xen test-long fuzz fuzz-long lint fmt bench bench-firewall bench-wg bench-net rig-stress test-vchan clean
 
 help:
-	@echo "make run     boot Xen in QEMU, start the selftest image with xl create, show its console"
-	@echo "make run-arm32  the same on the arm32 rig (Xen armhf in qemu-system-arm)"
+	@echo "make run     the firewall VM on Xen in QEMU with a Linux client behind it: a guided demo, then a dom0 shell"
+	@echo "make run-selftest  boot Xen in QEMU, start the selftest image with xl create, show its console"
+	@echo "make run-arm32  the selftest on the arm32 rig (Xen armhf in qemu-system-arm)"
 	@echo "make test    everything: format, lint, host tests (incl. ABI check), images, real-Xen tests"
 	@echo "make images  build every service image to $(IMAGE_DIR)/<name>"
 	@echo "make bench   benchmarks (printed, never asserted)"
@@ -62,7 +63,12 @@ images: deps
 	@for i in $(IMAGES); do python3 arm32/zimage.py $(CARGO_TARGET_DIR)/$(ARM32)/release/$$i $(IMAGE_DIR_ARM32)/$$i; \
 	  echo "image: $(IMAGE_DIR_ARM32)/$$i ($$(stat -c %s $(IMAGE_DIR_ARM32)/$$i) bytes)"; done
 
+# The firewall VM, a Linux client behind it and servers in dom0: a guided
+# demo (rig/run_firewall.py), then, on a terminal, a shell in dom0.
 run: images
+	python3 rig/run_firewall.py --image $(IMAGE_DIR)/firewall --log $(CARGO_TARGET_DIR)/run-firewall.log
+
+run-selftest: images
 	python3 rig/xenrig.py --guest $(IMAGE_DIR)/selftest:selftest \
 	  --guest configs/selftest-pv.cfg:selftest-pv.cfg --guest configs/selftest-pvh.cfg:selftest-pvh.cfg \
 	  --script scripts/run-guest.sh --timeout 600
