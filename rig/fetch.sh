@@ -149,6 +149,12 @@ if [ "$ARCH" = amd64 ]; then
   # iperf3 in dom0: the same client measures netdemo (its iperf3 server)
   # and a Linux domU running iperf3 -s (make bench-net, docs/testing.md).
   PKGS+=(iperf3 libiperf0 libsctp1 libssl3)
+  # dnsmasq in dom0: the real resolver behind the firewall VM's virtual
+  # DNS and its dsthost= lookups (rig/test_firewall.py), with the
+  # libraries it links
+  PKGS+=(dnsmasq-base libdbus-1-3 libsystemd0 libcap2 libgcrypt20 libgpg-error0 liblz4-1 libidn2-0
+         libunistring2 libnetfilter-conntrack3 libnfnetlink0 libmnl0 libnettle8 libhogweed6 libgmp10
+         libnftables1 libnftnl11 libxtables12 libjansson4)
 fi
 if [ "$ARCH" = arm32 ]; then
   # Xen on Arm's toolstack also links libfdt; everything is the armhf build.
@@ -289,6 +295,9 @@ dom0_root() {
   cp "$STAGE/usr/bin/flock" "$STAGE/usr/bin/stat" "$ROOT/usr/bin/"
   if [ -e "$STAGE/usr/bin/iperf3" ]; then
     cp "$STAGE/usr/bin/iperf3" "$ROOT/usr/bin/"
+  fi
+  if [ -e "$STAGE/usr/sbin/dnsmasq" ]; then
+    cp "$STAGE/usr/sbin/dnsmasq" "$ROOT/usr/sbin/"
   fi
   local applet
   if [ "$ARCH" = arm32 ]; then
