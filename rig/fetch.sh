@@ -155,6 +155,9 @@ if [ "$ARCH" = amd64 ]; then
   PKGS+=(dnsmasq-base libdbus-1-3 libsystemd0 libcap2 libgcrypt20 libgpg-error0 liblz4-1 libidn2-0
          libunistring2 libnetfilter-conntrack3 libnfnetlink0 libmnl0 libnettle8 libhogweed6 libgmp10
          libnftables1 libnftnl11 libxtables12 libjansson4)
+  # nft for the Linux firewall domU (rig/domu/linux_domu.py unpacks it from
+  # debs/ with the libraries above; dom0 does not use it)
+  PKGS+=(nftables libedit2 libbsd0 libmd0)
 fi
 if [ "$ARCH" = arm32 ]; then
   # Xen on Arm's toolstack also links libfdt; everything is the armhf build.
