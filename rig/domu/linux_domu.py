@@ -6,13 +6,26 @@ xen-netfront.ko, dom0's iperf3 with its libraries (amd64), and
 rig/domu/init as /init. Also extracts pktgen.ko from the
 cached linux-image package, for dom0 to generate 64-byte UDP floods.
 
+`build(router=True)` also makes two variants, each the plain initramfs
+with a second cpio archive appended (Linux unpacks both; the plain one is
+not changed):
+
+- the Linux firewall domU (rig/bench_firewall_vm.py): rig/domu/router-init
+  (started with `rdinit=/router-init`), xen-netback and the netfilter
+  modules it needs with their dependencies (from the cached linux-image
+  package), Debian's nft with its libraries (packages rig/fetch.sh
+  downloads) and dom0's xenstore tools;
+- its benchmark client: rig/domu/bench-client (`rdinit=/bench-client`),
+  which runs the plain /init and asks dom0 for iperf3 jobs.
+
 Command line (prints the paths):
 
-    python3 rig/domu/linux_domu.py
+    python3 rig/domu/linux_domu.py [--router]
 
 As a library: `build()` returns a `LinuxDomU` with the paths. The initramfs
-is rebuilt when any input changed (well under a second); pktgen.ko is kept
-per kernel package. Only the Python standard library is used.
+is rebuilt when any input changed (well under a second); pktgen.ko and the
+router's modules are kept per kernel package. Only the Python standard
+library is used.
 """
 
 from __future__ import annotations
@@ -45,6 +58,12 @@ class LinuxDomU:
     pktgen: Path
     #: The kernel's release, e.g. 6.1.0-56-amd64.
     kernel_version: str
+    #: With build(router=True): the Linux firewall domU's initramfs (boot
+    #: it with `rdinit=/router-init`).
+    router_ramdisk: Path | None = None
+    #: With build(router=True): the benchmark client's initramfs (boot it
+    #: with `rdinit=/bench-client`).
+    bench_ramdisk: Path | None = None
 
 
 def newc(name: str, mode: int, data: bytes, ino: int, rdev: tuple = (0, 0)) -> bytes:
@@ -159,8 +178,10 @@ def extract_pktgen(cache: Path, kver: str, out: Path) -> None:
     tmp.replace(out)
 
 
-def build(arch: str = "amd64") -> LinuxDomU:
-    """Fetches the rig (a no-op when current), then (re)builds what changed."""
+def build(arch: str = "amd64", router: bool = False) -> LinuxDomU:
+    """Fetches the rig (a no-op when current), then (re)builds what changed.
+    With `router` (amd64 only), also the firewall domU's and its benchmark
+    client's initramfs (see the module's doc)."""
     boot = xenrig.fetch(arch, quiet=True)
     cache = xenrig.cache_dir(arch)
     kver = (boot / "kernel-version").read_text().strip()
@@ -194,9 +215,192 @@ def build(arch: str = "amd64") -> LinuxDomU:
     pktgen = out / f"pktgen-{kver}.ko"
     if not pktgen.is_file():
         extract_pktgen(cache, kver, pktgen)
-    return LinuxDomU(kernel=boot / "vmlinuz", ramdisk=ramdisk, pktgen=pktgen, kernel_version=kver)
+    if not router:
+        return LinuxDomU(kernel=boot / "vmlinuz", ramdisk=ramdisk, pktgen=pktgen, kernel_version=kver)
+    assert arch == "amd64", "the router variant is amd64 only"
+    routerfs, benchfs = build_router(cache, kver, ramdisk, out)
+    return LinuxDomU(kernel=boot / "vmlinuz", ramdisk=ramdisk, pktgen=pktgen, kernel_version=kver,
+                     router_ramdisk=routerfs, bench_ramdisk=benchfs)
+
+
+#: The router's /init, and the benchmark client's.
+ROUTER_INIT = RIG_DIR / "domu" / "router-init"
+BENCH_CLIENT = RIG_DIR / "domu" / "bench-client"
+
+#: Kernel modules the Linux firewall domU loads (their dependencies are
+#: added): netback for its clients' vifs, nf_tables with conntrack, NAT,
+#: masquerade, reject and the software flowtable that Qubes' rules use.
+ROUTER_MODULES = ["xen-netback", "nf_tables", "nf_conntrack", "nft_ct", "nft_chain_nat", "nft_nat",
+                  "nft_masq", "nft_reject_ipv4", "nf_flow_table_inet", "nft_flow_offload"]
+
+#: Debian packages of nft and its libraries (rig/fetch.sh downloads them
+#: into the cache's debs/ for amd64).
+NFT_PACKAGES = ["nftables", "libnftables1", "libedit2", "libbsd0", "libmd0", "libmnl0", "libnftnl11",
+                "libxtables12", "libjansson4", "libgmp10"]
+
+
+def newest_deb(debs: Path, package: str) -> Path:
+    """The newest cached .deb of `package` (apt-get download's file name)."""
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    assert found, f"no {package} package in {debs}: run rig/fetch.sh (it downloads it for amd64)"
+    return found[-1]
+
+
+def router_modules(cache: Path, kver: str, out: Path) -> list:
+    """Copies ROUTER_MODULES and their dependencies out of the cached
+    linux-image package into `out` (flat) and returns their file names in
+    load order. Kept per kernel and module list (a stamp in `out`)."""
+    stamp = out / "order"
+    want = f"{kver} {' '.join(ROUTER_MODULES)}\n"
+    if stamp.is_file() and (out / "key").is_file() and (out / "key").read_text() == want:
+        return stamp.read_text().split()
+    import shutil
+    import tempfile
+    deb = newest_deb(cache / "debs", f"linux-image-{kver}")
+    with tempfile.TemporaryDirectory(prefix="moat-router-mods-", dir=cache) as tmp:
+        stage = Path(tmp)
+        tar = subprocess.Popen(["dpkg", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(stage), "--wildcards", f"./lib/modules/{kver}/*"],
+                       stdin=tar.stdout, check=True)
+        tar.stdout.close()
+        assert tar.wait() == 0, f"dpkg --fsys-tarfile {deb} failed"
+        subprocess.run(["depmod", "-b", str(stage), kver], check=True)
+        order: list = []
+        for m in ROUTER_MODULES:
+            text = subprocess.run(["modprobe", "-d", str(stage), "-S", kver, "--show-depends", m],
+                                  check=True, capture_output=True, text=True).stdout
+            for line in text.splitlines():
+                words = line.split()
+                if words[:1] == ["insmod"] and words[1] not in order:
+                    order.append(words[1])
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        names = []
+        for ko in order:
+            name = Path(ko).name
+            assert name not in names, f"two modules named {name}"
+            names.append(name)
+            shutil.copyfile(ko, out / name)
+    stamp.write_text("\n".join(names) + "\n")
+    (out / "key").write_text(want)
+    return names
+
+
+def unpack_debs(cache: Path, packages: list, out: Path) -> None:
+    """dpkg -x of the newest cached .deb of each package into `out`, redone
+    when the set of .deb files changed."""
+    import shutil
+    debs = [newest_deb(cache / "debs", p) for p in packages]
+    key = "\n".join(d.name for d in debs) + "\n"
+    if (out / ".key").is_file() and (out / ".key").read_text() == key:
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for d in debs:
+        subprocess.run(["dpkg", "-x", str(d), str(out)], check=True)
+    (out / ".key").write_text(key)
+
+
+def find_libs(elf: Path, dirs: list) -> list:
+    """The shared libraries `elf` needs, recursively, each found in the
+    first of `dirs` that has it."""
+    out: list = []
+
+    def walk(f: Path) -> None:
+        text = subprocess.run(["readelf", "-d", str(f)], check=True, capture_output=True, text=True).stdout
+        for line in text.splitlines():
+            if "(NEEDED)" not in line:
+                continue
+            name = line.split("[", 1)[1].split("]", 1)[0]
+            lib = next((d / name for d in dirs if (d / name).is_file()), None)
+            assert lib is not None, f"{name} (needed by {f.name}) in none of {[str(d) for d in dirs]}"
+            if lib.name not in [l.name for l in out]:
+                out.append(lib)
+                walk(lib)
+    walk(elf)
+    return out
+
+
+def overlay(files: list, symlinks: list = ()) -> bytes:
+    """A gzip'd newc archive to append to the plain initramfs: `files` as
+    (name, mode, bytes), `symlinks` as (name, target); the directories
+    they need are added first."""
+    dirs: list = []
+    for name, *_ in list(files) + list(symlinks):
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.append(d)
+    entries, ino = [], 1000
+    for d in dirs:
+        entries.append(newc(d, 0o040755, b"", ino))
+        ino += 1
+    for name, mode, data in files:
+        entries.append(newc(name, 0o100000 | mode, data, ino))
+        ino += 1
+    for name, target in symlinks:
+        entries.append(newc(name, 0o120777, target.encode(), ino))
+        ino += 1
+    entries.append(newc("TRAILER!!!", 0, b"", 0))
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as gz:
+        gz.write(b"".join(entries))
+    return buf.getvalue()
+
+
+def build_router(cache: Path, kver: str, plain: Path, out: Path) -> tuple:
+    """(router initramfs, bench client initramfs), each `plain` + an
+    overlay; rebuilt when an input changed."""
+    root = cache / "dom0-root"
+    mods_dir = out / f"router-modules-{kver}"
+    mods = router_modules(cache, kver, mods_dir)
+    nft_root = out / "nft-root"
+    unpack_debs(cache, NFT_PACKAGES, nft_root)
+    nft = nft_root / "usr" / "sbin" / "nft"
+    xs = root / "usr" / "bin" / "xenstore"
+    for f in (nft, xs):
+        assert f.is_file(), f"{f} missing"
+    dirs = [nft_root / "usr" / LIBDIR, nft_root / LIBDIR, root / LIBDIR]
+    libs = find_libs(nft, dirs) + find_libs(xs, dirs)
+    loader = root / LIBDIR / "ld-linux-x86-64.so.2"
+
+    files = [("router-init", 0o755, ROUTER_INIT.read_bytes()),
+             ("usr/sbin/nft", 0o755, nft.read_bytes()),
+             ("usr/bin/xenstore", 0o755, xs.read_bytes()),
+             ("lib/router/order", 0o644, ("\n".join(mods) + "\n").encode())]
+    files += [(f"lib/router/{m}", 0o644, (mods_dir / m).read_bytes()) for m in mods]
+    seen = set()
+    for lib in libs + [loader]:
+        if lib.name not in seen:
+            seen.add(lib.name)
+            files.append((f"{LIBDIR}/{lib.name}", 0o755, lib.read_bytes()))
+    links = [(f"usr/bin/xenstore-{t}", "xenstore") for t in ("read", "write", "ls", "list", "rm")]
+    links.append((LOADER, f"/{LIBDIR}/ld-linux-x86-64.so.2"))
+
+    outs = []
+    for name, parts, lnk in (("router", files, links),
+                             ("bench-client", [("bench-client", 0o755, BENCH_CLIENT.read_bytes())], [])):
+        key = hashlib.sha256(plain.read_bytes())
+        for n, mode, data in parts:
+            key.update(n.encode() + b"\0" + hashlib.sha256(data).digest())
+        for n, t in lnk:
+            key.update(f"{n}->{t}".encode())
+        ramdisk = out / f"{name}.cpio.gz"
+        stamp = out / f"{name}.key"
+        if not ramdisk.is_file() or not stamp.is_file() or stamp.read_text() != key.hexdigest():
+            tmp = ramdisk.with_suffix(".tmp")
+            tmp.write_bytes(plain.read_bytes() + overlay(parts, lnk))
+            tmp.replace(ramdisk)
+            stamp.write_text(key.hexdigest())
+        outs.append(ramdisk)
+    return tuple(outs)
 
 
 if __name__ == "__main__":
-    d = build()
+    d = build(router="--router" in sys.argv[1:])
     print(f"kernel  {d.kernel} ({d.kernel_version})\nramdisk {d.ramdisk}\npktgen  {d.pktgen}")
+    if d.router_ramdisk:
+        print(f"router  {d.router_ramdisk}\nclient  {d.bench_ramdisk}")
