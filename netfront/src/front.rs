@@ -537,14 +537,39 @@ impl<E: NetEnv> Netfront<E> {
     }
 
     /// Queue one packet (up to 64 KiB - 1 with backend scatter-gather) on
-    /// the queue of its flow.
+    /// the queue of its flow, and publish it at once (notifying the
+    /// backend if it waits for one). To send several, [`queue`](Self::queue)
+    /// them and [`flush`](Self::flush) once.
     pub fn send(&mut self, packet: &[u8], offload: TxOffload) -> Result<(), TxError> {
         let q = flow_queue(packet, self.queues.len());
         self.send_on(q, packet, offload)
     }
 
-    /// Queue one packet on queue `queue`.
+    /// Queue one packet on queue `queue` and publish that queue's requests.
     pub fn send_on(
+        &mut self,
+        queue: usize,
+        packet: &[u8],
+        offload: TxOffload,
+    ) -> Result<(), TxError> {
+        self.queue_on(queue, packet, offload)?;
+        self.flush_queue(queue);
+        Ok(())
+    }
+
+    /// Queue one packet on the queue of its flow without publishing it:
+    /// the backend sees it at the next [`flush`](Self::flush). A round of
+    /// packets queued then flushed once costs at most one event per queue
+    /// (none if the backend is still busy with earlier ones), where a
+    /// [`send`](Self::send) each may cost one per packet when the backend
+    /// keeps catching up between them.
+    pub fn queue(&mut self, packet: &[u8], offload: TxOffload) -> Result<(), TxError> {
+        let q = flow_queue(packet, self.queues.len());
+        self.queue_on(q, packet, offload)
+    }
+
+    /// Queue one packet on queue `queue` without publishing it.
+    pub fn queue_on(
         &mut self,
         queue: usize,
         packet: &[u8],
@@ -564,12 +589,33 @@ impl<E: NetEnv> Netfront<E> {
         }
         let sg = self.features.sg;
         let q = self.queues.get_mut(queue).ok_or(TxError::Unsupported)?;
-        if q.tx.send(packet, &offload, sg)? {
+        q.tx.queue(packet, &offload, sg)
+    }
+
+    /// Publish what was [queued](Self::queue) on every queue, notifying
+    /// the backend of a queue only where netif.h's
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY` says so (it asked for an event
+    /// at one of the requests just published).
+    pub fn flush(&mut self) {
+        for i in 0..self.queues.len() {
+            self.flush_queue(i);
+        }
+    }
+
+    fn flush_queue(&mut self, queue: usize) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        if q.tx.flush() {
             let port = q.port;
             self.env.notify(port);
             self.notifies += 1;
         }
-        Ok(())
+    }
+
+    /// Requests queued on every queue but not published yet.
+    pub fn unpushed(&self) -> u32 {
+        self.queues.iter().map(|q| q.tx.unpushed()).sum()
     }
 
     /// Process every response on every ring and re-post RX buffers. An

@@ -43,6 +43,8 @@ pub struct TxQueue<P: PageMemory> {
     pub(crate) bufs: Vec<Buffer<P>>,
     free_ids: Vec<u16>,
     in_flight: Vec<bool>,
+    /// Requests queued since the last push.
+    unpushed: u32,
     /// Counters.
     pub stats: TxStats,
 }
@@ -58,6 +60,7 @@ impl<P: PageMemory> TxQueue<P> {
             ring,
             free_ids: (0..n as u16).rev().collect(),
             in_flight: alloc::vec![false; n],
+            unpushed: 0,
             bufs,
             stats: TxStats::default(),
         }
@@ -85,15 +88,35 @@ impl<P: PageMemory> TxQueue<P> {
             && len.div_ceil(PAGE_SIZE) <= self.free_ids.len()
     }
 
-    /// Copy `packet` into free buffers and queue its requests; returns
-    /// whether the backend must be notified. `sg` says whether several
-    /// slots per packet are allowed.
-    pub(crate) fn send(
+    /// Requests queued but not pushed yet (invisible to the backend until
+    /// [`flush`](Self::flush)).
+    pub fn unpushed(&self) -> u32 {
+        self.unpushed
+    }
+
+    /// Publish every queued request; returns whether the backend must be
+    /// notified: only when its `req_event` lies among the requests just
+    /// published (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`), i.e. it went to
+    /// sleep asking for one of them. A backend that is still working
+    /// through the ring (it re-arms `req_event` only when it runs dry) is
+    /// not notified, and a batch pushed at once costs at most one event.
+    pub(crate) fn flush(&mut self) -> bool {
+        if self.unpushed == 0 {
+            return false;
+        }
+        self.unpushed = 0;
+        self.ring.push_requests_and_check_notify()
+    }
+
+    /// Copy `packet` into free buffers and queue its requests without
+    /// publishing them (see [`flush`](Self::flush)). `sg` says whether
+    /// several slots per packet are allowed.
+    pub(crate) fn queue(
         &mut self,
         packet: &[u8],
         offload: &TxOffload,
         sg: bool,
-    ) -> Result<bool, TxError> {
+    ) -> Result<(), TxError> {
         let len = packet.len();
         if len == 0 || len > XEN_NETIF_MAX_TX_SIZE || (!sg && len > PAGE_SIZE) {
             return Err(TxError::BadSize(len));
@@ -136,6 +159,7 @@ impl<P: PageMemory> TxQueue<P> {
                 *f = true;
             }
             self.ring.queue_request(req).map_err(|_| TxError::Busy)?;
+            self.unpushed += 1;
             self.stats.slots += 1;
             if i == 0 {
                 if let Some(gso) = offload.gso {
@@ -150,13 +174,14 @@ impl<P: PageMemory> TxQueue<P> {
                     self.ring
                         .queue_request(extra.to_tx_request())
                         .map_err(|_| TxError::Busy)?;
+                    self.unpushed += 1;
                     self.stats.slots += 1;
                 }
             }
         }
         self.stats.packets += 1;
         self.stats.bytes += len as u64;
-        Ok(self.ring.push_requests_and_check_notify())
+        Ok(())
     }
 
     /// Take every response, freeing ids; then re-arm the response event.

@@ -194,6 +194,68 @@ fn steady_state_does_no_grant_work_and_suppresses_events() {
     );
 }
 
+/// `queue` + one `flush` a round: the backend sees nothing before the
+/// flush, and a round costs at most one event however quickly the backend
+/// catches up (dom0's netback on another CPU re-arms its event each time
+/// it runs dry; with a `send` each, every packet may then cost one).
+#[test]
+fn a_round_queued_then_flushed_costs_at_most_one_event() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    let port = front.port();
+    // A backend that keeps up: one event per packet sent one by one.
+    let before = front.notifies();
+    for i in 0..10u8 {
+        front.send(&pattern(60, i), TxOffload::default()).unwrap();
+        assert_eq!(back.process_tx(), 1);
+    }
+    assert_eq!(front.notifies() - before, 10);
+    // Queued: invisible until the flush, then one event for the round.
+    let before = front.notifies();
+    let gso = TxOffload {
+        csum_blank: true,
+        data_validated: false,
+        gso: Some(Gso {
+            kind: GsoKind::TcpV4,
+            mss: 1448,
+        }),
+    };
+    for i in 0..10u8 {
+        front.queue(&pattern(60, i), TxOffload::default()).unwrap();
+        front.queue(&pattern(20_000, i), gso).unwrap();
+        assert_eq!(back.process_tx(), 0, "nothing published before the flush");
+    }
+    assert_eq!(front.unpushed(), 10 * (1 + 5 + 1));
+    assert_eq!(front.notifies(), before);
+    front.flush();
+    assert_eq!(front.unpushed(), 0);
+    assert_eq!(front.notifies() - before, 1);
+    assert_eq!(back.process_tx(), 20);
+    for (i, p) in back.received[10..].chunks(2).enumerate() {
+        assert_eq!(p[0].data, pattern(60, i as u8));
+        assert_eq!(p[1].data, pattern(20_000, i as u8));
+        assert_eq!(p[1].slots, 5 + 1, "five data slots and the GSO extra");
+    }
+    // A backend still busy with the last round (it has not re-armed its
+    // event): the next round costs no event; a flush of nothing neither.
+    front.poll().unwrap();
+    let before = front.notifies();
+    front.queue(&pattern(60, 1), TxOffload::default()).unwrap();
+    front.flush();
+    assert_eq!(front.notifies() - before, 1);
+    front.queue(&pattern(60, 2), TxOffload::default()).unwrap();
+    front.flush();
+    front.flush();
+    assert_eq!(
+        front.notifies() - before,
+        1,
+        "the backend did not ask again"
+    );
+    assert_eq!(back.process_tx(), 2);
+    assert_eq!(m.hv.sent(FRONT, port), front.notifies());
+}
+
 #[test]
 fn backend_garbage_tx_id_is_an_error_then_disconnect() {
     let m = Machine::new();
