@@ -41,6 +41,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod dhcp;
 pub mod identity;
 mod runtime;
 
