@@ -4,8 +4,8 @@
 //! ([`firewall_rules`]): the `key=value` entries dom0 writes into QubesDB
 //! under `/qubes-firewall/<client-ip>/`, parsed into typed rules with the
 //! semantics of the Linux sys-firewall (qubes-core-agent-linux); and
-//! [`vchan`], libxenvchan's inter-domain byte streams, on which QubesDB and
-//! qrexec run.
+//! [`vchan`], libxenvchan's inter-domain byte streams, on which
+//! [`qubesdb`] (the VM's configuration database) and qrexec run.
 //!
 //! Everything here is plain `no_std` + `alloc` logic with no hardware access,
 //! so it runs unchanged in the kernel and is tested on the host.
@@ -16,4 +16,5 @@
 extern crate alloc;
 
 pub mod firewall_rules;
+pub mod qubesdb;
 pub mod vchan;
