@@ -350,6 +350,52 @@ fn neighbour_solicitations_are_answered_for_owned_addresses_only() {
     }
 }
 
+/// An ICMPv6 message of `icmp_type` (code 0, 8 bytes of body) from client
+/// A's `src` to `dst`, hop limit 255.
+fn icmp6_message(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8) -> Vec<u8> {
+    let mut l4 = vec![0u8; 8 + 16];
+    l4[0] = icmp_type;
+    Icmpv6Packet::new_unchecked(&mut l4[..]).fill_checksum(&src, &dst);
+    let mut ip = ip6(src, dst, IpProtocol::Icmpv6, &l4);
+    smoltcp::wire::Ipv6Packet::new_unchecked(&mut ip[..]).set_hop_limit(255);
+    ip
+}
+
+/// Where moat differs on purpose (docs/firewall.md, "Where moat still
+/// differs"): Linux's conntrack leaves ICMPv6 router and neighbour
+/// discovery and MLD messages untracked (`noct_valid_new` in
+/// nf_conntrack_icmpv6_error, nf_conntrack_proto_icmpv6.c: types
+/// 130-134, 136, 143), so one sent to a global address is neither invalid
+/// (qubes-ipv6.nft 31) nor masqueraded, and the client's rules decide
+/// (firewall.py 658-663) whether it leaves with the client's own address.
+/// moat drops every one of them, even under accept-all rules, and never
+/// puts the client's address on the uplink; ICMPv6 echo, which conntrack
+/// tracks, still goes through the rules and NAT.
+#[test]
+fn icmpv6_link_scope_messages_to_a_routable_address_are_dropped() {
+    let mut fw = firewall(true);
+    fw.set_rules(IpAddr::V6(A_IP6), RuleSet::accept_all());
+    for icmp_type in [130, 131, 132, 133, 134, 136, 143] {
+        let frame = from_a(&icmp6_message(A_IP6, WEB6, icmp_type));
+        assert!(
+            fw.handle(t(0), Interface::Client(A), &frame).is_empty(),
+            "type {icmp_type}"
+        );
+    }
+    assert_eq!(fw.counters().dropped_no_flow, 7);
+    assert_eq!(fw.counters().forwarded_out, 0);
+    assert_eq!(fw.counters().admin_prohibited_sent, 0);
+    let out = single(
+        fw.handle(
+            t(0),
+            Interface::Client(A),
+            &from_a(&icmp6_echo(A_IP6, WEB6, 5, true)),
+        ),
+        Interface::Uplink,
+    );
+    assert_eq!(assert_valid6(&out).src_addr(), UPLINK_IP6);
+}
+
 /// firewall.py:585-592: `dstports` without `proto` becomes a `tcp dport`
 /// and a `udp dport` rule.
 #[test]
