@@ -5,7 +5,8 @@
 //! under `/qubes-firewall/<client-ip>/`, parsed into typed rules with the
 //! semantics of the Linux sys-firewall (qubes-core-agent-linux); and
 //! [`vchan`], libxenvchan's inter-domain byte streams, on which
-//! [`qubesdb`] (the VM's configuration database) and qrexec run.
+//! [`qubesdb`] (the VM's configuration database) and [`qrexec`] (the agent
+//! answering dom0's service calls) run.
 //!
 //! Everything here is plain `no_std` + `alloc` logic with no hardware access,
 //! so it runs unchanged in the kernel and is tested on the host.
@@ -16,5 +17,6 @@
 extern crate alloc;
 
 pub mod firewall_rules;
+pub mod qrexec;
 pub mod qubesdb;
 pub mod vchan;
