@@ -131,10 +131,21 @@ impl BackendDevice {
         }
     }
 
-    /// Whether the toolstack is done with the vif: `online` is 0 and the
-    /// frontend's directory is gone. The toolstack then waits for the
-    /// backend domain to remove its directory (what `xl devd` does in a
-    /// Linux driver domain): see [`BackendDevice::remove`].
+    /// Whether the toolstack is done with the vif and waits for us to
+    /// remove our directory ([`BackendDevice::remove`]): `online` is 0 and
+    /// either our state is `Closed` (we let go of the vif) or the
+    /// frontend's directory is gone.
+    ///
+    /// This is the order libxl keeps for a driver-domain backend (4.17's
+    /// `libxl_device.c`): on a remove it writes `online` 0 and `Closing`,
+    /// waits for our `Closed`, then waits up to 10 s for our directory to
+    /// go, and only then removes the frontend's; `xl devd` in a Linux
+    /// driver domain removes the backend directory at `Closed` with
+    /// `online` 0. Waiting for the frontend's directory instead made each
+    /// side wait for the other (`xl network-detach` timed out). `xl
+    /// destroy` removes the frontend's directory first; that counts too.
+    /// A vif whose frontend merely left (`online` still 1) is not finished:
+    /// the frontend may come back.
     pub async fn finished<T: XsTransport>(
         &self,
         xs: &mut XenStore<T>,
@@ -147,6 +158,9 @@ impl BackendDevice {
         if online {
             return Ok(false);
         }
+        if read_state(xs, &self.path).await? == XenbusState::Closed {
+            return Ok(true);
+        }
         // Once the frontend's domain is gone its directory's nearest
         // ancestor is one we may not read: xenstored answers EACCES, not
         // ENOENT (the frontend's directory itself was readable to us).
@@ -157,7 +171,10 @@ impl BackendDevice {
         }
     }
 
-    /// Remove our directory (once [`finished`](Self::finished)).
+    /// Remove our directory (once [`finished`](Self::finished)). Not in
+    /// the same breath as publishing `Closed`: libxl reads that state when
+    /// its watch fires, and fails the removal if the node is already gone;
+    /// it then gives us 10 s (netvm waits a second).
     pub async fn remove<T: XsTransport>(&self, xs: &mut XenStore<T>) -> Result<(), NetbackError> {
         match xs.rm(&self.path).await {
             Ok(()) | Err(XsError::Enoent) => Ok(()),

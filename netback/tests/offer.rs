@@ -81,23 +81,52 @@ fn a_frontend_that_never_connects_does_not_hold_up_another() {
 }
 
 #[test]
-fn a_detached_vif_is_removed_once_its_frontend_is_gone() {
+fn a_detached_vif_is_finished_once_we_closed_it_as_libxl_waits_for() {
     let m = Machine::new();
     m.add_vif(FRONT);
     let mut back = Backend::new(&m);
     let b = back_path(FRONT);
     let dev = run(BackendDevice::open(&mut back.xs, &b)).unwrap();
     assert_eq!(run(dev.finished(&mut back.xs)), Ok(false));
-    // `xl network-detach`: online 0, but the frontend is still there.
-    m.set(&format!("{b}/online"), "0");
+    // A frontend that left while the vif stays attached (`online` 1): we
+    // are Closed, but it may come back.
+    m.set(&format!("{b}/state"), "6");
     assert_eq!(run(dev.finished(&mut back.xs)), Ok(false));
-    // The toolstack removed the frontend's directory: ours is to go.
-    m.xsd.borrow_mut().remove(&front_path(FRONT));
+    // `xl network-detach` (libxl 4.17): `online` 0 and `Closing`, the
+    // frontend's directory still there. Not yet: the vif is ours to close.
+    m.set(&format!("{b}/online"), "0");
+    m.set(&format!("{b}/state"), "5");
+    assert_eq!(run(dev.finished(&mut back.xs)), Ok(false));
+    // We closed it. libxl now waits for our directory to go before it
+    // removes the frontend's: we must not wait for that.
+    m.set(&format!("{b}/state"), "6");
+    assert!(m.get(&format!("{}/state", front_path(FRONT))).is_some());
     assert_eq!(run(dev.finished(&mut back.xs)), Ok(true));
     run(dev.remove(&mut back.xs)).unwrap();
     assert_eq!(m.get(&format!("{b}/online")), None);
+    assert_eq!(m.get(&format!("{b}/state")), None);
+    // The frontend's directory is the toolstack's to remove, not ours.
+    assert!(m.get(&format!("{}/state", front_path(FRONT))).is_some());
     // Removing again is not an error.
     assert_eq!(run(dev.remove(&mut back.xs)), Ok(()));
+}
+
+#[test]
+fn a_destroyed_frontend_finishes_its_vif_whatever_our_state() {
+    let m = Machine::new();
+    m.add_vif(FRONT);
+    let mut back = Backend::new(&m);
+    let b = back_path(FRONT);
+    let dev = run(BackendDevice::open(&mut back.xs, &b)).unwrap();
+    // `xl destroy`: libxl removes the frontend's directory in the same
+    // transaction that writes `online` 0 and `Closing`.
+    m.xsd.borrow_mut().remove(&front_path(FRONT));
+    assert_eq!(run(dev.finished(&mut back.xs)), Ok(false), "online 1");
+    m.set(&format!("{b}/online"), "0");
+    m.set(&format!("{b}/state"), "5");
+    assert_eq!(run(dev.finished(&mut back.xs)), Ok(true));
+    run(dev.remove(&mut back.xs)).unwrap();
+    assert_eq!(m.get(&format!("{b}/frontend")), None);
 }
 
 /// Pending once, so `join` polls the other future.

@@ -36,7 +36,7 @@
 //! being polled at once and is closed once the uplink is back.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -58,6 +58,13 @@ use crate::{config, ClientId, Link, Service, To, Transmit};
 const SECOND: u64 = 1_000_000_000;
 const WATCH_VIFS: &str = "netvm:vifs";
 const WATCH_CONFIG: &str = "netvm:config";
+/// How long a finished vif's directory stays before we remove it. libxl
+/// (4.17) waits for our `Closed` by reading the state node when its watch
+/// fires, and a node already removed then fails the whole removal
+/// (`wanted state 6 but it was removed`); it waits 10 s for the directory
+/// to go once it has seen `Closed`. (`xl devd` in a Linux driver domain
+/// gets the same slack from running the hotplug script first.)
+const REMOVE_GRACE_NS: u64 = SECOND;
 
 /// How a network VM runs.
 #[derive(Clone, Debug)]
@@ -287,6 +294,9 @@ struct State<'a, B: NetbackEnv, S: Service> {
     retry_at: Vec<(String, u64)>,
     /// Vifs refused by the service, while their directory lives.
     refused: BTreeSet<String>,
+    /// Finished vifs (the toolstack is done with them), with when their
+    /// directory is to be removed ([`REMOVE_GRACE_NS`]).
+    finishing: BTreeMap<String, u64>,
     next_id: u32,
     rotate: usize,
     stats: Stats,
@@ -554,16 +564,45 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
             self.service.client_down(now, id);
             self.stats.closed += 1;
             self.print(&format!("vif {} closed ({why})", c.info.path));
-            self.print_resources();
             match xs.as_deref_mut() {
-                Some(xs) => {
-                    let path = c.info.path.clone();
-                    let _ = c.vif.close(&mut self.benv, xs).await;
-                    self.retry_at.push((path, now + SECOND));
-                }
+                Some(xs) => self.close(now, xs, c).await,
                 None => self.dying.push(c),
             }
         }
+    }
+
+    /// Release a client's vif and publish `Closed`; if the toolstack is
+    /// detaching it, its directory goes [`REMOVE_GRACE_NS`] later (libxl
+    /// waits for that), else it is looked at again in a second (its
+    /// frontend may come back). The resources are printed once the vif is
+    /// released.
+    async fn close<T: XsTransport>(&mut self, now: u64, xs: &mut XenStore<T>, c: Client<B>) {
+        let device = c.vif.close(&mut self.benv, xs).await;
+        self.print_resources();
+        let again = if self.finish(now, xs, &device).await {
+            now + REMOVE_GRACE_NS
+        } else {
+            now + SECOND
+        };
+        self.retry_at.push((device.path, again));
+    }
+
+    /// If the toolstack is done with a vif we serve nothing on
+    /// ([`BackendDevice::finished`]), note when its directory is to go
+    /// (the next look at it after that removes it). Returns whether it is.
+    async fn finish<T: XsTransport>(
+        &mut self,
+        now: u64,
+        xs: &mut XenStore<T>,
+        device: &BackendDevice,
+    ) -> bool {
+        if !matches!(device.finished(xs).await, Ok(true)) {
+            return false;
+        }
+        self.finishing
+            .entry(device.path.clone())
+            .or_insert(now + REMOVE_GRACE_NS);
+        true
     }
 
     /// The xenstore part of a round.
@@ -578,9 +617,7 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
             return Some(request);
         }
         for c in core::mem::take(&mut self.dying) {
-            let path = c.info.path.clone();
-            let _ = c.vif.close(&mut self.benv, xs).await;
-            self.retry_at.push((path, now + SECOND));
+            self.close(now, xs, c).await;
         }
         // Health of every client.
         let mut dead = Vec::new();
@@ -624,8 +661,15 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                     });
                 }
                 Err(e) => {
-                    let (path, _) = self.offers.swap_remove(k);
+                    let (path, offer) = self.offers.swap_remove(k);
                     self.stats.offer_errors += 1;
+                    // Detached before it connected: its directory goes
+                    // soon, not after `retry_ns` (libxl waits 10 s).
+                    if self.finish(now, xs, offer.device()).await {
+                        self.print(&format!("vif {path}: {e:?}; detached"));
+                        self.retry_at.push((path, now + REMOVE_GRACE_NS));
+                        continue;
+                    }
                     self.print(&format!("vif {path}: {e:?}; retrying later"));
                     self.retry_at.push((path, now + self.options.retry_ns));
                 }
@@ -636,6 +680,7 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
             Ok(dirs) => {
                 self.retry_at.retain(|(p, t)| dirs.contains(p) && now < *t);
                 self.refused.retain(|p| dirs.contains(p));
+                self.finishing.retain(|p, _| dirs.contains(p));
                 for path in dirs {
                     if self.clients.iter().any(|c| c.info.path == path)
                         || self.offers.iter().any(|(p, _)| *p == path)
@@ -677,8 +722,9 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
     }
 
     /// A vif directory we serve nothing on: remove it if the toolstack is
-    /// done with it, leave it while it is being detached (or refused),
-    /// else ask the service and offer it to its frontend.
+    /// done with it (once [`REMOVE_GRACE_NS`] passed since we saw that),
+    /// leave it while it is being detached (or refused), else ask the
+    /// service and offer it to its frontend.
     async fn look_at<T: XsTransport>(
         &mut self,
         now: u64,
@@ -687,7 +733,16 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
     ) -> Result<(), netback::NetbackError> {
         let device = BackendDevice::open(xs, path).await?;
         if device.finished(xs).await? {
+            let due = *self
+                .finishing
+                .entry(String::from(path))
+                .or_insert(now + REMOVE_GRACE_NS);
+            if now < due {
+                self.retry_at.push((String::from(path), due));
+                return Ok(());
+            }
             device.remove(xs).await?;
+            self.finishing.remove(path);
             self.refused.remove(path);
             self.stats.removed += 1;
             self.print(&format!(
@@ -757,6 +812,7 @@ where
         offers: Vec::new(),
         retry_at: Vec::new(),
         refused: BTreeSet::new(),
+        finishing: BTreeMap::new(),
         next_id: 0,
         rotate: 0,
         stats: Stats::default(),

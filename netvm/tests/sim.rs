@@ -549,6 +549,50 @@ fn a_vif_without_an_ip_is_refused_and_counted() {
     assert_eq!(w.log.borrow().up.len(), 1);
 }
 
+#[test]
+fn a_refused_or_offered_vif_detached_goes_before_its_frontend_does() {
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let w = start(&ex, &m, options());
+    // 3 is refused (no ip); 5 is offered but its frontend never connects.
+    m.add_vif(3, VM, None);
+    m.add_vif(5, VM, Some("10.137.0.15"));
+    let h = w.h.clone();
+    let (b3, b5) = (Machine::back_path(3, VM), Machine::back_path(5, VM));
+    run_main(&mut ex, async {
+        until(&h, 5 * SECOND, "3 refused, 5 offered", || {
+            m.get(&format!("{b3}/state")).as_deref() == Some("6")
+                && m.get(&format!("{b5}/state")).as_deref() == Some("2")
+        })
+        .await;
+        // xl network-detach of both, in libxl's order: the frontends'
+        // directories stay until the backends' are gone. (libxl leaves a
+        // Closed backend Closed.)
+        m.set(&format!("{b3}/online"), "0");
+        m.detach(5, VM);
+        let t = h.now_ns();
+        until(&h, 5 * SECOND, "both backend directories removed", || {
+            m.get(&format!("{b3}/frontend")).is_none() && m.get(&format!("{b5}/frontend")).is_none()
+        })
+        .await;
+        let took = h.now_ns() - t;
+        assert!(
+            (900 * MS..3 * SECOND).contains(&took),
+            "removed {took} ns after Closed"
+        );
+        h.sleep(2 * SECOND).await;
+    });
+    assert!(m
+        .get(&format!("{}/state", Machine::front_path(3)))
+        .is_some());
+    assert!(m
+        .get(&format!("{}/state", Machine::front_path(5)))
+        .is_some());
+    let stats = w.log.borrow().stats.clone().unwrap();
+    assert_eq!((stats.refused, stats.removed, stats.offered), (1, 2, 0));
+    assert!(w.log.borrow().up.is_empty());
+}
+
 fn ports_open(hv: &SimHypervisor, dom: DomId) -> usize {
     (0..4096).filter(|p| hv.port_open(dom, *p)).count()
 }
@@ -586,21 +630,34 @@ fn clients_come_and_go_and_leave_nothing_behind() {
             })
             .await;
             stay.borrow_mut().got.clear();
-            // xl network-detach: the toolstack, then the frontend leaves,
-            // then its directory goes and the VM removes the backend's.
+            // xl network-detach in libxl 4.17's order: online 0 and
+            // Closing; it waits for our Closed, then for the backend
+            // directory to go (10 s, then it fails), and only then removes
+            // the frontend's. The VM must not wait for the frontend's.
             m.detach(4, VM);
             let b = Machine::back_path(4, VM);
             until(&h, 5 * SECOND, "the VM to close the vif", || {
-                m.get(&format!("{b}/state")).as_deref() == Some("6")
+                matches!(m.get(&format!("{b}/state")).as_deref(), Some("6") | None)
             })
             .await;
-            c.borrow_mut().leave = true;
-            until(&h, 5 * SECOND, "client 4 to leave", || c.borrow().left).await;
-            m.xsd.borrow_mut().remove(&Machine::front_path(4));
+            let closed = h.now_ns();
             until(&h, 5 * SECOND, "the backend directory removed", || {
                 m.get(&format!("{b}/frontend")).is_none()
             })
             .await;
+            // Not at once: libxl reads our Closed first (a state node
+            // already gone fails its wait); then it waits 10 s.
+            let took = h.now_ns() - closed;
+            assert!(
+                (900 * MS..3 * SECOND).contains(&took),
+                "removed {took} ns after Closed"
+            );
+            assert!(m
+                .get(&format!("{}/state", Machine::front_path(4)))
+                .is_some());
+            c.borrow_mut().leave = true;
+            until(&h, 5 * SECOND, "client 4 to leave", || c.borrow().left).await;
+            m.xsd.borrow_mut().remove(&Machine::front_path(4));
         });
     }
     let after = run_main(&mut ex, async {
