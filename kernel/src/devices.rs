@@ -14,6 +14,7 @@
 //! can never see memory reused for something else.
 
 use alloc::collections::{BTreeMap, BTreeSet};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use core::task::{Context, Poll};
 
 use spin::Mutex;
@@ -28,6 +29,17 @@ use crate::frames::Pfn;
 
 /// Frames whose grant could not be revoked: never freed again.
 static QUARANTINE: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+
+/// Event channels the drivers' environments opened and have not closed.
+static OPEN_PORTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Event channels opened through a [`XenEnv`] (allocated unbound or bound
+/// interdomain) and not yet closed, over every driver of this domain: a
+/// leak check for long attach/detach runs. (The kernel's own ports, timer
+/// and console and xenstore, are not counted.)
+pub fn open_ports() -> usize {
+    OPEN_PORTS.load(Ordering::Relaxed)
+}
 
 /// One frame from the kernel's allocator, zeroed, owned until dropped.
 pub struct SharedFrame {
@@ -175,6 +187,7 @@ impl XenEnv {
     fn alloc_port(&mut self, remote: DomId) -> Result<Port, DeviceEnvError> {
         let port =
             xen::hypercall::evtchn_alloc_unbound(remote).map_err(|e| DeviceEnvError::Xen(-e.0))?;
+        OPEN_PORTS.fetch_add(1, Ordering::Relaxed);
         self.ports.insert(port, self.executor.event_listener(port));
         Ok(port)
     }
@@ -189,7 +202,10 @@ impl XenEnv {
 
     fn close_port(&mut self, port: Port) {
         self.ports.remove(&port);
-        let _ = xen::hypercall::evtchn_close(port);
+        if xen::hypercall::evtchn_close(port).is_ok() {
+            let _ =
+                OPEN_PORTS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 }
 
@@ -365,6 +381,7 @@ mod back {
         fn bind_interdomain(&mut self, remote: DomId, remote_port: Port) -> Result<Port, EnvError> {
             let port = xen::hypercall::evtchn_bind_interdomain(remote, remote_port)
                 .map_err(|e| EnvError::Hypercall(-e.0))?;
+            OPEN_PORTS.fetch_add(1, Ordering::Relaxed);
             self.ports.insert(port, self.executor.event_listener(port));
             Ok(port)
         }

@@ -44,13 +44,21 @@ mod image {
         alloc::boxed::Box::new(KernelRandom)
     }
 
-    /// Free frames and heap in use, for the runtime's `resources:` lines.
+    /// Free frames, heap in use, free grant references (ours, to the
+    /// uplink's backend), grants of other domains mapped (the clients'
+    /// rings) and the drivers' open event channels, for the runtime's
+    /// `resources:` lines.
     fn resources() -> alloc::string::String {
-        let frames = kernel::boot::platform()
-            .map(|p| p.frames.lock().free_count())
-            .unwrap_or(0);
+        let (frames, grants) = kernel::boot::platform()
+            .map(|p| (p.frames.lock().free_count(), p.grants.lock().free_count()))
+            .unwrap_or((0, 0));
         let heap = kernel::HEAP.stats();
-        alloc::format!("frames-free={frames} heap-in-use={}", heap.bytes_in_use)
+        alloc::format!(
+            "frames-free={frames} heap-in-use={} grants-free={grants} maps={} evtchns={}",
+            heap.bytes_in_use,
+            kernel::foreign::mapped_count(),
+            kernel::devices::open_ports()
+        )
     }
 
     async fn main(mut env: Env) -> Exit {
