@@ -268,3 +268,68 @@ fn dom0_calls_the_services_of_a_service_qube() {
     assert!(run(av.close(&mut vm)).unwrap().is_empty());
     assert_eq!(m.hv.grants_of(VM), 0, "every data and control page revoked");
 }
+
+#[test]
+fn a_caller_that_goes_away_still_frees_its_port() {
+    let m = Machine::new();
+    let (mut dom0, mut vm) = (m.env(0), m.env(VM));
+    let cpath = agent::control_path(VM);
+    let (d, a) = run2(
+        async {
+            vchan::wait_for_server(dom0.xenstore(), &cpath)
+                .await
+                .unwrap();
+            let mut ctrl = vchan::connect(&mut dom0, VM, &cpath).await.unwrap();
+            recv(&mut ctrl, &mut dom0).await;
+            ctrl.write_all(&mut dom0, &msg(0x300, &4u32.to_le_bytes()))
+                .await
+                .unwrap();
+            let mut body = 0u32.to_le_bytes().to_vec();
+            body.extend_from_slice(&520u32.to_le_bytes());
+            body.extend_from_slice(b"root:QUBESRPC qubes.SetDateTime dom0\0");
+            ctrl.write_all(&mut dom0, &msg(0x200, &body)).await.unwrap();
+            let path = qubes_path(0, VM, 520);
+            let mut v = vchan::listen(&mut dom0, VM, &path, 65536, 65536)
+                .await
+                .unwrap();
+            v.accept(&mut dom0).await.unwrap();
+            v.write_all(&mut dom0, &msg(0x300, &4u32.to_le_bytes()))
+                .await
+                .unwrap();
+            assert_eq!(recv(&mut v, &mut dom0).await.0, 0x300);
+            // The caller dies before sending the date.
+            let lingering = v.close(&mut dom0).await.unwrap();
+            let terminated = recv(&mut ctrl, &mut dom0).await;
+            (terminated, lingering, ctrl)
+        },
+        async {
+            let mut clock = TestClock::default();
+            let mut v = agent::listen(&mut vm, VM).await.unwrap();
+            let mut ctrl = Control::new();
+            agent::handshake(&mut ctrl, &mut v, &mut vm).await.unwrap();
+            let h = agent::next(&mut ctrl, &mut v, &mut vm, VM, &mut clock)
+                .await
+                .unwrap();
+            (h, clock, v)
+        },
+    );
+    let (terminated, mut lingering, dctrl) = d;
+    let (handled, clock, av) = a;
+    assert_eq!(
+        handled,
+        Handled::Call {
+            service: Service::SetDateTime,
+            result: Err(AgentError::Closed)
+        }
+    );
+    assert!(clock.sets.is_empty());
+    let mut expect = 0u32.to_le_bytes().to_vec();
+    expect.extend_from_slice(&520u32.to_le_bytes());
+    assert_eq!(terminated, (0x211, expect));
+    assert!(
+        lingering.retry(&mut dom0),
+        "the agent unmapped the data vchan"
+    );
+    run(dctrl.close(&mut dom0)).unwrap();
+    assert!(run(av.close(&mut vm)).unwrap().is_empty());
+}

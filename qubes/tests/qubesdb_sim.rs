@@ -256,3 +256,46 @@ fn sync_watch_write_back_reconnect_and_garbage() {
     common::run(cv.close(&mut vm)).unwrap();
     assert!(common::run(d.close(&mut dom0)).unwrap().is_empty());
 }
+
+#[test]
+fn a_server_that_already_closed_is_skipped() {
+    let m = Machine::new();
+    let (mut dom0, mut vm) = (m.env(0), m.env(VM));
+    let path = link::vchan_path(VM);
+    let (_, c) = run2(
+        async {
+            // A daemon that exited without its keys removed yet.
+            let mut old = vchan::listen(&mut dom0, VM, &path, 4096, 4096)
+                .await
+                .unwrap();
+            old.stream()
+                .unwrap()
+                .control()
+                .store_u8(qubes::vchan::wire::SRV_LIVE, 0)
+                .unwrap();
+            // The VM connects to it, sees it closed and leaves.
+            let _ = old.accept(&mut dom0).await;
+            let mut lingering = old.close(&mut dom0).await.unwrap();
+            // The new daemon.
+            let mut v = vchan::listen(&mut dom0, VM, &path, 4096, 4096)
+                .await
+                .unwrap();
+            v.accept(&mut dom0).await.unwrap();
+            assert!(lingering.retry(&mut dom0), "the VM unmapped the old pages");
+            serve_sync(
+                &mut v,
+                &mut dom0,
+                &[("/qubes-ip".into(), b"10.137.0.9".to_vec())],
+            )
+            .await;
+            v
+        },
+        async {
+            let mut client = Client::new();
+            let mut v = link::connect(&mut vm, VM).await.unwrap();
+            link::sync(&mut client, &mut v, &mut vm).await.unwrap();
+            (client, v)
+        },
+    );
+    assert_eq!(c.0.read("/qubes-ip"), Some(&b"10.137.0.9"[..]));
+}
