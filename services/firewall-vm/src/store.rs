@@ -35,6 +35,9 @@ use crate::settings::FirewallSettings;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Defaults {
     values: BTreeMap<&'static str, String>,
+    /// `/qubes-netvm-gateway` follows the effective `/qubes-ip` (no
+    /// `firewall.client-gw=`).
+    client_gw_follows_ip: bool,
 }
 
 impl Defaults {
@@ -58,10 +61,10 @@ impl Defaults {
     /// | `/qubes-ip` | `firewall.ip`, the vif's first IPv4 address, the lease's address |
     /// | `/qubes-gateway` | `firewall.gw`, the lease's router |
     /// | `/qubes-primary-dns`, `/qubes-secondary-dns` | `firewall.dns`, the lease's first two resolvers |
-    /// | `/qubes-netvm-gateway` | `firewall.client-gw`, the `/qubes-ip` above |
+    /// | `/qubes-netvm-gateway` | `firewall.client-gw`, the `/qubes-ip` in use (the directory's first) |
     /// | `/qubes-ip6` | `firewall.ip6`, the vif's first IPv6 address |
     /// | `/qubes-gateway6` | `firewall.gw6` |
-    /// | `/qubes-netvm-gateway6` | the `/qubes-ip6` above |
+    /// | `/qubes-netvm-gateway6` | the `/qubes-ip6` in use (the directory's first) |
     ///
     /// [`EffectiveStore`] serves the IPv6 ones only as a pair: an IPv6
     /// address without a gateway (or the other way round) is left out
@@ -109,7 +112,10 @@ impl Defaults {
         if let Some(gw6) = settings.gw6 {
             values.insert(keys::GATEWAY6, gw6.to_string());
         }
-        Self { values }
+        Self {
+            values,
+            client_gw_follows_ip: settings.client_gw.is_none(),
+        }
     }
 
     /// The default of `key`, if any.
@@ -134,10 +140,16 @@ impl<'a> EffectiveStore<'a> {
 }
 
 impl EffectiveStore<'_> {
+    /// The directory's value of `key`.
+    fn in_directory(&self, key: &str) -> Option<&[u8]> {
+        key_to_xenstore(key)
+            .ok()
+            .and_then(|rel| self.snapshot.get(&rel))
+    }
+
     /// Whether `key` has a value in the directory or the defaults.
     fn known(&self, key: &str) -> bool {
-        key_to_xenstore(key).is_ok_and(|rel| self.snapshot.get(&rel).is_some())
-            || self.defaults.get(key).is_some()
+        self.in_directory(key).is_some() || self.defaults.get(key).is_some()
     }
 }
 
@@ -147,6 +159,16 @@ impl ConfigStore for EffectiveStore<'_> {
             key: key.chars().take(64).collect(),
         })?;
         if let Some(v) = self.snapshot.get(&rel) {
+            return Ok(Some(v.to_vec()));
+        }
+        // The clients' gateway defaults to the uplink address in use, the
+        // directory's when dom0 wrote one.
+        let follows = match key {
+            keys::NETVM_GATEWAY if self.defaults.client_gw_follows_ip => Some(keys::IP),
+            keys::NETVM_GATEWAY6 => Some(keys::IP6),
+            _ => None,
+        };
+        if let Some(v) = follows.and_then(|ip| self.in_directory(ip)) {
             return Ok(Some(v.to_vec()));
         }
         // The IPv6 uplink defaults come as a pair: an address from the vif
@@ -445,6 +467,10 @@ mod tests {
         ]);
         let config = config_of(&settings, &s, &vif, None).unwrap();
         assert_eq!(config.uplink.ip6, Some("2001:db8::77".parse().unwrap()));
+        assert_eq!(
+            config.client_side.gateway6,
+            Some("2001:db8::77".parse().unwrap())
+        );
         let own = FirewallSettings {
             ip6: Some("2001:db8::5".parse().unwrap()),
             ..with_gw6.clone()
@@ -513,6 +539,36 @@ mod tests {
         let s = snapshot(&[("qubes-ip", "192.168.7.3")]);
         let config = config_of(&settings, &s, &vif, Some(&l)).unwrap();
         assert_eq!(config.uplink.ip4, Ipv4Addr::new(192, 168, 7, 3));
+    }
+
+    /// As in Qubes, the clients' gateway is the firewall's own uplink
+    /// address unless named: the one dom0 wrote when it wrote one.
+    #[test]
+    fn the_clients_gateway_follows_the_uplink_address_in_use() {
+        let settings = FirewallSettings {
+            gw: Some(Ipv4Addr::new(10, 99, 0, 1)),
+            ..FirewallSettings::default()
+        };
+        let s = snapshot(&[("qubes-ip", "10.99.0.7")]);
+        let vif = [IpAddr::V4(Ipv4Addr::new(10, 99, 0, 77))];
+        for vif in [&vif[..], &[]] {
+            let config = config_of(&settings, &s, vif, None).unwrap();
+            assert_eq!(config.uplink.ip4, Ipv4Addr::new(10, 99, 0, 7));
+            assert_eq!(config.client_side.gateway4, Ipv4Addr::new(10, 99, 0, 7));
+        }
+        // Named on the command line or in the directory: that one.
+        let named = FirewallSettings {
+            client_gw: Some(Ipv4Addr::new(10, 137, 0, 1)),
+            ..settings.clone()
+        };
+        let config = config_of(&named, &s, &[], None).unwrap();
+        assert_eq!(config.client_side.gateway4, Ipv4Addr::new(10, 137, 0, 1));
+        let s2 = snapshot(&[
+            ("qubes-ip", "10.99.0.7"),
+            ("qubes-netvm-gateway", "10.138.0.1"),
+        ]);
+        let config = config_of(&settings, &s2, &[], None).unwrap();
+        assert_eq!(config.client_side.gateway4, Ipv4Addr::new(10, 138, 0, 1));
     }
 
     #[test]
