@@ -54,6 +54,11 @@ pub struct ClientInfo {
     /// `ip`: the addresses the toolstack gave it (space-separated in the
     /// key, as libxl writes it; IPv4 and IPv6 alike).
     pub ip: Key<Vec<IpAddr>>,
+    /// What its frontend asked for when it connected (scatter-gather, GSO
+    /// per type, blank checksums per family: what may be delivered to it
+    /// as is); `None` before it connected (at
+    /// [`Service::admit`](crate::Service::admit) time).
+    pub frontend: Option<netback::FrontendConfig>,
 }
 
 impl ClientInfo {
@@ -160,6 +165,7 @@ pub async fn read<T: XsTransport>(
         frontend_id,
         mac,
         ip,
+        frontend: None,
     })
 }
 
@@ -182,6 +188,7 @@ mod tests {
             frontend_id: 3,
             mac: Key::Absent,
             ip: both,
+            frontend: None,
         };
         assert_eq!(info.ip4(), Some(Ipv4Addr::new(10, 137, 0, 10)));
         assert_eq!(

@@ -6,7 +6,14 @@
 //!
 //! 1. takes at most [`Options::budget`] frames from the uplink and from
 //!    each client (clients taken in a rotating order), hands each to
-//!    [`Service::handle`] and sends what it returns;
+//!    [`Service::handle`] and sends what it returns, with its offload
+//!    flags (GSO, blank checksum) as the service left them. Frames for the
+//!    uplink are queued on its TX ring and published once a round (one
+//!    event at most, none while its backend is still busy). A client is
+//!    read only while no frame waits for room on that ring, and for no
+//!    more frames than the ring has free slots; a frame that does not fit
+//!    when it comes (a GSO super-packet takes up to 18 slots) waits, in
+//!    order, in the runtime's uplink queue until completions make room;
 //!    a client's frame for another client whose queue is half full waits
 //!    (it is not dropped; the other half is kept for the uplink's frames,
 //!    which cannot wait) and that client is not read again until it went:
@@ -36,7 +43,7 @@
 //! being polled at once and is closed once the uplink is back.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -47,7 +54,10 @@ use core::task::Poll;
 use kernel::control::ShutdownRequest;
 use kernel::executor::Handle;
 use netback::{BackendDevice, BackendOptions, Health, NetbackEnv, Offer, Offload, Packet, Vif};
-use netfront::{ConnectOptions, MacAddress, NetEnv, Netfront, NetfrontError, TxOffload};
+use netfront::error::TxError;
+use netfront::{
+    BackendFeatures, ConnectOptions, MacAddress, NetEnv, Netfront, NetfrontError, TxOffload,
+};
 use xen::abi::Port as EvtchnPort;
 use xen::xenbus::{write_state, XenbusState};
 use xen::xenstore::{XenStore, XsError, XsTransport};
@@ -108,12 +118,21 @@ pub struct Options {
     /// use), printed when the uplink comes up and after each client closed,
     /// so a run of attach/detach cycles shows whether anything leaks.
     pub resources: Option<fn() -> String>,
+    /// Most frames waiting for room on the uplink's TX ring (beyond, a
+    /// frame for the uplink is dropped and counted in
+    /// [`Stats::uplink_tx_dropped`]). Clients are not read while any wait,
+    /// so this holds at most what one client's TX ring held (256 slots:
+    /// 1 MiB) and what the service made of it.
+    pub uplink_queue_max: usize,
+    /// Most bytes in that queue.
+    pub uplink_queue_bytes_max: usize,
 }
 
 impl Options {
     /// The defaults: `device/vif/0`, budget 64, frames held for a stalled
     /// client 1 s, a scan every second, offers retried after 10 s, ticks
-    /// every 100 ms, a report every 10 s, MACs enforced, 64 clients.
+    /// every 100 ms, a report every 10 s, MACs enforced, 64 clients, at
+    /// most 2048 frames and 2 MiB waiting for the uplink's ring.
     pub fn new(name: &'static str, print: fn(&str)) -> Self {
         Self {
             name,
@@ -131,6 +150,8 @@ impl Options {
             enforce_mac: true,
             max_clients: 64,
             resources: None,
+            uplink_queue_max: 2048,
+            uplink_queue_bytes_max: 2 << 20,
         }
     }
 }
@@ -145,6 +166,9 @@ pub struct UplinkInfo {
     /// The `ip` key of its backend directory (`vif=['ip=...']` in our own
     /// xl config).
     pub ip: Key<Vec<core::net::IpAddr>>,
+    /// What its backend offered: GSO per type (with scatter-gather) and
+    /// blank checksums per family are what may be sent to it as is.
+    pub features: BackendFeatures,
 }
 
 /// Why [`run`] ended.
@@ -184,9 +208,16 @@ pub struct Stats {
     pub uplink_rx_dropped: u64,
     /// Frames sent on the uplink.
     pub uplink_tx: u64,
-    /// Frames for the uplink dropped (ring full, offload refused, uplink
-    /// down).
+    /// Frames for the uplink dropped (offload refused or bad size, its
+    /// queue full, uplink down).
     pub uplink_tx_dropped: u64,
+    /// Frames for the uplink that waited in the runtime's queue for room on
+    /// its TX ring (sent since, or still waiting).
+    pub uplink_queued: u64,
+    /// Events sent to the uplink's backend on its current connection (TX
+    /// pushes and RX refills that found it waiting); updated before each
+    /// report.
+    pub uplink_notifies: u64,
     /// Frames taken from clients.
     pub client_rx: u64,
     /// Frames queued for clients.
@@ -209,8 +240,9 @@ pub struct Stats {
     pub vif_errors: u64,
     /// Client frames dropped for a source MAC not their vif's.
     pub spoofed: u64,
-    /// Times a client was not read because the uplink's TX ring was full
-    /// (backpressure: the frames wait in the client's ring).
+    /// Times a client was not read because the uplink's TX ring was full or
+    /// frames still waited for it (backpressure: the client's frames wait
+    /// in its ring).
     pub uplink_full: u64,
     /// Times the uplink's backend went away.
     pub uplink_lost: u64,
@@ -276,7 +308,12 @@ async fn uplink_info<U: NetEnv>(nf: &mut Netfront<U>) -> UplinkInfo {
         Ok(v) => identity::parse_ip(&v),
         Err(_) => Key::Absent,
     };
-    UplinkInfo { mac, backend, ip }
+    UplinkInfo {
+        mac,
+        backend,
+        ip,
+        features: nf.features(),
+    }
 }
 
 /// The loop's state, apart from the uplink (which owns the xenstore
@@ -305,6 +342,11 @@ struct State<'a, B: NetbackEnv, S: Service> {
     /// Frames of clients for other clients whose queues were full, in
     /// order; a client with frames here is not read.
     held: Vec<Held>,
+    /// Frames for the uplink that did not fit on its TX ring, in order;
+    /// no client is read while one waits.
+    backlog: VecDeque<Packet>,
+    /// Their bytes.
+    backlog_bytes: usize,
 }
 
 impl<B: NetbackEnv, S: Service> State<'_, B, S> {
@@ -336,20 +378,7 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
         let reserve = self.reserve();
         for t in core::mem::take(&mut self.out) {
             match t.to {
-                To::Uplink => match uplink {
-                    Uplink::Up(nf) => {
-                        let offload = TxOffload {
-                            csum_blank: t.packet.offload.csum_blank,
-                            data_validated: t.packet.offload.data_validated,
-                            gso: t.packet.offload.gso,
-                        };
-                        match nf.send(&t.packet.data, offload) {
-                            Ok(()) => self.stats.uplink_tx += 1,
-                            Err(_) => self.stats.uplink_tx_dropped += 1,
-                        }
-                    }
-                    Uplink::Down(_) => self.stats.uplink_tx_dropped += 1,
-                },
+                To::Uplink => self.send_uplink(uplink, t.packet),
                 To::Client(id) => match self.clients.iter_mut().find(|c| c.info.id == id) {
                     Some(c) => {
                         // Behind frames already waiting for it (order), or
@@ -393,6 +422,63 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                 }
             }
         }
+    }
+
+    /// Queue `packet` on the uplink's TX ring (published at the round's
+    /// flush), or in the backlog behind frames already waiting or when the
+    /// ring has no room for it now.
+    fn send_uplink<U: NetEnv + 'static>(&mut self, uplink: &mut Uplink<U>, packet: Packet) {
+        let Uplink::Up(nf) = uplink else {
+            self.stats.uplink_tx_dropped += 1;
+            return;
+        };
+        if self.backlog.is_empty() {
+            match nf.queue(&packet.data, tx_offload(&packet)) {
+                Ok(()) => {
+                    self.stats.uplink_tx += 1;
+                    return;
+                }
+                Err(TxError::Busy) => {}
+                Err(_) => {
+                    self.stats.uplink_tx_dropped += 1;
+                    return;
+                }
+            }
+        }
+        let bytes = self.backlog_bytes.saturating_add(packet.data.len());
+        if self.backlog.len() >= self.options.uplink_queue_max
+            || bytes > self.options.uplink_queue_bytes_max
+        {
+            self.stats.uplink_tx_dropped += 1;
+            return;
+        }
+        self.stats.uplink_queued += 1;
+        self.backlog_bytes = bytes;
+        self.backlog.push_back(packet);
+    }
+
+    /// Move waiting frames onto the uplink's TX ring while they fit.
+    fn drain_backlog<U: NetEnv + 'static>(&mut self, uplink: &mut Uplink<U>) {
+        let Uplink::Up(nf) = uplink else {
+            return;
+        };
+        while let Some(p) = self.backlog.front() {
+            match nf.queue(&p.data, tx_offload(p)) {
+                Ok(()) => self.stats.uplink_tx += 1,
+                Err(TxError::Busy) => break,
+                Err(_) => self.stats.uplink_tx_dropped += 1,
+            }
+            if let Some(p) = self.backlog.pop_front() {
+                self.backlog_bytes = self.backlog_bytes.saturating_sub(p.data.len());
+            }
+        }
+    }
+
+    /// The uplink went away: what waited for it is dropped.
+    fn drop_backlog(&mut self) {
+        self.stats.uplink_tx_dropped += self.backlog.len() as u64;
+        self.backlog.clear();
+        self.backlog_bytes = 0;
     }
 
     /// What a client's frames for another client leave free in its queue
@@ -477,12 +563,16 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
             let Some(c) = self.clients.get_mut(i) else {
                 continue;
             };
-            // Backpressure: take no more from a client than the uplink can
-            // queue now (a frame without GSO takes one slot), so a busy
-            // uplink leaves frames in the clients' rings, where their TCP
-            // waits, instead of dropping them here. The uplink's TX
-            // completions wake us.
+            // Backpressure: read a client only while nothing waits for the
+            // uplink, and for no more frames than its TX ring has free
+            // slots (a frame takes at least one), so a busy uplink leaves
+            // frames in the clients' rings, where their TCP waits, instead
+            // of dropping them here. What does not fit after all (a GSO
+            // super-packet takes up to 18 slots, a segmented one more)
+            // waits in the backlog, bounded by what one client's ring
+            // held. The uplink's TX completions wake us.
             let room = match uplink {
+                Uplink::Up(_) if !self.backlog.is_empty() => 0,
                 Uplink::Up(nf) => nf
                     .queues()
                     .iter()
@@ -644,10 +734,12 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                             frontend_id: vif.device().frontend_id,
                             mac: Key::Absent,
                             ip: Key::Absent,
+                            frontend: None,
                         },
                     };
                     self.next_id += 1;
                     info.id = ClientId(self.next_id);
+                    info.frontend = Some(*vif.frontend());
                     self.print(&format!(
                         "vif {path} connected (frontend domain {}, client {})",
                         info.frontend_id, info.id.0
@@ -819,6 +911,8 @@ where
         out: Vec::new(),
         packets: Vec::new(),
         held: Vec::new(),
+        backlog: VecDeque::new(),
+        backlog_bytes: 0,
     };
     let nf = match Netfront::connect(uplink_env, &options.uplink_path, options.uplink).await {
         Ok(nf) => nf,
@@ -898,6 +992,8 @@ where
             match nf.poll() {
                 Err(e) => lost = Some(e),
                 Ok(()) => {
+                    // TX completions made room: what waited goes first.
+                    state.drain_backlog(&mut uplink);
                     for _ in 0..options.budget {
                         let Uplink::Up(nf) = &mut uplink else { break };
                         let Some(rx) = nf.receive() else { break };
@@ -930,6 +1026,10 @@ where
         }
         // The clients.
         more |= state.serve_clients(now, &mut uplink, &mut dead);
+        // Everything queued for the uplink this round, published at once.
+        if let Uplink::Up(nf) = &mut uplink {
+            nf.flush();
+        }
         if !dead.is_empty() {
             match &mut uplink {
                 Uplink::Up(nf) => {
@@ -945,6 +1045,7 @@ where
             if let Uplink::Up(nf) = &uplink {
                 state.stats.uplink_rx_dropped =
                     nf.queues().iter().map(|q| q.rx.stats.dropped).sum();
+                state.stats.uplink_notifies = nf.notifies();
             }
             state.stats.clients = state.clients.len();
             state.stats.offered = state.offers.len();
@@ -1103,6 +1204,15 @@ where
     }
 }
 
+/// A packet's flags as netfront takes them.
+fn tx_offload(p: &Packet) -> TxOffload {
+    TxOffload {
+        csum_blank: p.offload.csum_blank,
+        data_validated: p.offload.data_validated,
+        gso: p.offload.gso,
+    }
+}
+
 /// A watch event of the configuration directory.
 fn note_config(changed: &mut config::Changed, options: &Options, path: &str) {
     if let Some(dir) = options.config.as_deref() {
@@ -1122,6 +1232,7 @@ fn lose_uplink<U: NetEnv + 'static, B: NetbackEnv, S: Service>(
     match uplink {
         Uplink::Up(nf) => {
             state.stats.uplink_lost += 1;
+            state.drop_backlog();
             state.print(&format!("uplink lost ({why}): reconnecting"));
             state.service.uplink_down(now);
             let options = state.options.uplink;

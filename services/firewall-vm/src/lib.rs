@@ -12,8 +12,10 @@
 //!   `/qubes-firewall/<ip>`, frames through `Firewall::handle_offloaded`
 //!   with their offload flags (GSO super-packets and blank checksums pass
 //!   with only their headers rewritten, segmented or completed for a link
-//!   that does not take them: [`FirewallVm::set_uplink_capabilities`],
-//!   [`FirewallVm::set_client_capabilities`]).
+//!   that does not take them). What each link takes comes from the
+//!   runtime: the uplink's backend features ([`UplinkInfo::features`]) and
+//!   each client's frontend configuration ([`ClientInfo::frontend`]),
+//!   through [`uplink_capabilities`] and [`client_capabilities`].
 //!
 //! Deployment and configuration: `docs/firewall.md`.
 #![cfg_attr(not(test), no_std)]
@@ -67,12 +69,10 @@ pub struct VmStats {
     pub rule_errors: u64,
 }
 
-/// What the uplink is assumed to take until
-/// [`FirewallVm::set_uplink_capabilities`] says otherwise: blank IPv4
-/// checksums, which netif.h has a backend take unless it writes
-/// `feature-no-csum-offload`, and nothing else (IPv6 checksum offload and
-/// GSO only when the backend offers them, and the runtime does not tell
-/// the service what it offered).
+/// What the uplink is assumed to take before it is up (then its backend's
+/// features say: [`uplink_capabilities`]): blank IPv4 checksums, which
+/// netif.h has a backend take unless it writes `feature-no-csum-offload`,
+/// and nothing else.
 pub const ASSUMED_UPLINK: Capabilities = Capabilities {
     gso_tcpv4: false,
     gso_tcpv6: false,
@@ -80,10 +80,11 @@ pub const ASSUMED_UPLINK: Capabilities = Capabilities {
     csum_blank_v6: false,
 };
 
-/// What a client's link is assumed to take until
-/// [`FirewallVm::set_client_capabilities`] says otherwise: blank checksums
-/// (our netback completes them for a frontend that does not take them) but
-/// no GSO (netback drops a super-packet its frontend did not ask for).
+/// What a client's link is assumed to take when nothing says otherwise (a
+/// [`ClientInfo`] without its frontend's configuration; the runtime always
+/// gives it): blank checksums (our netback completes them for a frontend
+/// that does not take them) but no GSO (netback drops a super-packet its
+/// frontend did not ask for).
 pub const ASSUMED_CLIENT: Capabilities = Capabilities {
     gso_tcpv4: false,
     gso_tcpv6: false,
@@ -156,7 +157,8 @@ impl FirewallVm {
 
     /// What the uplink takes on the way out (from its backend's
     /// `feature-gso-tcpv4`/`v6`, `feature-no-csum-offload` and
-    /// `feature-ipv6-csum-offload`); [`ASSUMED_UPLINK`] until called.
+    /// `feature-ipv6-csum-offload`); set from [`UplinkInfo::features`] at
+    /// each [`Service::uplink_up`], [`ASSUMED_UPLINK`] before.
     pub fn set_uplink_capabilities(&mut self, capabilities: Capabilities) {
         self.uplink_capabilities = capabilities;
         if let Some(fw) = self.fw.as_mut() {
@@ -165,8 +167,9 @@ impl FirewallVm {
     }
 
     /// What client `id`'s link takes on the way out (from its frontend's
-    /// `feature-gso-tcpv4`/`v6` and checksum features); [`ASSUMED_CLIENT`]
-    /// until called. Forgotten when the client goes down.
+    /// `feature-gso-tcpv4`/`v6` and checksum features); set from
+    /// [`ClientInfo::frontend`] at [`Service::client_up`] ([`ASSUMED_CLIENT`]
+    /// without it). Forgotten when the client goes down.
     pub fn set_client_capabilities(&mut self, id: ClientId, capabilities: Capabilities) {
         self.client_capabilities.insert(id.0, capabilities);
         if let Some(fw) = self.fw.as_mut() {
@@ -343,6 +346,10 @@ impl Service for FirewallVm {
             mac: client.mac.valid().map(|m| EthernetAddress(m.0)),
         };
         self.clients.insert(client.id.0, config);
+        if let Some(front) = &client.frontend {
+            self.client_capabilities
+                .insert(client.id.0, client_capabilities(front));
+        }
         let capabilities = self.client_capabilities(client.id.0);
         if let Some(fw) = self.fw.as_mut() {
             fw.add_client(firewall::ClientId(client.id.0), config);
@@ -377,6 +384,9 @@ impl Service for FirewallVm {
     }
 
     fn uplink_up(&mut self, _now_ns: u64, uplink: &UplinkInfo) {
+        // (A backend restarted may offer other features: before the core
+        // is rebuilt or kept.)
+        self.set_uplink_capabilities(uplink_capabilities(&uplink.features));
         let changed = self.uplink.as_ref() != Some(uplink);
         self.uplink = Some(uplink.clone());
         if changed || self.fw.is_none() {
@@ -450,7 +460,8 @@ impl Service for FirewallVm {
         Some(format!(
             "stats: clients={} out={} in={} refused-by-rule={} admin-prohibited={} \
              no-rules={} spoofed={} inter-client={} refused-vifs={} \
-             uplink-tx-dropped={} gso={}/{}B plain={}/{}B segmented={} csum-completed={} \
+             uplink-tx-dropped={} uplink-queued={} uplink-full={} uplink-notifies={} \
+             client-tx-dropped={} gso={}/{}B plain={}/{}B segmented={} csum-completed={} \
              gso-dropped={} bad-offload={}",
             stats.clients,
             c.forwarded_out,
@@ -462,6 +473,10 @@ impl Service for FirewallVm {
             c.dropped_inter_client,
             self.stats.refused,
             stats.uplink_tx_dropped,
+            stats.uplink_queued,
+            stats.uplink_full,
+            stats.uplink_notifies,
+            stats.client_tx_dropped,
             c.forwarded_gso,
             c.forwarded_gso_bytes,
             c.forwarded_plain,
@@ -477,8 +492,8 @@ impl Service for FirewallVm {
 /// What the uplink takes, from what its backend offered: GSO of a type
 /// only with scatter-gather (netfront refuses a super-packet without
 /// both), blank IPv4 checksums unless `feature-no-csum-offload`, blank
-/// IPv6 ones with `feature-ipv6-csum-offload`. For
-/// [`FirewallVm::set_uplink_capabilities`] once the runtime reports them.
+/// IPv6 ones with `feature-ipv6-csum-offload`. Applied at each
+/// [`Service::uplink_up`].
 pub fn uplink_capabilities(features: &netfront::BackendFeatures) -> Capabilities {
     Capabilities {
         gso_tcpv4: features.sg && features.gso_tcpv4,
@@ -491,8 +506,8 @@ pub fn uplink_capabilities(features: &netfront::BackendFeatures) -> Capabilities
 /// What a client's link takes, from what its frontend asked for: GSO of a
 /// type only with scatter-gather (netback drops a super-packet its
 /// frontend cannot take), blank checksums always (netback completes them
-/// for a frontend that does not take them). For
-/// [`FirewallVm::set_client_capabilities`] once the runtime reports them.
+/// for a frontend that does not take them). Applied at
+/// [`Service::client_up`].
 pub fn client_capabilities(front: &netback::FrontendConfig) -> Capabilities {
     Capabilities {
         gso_tcpv4: front.sg && front.gso_tcpv4,

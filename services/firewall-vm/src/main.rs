@@ -19,6 +19,7 @@ mod image {
     use kernel::devices::XenEnv;
     use kernel::println;
     use netback::BackendOptions;
+    use netfront::ConnectOptions;
     use netvm::{Options, Stop};
 
     kernel::service!(main);
@@ -72,19 +73,19 @@ mod image {
         };
         let h = env.executor.clone();
         let mut options = Options::new("firewall", print);
-        // No GSO offered to clients, nor asked of the uplink, yet: the
-        // runtime does not tell the service what the uplink's backend and
-        // each client's frontend take, so every super-packet would be
-        // segmented here (`firewall::offload`), and the runtime's
-        // backpressure counts one uplink ring slot per client frame.
-        // IPv6 checksums complete; blank IPv4 ones pass NAT blank (the
-        // pseudo-header sum updated), which netif.h has every backend
-        // take. See "Fast path" in docs/firewall.md.
-        options.backend = BackendOptions {
-            gso_tcpv4: false,
-            gso_tcpv6: false,
-            ipv6_csum_offload: false,
-            ..BackendOptions::default()
+        // The fast path (docs/firewall.md, "Fast path"): clients are
+        // offered GSO and blank checksums of both families (netback's
+        // defaults), and the uplink asks its backend for GSO super-packets
+        // and blank checksums on receive. What each peer takes in turn
+        // reaches the service with the uplink (its backend's features) and
+        // each client (its frontend's keys), so a super-packet passes as
+        // one, NATed in its headers only, where the next link takes it,
+        // and is segmented here only where it does not.
+        options.backend = BackendOptions::default();
+        options.uplink = ConnectOptions {
+            rx_gso: true,
+            rx_csum_blank: true,
+            ..ConnectOptions::default()
         };
         options.config = Some(alloc::string::String::from(CONFIG_DIR));
         options.resources = Some(resources);

@@ -130,6 +130,7 @@ fn client(ip: Option<&str>) -> ClientInfo {
             Some(a) => Key::Valid(vec![a.parse::<IpAddr>().unwrap()]),
             None => Key::Absent,
         },
+        frontend: None,
     }
 }
 
@@ -183,6 +184,14 @@ fn clients_rules_and_rule_changes_through_the_service() {
             mac: MacAddress(FW_MAC),
             backend: "/local/domain/0/backend/vif/7/0".into(),
             ip: Key::Valid(vec![IpAddr::from(FW_IP)]),
+            // Blank IPv4 checksums only (no feature-gso-*).
+            features: netfront::BackendFeatures {
+                rx_copy: true,
+                sg: true,
+                ipv4_csum_offload: true,
+                max_queues: 1,
+                ..Default::default()
+            },
         },
     );
     let lines = vm.configure(
@@ -344,4 +353,210 @@ fn link_capabilities_follow_what_the_peers_offered() {
             ..Capabilities::ALL
         }
     );
+}
+
+/// A TCP/IPv4 segment (a super-packet with `gso`) from `src` to `dst`,
+/// with `payload` bytes and a blank checksum (the field holds the
+/// pseudo-header sum, as Linux sends it).
+#[allow(clippy::too_many_arguments)]
+fn tcp(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    seq: u32,
+    flags: u8,
+    payload: usize,
+    gso: Option<u16>,
+) -> Packet {
+    let mut f = vec![0u8; 14 + 20 + 20 + payload];
+    f[0..6].copy_from_slice(&macs.1);
+    f[6..12].copy_from_slice(&macs.0);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let total = (40 + payload) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.0);
+    ip[16..20].copy_from_slice(&dst.0);
+    let c = ip_checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut f[34..54];
+    t[0..2].copy_from_slice(&src.1.to_be_bytes());
+    t[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&1u32.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let mut sum = 6u32 + u32::from(total - 20);
+    for c in f[26..34].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[50..52].copy_from_slice(&(sum as u16).to_be_bytes());
+    Packet {
+        data: f,
+        offload: Offload {
+            csum_blank: true,
+            data_validated: false,
+            gso: gso.map(|mss| xen::netif::Gso {
+                kind: xen::netif::GsoKind::TcpV4,
+                mss,
+            }),
+        },
+    }
+}
+
+fn frontend(gso: bool) -> netback::FrontendConfig {
+    netback::FrontendConfig {
+        tx_ring_ref: 8,
+        rx_ring_ref: 9,
+        events: netback::config::EventChannels::Shared(3),
+        sg: true,
+        gso_tcpv4: gso,
+        gso_tcpv6: gso,
+        csum_v4: true,
+        csum_v6: true,
+    }
+}
+
+/// What the runtime says the peers offered decides the path: a client's
+/// super-packet reaches an uplink whose backend offers GSO as one (NATed
+/// in its headers), and is cut here for one that does not (the backend
+/// restarted with other features); the uplink's super-packet reaches a
+/// client whose frontend asked for GSO as one, and is cut for one that
+/// did not.
+#[test]
+fn gso_follows_the_features_the_runtime_reports() {
+    const MSS: u16 = 1448;
+    const LEN: usize = 10 * MSS as usize;
+    let settings = FirewallSettings {
+        gw: Some(Ipv4Addr::from(GW_IP)),
+        dns: vec![Ipv4Addr::from(GW_IP)],
+        client_gw: Some(Ipv4Addr::new(10, 137, 0, 1)),
+        ..FirewallSettings::default()
+    };
+    let mut vm = FirewallVm::new(settings, print);
+    let mut uplink = UplinkInfo {
+        mac: MacAddress(FW_MAC),
+        backend: "/local/domain/0/backend/vif/7/0".into(),
+        ip: Key::Valid(vec![IpAddr::from(FW_IP)]),
+        features: netfront::BackendFeatures {
+            rx_copy: true,
+            sg: true,
+            gso_tcpv4: true,
+            gso_tcpv6: true,
+            ipv4_csum_offload: true,
+            ipv6_csum_offload: true,
+            rx_notify: true,
+            max_queues: 1,
+        },
+    };
+    vm.uplink_up(1, &uplink);
+    let other_mac = [0, 0x16, 0x3e, 0x6d, 0x6f, 0x21];
+    let snapshot = rules(&[
+        ("qubes-firewall/10-137-0-11", ""),
+        ("qubes-firewall/10-137-0-11/policy", "accept"),
+    ]);
+    vm.configure(
+        2,
+        &snapshot,
+        &Changed {
+            paths: vec![],
+            all: true,
+        },
+    );
+    // Client 1 asked for GSO, client 2 did not.
+    let mut c1 = client(Some("10.137.0.10"));
+    c1.id = ClientId(1);
+    c1.frontend = Some(frontend(true));
+    vm.client_up(3, &c1);
+    let mut c2 = client(Some("10.137.0.11"));
+    c2.id = ClientId(2);
+    c2.mac = Key::Valid(MacAddress(other_mac));
+    c2.frontend = Some(frontend(false));
+    vm.client_up(3, &c2);
+    let mut out: Vec<Transmit> = Vec::new();
+    vm.handle(4, Link::Uplink, arp_reply(), &mut out);
+    out.clear();
+    let gw_side = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
+    // Each client opens a flow to GW:8080; the NATed port is read off
+    // the SYN and the gateway answers it.
+    let mut ports = Vec::new();
+    for (id, mac, ip) in [(1, CLIENT_MAC, CLIENT_IP), (2, other_mac, [10, 137, 0, 11])] {
+        let syn = tcp((mac, gw_side), (ip, 40000), (GW_IP, 8080), 1, 0x02, 0, None);
+        vm.handle(5, Link::Client(ClientId(id)), syn, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].to, To::Uplink);
+        let port = u16::from_be_bytes([out[0].packet.data[34], out[0].packet.data[35]]);
+        out.clear();
+        let synack = tcp(
+            (GW_MAC, FW_MAC),
+            (GW_IP, 8080),
+            (FW_IP, port),
+            1,
+            0x12,
+            0,
+            None,
+        );
+        vm.handle(6, Link::Uplink, synack, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].to, To::Client(ClientId(id)));
+        out.clear();
+        ports.push(port);
+    }
+    // Client 1 -> uplink with GSO: one super-packet, its size unchanged.
+    let big = tcp(
+        (CLIENT_MAC, gw_side),
+        (CLIENT_IP, 40000),
+        (GW_IP, 8080),
+        2,
+        0x18,
+        LEN,
+        Some(MSS),
+    );
+    vm.handle(7, Link::Client(ClientId(1)), big.clone(), &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].to, To::Uplink);
+    assert_eq!(out[0].packet.data.len(), 54 + LEN);
+    assert_eq!(out[0].packet.offload.gso.map(|g| g.mss), Some(MSS));
+    assert!(out[0].packet.offload.csum_blank);
+    out.clear();
+    // The uplink's backend comes back without GSO: cut here.
+    uplink.features.gso_tcpv4 = false;
+    uplink.features.gso_tcpv6 = false;
+    vm.uplink_up(8, &uplink);
+    vm.handle(9, Link::Client(ClientId(1)), big, &mut out);
+    assert_eq!(out.len(), 10, "ten segments of {MSS}");
+    assert!(out
+        .iter()
+        .all(|t| t.to == To::Uplink && t.packet.offload.gso.is_none()));
+    out.clear();
+    // Uplink -> client 1 (GSO asked for): one; -> client 2: ten segments.
+    for (id, port, segments) in [(1, ports[0], 1), (2, ports[1], 10)] {
+        let down = tcp(
+            (GW_MAC, FW_MAC),
+            (GW_IP, 8080),
+            (FW_IP, port),
+            2,
+            0x18,
+            LEN,
+            Some(MSS),
+        );
+        vm.handle(10, Link::Uplink, down, &mut out);
+        assert_eq!(out.len(), segments, "client {id}: {out:?}");
+        assert!(out.iter().all(|t| t.to == To::Client(ClientId(id))));
+        assert_eq!(out[0].packet.offload.gso.is_some(), segments == 1);
+        out.clear();
+    }
+    let c = vm.firewall().unwrap().counters();
+    assert_eq!((c.forwarded_gso, c.gso_segmented), (2, 2), "{c:?}");
 }
