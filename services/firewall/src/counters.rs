@@ -24,8 +24,8 @@ pub struct Counters {
     /// ICMP host-prohibited (ICMPv6 admin-prohibited) errors sent for
     /// packets a client addressed to the firewall itself.
     pub host_prohibited_sent: u64,
-    /// ICMP time-exceeded errors sent to clients whose packets' TTL ran
-    /// out here.
+    /// ICMP time-exceeded errors sent to clients, or to remotes on the
+    /// uplink, whose packets' TTL ran out here.
     pub time_exceeded_sent: u64,
     /// ICMP errors not sent because their client had received its share
     /// (one a second after a burst of six per address, as Linux).

@@ -637,6 +637,62 @@ fn an_expiring_ttl_is_answered_with_time_exceeded() {
     assert_eq!(fw.counters().forwarded_out, 0);
 }
 
+/// The same from the uplink: conntrack (prerouting) undoes the masquerade
+/// of a reply, the packet is routed towards the client's vif, and
+/// `ip_forward` answers a TTL that runs out with time exceeded from the
+/// address `icmp_send` picks for the remote, the uplink's; the error is
+/// RELATED to the flow, so NAT (`nf_nat_icmp_reply_translation`) gives
+/// the quoted packet back the uplink address and port the remote used.
+/// Errors to each remote are limited as to each client (below).
+#[test]
+fn an_expiring_ttl_from_the_uplink_is_answered_with_time_exceeded() {
+    let mut fw = firewall(true);
+    forwarded(&mut fw, &tcp(A_IP, 40000, WEB, 443, SYN));
+    let expiring = |packet: Vec<u8>| {
+        let mut packet = packet;
+        if packet[0] >> 4 == 4 {
+            let mut header = smoltcp::wire::Ipv4Packet::new_unchecked(&mut packet[..]);
+            header.set_hop_limit(1);
+            header.fill_checksum();
+        } else {
+            smoltcp::wire::Ipv6Packet::new_unchecked(&mut packet[..]).set_hop_limit(1);
+        }
+        from_uplink(&packet)
+    };
+    let reply = expiring(tcp(WEB, 443, UPLINK_IP, 40000, SYN_ACK));
+    let error = single(
+        fw.handle(t(0), Interface::Uplink, &reply),
+        Interface::Uplink,
+    );
+    assert_eq!(icmp4_type_code(&error), (11, 0));
+    let ip = assert_valid4(&error);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (UPLINK_IP, WEB));
+    // The quoted packet is the remote's, as it sent it.
+    let quoted = smoltcp::wire::Ipv4Packet::new_unchecked(&ip.payload()[8..]);
+    assert_eq!((quoted.src_addr(), quoted.dst_addr()), (WEB, UPLINK_IP));
+    assert_eq!(tcp_ports(quoted.payload()), (443, 40000));
+    assert_eq!(fw.counters().forwarded_in, 0);
+    assert_eq!(fw.counters().dropped_ttl, 1);
+    // Six at once to one remote, then one a second.
+    let answered: usize = (0..9)
+        .map(|_| fw.handle(t(0), Interface::Uplink, &reply).len())
+        .sum();
+    assert_eq!(answered, 5);
+    assert_eq!(fw.handle(t(1), Interface::Uplink, &reply).len(), 1);
+    // IPv6: hop limit exceeded.
+    forwarded(&mut fw, &tcp(A_IP6, 40000, WEB6, 443, SYN));
+    let reply6 = expiring(tcp(WEB6, 443, UPLINK_IP6, 40000, SYN_ACK));
+    let error6 = single(
+        fw.handle(t(1), Interface::Uplink, &reply6),
+        Interface::Uplink,
+    );
+    assert_eq!(icmp6_type_code(&error6), (3, 0));
+    assert_eq!(assert_valid6(&error6).src_addr(), UPLINK_IP6);
+    // A packet of no flow is not forwarded, so not answered.
+    let stray = expiring(tcp(WEB, 443, UPLINK_IP, 40999, SYN_ACK));
+    assert!(fw.handle(t(5), Interface::Uplink, &stray).is_empty());
+}
+
 /// Linux limits the destination-unreachable and time-exceeded errors it
 /// sends to one address (`icmp_ratemask`, `icmp_ratelimit` = 1000 ms in
 /// Documentation/networking/ip-sysctl.rst) with a token bucket of six

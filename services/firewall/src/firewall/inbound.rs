@@ -126,7 +126,9 @@ impl Firewall {
             return;
         };
         if header.hop_limit <= 1 {
+            // Linux's ip_forward answers, after conntrack saw it.
             self.counters.dropped_ttl += 1;
+            self.uplink_time_exceeded(now, header, ip, out);
             return;
         }
         let Some(mut frame) = frame_around(ip, header) else {

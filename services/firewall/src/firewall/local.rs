@@ -43,6 +43,25 @@ const GLOBAL_INTERVAL: Duration = Duration::from_millis(1);
 /// (`icmp_msgs_burst`, 50).
 const GLOBAL_BURST: i64 = 50;
 
+/// Budgets for the ICMP errors sent to remotes on the uplink, one per
+/// slot: a remote's address picks its slot by hash, and addresses that
+/// share one share its budget (so never more errors per address than
+/// Linux's per-destination limit, in bounded memory).
+pub(super) const UPLINK_ERROR_SLOTS: usize = 256;
+
+/// The slot of `addr` among [`UPLINK_ERROR_SLOTS`] (FNV-1a of its bytes).
+fn uplink_slot(addr: &IpAddr) -> usize {
+    let octets: &[u8] = match addr {
+        IpAddr::V4(a) => &a.octets(),
+        IpAddr::V6(a) => &a.octets(),
+    };
+    let mut hash: u32 = 0x811c_9dc5;
+    for &b in octets {
+        hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    hash as usize % UPLINK_ERROR_SLOTS
+}
+
 /// A token bucket of ICMP errors, as Linux keeps one per destination
 /// (`inet_peer_xrlim_allow`, for the destination-unreachable and
 /// time-exceeded errors of `icmp_ratemask`) and one for all
@@ -128,6 +147,51 @@ impl Firewall {
             self.counters.icmp_errors_rate_limited += 1;
         }
         allowed
+    }
+
+    /// Whether an ICMP error may go to `remote` on the uplink at `now`:
+    /// its slot's budget, then the global one; counts it if not.
+    fn uplink_error_allowed(&mut self, now: Instant, remote: &IpAddr) -> bool {
+        let allowed = self
+            .uplink_error_budgets
+            .get_mut(uplink_slot(remote))
+            .is_some_and(|budget| budget.allow(now, PER_ADDRESS_INTERVAL, PER_ADDRESS_BURST))
+            && self.error_budget.allow(now, GLOBAL_INTERVAL, GLOBAL_BURST);
+        if !allowed {
+            self.counters.icmp_errors_rate_limited += 1;
+        }
+        allowed
+    }
+
+    /// A packet of a tracked flow from the uplink whose TTL (hop limit)
+    /// runs out here, on its way to a client: ICMP time exceeded from the
+    /// uplink address to its sender, quoting it as it came, as Linux's
+    /// `ip_forward` sends it after conntrack undid the NAT (and NAT
+    /// translates the quoted packet back on the way out), limited per
+    /// remote as Linux limits errors per destination.
+    pub(super) fn uplink_time_exceeded(
+        &mut self,
+        now: Instant,
+        header: &IpHeader,
+        ip: &[u8],
+        out: &mut Vec<Transmit>,
+    ) {
+        let Some(from) = self.uplink_addr(header.is_v6()) else {
+            return;
+        };
+        if !self.uplink_error_allowed(now, &header.src) {
+            return;
+        }
+        if let Some(error) = icmp::time_exceeded(from, ip, header) {
+            let frame = link::ethernet_frame(
+                self.config.uplink.mac,
+                EthernetAddress([0; 6]),
+                ip_ethertype(&error),
+                &error,
+            );
+            self.send_to_uplink(now, frame, out);
+            self.counters.time_exceeded_sent += 1;
+        }
     }
 
     /// Whether the firewall does IPv6 at all: as Linux's qubes-iptables

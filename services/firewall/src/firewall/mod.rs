@@ -105,6 +105,9 @@ pub struct Firewall {
     rule_reports: VecDeque<RuleReport>,
     /// The ICMP errors the firewall may still send to any client.
     error_budget: local::ErrorBudget,
+    /// The ICMP errors the firewall may still send to remotes on the
+    /// uplink, per hashed address ([`local::UPLINK_ERROR_SLOTS`]).
+    uplink_error_budgets: Vec<local::ErrorBudget>,
     resolver: Resolver,
     conntrack: ConnTrack,
     fragments: FragmentTable,
@@ -190,6 +193,7 @@ impl Firewall {
             pending_rules: BTreeMap::new(),
             rule_reports: VecDeque::new(),
             error_budget: Default::default(),
+            uplink_error_budgets: alloc::vec![Default::default(); local::UPLINK_ERROR_SLOTS],
             resolver: Resolver::new(random),
             last_arp_request: None,
             awaiting_gateway: VecDeque::new(),
