@@ -428,8 +428,8 @@ def main() -> int:
     interactive = sys.stdin.isatty() and not args.no_shell
     began = time.monotonic()
     print("make run: moat's firewall VM on real Xen. Booting Xen 4.17 and a Debian dom0 in QEMU "
-          "(software emulation: a minute or two; the first run also fetches Debian's packages "
-          "into the rig cache)", flush=True)
+          "(software emulation: the demo takes about four minutes on two cores; the first run "
+          "also fetches Debian's packages into the rig cache)", flush=True)
     domu = linux_domu.build()
     guests = [
         (image, "firewall"),
