@@ -114,6 +114,12 @@ rig-stress: images
 bench-net: images
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 16 --pings 1000 --bridge 16 --linux --timeout 2400
 
+# moat's firewall VM beside a Debian Linux firewall domU with Qubes' nftables
+# rules, same topology, one rig boot: iperf3 TCP/UDP, CPU, start, memory=
+# (printed, never asserted; docs/firewall.md "Benchmark").
+bench-firewall-vm: images
+	python3 rig/bench_firewall_vm.py --image $(IMAGE_DIR)/firewall --timeout 5400
+
 # The selftest image as a Xen arm32 guest in the arm32 rig, console shown.
 run-arm32: images
 	printf 'MOAT_CFG=selftest-arm32.cfg MOAT_NAME=selftest-arm32 sh /guest/run-guest.sh\n' > $(CARGO_TARGET_DIR)/run-arm32.sh

@@ -146,18 +146,25 @@ def nft_file(client: str, rules: list, policy: str = "drop", dns: tuple = (DOM0,
     )
 
 
-def dom0_script(kinds: list, counts: list, seconds: int, mem_steps: dict) -> tuple:
-    """The generated dom0 script: the servers, then per firewall its
-    benchmark and its memory bisection, each a case (rig/dom0/case.sh)."""
-    header = [". /guest/fwbench.sh"]
+def dom0_script(kinds: list, counts: list, seconds: int, mem_steps: dict, sequential: bool = False,
+                flowtable: bool = False) -> tuple:
+    """The generated dom0 script: the servers, then the benchmark (both
+    firewalls up at once, each run made for one and then the other; with
+    `sequential` or one kind, one firewall after the other), then per
+    firewall its memory bisection, each a case (rig/dom0/case.sh)."""
+    header = [". /guest/fwbench.sh", f"FLOWTABLE={int(flowtable)}"]
     for name in [str(n) for n in counts] + ["check"]:
         header += moat_function(name, rule_set(name)).splitlines()
     per_test = seconds + 75
     cases = [xenrig.Case("servers", 60, ["fwbench_servers"], setup=True)]
-    for kind in kinds:
-        limit = 120 + 180 + 120 + 120 + len(counts) * (60 + 4 * per_test) + 120
-        cases.append(xenrig.Case(f"{kind}-bench", limit, [
-            f"bench_side {kind} {FW[kind]} {CLIENT[kind]} {seconds} {' '.join(map(str, counts))}"]))
+    if len(kinds) == 2 and not sequential:
+        limit = 2 * (180 + 180 + 150 + 150) + len(counts) * 2 * (60 + 4 * per_test) + 120
+        cases.append(xenrig.Case("bench", limit, [f"bench_pair {seconds} {' '.join(map(str, counts))}"]))
+    else:
+        for kind in kinds:
+            limit = 120 + 180 + 120 + 120 + len(counts) * (60 + 4 * per_test) + 120
+            cases.append(xenrig.Case(f"{kind}-bench", limit, [
+                f"bench_side {kind} {FW[kind]} {CLIENT[kind]} {seconds} {' '.join(map(str, counts))}"]))
     for kind in kinds:
         steps = mem_steps.get(kind, 0)
         if steps:
@@ -236,6 +243,11 @@ def main() -> int:
     ap.add_argument("--mem-steps", default="4,4", metavar="MOAT,LINUX",
                     help="memory= bisection trials per firewall (default 4,4; 0 skips)")
     ap.add_argument("--only", choices=["moat", "linux"], help="one firewall only")
+    ap.add_argument("--flowtable", type=int, default=0, choices=[0, 1],
+                    help="1: the Linux firewall also sets up Qubes' nat-accel flowtable (default 0: bulk "
+                         "TCP through it stalled on this rig, see docs/firewall.md)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="one firewall after the other (default: both up, runs alternating)")
     ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--log")
     args = ap.parse_args()
@@ -270,7 +282,7 @@ def main() -> int:
         (domu.router_ramdisk, "linux-router.cpio.gz"),
         (domu.bench_ramdisk, "bench-client.cpio.gz"),
     ] + with_files
-    script, names = dom0_script(kinds, counts, args.seconds, mem_steps)
+    script, names = dom0_script(kinds, counts, args.seconds, mem_steps, args.sequential, bool(args.flowtable))
     xenrig.exit_on_sigterm()
     result = xenrig.run_script(script, guests=guests, timeout=args.timeout,
                                log=Path(args.log) if args.log else None)
@@ -282,7 +294,9 @@ def main() -> int:
     print(f"bench-firewall-vm: moat's firewall ({args.type}) beside a Debian Linux firewall domU (PV), "
           f"same rig boot, QEMU TCG: compare ratios, not absolutes")
     print("topology (both): Linux client domU --vif, backend = the firewall domU--> firewall "
-          "--vif on dom0's xenbr0--> dom0; iperf3 3.12 at both ends")
+          "--vif on dom0's xenbr0--> dom0; iperf3 3.12 at both ends; "
+          + ("one firewall after the other" if args.sequential or len(kinds) == 1 else
+             "both firewalls up at once, each run made for moat then for Linux"))
     for row in table(fig, counts, mem):
         print(f"  {row}")
     print("  (throughput rows: moat/Linux > 1 means moat is faster; time and memory rows: < 1 means "
@@ -293,8 +307,7 @@ def main() -> int:
         if t:
             print(f"  memory= trials {kind}: {', '.join(t)}")
     flow = [l.split("linuxfw: ", 1)[1] for l in texts if "linuxfw: flowtable" in l]
-    if flow:
-        print(f"  Linux nat-accel flowtable: {flow[-1]}")
+    print(f"  Linux nat-accel flowtable: {flow[-1] if flow else 'not set up'}")
     for l in texts:
         if l.startswith("RIG fail ") or l.startswith("RIG rules ") and l.endswith(" fail"):
             print(f"  {l}")

@@ -112,6 +112,10 @@ class RuleSets(unittest.TestCase):
 
     def test_script_has_every_case(self):
         s, names = bench.dom0_script(["moat", "linux"], [1, 10], 5, {"moat": 3, "linux": 0})
+        self.assertEqual(names, ["servers", "bench", "moat-mem"])
+        self.assertIn("bench_pair 5 1 10", s)
+        subprocess.run(["sh", "-n"], input=s.encode(), check=True)
+        s, names = bench.dom0_script(["moat", "linux"], [1, 10], 5, {"moat": 3, "linux": 0}, sequential=True)
         self.assertEqual(names, ["servers", "moat-bench", "linux-bench", "moat-mem"])
         self.assertIn("bench_side moat firewall client-m 5 1 10", s)
         self.assertIn("min_mem moat firewall client-m 0 32 3", s)

@@ -27,23 +27,25 @@ CGW=10.137.0.1
 up() { cut -d' ' -f1 /proc/uptime; }
 log() { echo "RIG $*"; }
 clog() { echo "/var/log/xen/console/guest-$1.log"; }
-# wait_for FILE REGEX SECONDS
+# uptime in whole seconds, without a fork
+secs_now() { local t _r; read -r t _r </proc/uptime; echo "${t%.*}"; }
+# wait_for FILE REGEX SECONDS (by the clock: under TCG a poll loop's forks
+# take longer than its sleeps)
 wait_for() {
-  local n=$(($3 * 5)) i=0
-  while [ $i -lt $n ]; do
+  local end=$(($(secs_now) + $3))
+  while :; do
     grep -q -E -- "$2" "$1" 2>/dev/null && return 0
+    [ "$(secs_now)" -lt "$end" ] || return 1
     sleep 0.2
-    i=$((i + 1))
   done
-  return 1
 }
 
 # wait_fw FW REGEX SECONDS: like wait_for on FW's console, but gives up
 # as soon as the domain crashed or is gone (a too small memory= crashes
 # Linux while it boots)
 wait_fw() {
-  local n=$(($3 * 5)) i=0 st
-  while [ $i -lt $n ]; do
+  local end=$(($(secs_now) + $3)) i=0 st
+  while :; do
     grep -q -E -- "$2" "$(clog "$1")" 2>/dev/null && return 0
     if [ $((i % 5)) = 4 ]; then
       st=$(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }')
@@ -52,11 +54,10 @@ wait_fw() {
       *c*) fw_why="domain crashed"; return 1 ;;
       esac
     fi
+    [ "$(secs_now)" -lt "$end" ] || { fw_why="timed out"; return 1; }
     sleep 0.2
     i=$((i + 1))
   done
-  fw_why="timed out"
-  return 1
 }
 
 # The servers the clients and the Linux firewall use, all on dom0:
@@ -105,8 +106,8 @@ send_cmd() {
   mv "/tmp/cmd.$name.tmp" "/tmp/cmd.$name"
   wait_for "$(clog "$name")" ": cmd $cmd_id end" "$secs"
 }
-# the output lines of command $cmd_id of NAME
-cmd_out() { sed -n "s/.*: cmd $cmd_id: //p" "$(clog "$1")"; }
+# the output lines of command $cmd_id of NAME (the console log has CR LF)
+cmd_out() { sed -n "s/.*: cmd $cmd_id: //p" "$(clog "$1")" | tr -d '\r'; }
 
 # mean CPU % of domain $1 over the xentop -b samples in $2, the first
 # sample (no previous one to compare with) left out
@@ -169,7 +170,7 @@ fw_create() {
     wait_fw "$fw" "firewall: forwarding:" 120 || { log fail "$kind" "no forwarding line: $fw_why"; return 1; }
   else
     xl create /guest/firewall-linux-pv.cfg ${mem:+"memory=$mem"} \
-      "extra=\"console=hvc0 quiet rdinit=/router-init moat.ip=10.99.0.11/24 moat.gw=$DOM0 moat.clientgw=$CGW moat.dns=$DOM0 moat.name=$fw moat.cmd=$DOM0:9000 moat.rules=fwrules-$rules.nft\"" \
+      "extra=\"console=hvc0 quiet rdinit=/router-init moat.ip=10.99.0.11/24 moat.gw=$DOM0 moat.clientgw=$CGW moat.dns=$DOM0 moat.name=$fw moat.cmd=$DOM0:9000 moat.rules=fwrules-$rules.nft moat.flowtable=${FLOWTABLE:-1}\"" \
       >/tmp/xl-create.out 2>&1 || { log fail "$kind" "xl create: $(tail -n 2 /tmp/xl-create.out | tr '\n' ' ')"; return 1; }
     wait_fw "$fw" "linuxfw: (ready|FAIL)" 180 && grep -q "linuxfw: ready" "$(clog "$fw")" ||
       { log fail "$kind" "not ready: ${fw_why:-it failed}"; return 1; }
@@ -182,7 +183,7 @@ fw_create() {
 client_create() {
   local cl=$1 words=$2 vif=${3:-}
   rm -f "$(clog "$cl")"
-  xl create /guest/firewall-client-pv.cfg "name=\"$cl\"" 'ramdisk="/guest/bench-client.cpio.gz"' \
+  xl create /guest/firewall-client-pv.cfg "name=\"$cl\"" 'ramdisk="/guest/bench-client.cpio.gz"' memory=160 \
     "vif=[${vif:+\"$vif\"}]" \
     "extra=\"console=hvc0 quiet rdinit=/bench-client moat.ip=$CIP/24 moat.gw=$CGW moat.name=$cl $words\"" \
     >/tmp/xl-client.out 2>&1 || { log fail client "xl create: $(tail -n 2 /tmp/xl-client.out | tr '\n' ' ')"; return 1; }
@@ -204,6 +205,7 @@ bench_side() {
   if ! wait_for "$(clog "$cl")" "linuxdomu: waiting for eth0" 120; then
     log fail "$kind" "client not up"; show_consoles "$kind" "$fw" "$cl"; xl destroy "$cl"; return 1
   fi
+  log step "$kind" client-waiting "$(up)"
   : >/tmp/first.log
   if ! fw_create "$kind" "$fw" "" "$1"; then
     show_consoles "$kind" "$fw" "$cl"; xl destroy "$cl"; xl destroy "$fw"; return 1
@@ -211,6 +213,7 @@ bench_side() {
   timeout 60 xl network-attach "$cl" "backend=$fw" "ip=$CIP" "mac=$CMAC" >/tmp/xl-attach.out 2>&1 ||
     log fail "$kind" "network-attach: $(tail -n 2 /tmp/xl-attach.out | tr '\n' ' ')"
   t_att=$(up)
+  log step "$kind" attached "$t_ready" "$t_att"
   if wait_for /tmp/first.log . 120; then
     t_first=$(head -n 1 /tmp/first.log)
     log first "$kind" "$t_create" "$t_ready" "$t_att" "$t_first"
@@ -220,6 +223,8 @@ bench_side() {
     xl destroy "$cl"; xl destroy "$fw"; return 1
   fi
   wait_for "$(clog "$cl")" "linuxdomu: ready" 120 || log fail "$kind" "client not ready"
+  wait_for "$(clog "$cl")" "linuxdomu: cmd-loop" 60 || log fail "$kind" "client's command loop not seen"
+  log step "$kind" client-ready "$(up)"
   for n in "$@"; do
     [ "$n" = "$1" ] || load_rules "$kind" "$fw" "$n"
     [ "$n" = "$1" ] && log rules "$kind" "$n" ok
@@ -238,6 +243,78 @@ bench_side() {
   xl destroy "$fw"
 }
 
+# the client's iperf3 command of test $1 (tcp-up, tcp-down, udp-up,
+# udp-down), $2 seconds
+# (under `timeout`: a stalled run must not hold the client's command loop)
+test_cmd() {
+  local i="timeout $(($2 + 40)) iperf3 -c $DOM0 -t $2" g="2>&1 | grep -E 'sender|receiver|error'"
+  case "$1" in
+  tcp-up) echo "$i -f m $g" ;;
+  tcp-down) echo "$i -f m -R $g" ;;
+  udp-up) echo "$i -u -l 18 -b 0 $g" ;;
+  udp-down) echo "$i -u -l 18 -b 0 -R $g" ;;
+  esac
+}
+
+# side_up KIND FW CLIENT RULES: with CLIENT up and waiting for its vif:
+# xl create of the firewall (rule set RULES from the start), the client's
+# vif attached once it is ready, the first packet at dom0.
+side_up() {
+  local kind=$1 fw=$2 cl=$3 t_att t_first
+  : >/tmp/first.log
+  fw_create "$kind" "$fw" "" "$4" || return 1
+  timeout 60 xl network-attach "$cl" "backend=$fw" "ip=$CIP" "mac=$CMAC" >/tmp/xl-attach.out 2>&1 ||
+    log fail "$kind" "network-attach: $(tail -n 2 /tmp/xl-attach.out | tr '\n' ' ')"
+  t_att=$(up)
+  log step "$kind" attached "$t_ready" "$t_att"
+  if wait_for /tmp/first.log . 150; then
+    t_first=$(head -n 1 /tmp/first.log)
+    log first "$kind" "$t_create" "$t_ready" "$t_att" "$t_first"
+  else
+    log fail "$kind" "no packet from the client at dom0"
+    return 1
+  fi
+  wait_for "$(clog "$cl")" "linuxdomu: cmd-loop" 150 || { log fail "$kind" "client's command loop not seen"; return 1; }
+  log step "$kind" client-ready "$(up)"
+}
+
+# bench_pair SECS N...: both firewalls up at once, each with its own client
+# (same address, separate vifs, NATed to each firewall's uplink address),
+# and every iperf3 run made for moat and then for Linux, so that a change
+# in the host's load falls on both alike.
+bench_pair() {
+  local secs=$1 n t k ok_m=0 ok_l=0
+  shift
+  client_create client-m "moat.first=$DOM0:8082 moat.cmd=$DOM0:9000" || return 1
+  client_create client-l "moat.first=$DOM0:8082 moat.cmd=$DOM0:9000" || return 1
+  wait_for "$(clog client-m)" "linuxdomu: waiting for eth0" 180 || log fail moat "client not up"
+  wait_for "$(clog client-l)" "linuxdomu: waiting for eth0" 180 || log fail linux "client not up"
+  log step both clients-waiting "$(up)" "free-MiB $(xl info | awk '/^free_memory/ { print $3 }')"
+  side_up moat firewall client-m "$1" && ok_m=1
+  side_up linux fwlinux client-l "$1" && ok_l=1
+  for n in "$@"; do
+    if [ "$n" = "$1" ]; then
+      log rules moat "$n" ok
+      log rules linux "$n" ok
+    else
+      [ $ok_m = 1 ] && load_rules moat firewall "$n"
+      [ $ok_l = 1 ] && load_rules linux fwlinux "$n"
+    fi
+    for t in tcp-up tcp-down udp-up udp-down; do
+      [ $ok_m = 1 ] && run_test moat firewall client-m "$n" "$t" "$secs" "$(test_cmd "$t" "$secs")"
+      [ $ok_l = 1 ] && run_test linux fwlinux client-l "$n" "$t" "$secs" "$(test_cmd "$t" "$secs")"
+    done
+  done
+  for k in moat linux; do
+    if [ $k = moat ]; then show_consoles moat firewall client-m 25; else show_consoles linux fwlinux client-l 25; fi
+  done
+  xl list | sed "s/^/RIG xl-list /"
+  xl destroy client-m
+  xl destroy client-l
+  xl destroy firewall
+  xl destroy fwlinux
+}
+
 # mem_trial KIND FW CLIENT MEM: the firewall with memory=MEM passes the
 # checks: its client reaches dom0:8080, dom0:8081 is refused with ICMP
 # admin-prohibited ("No route to host"), a 3 s iperf3 each way completes.
@@ -254,7 +331,7 @@ mem_trial() {
   if [ -z "$why" ] && ! wait_for "$(clog "$cl")" "probe $DOM0:8081 fail .*No route to host" 30; then
     why="denied port not rejected"; fi
   if [ -z "$why" ]; then
-    send_cmd "$cl" 60 "iperf3 -c $DOM0 -t 3 -f m 2>&1 | grep receiver; iperf3 -c $DOM0 -t 3 -f m -R 2>&1 | grep receiver"
+    send_cmd "$cl" 120 "timeout 40 iperf3 -c $DOM0 -t 3 -f m 2>&1 | grep receiver; timeout 40 iperf3 -c $DOM0 -t 3 -f m -R 2>&1 | grep receiver"
     [ "$(cmd_out "$cl" | grep -c 'Mbits/sec.*receiver')" = 2 ] || why="iperf3 failed: $(cmd_out "$cl" | tr '\n' ' ')"
   fi
   if [ -z "$why" ]; then
