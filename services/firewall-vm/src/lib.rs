@@ -47,7 +47,7 @@ use netvm::identity::Key;
 use netvm::{ClientId, ClientInfo, Link, Packet, Service, Stats, To, Transmit, UplinkInfo};
 
 pub use settings::FirewallSettings;
-pub use store::{Defaults, EffectiveStore};
+pub use store::{Defaults, EffectiveStore, UplinkDhcp};
 
 /// The directory (relative to the firewall domain's home) that dom0 fills
 /// with QubesDB-named keys: `/local/domain/<firewall>/qubesdb/`.
@@ -113,6 +113,8 @@ pub struct FirewallVm {
     uplink_capabilities: Capabilities,
     /// What each client's link takes, when told.
     client_capabilities: BTreeMap<u32, Capabilities>,
+    /// The uplink's DHCP client, while nothing else gives it an address.
+    dhcp: UplinkDhcp,
     /// Counters.
     pub stats: VmStats,
 }
@@ -151,6 +153,7 @@ impl FirewallVm {
             reported: (0, 0),
             uplink_capabilities: ASSUMED_UPLINK,
             client_capabilities: BTreeMap::new(),
+            dhcp: UplinkDhcp::new(),
             stats: VmStats::default(),
         }
     }
@@ -193,15 +196,46 @@ impl FirewallVm {
         (self.print)(&format!("firewall: {line}"));
     }
 
+    /// The addresses of the uplink vif's `ip` key.
+    fn vif_addrs(&self) -> Vec<IpAddr> {
+        self.uplink
+            .as_ref()
+            .and_then(|u| u.ip.valid().cloned())
+            .unwrap_or_default()
+    }
+
     fn defaults(&self) -> Defaults {
-        let uplink_ip = self.uplink.as_ref().and_then(|u| match &u.ip {
-            Key::Valid(addrs) => addrs.iter().find_map(|a| match a {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            }),
-            _ => None,
-        });
-        Defaults::new(&self.settings, uplink_ip)
+        Defaults::with_uplink(&self.settings, &self.vif_addrs(), self.dhcp.lease())
+    }
+
+    /// The uplink, if it is up, needs DHCP when no other source gives it
+    /// an address: start or stop the client; rebuild if a lease in use
+    /// went away.
+    fn update_dhcp(&mut self, now_ns: u64, out: &mut Vec<String>) {
+        let Some(mac) = self.uplink.as_ref().map(|u| u.mac.0) else {
+            return;
+        };
+        let needed = store::needs_dhcp(&self.settings, &self.snapshot, &self.vif_addrs());
+        let mut seed = [0u8; 8];
+        if needed && !self.dhcp.running() {
+            // Without random bytes the ids still differ by MAC and time.
+            let _ = (self.random)().fill(&mut seed);
+        }
+        let seed = u64::from_le_bytes(seed) ^ now_ns;
+        if self.dhcp.set_needed(needed, mac, seed) {
+            self.build(out);
+        }
+    }
+
+    /// The DHCP client's timers and events: its frames to the uplink, a
+    /// rebuild when its lease changed what it configures.
+    fn poll_dhcp(&mut self, now_ns: u64, out: &mut Vec<Transmit>) {
+        let (mut frames, mut lines) = (Vec::new(), Vec::new());
+        if self.dhcp.poll(now_ns, &mut frames, &mut lines) {
+            self.build(&mut lines);
+        }
+        self.flush(lines);
+        out.extend(frames.into_iter().map(|f| Transmit::frame(To::Uplink, f)));
     }
 
     /// Build (or rebuild) the core from the configuration, keeping it if
@@ -383,20 +417,27 @@ impl Service for FirewallVm {
         }
     }
 
-    fn uplink_up(&mut self, _now_ns: u64, uplink: &UplinkInfo) {
+    fn uplink_up(&mut self, now_ns: u64, uplink: &UplinkInfo) {
         // (A backend restarted may offer other features: before the core
         // is rebuilt or kept.)
         self.set_uplink_capabilities(uplink_capabilities(&uplink.features));
         let changed = self.uplink.as_ref() != Some(uplink);
         self.uplink = Some(uplink.clone());
+        let mut out = Vec::new();
+        self.update_dhcp(now_ns, &mut out);
         if changed || self.fw.is_none() {
-            let mut out = Vec::new();
             self.build(&mut out);
-            self.flush(out);
         }
+        self.flush(out);
     }
 
     fn handle(&mut self, now_ns: u64, from: Link, packet: Packet, out: &mut Vec<Transmit>) {
+        // DHCP's datagrams (UDP to port 68) are the client's, not the
+        // core's, while it runs.
+        if from == Link::Uplink && self.dhcp.handle(now_ns, &packet.data) {
+            self.poll_dhcp(now_ns, out);
+            return;
+        }
         let Some(fw) = self.fw.as_mut() else {
             self.stats.unconfigured += 1;
             return;
@@ -415,6 +456,7 @@ impl Service for FirewallVm {
     }
 
     fn tick(&mut self, now_ns: u64, out: &mut Vec<Transmit>) {
+        self.poll_dhcp(now_ns, out);
         if let Some(fw) = self.fw.as_mut() {
             for t in fw.poll(instant(now_ns)) {
                 out.push(convert(t));
@@ -422,9 +464,11 @@ impl Service for FirewallVm {
         }
     }
 
-    fn configure(&mut self, _now_ns: u64, snapshot: &Snapshot, changed: &Changed) -> Vec<String> {
+    fn configure(&mut self, now_ns: u64, snapshot: &Snapshot, changed: &Changed) -> Vec<String> {
         self.snapshot = snapshot.clone();
         let mut out = Vec::new();
+        // A qubes-ip written by dom0 stops DHCP (and one removed starts it).
+        self.update_dhcp(now_ns, &mut out);
         let reload = if changed.all {
             Reload {
                 all_clients: true,
@@ -457,12 +501,27 @@ impl Service for FirewallVm {
             return None;
         }
         self.reported = (c.frames_in, c.frames_out);
+        // While DHCP runs: offers/acks/naks/leases lost, and its drops.
+        let dhcp = self
+            .dhcp
+            .stats()
+            .map(|d| {
+                format!(
+                    " dhcp={}/{}/{}/{} dhcp-dropped={}",
+                    d.offers,
+                    d.acks,
+                    d.naks,
+                    d.lost,
+                    d.dropped()
+                )
+            })
+            .unwrap_or_default();
         Some(format!(
             "stats: clients={} out={} in={} refused-by-rule={} admin-prohibited={} \
              no-rules={} spoofed={} inter-client={} refused-vifs={} \
              uplink-tx-dropped={} uplink-queued={} uplink-full={} uplink-notifies={} \
              client-tx-dropped={} gso={}/{}B plain={}/{}B segmented={} csum-completed={} \
-             gso-dropped={} bad-offload={}",
+             gso-dropped={} bad-offload={}{dhcp}",
             stats.clients,
             c.forwarded_out,
             c.forwarded_in,
