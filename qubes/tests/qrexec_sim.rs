@@ -333,3 +333,70 @@ fn a_caller_that_goes_away_still_frees_its_port() {
     run(dctrl.close(&mut dom0)).unwrap();
     assert!(run(av.close(&mut vm)).unwrap().is_empty());
 }
+
+#[test]
+fn the_agent_listens_again_after_the_daemon_goes() {
+    let m = Machine::new();
+    let (mut dom0, mut vm) = (m.env(0), m.env(VM));
+    let cpath = agent::control_path(VM);
+    let ended = std::cell::Cell::new(0);
+    let (d, a) = run2(
+        async {
+            let mut outs = Vec::new();
+            for (port, service) in [(513, "qubes.WaitForSession"), (514, "qubes.GetDate")] {
+                // A new daemon each time (the old one exited).
+                vchan::wait_for_server(dom0.xenstore(), &cpath)
+                    .await
+                    .unwrap();
+                let mut ctrl = vchan::connect(&mut dom0, VM, &cpath).await.unwrap();
+                assert_eq!(recv(&mut ctrl, &mut dom0).await.0, 0x300);
+                ctrl.write_all(&mut dom0, &msg(0x300, &4u32.to_le_bytes()))
+                    .await
+                    .unwrap();
+                let cmd = format!("user:QUBESRPC {service} dom0");
+                outs.push(call(&mut ctrl, &mut dom0, 0x200, port, &cmd, b"").await);
+                ctrl.close(&mut dom0).await.unwrap();
+                // Wait until the agent has left this session.
+                while ended.get() < outs.len() {
+                    futures_yield().await;
+                }
+            }
+            outs
+        },
+        async {
+            let mut clock = TestClock {
+                now: Some(UnixTime { secs: 0, nanos: 0 }),
+                sets: vec![],
+            };
+            let mut ends = Vec::new();
+            let mut calls = 0;
+            for _ in 0..2 {
+                ends.push(agent::session(&mut vm, VM, &mut clock, |_| calls += 1).await);
+                ended.set(ended.get() + 1);
+            }
+            (ends, calls)
+        },
+    );
+    let (ends, calls) = a;
+    assert_eq!(calls, 2);
+    assert!(ends
+        .iter()
+        .all(|e| matches!(e, AgentError::Closed | AgentError::Vchan(_))));
+    assert_eq!(d[0].exit, 0);
+    assert_eq!(d[1].stdout, b"1970-01-01T00:00:00+00:00\n");
+    assert_eq!(m.hv.grants_of(VM), 0);
+}
+
+/// Give the other future a turn.
+async fn futures_yield() {
+    let mut first = true;
+    std::future::poll_fn(|_| {
+        if first {
+            first = false;
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await
+}

@@ -2,6 +2,11 @@
 //! qrexec-daemon (we serve it on port 512) and, per call, a data vchan to
 //! the caller (we are its client).
 //!
+//! [`session`] is the whole life of one control vchan: listen, hand
+//! shake, serve until it breaks, close. The upstream agent exits when its
+//! control vchan breaks and systemd starts it again, listening anew; a
+//! caller of [`session`] loops the same way.
+//!
 //! Calls are served one at a time: a call runs to its exit code before the
 //! next control message is read (dom0's daemon queues them in the ring).
 //! Built-in services answer at once, so this does not hold anything up.
@@ -222,4 +227,37 @@ async fn serve<E: VchanEnv, M: PageMemory, C: Clock>(
         let n = read_some(v, env, &mut buf).await?;
         call.feed(&buf[..n], clock)?;
     }
+}
+
+/// One control-vchan session: listen for dom0's qrexec-daemon, shake
+/// hands, serve requests (each passed to `seen`) until the vchan or the
+/// protocol breaks, then close. Pages the daemon still maps at the close
+/// are leaked, never reused. Returns why the session ended.
+pub async fn session<E: VchanEnv, C: Clock, F: FnMut(&Handled)>(
+    env: &mut E,
+    me: DomId,
+    clock: &mut C,
+    mut seen: F,
+) -> AgentError {
+    let mut v = match listen(env, me).await {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    let mut ctrl = Control::new();
+    let end = match handshake(&mut ctrl, &mut v, env).await {
+        Err(e) => e,
+        Ok(_) => loop {
+            match next(&mut ctrl, &mut v, env, me, clock).await {
+                Ok(h) => seen(&h),
+                Err(e) => break e,
+            }
+        },
+    };
+    if let Ok(mut lingering) = v.close(env).await {
+        if !lingering.retry(env) {
+            // dom0 still maps the pages: never reuse them.
+            core::mem::forget(lingering);
+        }
+    }
+    end
 }
