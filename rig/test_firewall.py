@@ -1,30 +1,57 @@
 #!/usr/bin/env python3
-"""The firewall VM on real Xen (issue 12): moat's `firewall` image started
-with `xl create configs/firewall-<type>.cfg` as users start it, its uplink on
-dom0's bridge, and a Debian Linux PV client domU behind it (the rig's Linux
-domU, rig/domu/, started from configs/firewall-client-pv.cfg:
-`vif=['backend=firewall,ip=10.137.0.10,...']`). dom0 serves two TCP ports
-(8080, 8081); the client tries both every second (`moat.probe=`) and prints
-each result when it changes. Checked, in one rig boot per type:
+"""The firewall VM on real Xen (issue 12 item 6): moat's `firewall` image
+started with `xl create configs/firewall-<type>.cfg` as users start it, its
+uplink on dom0's bridge, and two Debian Linux PV client domUs behind it (the
+rig's Linux domU, rig/domu/, from configs/firewall-client-pv.cfg): A
+(10.137.0.10 and fd09::10) and B (10.137.0.11). dom0 serves TCP ports 8080
+and 8081 (busybox nc), HTTP (busybox httpd on 10.99.0.1, 10.99.0.2 and
+fd99::1: a random BLOB_MIB MiB file) and DNS (Debian's dnsmasq on
+10.99.0.1, the firewall's upstream resolver: web.moat.test is 10.99.0.2).
+Everything is checked with real tools from inside the clients: client A
+tries dom0's two TCP ports every second (`moat.probe=`); other commands are
+typed on a client's console (rig/domu/init runs `@ID COMMAND` lines and
+prints their output and status). In one rig boot, for each type:
 
-- the firewall boots, takes its uplink address from its vif's `ip` and its
-  gateway/DNS from `extra=` (`firewall: forwarding: ...`);
+- the firewall is created paused, gets its IPv6 uplink address, gateway
+  and client-side gateway through its qubesdb keys (qubes-ip6 fd99::10,
+  qubes-gateway6 fd99::1, qubes-netvm-gateway6 fd09::1), and starts; its
+  IPv4 uplink comes from its vif's `ip` and `extra=`;
 - rules written by dom0 with stock `xenstore-write` under
-  /local/domain/<firewall>/qubesdb/qubes-firewall/10-137-0-10/ (policy
-  drop, 0000 accept tcp 8080) are loaded through the watch;
-- the client reaches dom0:8080 through the firewall (allowed, NATed);
-- dom0:8081 is rejected: the client's nc sees "No route to host" (ICMP
-  admin-prohibited from the firewall), not a timeout;
-- a rule change (0001 accept tcp 8081) written from dom0 takes effect
-  without a restart: the client's next probe of 8081 succeeds (time from
-  the write printed);
+  /local/domain/<firewall>/qubesdb/qubes-firewall/<addr>/ are loaded through
+  the watch; A's include `dsthost=web.moat.test`, which the firewall
+  resolves through dnsmasq (its query seen in dnsmasq's log);
+- A reaches dom0:8080 (allowed, NATed); dom0:8081 is rejected ("No route to
+  host": ICMP admin-prohibited from the firewall, not a timeout);
+- A downloads the file from 10.99.0.2 (allowed by the dsthost= rule) with
+  its size and sha256 equal to dom0's; the same from 10.99.0.1, which the
+  name does not cover, is rejected;
+- A resolves web.moat.test through the virtual resolver 10.139.1.1 with
+  busybox nslookup (answered by dnsmasq, which logs the query);
+- A sends pings from a spoofed source (10.137.0.99, an address whose rules
+  would accept them): no answer, dom0's ICMP echo counter does not move,
+  the firewall's `spoofed=` counter does; pings from A's own address are
+  answered and counted by dom0 (the control);
+- A cannot open a TCP connection to B's echo port (which B itself reaches),
+  although A's rules accept 10.137.0.0/24; the firewall's `inter-client=`
+  counter rises;
+- IPv6: A downloads the file from [fd99::1] (a `dst6=` rule) with its
+  sha256 equal, and [fd99::1]:8080 is rejected (ICMPv6 admin-prohibited:
+  "Permission denied");
+- B (policy accept) downloads the file too;
+- a rule change (accept tcp 8081) written from dom0 takes effect without a
+  restart: A's next probe of 8081 succeeds (time from the write printed);
+- a vif without `ip=` (`xl network-attach client-b backend=firewall`) is
+  refused and counted by the firewall (run in the background);
+- the firewall restarted: `xl destroy firewall`, `xl create` again (new
+  qubesdb keys and rules), each client's vif detached and attached again
+  (docs/firewall.md, "Restarting the firewall"); both clients configure
+  the new interface, A reaches dom0:8080 and both download the file again
+  with the sha256 equal;
 - with --uplink-restart [N] (not in make test): dom0's netback lets go of
   the firewall's uplink and takes it again (sysfs unbind + bind, as
   rig/dom0/netcase.sh does), N times: each time the firewall reconnects
   its uplink (or netback takes the rings it still offers and both ends
   stay Connected: "kept"), and the client still gets through afterwards;
-- a vif without `ip=` (`xl network-attach client-a backend=firewall`) is
-  refused and counted by the firewall;
 - with --detach (not in make test: fails until the firewall removes a
   detached vif's backend directory without waiting for the frontend's,
   see docs/firewall.md): a moat client (netdemo) behind the firewall gets
@@ -37,10 +64,11 @@ each result when it changes. Checked, in one rig boot per type:
   directory be removed); the firewall's `resources:` lines at the first
   and the last client close are printed.
 
-Prints every failed check, then `test_firewall: N passed, M failed`; exit 1
-on any failure. Needs `make images` (target/images/amd64/firewall, and
-netdemo beside it for --detach and --cycles) and the rig cache
-(rig/fetch.sh, run by xenrig)."""
+Each check prints `RIG <check> ok ...` or `RIG <check> FAIL <why>` in dom0.
+Prints every failed check, `bench:` lines, then `test_firewall: N passed, M
+failed`; exit 1 on any failure. Needs `make images`
+(target/images/amd64/firewall, and netdemo beside it for --detach and
+--cycles) and the rig cache (rig/fetch.sh, run by xenrig)."""
 
 from __future__ import annotations
 
@@ -60,8 +88,11 @@ CLIENT_IP = "10.137.0.10"
 CLIENT_ENC = "10-137-0-10"
 DOM0 = "10.99.0.1"
 ALLOWED, DENIED = 8080, 8081
+#: The size of the file the clients download through the firewall.
+BLOB_MIB = 4
 
-SCRIPT = r"""
+#: Run once per rig boot, before the types: dom0's servers.
+SETUP = r"""
 set -u
 log() { echo "RIG $*"; }
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -77,33 +108,299 @@ wait_count() {
   while [ $i -lt $n ]; do [ "$(grep -c -E -- "$2" "$1" 2>/dev/null)" -ge "$3" ] && return 0; sleep 0.2; i=$((i + 1)); done
   return 1
 }
+# nlines FILE: its line count (0 when it does not exist)
+nlines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+# since FILE LINE: the lines of FILE after line LINE
+since() { tail -n +$(($2 + 1)) "$1" 2>/dev/null; }
+# wait_after FILE LINE REGEX SECONDS: until a line after line LINE matches
+wait_after() {
+  n=$(($4 * 5)); i=0
+  while [ $i -lt $n ]; do since "$1" "$2" | grep -q -E -- "$3" && return 0; sleep 0.2; i=$((i + 1)); done
+  return 1
+}
+# snmp PROTO FIELD: dom0's counter from /proc/net/snmp (e.g. Icmp InEchos)
+snmp() {
+  awk -v p="$1:" -v k="$2" '$1 == p { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 }
+                                      else for (i = 2; i <= NF; i++) if (n[i] == k) print $i }' /proc/net/snmp
+}
+# send CLIENT ID COMMAND: COMMAND run in CLIENT's shell: rig/domu/init reads
+# `@ID COMMAND` lines on its console (the pty `xl console` uses)
+send() {
+  [ -s /tmp/tty-$1 ] || xenstore-read /local/domain/$(xl domid $1 2>/dev/null)/console/tty >/tmp/tty-$1 2>/dev/null
+  if [ ! -s /tmp/tty-$1 ]; then echo "RIG send $1 $2: no console tty"; return 1; fi
+  printf '@%s %s\n' "$2" "$3" >"$(cat /tmp/tty-$1)"
+}
+# result CLIENT ID SECONDS: waits for the command's end; sets $rc (`none`:
+# no answer) and $out (its output, lines joined by spaces)
+result() {
+  _log=/var/log/xen/console/guest-$1.log
+  if wait_for $_log "linuxdomu: cmd $2 rc=" $3; then
+    rc=$(grep -a "linuxdomu: cmd $2 rc=" $_log | tail -n 1 | tr -d '\r' | sed 's/.*rc=//')
+  else
+    rc=none
+  fi
+  out=$(grep -a "linuxdomu: cmd $2: " $_log | tr -d '\r' | sed "s/.*linuxdomu: cmd $2: //" | tr '\n' ' ')
+}
+# cmd CLIENT ID SECONDS COMMAND: send, then result
+cmd() {
+  if send "$1" "$2" "$4"; then result "$1" "$2" "$3"; else rc=none; out="not sent"; fi
+}
+# get_send CLIENT ID URL: CLIENT downloads URL into tmpfs and prints the
+# time it took, the size and the sha256 (get_check judges)
+get_send() {
+  send $1 $2 "s=\$(cut -d' ' -f1 /proc/uptime); timeout 60 wget -q -O /tmp/$2 '$3'; r=\$?; \
+e=\$(cut -d' ' -f1 /proc/uptime); echo \"took \$s \$e bytes \$(wc -c </tmp/$2) \$(sha256sum </tmp/$2 | cut -d' ' -f1)\"; \
+rm -f /tmp/$2; exit \$r"
+}
+# get_check WORD CLIENT ID: the download's size and sha256 must be dom0's
+get_check() {
+  result $2 $3 90
+  case "$out" in
+  *"bytes $blobsize $blobsum"*) log $1 ok $(echo "$out" | sed -n 's/.*took \([0-9.]*\) \([0-9.]*\).*/\1 \2/p') $blobsize ;;
+  *) log $1 FAIL "rc=$rc expected $blobsize bytes sha256 $blobsum: $out" ;;
+  esac
+}
+# refused WORD CLIENT ID URL REASON: the connection must fail at once with
+# REASON (an ICMP error's errno), not time out
+refused() {
+  cmd $2 $3 40 "timeout 20 wget -q -O /dev/null '$4'"
+  case "$rc $out" in
+  0*|none*) log $1 FAIL "rc=$rc (expected a refusal: $5): $out" ;;
+  *"$5"*) log $1 ok ;;
+  *) log $1 FAIL "rc=$rc (expected $5): $out" ;;
+  esac
+}
+
+# dom0's servers: TCP ports (nc), HTTP (busybox httpd), DNS (dnsmasq)
 printf '#!/bin/sh\necho served-by-dom0\n' > /tmp/answer; chmod +x /tmp/answer
 for port in @ALLOWED@ @DENIED@; do
   (while :; do nc -ll -p $port -e /tmp/answer; sleep 0.2; done) >/dev/null 2>&1 &
 done
+# a second IPv4 address (the one web.moat.test names) and IPv6 on the
+# firewall's uplink bridge
+echo 0 > /proc/sys/net/ipv6/conf/xenbr0/accept_dad
+ip addr add 10.99.0.2/24 dev xenbr0
+ip -6 addr add fd99::1/64 dev xenbr0
+mkdir -p /tmp/www
+head -c $((@BLOB_MIB@ * 1048576)) /dev/urandom > /tmp/www/blob
+echo hello-from-dom0 > /tmp/www/hello
+blobsum=$(sha256sum /tmp/www/blob | cut -d' ' -f1)
+blobsize=$(wc -c < /tmp/www/blob)
+httpd -p 80 -h /tmp/www
+dlog=/tmp/dnsmasq.log
+dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --user=root --group=root --pid-file=/tmp/dnsmasq.pid \
+  --listen-address=10.99.0.1 --bind-interfaces --local=/moat.test/ --address=/web.moat.test/10.99.0.2 \
+  --log-queries --log-facility=$dlog
+r=$?
+a=$(nslookup -type=a web.moat.test 10.99.0.1 2>&1 | tr '\n' ' ')
+case "$r $a" in
+0*"10.99.0.2"*) log dnsmasq ok ;;
+*) log dnsmasq FAIL "rc=$r nslookup: $a $(cat $dlog 2>/dev/null | tr '\n' ' ')" ;;
+esac
+h4=$(wget -q -O - http://10.99.0.2/hello 2>&1)
+h6=$(wget -q -O - 'http://[fd99::1]/hello' 2>&1)
+if [ "$h4" = hello-from-dom0 ] && [ "$h6" = hello-from-dom0 ]; then log servers ok; else
+  log servers FAIL "http from dom0 itself: ipv4 '$h4' ipv6 '$h6'"
+fi
+"""
+
+#: One type's run (after SETUP).
+SCRIPT = r"""
 flog=/var/log/xen/console/guest-firewall.log
 clog=/var/log/xen/console/guest-client-a.log
+blog=/var/log/xen/console/guest-client-b.log
 # (xenconsoled appends: each type starts with empty logs)
-rm -f $flog $clog
+rm -f $flog $clog $blog /tmp/firewall-1.log /tmp/tty-*
+d0=$(nlines $dlog)
+# fw_start: the firewall created paused, its IPv6 uplink given through its
+# qubesdb keys, then started; sets $fw
+fw_start() {
+  xl create -p /guest/firewall-@TYPE@.cfg || return 1
+  fw=$(xl domid firewall)
+  q=/local/domain/$fw/qubesdb
+  xenstore-write $q/qubes-ip6 fd99::10 $q/qubes-gateway6 fd99::1 $q/qubes-netvm-gateway6 fd09::1
+  xl unpause firewall
+}
+# rules: the clients' rules, written by dom0 into the firewall's qubesdb
+rules() {
+  qf=/local/domain/$fw/qubesdb/qubes-firewall
+  qa=$qf/@ENC@
+  xenstore-write $qa/policy drop \
+    $qa/0000 "action=accept proto=tcp dstports=@ALLOWED@-@ALLOWED@" \
+    $qa/0001 "action=accept proto=tcp dsthost=web.moat.test dstports=80-80" \
+    $qa/0002 "action=accept specialtarget=dns" \
+    $qa/0003 "action=accept proto=icmp" \
+    $qa/0004 "action=accept dst4=10.137.0.0/24" \
+    $qa ""
+  xenstore-write $qf/fd09__10/policy drop $qf/fd09__10/0000 "action=accept dst6=fd99::1/128 proto=tcp dstports=80-80" \
+    $qf/fd09__10 ""
+  xenstore-write $qf/10-137-0-11/policy accept $qf/10-137-0-11 ""
+  # the address A spoofs: were its packets let through, these would pass them
+  xenstore-write $qf/10-137-0-99/policy accept $qf/10-137-0-99 ""
+}
+# statv KEY LINE: KEY's value in the last `firewall: stats:` line after
+# line LINE of the firewall's log (empty: none)
+statv() { since $flog $2 | grep -a "firewall: stats:" | tail -n 1 | tr -d '\r' | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+AVIF='vif=["backend=firewall,ip=@IP@ fd09::10,mac=00:16:3e:6d:6f:20"]'
+BVIF='vif=["backend=firewall,ip=10.137.0.11,mac=00:16:3e:6d:6f:22"]'
+
 log create firewall-@TYPE@ $(up)
-xl create /guest/firewall-@TYPE@.cfg
+fw_start || log forwarding FAIL "xl create -p"
 if wait_for $flog "firewall: forwarding:" 90; then log forwarding ok $(up); else log forwarding FAIL; fi
-fw=$(xl domid firewall)
-base=/local/domain/$fw/qubesdb/qubes-firewall/@ENC@
-xenstore-write $base/policy drop $base/0000 "action=accept proto=tcp dstports=@ALLOWED@-@ALLOWED@" $base ""
-if wait_for $flog "rules of @IP@: 1 rules" 30; then log rules ok; else log rules FAIL; fi
-log create client-a $(up)
-xl create /guest/firewall-client-pv.cfg \
-  'extra="console=hvc0 quiet moat.ip=@IP@/24 moat.gw=10.137.0.1 moat.probe=@DOM0@:@ALLOWED@,@DOM0@:@DENIED@"'
+rules
+if wait_for $flog "rules of @IP@: 5 rules" 30 && wait_for $flog "rules of fd09::10: 1 rules" 10; then log rules ok; else
+  log rules FAIL "$(grep -a 'rules of' $flog | tr -d '\r' | tr '\n' ' ')"
+fi
+if wait_after $dlog $d0 "query\[A\] web.moat.test from 10.99.0.10" 30; then log dsthost-query ok; else
+  log dsthost-query FAIL "dnsmasq saw no query for web.moat.test from the firewall: $(since $dlog $d0 | tr '\n' ' ')"
+fi
+log create clients $(up)
+xl create /guest/firewall-client-pv.cfg "$AVIF" \
+  'extra="console=hvc0 quiet moat.ip=@IP@/24 moat.gw=10.137.0.1 moat.ip6=fd09::10/64 moat.gw6=fd09::1 moat.probe=@DOM0@:@ALLOWED@,@DOM0@:@DENIED@"'
+xl create /guest/firewall-client-pv.cfg 'name="client-b"' "$BVIF" \
+  'extra="console=hvc0 quiet moat.ip=10.137.0.11/24 moat.gw=10.137.0.1"'
 if wait_for $clog "probe @DOM0@:@ALLOWED@ ok" 240; then log allowed ok $(up); else
   log allowed FAIL
   xl list
   tail -n 30 $flog | sed 's/^/FWNOW /'
 fi
 if wait_for $clog "probe @DOM0@:@DENIED@ fail" 30; then log denied ok; else log denied FAIL; fi
+if wait_for $blog "linuxdomu: ready" 120; then log client-b-ready ok $(up); else log client-b-ready FAIL; fi
+# A vif without ip= is refused (libxl waits 10 s for it: in the background)
+(timeout 60 xl network-attach client-b backend=firewall mac=00:16:3e:6d:6f:21; echo "RIG attach-noip rc=$?") &
+noip=$!
+get_send client-b getb http://@DOM0@/blob
+get_send client-a geta http://10.99.0.2/blob
+get_check dsthost-allowed client-a geta
+get_check client-b-get client-b getb
+refused dsthost-other-denied client-a den4 http://@DOM0@/blob "No route to host"
+d1=$(nlines $dlog)
+cmd client-a dns 30 "nslookup -type=a web.moat.test 10.139.1.1"
+case "$rc $out" in
+0*"10.99.0.2"*)
+  if since $dlog $d1 | grep -q "query\[A\] web.moat.test from 10.99.0.10"; then log dns ok; else
+    log dns FAIL "answered, but dnsmasq logged no query from the firewall: $(since $dlog $d1 | tr '\n' ' ')"
+  fi ;;
+*) log dns FAIL "rc=$rc: $out" ;;
+esac
+# A spoofed source: nothing reaches dom0, the firewall counts it
+l0=$(nlines $flog)
+s0=$(statv spoofed 0)
+e0=$(snmp Icmp InEchos)
+cmd client-a spoof 40 "ip addr add 10.137.0.99/32 dev eth0 && ping -c 3 -W 3 -I 10.137.0.99 @DOM0@; r=\$?; ip addr del 10.137.0.99/32 dev eth0; exit \$r"
+spoof_rc=$rc spoof_out=$out
+e1=$(snmp Icmp InEchos)
+l1=$(nlines $flog)
+cmd client-a ping 40 "ping -c 2 -W 3 @DOM0@"
+e2=$(snmp Icmp InEchos)
+if [ "$spoof_rc" != 0 ] && [ "$spoof_rc" != none ] && [ "$e1" = "$e0" ] && [ "$rc" = 0 ] && [ "$e2" -ge $((e1 + 2)) ]; then
+  log spoof ok
+else
+  log spoof FAIL "spoofed ping rc=$spoof_rc ($spoof_out), dom0's InEchos $e0 -> $e1; own ping rc=$rc ($out), InEchos -> $e2"
+fi
+# client A to client B: B's echo answers B itself, not A
+cmd client-b echo-self 30 "echo moat-echo | nc -w 3 10.137.0.11 7"
+b_rc=$rc b_out=$out
+l2=$(nlines $flog)
+i0=$(statv inter-client 0)
+cmd client-a a2b 30 "echo moat-echo | nc -w 3 10.137.0.11 7"
+case "$b_rc $b_out" in
+0*moat-echo*)
+  case "$rc $out" in
+  0*|none*|*moat-echo*) log a-to-b FAIL "A reached B's echo port: rc=$rc $out" ;;
+  *) log a-to-b ok "$out" ;;
+  esac ;;
+*) log a-to-b FAIL "B's echo port does not answer B itself: rc=$b_rc $b_out" ;;
+esac
+l3=$(nlines $flog)
+# IPv6 through the firewall (dst6= rule)
+get_send client-a get6 'http://[fd99::1]/blob'
+get_check ipv6-allowed client-a get6
+refused ipv6-denied client-a den6 'http://[fd99::1]:@ALLOWED@/' "Permission denied"
+# A rule change written from dom0: the next probe of the denied port succeeds
 t=$(up)
-xenstore-write $base/0001 "action=accept proto=tcp dstports=@DENIED@-@DENIED@" $base ""
+xenstore-write $qa/0005 "action=accept proto=tcp dstports=@DENIED@-@DENIED@" $qa ""
 if wait_for $clog "probe @DOM0@:@DENIED@ ok" 30; then log rule-change ok $t $(up); else log rule-change FAIL; fi
+# the counters, from stats lines printed after each check (every 10 s)
+if wait_after $flog $l1 "firewall: stats:" 20; then
+  s1=$(statv spoofed $l1)
+  if [ "${s1:-0}" -ge $((${s0:-0} + 3)) ]; then log spoof-counted ok ${s0:-0} $s1; else
+    log spoof-counted FAIL "spoofed= ${s0:-0} before, ${s1:-none} after 3 spoofed pings"
+  fi
+else log spoof-counted FAIL "no stats line"; fi
+if wait_after $flog $l3 "firewall: stats:" 20; then
+  i1=$(statv inter-client $l3)
+  if [ "${i1:-0}" -gt "${i0:-0}" ]; then log a-to-b-counted ok ${i0:-0} $i1; else
+    log a-to-b-counted FAIL "inter-client= ${i0:-0} before, ${i1:-none} after"
+  fi
+else log a-to-b-counted FAIL "no stats line"; fi
+wait $noip
+if wait_for $flog "firewall: vif [^ ]* refused" 20; then log refused ok; else log refused FAIL; fi
+"""
+
+#: The firewall restarted with both clients behind it (after the options
+#: that need the first firewall).
+RESTART = r"""
+# The firewall restarted: a client's vif belongs to the backend domain it
+# was created with, so each is detached (the backend is gone) and attached
+# again once the new firewall is up (docs/firewall.md).
+t0=$(up)
+xl destroy firewall
+mv $flog /tmp/firewall-1.log
+(timeout 60 xl network-detach client-a 0; echo "RIG detach-a rc=$? $(up)") > /tmp/det-a 2>&1 &
+pa=$!
+(timeout 60 xl network-detach client-b 0; echo "RIG detach-b rc=$? $(up)") > /tmp/det-b 2>&1 &
+pb=$!
+fw_start || log restart-forwarding FAIL "xl create -p"
+if wait_for $flog "firewall: forwarding:" 90; then log restart-forwarding ok $t0 $(up); else log restart-forwarding FAIL; fi
+rules
+wait $pa $pb
+cat /tmp/det-a /tmp/det-b
+ra=$(sed -n 's/^RIG detach-a rc=\([0-9]*\).*/\1/p' /tmp/det-a)
+rb=$(sed -n 's/^RIG detach-b rc=\([0-9]*\).*/\1/p' /tmp/det-b)
+fa=$(xenstore-read /local/domain/$(xl domid client-a)/device/vif/0/state 2>/dev/null || echo gone)
+fb=$(xenstore-read /local/domain/$(xl domid client-b)/device/vif/0/state 2>/dev/null || echo gone)
+# (when both detaches had ended)
+te=$(cat /tmp/det-a /tmp/det-b | sed -n 's/^RIG detach-[ab] rc=[0-9]* //p' | sort -n | tail -n 1)
+if [ "$ra" = 0 ] && [ "$rb" = 0 ] && [ $fa = gone ] && [ $fb = gone ]; then log restart-detach ok $t0 $te; else
+  log restart-detach FAIL "xl network-detach rc $ra $rb, frontend state $fa $fb"
+fi
+ca=$(nlines $clog)
+cb=$(nlines $blog)
+t1=$(up)
+xl network-attach client-a backend=firewall "ip=@IP@ fd09::10" mac=00:16:3e:6d:6f:20; xa=$?
+xl network-attach client-b backend=firewall ip=10.137.0.11 mac=00:16:3e:6d:6f:22; xb=$?
+if wait_after $clog $ca "linuxdomu: net: .* configured again" 60 && wait_after $blog $cb "linuxdomu: net: .* configured again" 30; then
+  log restart-attach ok $t1 $(up)
+else
+  log restart-attach FAIL "xl network-attach rc $xa $xb; $(since $clog $ca | tail -n 5 | tr -d '\r' | tr '\n' ' ') | $(since $blog $cb | tail -n 5 | tr -d '\r' | tr '\n' ' ')"
+fi
+cmd client-a again 40 "for i in 1 2 3; do echo probe | nc -w 3 @DOM0@ @ALLOWED@ && break; sleep 1; done"
+case "$out" in *served-by-dom0*) log restart-tcp ok ;; *) log restart-tcp FAIL "rc=$rc $out" ;; esac
+get_send client-b rgetb http://@DOM0@/blob
+get_send client-a rgeta http://10.99.0.2/blob
+get_check restart-get-a client-a rgeta
+get_check restart-get-b client-b rgetb
+log restart-end $t0 $(up)
+"""
+
+#: The end of one type's run: the logs, everything destroyed.
+END = r"""
+xenstore-ls /local/domain/$fw/qubesdb | sed 's/^/RIG store /'
+[ -f /tmp/firewall-1.log ] && sed 's/^/FW /' /tmp/firewall-1.log
+sed 's/^/FW /' $flog
+sed 's/^/CLIENT /' $clog
+sed 's/^/CLIENTB /' $blog
+since $dlog $d0 | sed 's/^/DNS /'
+xl list
+xl destroy client-a
+xl destroy client-b
+xl destroy firewall
+log end @TYPE@
+"""
+
+#: --uplink-restart (after the main checks, with the first firewall).
+UPLINK = r"""
 if [ @UPLINK@ -gt 0 ]; then
 # The uplink's backend restarted: dom0's xen-netback lets go of the vif and
 # takes it again (as rig/dom0/netcase.sh does; the hotplug script run as
@@ -144,9 +441,10 @@ last=$(grep "probe @DOM0@:@ALLOWED@" $clog | tail -n 1)
 case "$last" in *" ok "*) log after-uplink-restart ok $r ;; *) log after-uplink-restart FAIL $r "$last" ;; esac
 done
 fi
-timeout 60 xl network-attach client-a backend=firewall mac=00:16:3e:6d:6f:21
-log attach-noip rc=$?
-if wait_for $flog "firewall: vif [^ ]* refused" 20; then log refused ok; else log refused FAIL; fi
+"""
+
+#: --detach and --cycles (after the restart).
+OPTIONS = r"""
 if [ @DETACH@ = 1 ]; then
   # A moat client's vif detached: its netfront must not write its state
   # into the directory libxl removed (the firewall removes the backend
@@ -194,41 +492,58 @@ if [ @CYCLES@ -gt 0 ]; then
   log cycles $k @CYCLES@ $t $(up)
   sleep 2
 fi
-xenstore-ls /local/domain/$fw/qubesdb | sed 's/^/RIG store /'
-sed 's/^/FW /' $flog
-sed 's/^/CLIENT /' $clog
-xl list
-xl destroy client-a
-xl destroy firewall
-log end @TYPE@
 """
 
 
-def script(t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False) -> str:
-    s = SCRIPT
+def _fill(s: str, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False) -> str:
     for k, v in {"TYPE": t, "CYCLES": str(cycles), "UPLINK": str(uplink_restart),
                  "DETACH": "1" if detach else "0", "IP": CLIENT_IP, "ENC": CLIENT_ENC, "DOM0": DOM0,
-                 "ALLOWED": str(ALLOWED), "DENIED": str(DENIED)}.items():
+                 "ALLOWED": str(ALLOWED), "DENIED": str(DENIED), "BLOB_MIB": str(BLOB_MIB)}.items():
         s = s.replace(f"@{k}@", v)
     return s
 
 
-def check(texts: list, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False) -> tuple:
-    """(passed, failures) for one type's run."""
+def script(t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False) -> str:
+    """One type's part of the dom0 script (after `setup()`)."""
+    return _fill(SCRIPT + UPLINK + RESTART + OPTIONS + END, t, cycles, uplink_restart, detach)
+
+
+def setup() -> str:
+    """The dom0 script's start: helpers and dom0's servers."""
+    return _fill(SETUP, "")
+
+
+#: dom0's checks before the types.
+SETUP_WORDS = ["dnsmasq", "servers"]
+#: Each type's checks (`RIG <word> ok|FAIL ...`), in order.
+WORDS = ["forwarding", "rules", "dsthost-query", "allowed", "denied", "client-b-ready", "dsthost-allowed",
+         "client-b-get", "dsthost-other-denied", "dns", "spoof", "a-to-b", "ipv6-allowed", "ipv6-denied",
+         "rule-change", "spoof-counted", "a-to-b-counted", "refused", "restart-forwarding", "restart-detach",
+         "restart-attach", "restart-tcp", "restart-get-a", "restart-get-b"]
+
+
+def rig_lines(texts: list, word: str) -> list:
+    """The words after `RIG <word> ` of each such line."""
+    return [l.split()[2:] for l in texts if l.startswith(f"RIG {word} ")]
+
+
+def check_words(texts: list, prefix: str, words: list) -> tuple:
+    """(passed, failures): each word's first `RIG <word>` line must say ok."""
     passed, failures = 0, []
-
-    def rig(word: str) -> list:
-        return [l.split()[2:] for l in texts if l.startswith(f"RIG {word} ")]
-
-    words = ["forwarding", "rules", "allowed", "denied", "rule-change", "refused"]
-    if detach:
-        words += ["detach"]
     for word in words:
-        r = rig(word)
+        r = rig_lines(texts, word)
         if r and r[0] and r[0][0] == "ok":
             passed += 1
         else:
-            failures.append(f"{t}: {word}: {r}")
+            failures.append(f"{prefix}{word}: {' '.join(r[0]) if r else 'never checked'}")
+    return passed, failures
+
+
+def check(texts: list, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False) -> tuple:
+    """(passed, failures) for one type's run."""
+    rig = lambda word: rig_lines(texts, word)  # noqa: E731
+
+    passed, failures = check_words(texts, f"{t}: ", WORDS + (["detach"] if detach else []))
     client = [l[len("CLIENT "):] for l in texts if l.startswith("CLIENT ")]
     denied = [l for l in client if f"probe {DOM0}:{DENIED} fail" in l]
     if denied and "No route to host" in denied[0]:
@@ -249,6 +564,24 @@ def check(texts: list, t: str, cycles: int = 0, uplink_restart: int = 0, detach:
     if rc and rc[0][0] == "ok" and len(rc[0]) == 3:
         print(f"bench: {t}: rule change written -> probe of the newly allowed port succeeded: "
               f"{float(rc[0][2]) - float(rc[0][1]):.1f} s (client probes once a second)")
+    for word, what in [("dsthost-allowed", "A, IPv4"), ("client-b-get", "B, IPv4, beside A's"),
+                       ("ipv6-allowed", "A, IPv6"), ("restart-get-a", "A after the restart"),
+                       ("restart-get-b", "B after the restart, beside A's")]:
+        g = rig(word)
+        if g and g[0][0] == "ok" and len(g[0]) == 4:
+            secs = float(g[0][2]) - float(g[0][1])
+            print(f"bench: {t}: download through the firewall ({what}, busybox wget): {int(g[0][3])} bytes "
+                  f"in {secs:.2f} s" + (f" = {int(g[0][3]) * 8 / secs / 1e6:.1f} Mbit/s" if secs > 0 else ""))
+    for word, what in [("restart-forwarding", "xl destroy of the firewall -> the new one forwarding"),
+                       ("restart-detach", "xl destroy of the firewall -> both clients' vifs detached"),
+                       ("restart-attach", "xl network-attach -> both clients' interfaces configured")]:
+        r = rig(word)
+        if r and r[0][0] == "ok" and len(r[0]) == 3:
+            print(f"bench: {t}: {what}: {float(r[0][2]) - float(r[0][1]):.1f} s")
+    e = rig("restart-end")
+    if e and len(e[0]) == 2:
+        print(f"bench: {t}: firewall restart, from xl destroy to both clients' downloads checked: "
+              f"{float(e[0][1]) - float(e[0][0]):.1f} s")
     if cycles:
         c = rig("cycles")
         if c and c[0][0] == str(cycles):
@@ -287,7 +620,7 @@ def check(texts: list, t: str, cycles: int = 0, uplink_restart: int = 0, detach:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default=str(REPO / "target/images/amd64/firewall"))
-    ap.add_argument("--types", default="pv", help="pv and/or pvh (the firewall's type; the client is PV)")
+    ap.add_argument("--types", default="pv", help="pv and/or pvh (the firewall's type; the clients are PV)")
     ap.add_argument("--uplink-restart", type=int, nargs="?", const=1, default=0, metavar="N",
                     help="also restart dom0's netback of the firewall's uplink, N times per type "
                          "(default 1; not in make test, about 20 s each; see docs/firewall.md)")
@@ -324,12 +657,16 @@ def main() -> int:
             return 2
         guests += [(netdemo, "netdemo"), (REPO / "configs/netdemo-pv.cfg", "netdemo-pv.cfg")]
     xenrig.exit_on_sigterm()
-    result = xenrig.run_script("\n".join(script(t, args.cycles, args.uplink_restart, detach) for t in types), guests=guests,
-                               timeout=args.timeout, log=Path(args.log) if args.log else None)
+    text = setup() + "\n".join(script(t, args.cycles, args.uplink_restart, detach) for t in types)
+    result = xenrig.run_script(text, guests=guests, timeout=args.timeout,
+                               log=Path(args.log) if args.log else None)
     texts = [l for _, l in result.lines]
     passed, failures = 0, []
     if result.rc != 0:
         failures.append(f"rig: dom0 script ended with rc {result.rc} (timeout 124, rig failure 125)")
+    p, f = check_words(texts, "dom0: ", SETUP_WORDS)
+    passed += p
+    failures += f
     for t in types:
         # each type's lines lie between its `RIG create firewall-<t>` and `RIG end <t>`
         try:
