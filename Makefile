@@ -23,8 +23,18 @@ ARM32 := armv7a-none-eabihf
 IMAGE_DIR_ARM32 := $(CARGO_TARGET_DIR)/images/arm32
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
+# Reproducible images (docs/testing.md, "Reproducible images"): the paths of
+# the checkout, the target directory, CARGO_HOME and the standard library
+# source (-Zbuild-std) are remapped, and each image records its commit and
+# toolchain in its .moat.build section (kernel::buildinfo).
+REMAP = $(CURDIR)=/moat $(CARGO_TARGET_DIR)=/moat/target $(or $(CARGO_HOME),$(HOME)/.cargo)=/cargo \
+  $(shell $(RUSTC) --print sysroot)/lib/rustlib/src/rust=/rustc/$(shell $(RUSTC) -vV | sed -n 's/^commit-hash: //p')
+REMAP_FLAGS = [$(foreach m,$(REMAP),"--remap-path-prefix=$(m)",)]
+REPRO = --config 'target.$(AMD64).rustflags=$(REMAP_FLAGS)' --config 'target.$(ARM32).rustflags=$(REMAP_FLAGS)'
+BUILD_ENV = MOAT_BUILD_COMMIT=$(shell git rev-parse -q --verify HEAD 2>/dev/null || echo unknown)$(shell git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ -n "$$(git status --porcelain 2>/dev/null)" ] && echo -dirty) \
+  MOAT_BUILD_RUSTC='$(shell $(RUSTC) -V)' MOAT_BUILD_CARGO='$(shell $(CARGO) -V)'
 
-.PHONY: help deps images run run-selftest run-arm32 test test-host test-xen test-long fuzz fuzz-long lint fmt bench bench-firewall bench-wg bench-net rig-stress test-vchan clean
+.PHONY: help deps images run run-selftest run-arm32 test test-host test-xen test-long fuzz fuzz-long lint fmt bench bench-firewall bench-wg bench-net rig-stress test-vchan reproduce test-reproduce clean
 
 help:
 	@echo "make run     the firewall VM on Xen in QEMU with a Linux client behind it: a guided demo, then a dom0 shell"
@@ -32,6 +42,7 @@ help:
 	@echo "make run-arm32  the selftest on the arm32 rig (Xen armhf in qemu-system-arm)"
 	@echo "make test    everything: format, lint, host tests (incl. ABI check), images, real-Xen tests"
 	@echo "make images  build every service image to $(IMAGE_DIR)/<name>"
+	@echo "make reproduce  build the images in two clean clones of HEAD and compare them byte for byte"
 	@echo "make bench   benchmarks (printed, never asserted)"
 	@echo "make fuzz    each fuzz target for FUZZ_SMOKE_SECONDS (default 10; a smoke run, in make test)"
 	@echo "make fuzz-long  each fuzz target for FUZZ_SECONDS (default 3600)"
@@ -48,20 +59,32 @@ deps:
 # the rig: moat as server and as client, PV and PVH, 64 MiB each way per
 # case with an md5 in dom0 (docs/qubes.md). Not in make test yet.
 test-vchan: deps
-	RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) --target $(AMD64) -p vchantest
+	$(BUILD_ENV) RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) $(REPRO) --target $(AMD64) -p vchantest
 	@mkdir -p $(IMAGE_DIR)
 	cp $(CARGO_TARGET_DIR)/$(AMD64)/release/vchantest $(IMAGE_DIR)/vchantest
 	python3 rig/test_vchan.py --image $(IMAGE_DIR)/vchantest --types pv,pvh --mib 64 --timeout 2400
 
 images: deps
-	RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) --target $(AMD64) $(addprefix -p ,$(IMAGE_PACKAGES))
+	$(BUILD_ENV) RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) $(REPRO) --target $(AMD64) $(addprefix -p ,$(IMAGE_PACKAGES))
 	@mkdir -p $(IMAGE_DIR)
 	@for i in $(IMAGES); do cp $(CARGO_TARGET_DIR)/$(AMD64)/release/$$i $(IMAGE_DIR)/$$i; \
 	  echo "image: $(IMAGE_DIR)/$$i ($$(stat -c %s $(IMAGE_DIR)/$$i) bytes)"; done
-	RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) --target $(ARM32) $(addprefix -p ,$(IMAGE_PACKAGES))
+	$(BUILD_ENV) RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) $(REPRO) --target $(ARM32) $(addprefix -p ,$(IMAGE_PACKAGES))
 	@mkdir -p $(IMAGE_DIR_ARM32)
 	@for i in $(IMAGES); do python3 arm32/zimage.py $(CARGO_TARGET_DIR)/$(ARM32)/release/$$i $(IMAGE_DIR_ARM32)/$$i; \
 	  echo "image: $(IMAGE_DIR_ARM32)/$$i ($$(stat -c %s $(IMAGE_DIR_ARM32)/$$i) bytes)"; done
+
+# Two clean clones of HEAD, in different directories, each built with
+# make images; every image compared byte for byte (docs/testing.md,
+# "Reproducible images"). Exit 1 on any difference.
+reproduce: deps
+	python3 scripts/reproduce.py
+
+# make test's form: the images make test built stand for the first build,
+# one clean clone is built beside them (skipped, said so, when the checkout
+# has uncommitted changes).
+test-reproduce: images
+	python3 scripts/reproduce.py --reuse-target $(CARGO_TARGET_DIR)
 
 # The firewall VM, a Linux client behind it and servers in dom0: a guided
 # demo (rig/run_firewall.py), then, on a terminal, a shell in dom0.

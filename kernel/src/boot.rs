@@ -322,6 +322,12 @@ pub fn start(info: BootInfo) -> ! {
         info.ram.as_slice().len(),
         info.memory_source
     );
+    log::info!(
+        "build: commit {}; {}; {}",
+        crate::buildinfo::COMMIT,
+        crate::buildinfo::RUSTC,
+        crate::buildinfo::CARGO
+    );
 
     let source = crate::entropy::init(info.entropy_seed);
     if source.is_weak() {

@@ -23,6 +23,7 @@ pub mod arch {
 pub mod arch;
 #[cfg(target_os = "none")]
 pub mod boot;
+pub mod buildinfo;
 pub mod cmdline;
 pub mod console;
 pub mod control;
