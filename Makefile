@@ -47,6 +47,7 @@ help:
 	@echo "make fuzz    each fuzz target for FUZZ_SMOKE_SECONDS (default 10; a smoke run, in make test)"
 	@echo "make fuzz-long  each fuzz target for FUZZ_SECONDS (default 3600)"
 	@echo "make test-long  the long real-Xen transfers: 1 GiB each way through netfront (not in make test)"
+	@echo "make test-firewall-cycles  1000 attach/detach cycles of a client vif behind the firewall VM, resources compared (not in make test)"
 	@echo "make rig-stress  the dom0 userland stress of docs/testing.md, lazy vs eager FPU (printed)"
 	@echo "make bench-wg  WireGuard throughput/handshakes, ours beside boringtun (printed)"
 	@echo "make bench-net  netdemo/netbridge beside a Linux domU on the rig: the moat/Linux table (printed)"
@@ -122,6 +123,13 @@ test-xen: images
 # (docs/testing.md): 1 GiB each way between dom0 and netdemo (PV).
 test-long: images
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv --mib 1024 --pings 1000 --timeout 3600
+
+# Clients come and go (issue 12 item 3, docs/firewall.md): 1000 xl
+# network-attach/-detach cycles of a Linux client's second vif behind the
+# firewall VM, its resources: lines compared, then its uplink detached and
+# attached. Hours: 26.5 s per cycle measured on a loaded machine (load 11).
+test-firewall-cycles: images
+	python3 rig/test_firewall_cycles.py --image $(IMAGE_DIR)/firewall --type pvh --cycles 1000 --budget 36000 --timeout 40000
 
 # The dom0 userland stress of docs/testing.md ("dom0 userland corruption:
 # root cause"): 20 boots with Xen's lazy FPU switching of PV vCPUs, each
