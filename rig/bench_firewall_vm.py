@@ -157,7 +157,9 @@ def dom0_script(kinds: list, counts: list, seconds: int, mem_steps: dict, sequen
         header += moat_function(name, rule_set(name)).splitlines()
     per_test = seconds + 75
     cases = [xenrig.Case("servers", 60, ["fwbench_servers"], setup=True)]
-    if len(kinds) == 2 and not sequential:
+    if not counts:
+        pass
+    elif len(kinds) == 2 and not sequential:
         limit = 2 * (180 + 180 + 150 + 150) + len(counts) * 2 * (60 + 4 * per_test) + 120
         cases.append(xenrig.Case("bench", limit, [f"bench_pair {seconds} {' '.join(map(str, counts))}"]))
     else:
@@ -211,7 +213,7 @@ def table(fig: dict, counts: list, mem: dict) -> list:
     def num(v) -> str:
         if v is None:
             return "-"
-        return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+        return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
     head = f"{'':<34} {'rules':>5} {'moat':>9} {'fw CPU%':>8} {'Linux':>9} {'fw CPU%':>8} {'moat/Linux':>10}"
     out = [head, "-" * len(head)]

@@ -159,7 +159,8 @@ load_rules() {
 # start; waits for it to be ready. Sets t_create, t_ready.
 fw_create() {
   local kind=$1 fw=$2 mem=$3 rules=$4 base
-  rm -f "$(clog "$fw")"
+  # (a new domain must not run the last command its predecessor was given)
+  rm -f "$(clog "$fw")" "/tmp/cmd.$fw"
   fw_why=""
   t_create=$(up)
   if [ "$kind" = moat ]; then
@@ -182,7 +183,7 @@ fw_create() {
 # without VIF it has none yet (its netfront waits for one).
 client_create() {
   local cl=$1 words=$2 vif=${3:-}
-  rm -f "$(clog "$cl")"
+  rm -f "$(clog "$cl")" "/tmp/cmd.$cl"
   xl create /guest/firewall-client-pv.cfg "name=\"$cl\"" 'ramdisk="/guest/bench-client.cpio.gz"' memory=160 \
     "vif=[${vif:+\"$vif\"}]" \
     "extra=\"console=hvc0 quiet rdinit=/bench-client moat.ip=$CIP/24 moat.gw=$CGW moat.name=$cl $words\"" \
