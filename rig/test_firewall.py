@@ -40,13 +40,15 @@ prints their output and status). In one rig boot, for each type:
 - B (policy accept) downloads the file too;
 - a rule change (accept tcp 8081) written from dom0 takes effect without a
   restart: A's next probe of 8081 succeeds (time from the write printed);
-- a vif without `ip=` (`xl network-attach client-b backend=firewall`) is
-  refused and counted by the firewall (run in the background);
 - the firewall restarted: `xl destroy firewall`, `xl create` again (new
   qubesdb keys and rules), each client's vif detached and attached again
   (docs/firewall.md, "Restarting the firewall"); both clients configure
   the new interface, A reaches dom0:8080 and both download the file again
-  with the sha256 equal;
+  with the sha256 equal (on failure both ends' xenstore states and the
+  clients' interfaces and dmesg are printed);
+- a vif without `ip=` (`xl network-attach client-b backend=firewall`) is
+  refused and counted by the new firewall (in the background during the
+  downloads);
 - with --uplink-restart [N] (not in make test): dom0's netback lets go of
   the firewall's uplink and takes it again (sysfs unbind + bind, as
   rig/dom0/netcase.sh does), N times: each time the firewall reconnects
@@ -266,9 +268,6 @@ if wait_for $clog "probe @DOM0@:@ALLOWED@ ok" 240; then log allowed ok $(up); el
 fi
 if wait_for $clog "probe @DOM0@:@DENIED@ fail" 30; then log denied ok; else log denied FAIL; fi
 if wait_for $blog "linuxdomu: ready" 120; then log client-b-ready ok $(up); else log client-b-ready FAIL; fi
-# A vif without ip= is refused (libxl waits 10 s for it: in the background)
-(timeout 60 xl network-attach client-b backend=firewall mac=00:16:3e:6d:6f:21; echo "RIG attach-noip rc=$?") &
-noip=$!
 get_send client-b getb http://@DOM0@/blob
 get_send client-a geta http://10.99.0.2/blob
 get_check dsthost-allowed client-a geta
@@ -334,8 +333,6 @@ if wait_after $flog $l3 "firewall: stats:" 20; then
     log a-to-b-counted FAIL "inter-client= ${i0:-0} before, ${i1:-none} after"
   fi
 else log a-to-b-counted FAIL "no stats line"; fi
-wait $noip
-if wait_for $flog "firewall: vif [^ ]* refused" 20; then log refused ok; else log refused FAIL; fi
 """
 
 #: The firewall restarted with both clients behind it (after the options
@@ -373,8 +370,21 @@ xl network-attach client-b backend=firewall ip=10.137.0.11 mac=00:16:3e:6d:6f:22
 if wait_after $clog $ca "linuxdomu: net: .* configured again" 60 && wait_after $blog $cb "linuxdomu: net: .* configured again" 30; then
   log restart-attach ok $t1 $(up)
 else
-  log restart-attach FAIL "xl network-attach rc $xa $xb; $(since $clog $ca | tail -n 5 | tr -d '\r' | tr '\n' ' ') | $(since $blog $cb | tail -n 5 | tr -d '\r' | tr '\n' ' ')"
+  log restart-attach FAIL "xl network-attach rc $xa $xb; A: $(since $clog $ca | grep -a 'net:' | tr -d '\r' | tr '\n' ' ') B: $(since $blog $cb | grep -a 'net:' | tr -d '\r' | tr '\n' ' ')"
+  # both ends' states, and the clients' own view
+  for c in client-a client-b; do
+    d=$(xl domid $c)
+    for v in $(xenstore-list /local/domain/$d/device/vif 2>/dev/null); do
+      echo "RIG vif-state $c vif $v frontend=$(xenstore-read /local/domain/$d/device/vif/$v/state 2>&1)" \
+        "backend=$(xenstore-read /local/domain/$fw/backend/vif/$d/$v/state 2>&1)"
+    done
+    cmd $c diag-$c 30 "ls /sys/class/net; dmesg | tail -n 15"
+    echo "RIG diag $c rc=$rc $out"
+  done
 fi
+# A vif without ip= is refused (libxl waits 10 s for it: in the background)
+(timeout 60 xl network-attach client-b backend=firewall mac=00:16:3e:6d:6f:21; echo "RIG attach-noip rc=$?") &
+noip=$!
 cmd client-a again 40 "for i in 1 2 3; do echo probe | nc -w 3 @DOM0@ @ALLOWED@ && break; sleep 1; done"
 case "$out" in *served-by-dom0*) log restart-tcp ok ;; *) log restart-tcp FAIL "rc=$rc $out" ;; esac
 get_send client-b rgetb http://@DOM0@/blob
@@ -382,6 +392,8 @@ get_send client-a rgeta http://10.99.0.2/blob
 get_check restart-get-a client-a rgeta
 get_check restart-get-b client-b rgetb
 log restart-end $t0 $(up)
+wait $noip
+if wait_for $flog "firewall: vif [^ ]* refused" 20; then log refused ok; else log refused FAIL; fi
 """
 
 #: The end of one type's run: the logs, everything destroyed.
@@ -518,8 +530,8 @@ SETUP_WORDS = ["dnsmasq", "servers"]
 #: Each type's checks (`RIG <word> ok|FAIL ...`), in order.
 WORDS = ["forwarding", "rules", "dsthost-query", "allowed", "denied", "client-b-ready", "dsthost-allowed",
          "client-b-get", "dsthost-other-denied", "dns", "spoof", "a-to-b", "ipv6-allowed", "ipv6-denied",
-         "rule-change", "spoof-counted", "a-to-b-counted", "refused", "restart-forwarding", "restart-detach",
-         "restart-attach", "restart-tcp", "restart-get-a", "restart-get-b"]
+         "rule-change", "spoof-counted", "a-to-b-counted", "restart-forwarding", "restart-detach",
+         "restart-attach", "restart-tcp", "restart-get-a", "restart-get-b", "refused"]
 
 
 def rig_lines(texts: list, word: str) -> list:
