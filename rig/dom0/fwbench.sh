@@ -165,14 +165,14 @@ fw_create() {
   t_create=$(up)
   if [ "$kind" = moat ]; then
     xl create /guest/firewall-moat.cfg ${mem:+"memory=$mem"} >/tmp/xl-create.out 2>&1 || {
-      log fail "$kind" "xl create: $(tail -n 2 /tmp/xl-create.out | tr '\n' ' ')"; return 1; }
+      log fail "$kind" "xl create: $(tail -n 6 /tmp/xl-create.out | tr '\n' ' ')"; return 1; }
     base=/local/domain/$(xl domid "$fw")/qubesdb/qubes-firewall/$CENC
     "moat_rules_$rules" "$base"
     wait_fw "$fw" "firewall: forwarding:" 120 || { log fail "$kind" "no forwarding line: $fw_why"; return 1; }
   else
     xl create /guest/firewall-linux-pv.cfg ${mem:+"memory=$mem"} \
       "extra=\"console=hvc0 quiet rdinit=/router-init moat.ip=10.99.0.11/24 moat.gw=$DOM0 moat.clientgw=$CGW moat.dns=$DOM0 moat.name=$fw moat.cmd=$DOM0:9000 moat.rules=fwrules-$rules.nft moat.flowtable=${FLOWTABLE:-1}\"" \
-      >/tmp/xl-create.out 2>&1 || { log fail "$kind" "xl create: $(tail -n 2 /tmp/xl-create.out | tr '\n' ' ')"; return 1; }
+      >/tmp/xl-create.out 2>&1 || { log fail "$kind" "xl create: $(tail -n 6 /tmp/xl-create.out | tr '\n' ' ')"; return 1; }
     wait_fw "$fw" "linuxfw: (ready|FAIL)" 180 && grep -q "linuxfw: ready" "$(clog "$fw")" ||
       { log fail "$kind" "not ready: ${fw_why:-it failed}"; return 1; }
   fi
