@@ -31,7 +31,7 @@ REMAP = $(CURDIR)=/moat $(CARGO_TARGET_DIR)=/moat/target $(or $(CARGO_HOME),$(HO
   $(shell $(RUSTC) --print sysroot)/lib/rustlib/src/rust=/rustc/$(shell $(RUSTC) -vV | sed -n 's/^commit-hash: //p')
 REMAP_FLAGS = [$(foreach m,$(REMAP),"--remap-path-prefix=$(m)",)]
 REPRO = --config 'target.$(AMD64).rustflags=$(REMAP_FLAGS)' --config 'target.$(ARM32).rustflags=$(REMAP_FLAGS)'
-BUILD_ENV = MOAT_BUILD_COMMIT=$(shell git rev-parse -q --verify HEAD 2>/dev/null || echo unknown)$(shell git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ -n "$$(git status --porcelain 2>/dev/null)" ] && echo -dirty) \
+BUILD_ENV = MOAT_BUILD_COMMIT=$(shell git rev-parse -q --verify HEAD 2>/dev/null || echo unknown)$(shell git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ -n "$$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo -dirty) \
   MOAT_BUILD_RUSTC='$(shell $(RUSTC) -V)' MOAT_BUILD_CARGO='$(shell $(CARGO) -V)'
 
 .PHONY: help deps images run run-selftest run-arm32 test test-host test-xen test-long fuzz fuzz-long lint fmt bench bench-firewall bench-wg bench-net rig-stress test-vchan reproduce test-reproduce clean
@@ -168,7 +168,7 @@ fuzz: deps
 fuzz-long: deps
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz bash fuzz/run.sh $(FUZZ_SECONDS)
 
-test: fmt lint test-host fuzz test-xen
+test: fmt lint test-host fuzz test-xen test-reproduce
 
 bench: images bench-firewall bench-wg
 	python3 rig/bench_boot.py --image $(IMAGE_DIR)/selftest

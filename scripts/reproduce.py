@@ -207,7 +207,7 @@ def main() -> int:
     times = []
     try:
         if args.reuse_target:
-            if git("status", "--porcelain"):
+            if git("status", "--porcelain", "--untracked-files=no"):
                 print("reproduce: SKIPPED: the checkout has uncommitted changes, so its images "
                       "carry a -dirty commit no clean clone matches (CI's checkout is clean; "
                       "make reproduce compares two clean clones)")
