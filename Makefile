@@ -110,10 +110,12 @@ test-host: deps
 	python3 rig/test_rig_unit.py
 	python3 rig/test_rig_cases.py
 	python3 arm32/test_zimage.py
+	python3 rig/test_bench_firewall_vm_unit.py
 
 test-xen: images
 	python3 rig/test_selftest.py --image $(IMAGE_DIR)/selftest --types pv,pvh --timeout 1500
 	python3 rig/test_linux_domu_unit.py   # needs the rig cache, which the line above fetched
+	python3 rig/test_run_firewall_unit.py   # make run's demo, without QEMU (its busybox parts need the rig cache)
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 64 --pvh-mib 16 --pings 1000 --bridge 16 --linux-bridged --timeout 2400
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --timeout 1500
 	python3 rig/test_firewall.py --image $(IMAGE_DIR)/firewall --types pv,pvh --timeout 1500   # 2-4 min (docs/firewall.md)
