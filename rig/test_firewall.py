@@ -54,9 +54,7 @@ prints their output and status). In one rig boot, for each type:
   rig/dom0/netcase.sh does), N times: each time the firewall reconnects
   its uplink (or netback takes the rings it still offers and both ends
   stay Connected: "kept"), and the client still gets through afterwards;
-- with --detach (not in make test: fails until the firewall removes a
-  detached vif's backend directory without waiting for the frontend's,
-  see docs/firewall.md): a moat client (netdemo) behind the firewall gets
+- with --detach (in make test): a moat client (netdemo) behind the firewall gets
   its vif detached with `xl network-detach` (libxl gives up after 10 s if
   the backend directory is still there): the detach must succeed and both
   directories be gone; on failure both states, traced every 0.2 s, are
@@ -458,14 +456,15 @@ fi
 #: --detach and --cycles (after the restart).
 OPTIONS = r"""
 if [ @DETACH@ = 1 ]; then
-  # A moat client's vif detached: its netfront must not write its state
-  # into the directory libxl removed (the firewall removes the backend
-  # directory only once the frontend's is gone, and libxl waits 10 s).
-  dlog=/var/log/xen/console/guest-det.log
-  rm -f $dlog
+  # A moat client's vif detached with xl network-detach: libxl waits for
+  # the firewall to remove the backend directory, then removes the
+  # frontend's. (detlog, not dlog: dlog is dnsmasq's log, read again by
+  # the next type's DNS checks.)
+  detlog=/var/log/xen/console/guest-det.log
+  rm -f $detlog
   xl create /guest/netdemo-pv.cfg 'name="det"' 'vif=["backend=firewall,ip=10.137.0.21,mac=00:16:3e:6d:6f:31"]' \
     'extra="netdemo.ip=10.137.0.21/24 netdemo.gw=10.137.0.1"' >/dev/null 2>&1
-  if wait_for $dlog "netdemo: ready" 60; then
+  if wait_for $detlog "netdemo: ready" 60; then
     did=$(xl domid det)
     t=$(up)
     # the frontend's and the backend's state every 0.2 s, for a failure
@@ -479,7 +478,7 @@ if [ @DETACH@ = 1 ]; then
     back=$(xenstore-read /local/domain/$fw/backend/vif/$did/0/state 2>/dev/null || echo gone)
     if [ $rc = 0 ] && [ "$front" = gone ] && [ "$back" = gone ]; then log detach ok $t $(up); else
       log detach FAIL rc=$rc front=$front back=$back
-      sed 's/^/DETNOW /' $dlog | tail -n 10
+      sed 's/^/DETNOW /' $detlog | tail -n 10
       uniq -f1 /tmp/det-trace | sed 's/^/DETTRACE /'
     fi
   else
