@@ -9,20 +9,20 @@
 //! `netvm::run` with a pass-through service; the client (domain 3) runs
 //! our netfront asking for GSO on receive.
 
+mod common;
+use common::*;
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
-use kernel::executor::{Executor, Handle, Idle};
+use kernel::executor::{Executor, Handle};
 use netback::sim::SimNetbackEnv;
 use netback::{BackendOptions, Offload, Packet};
-use netfront::{ConnectOptions, EnvError, Gso, GsoKind, NetEnv, Netfront, TxOffload};
+use netfront::{ConnectOptions, Gso, GsoKind, Netfront, TxOffload};
 use netvm::{ClientInfo, Link, Options, Service, Stats, To, Transmit, UplinkInfo};
-use xen::abi::{DomId, GrantRef, Port};
-use xen::grant::GrantError;
-use xen::shared_page::SharedPage;
-use xen::sim::{SimHypervisor, SimPage, SimTransport, Xenstored};
+use xen::abi::DomId;
+use xen::sim::SimTransport;
 use xen::xenstore::XenStore;
 
 const VM: DomId = 2;
@@ -30,121 +30,6 @@ const CLIENT: DomId = 3;
 const MS: u64 = 1_000_000;
 const SECOND: u64 = 1_000_000_000;
 const MSS: u16 = 1448;
-
-/// A virtual clock: 50 µs per read, a jump to the deadline when all sleep.
-struct Clock {
-    now: Cell<u64>,
-}
-
-impl Idle for Clock {
-    fn now_ns(&self) -> u64 {
-        let t = self.now.get() + 50_000;
-        self.now.set(t);
-        t
-    }
-    fn take_pending(&mut self, _wake: &mut dyn FnMut(u32)) {}
-    fn block(&mut self, deadline_ns: Option<u64>) {
-        let d = deadline_ns.expect("everything waits and no timer is set: deadlock");
-        if d > self.now.get() {
-            self.now.set(d);
-        }
-    }
-}
-
-struct FrontEnv {
-    hv: SimHypervisor,
-    dom: DomId,
-    xs: XenStore<SimTransport>,
-}
-
-impl NetEnv for FrontEnv {
-    type Page = SimPage;
-    type Xs = SimTransport;
-    fn alloc_page(&mut self) -> Result<SharedPage<SimPage>, EnvError> {
-        Ok(self.hv.alloc_page_of(self.dom))
-    }
-    fn grant_access(&mut self, domid: DomId, frame: u64, ro: bool) -> Result<GrantRef, GrantError> {
-        self.hv.grant_access(self.dom, domid, frame, ro)
-    }
-    fn end_access(&mut self, gref: GrantRef) -> Result<(), GrantError> {
-        self.hv.end_access(self.dom, gref)
-    }
-    fn alloc_unbound(&mut self, remote: DomId) -> Result<Port, EnvError> {
-        self.hv
-            .alloc_unbound(self.dom, remote)
-            .map_err(|_| EnvError::Hypercall(-3))
-    }
-    fn notify(&mut self, port: Port) {
-        let _ = self.hv.send(self.dom, port);
-    }
-    fn poll_event(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()> {
-        self.hv.poll_event(self.dom, port, cx)
-    }
-    fn close_port(&mut self, port: Port) {
-        self.hv.close(self.dom, port)
-    }
-    fn xenstore(&mut self) -> &mut XenStore<SimTransport> {
-        &mut self.xs
-    }
-}
-
-#[derive(Clone)]
-struct Machine {
-    hv: SimHypervisor,
-    xsd: Rc<RefCell<Xenstored>>,
-}
-
-fn mac_of(dom: DomId) -> [u8; 6] {
-    [0, 0x16, 0x3e, 0, 0, dom as u8]
-}
-
-impl Machine {
-    fn new() -> Self {
-        Self {
-            hv: SimHypervisor::new(),
-            xsd: Rc::new(RefCell::new(Xenstored::new(0))),
-        }
-    }
-    fn back_path(front: DomId, back: DomId) -> String {
-        format!("/local/domain/{back}/backend/vif/{front}/0")
-    }
-    /// The toolstack's keys of a vif of `front` served by `back`.
-    fn add_vif(&self, front: DomId, back: DomId, ip: &str) {
-        let f = format!("/local/domain/{front}/device/vif/0");
-        let b = Self::back_path(front, back);
-        let m = mac_of(front);
-        let mac = format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        );
-        let mut d = self.xsd.borrow_mut();
-        d.set(&format!("{f}/backend"), b.as_bytes());
-        d.set(&format!("{f}/backend-id"), back.to_string().as_bytes());
-        d.set(&format!("{f}/mac"), mac.as_bytes());
-        d.set(&format!("{f}/handle"), b"0");
-        d.set(&format!("{f}/state"), b"1");
-        d.set(&format!("{b}/frontend"), f.as_bytes());
-        d.set(&format!("{b}/frontend-id"), front.to_string().as_bytes());
-        d.set(&format!("{b}/online"), b"1");
-        d.set(&format!("{b}/mac"), mac.as_bytes());
-        d.set(&format!("{b}/ip"), ip.as_bytes());
-        d.set(&format!("{b}/state"), b"1");
-    }
-    fn front_env(&self, dom: DomId) -> FrontEnv {
-        let conn = self.xsd.borrow_mut().connect(dom);
-        FrontEnv {
-            hv: self.hv.clone(),
-            dom,
-            xs: XenStore::new(SimTransport::connection(self.xsd.clone(), conn, 64)),
-        }
-    }
-    fn get(&self, path: &str) -> Option<String> {
-        self.xsd
-            .borrow()
-            .get(path)
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-    }
-}
 
 /// What the pass-through service saw.
 #[derive(Default)]
@@ -298,7 +183,7 @@ async fn client(m: Machine, h: Handle, count: u32, state: Rc<RefCell<ClientSide>
             state.borrow_mut().got.push(p);
         }
         while k < count {
-            let (f, offload) = stream_frame(mac_of(CLIENT), k);
+            let (f, offload) = stream_frame(mac_bytes(CLIENT), k);
             match nf.send(&f, offload) {
                 Ok(()) => k += 1,
                 Err(netfront::error::TxError::Busy) => break,
@@ -334,7 +219,7 @@ fn super_packets_pass_both_ways_and_wait_for_ring_room() {
     let mut ex = Executor::new();
     let m = Machine::new();
     let h = ex.handle();
-    m.add_vif(VM, 0, "10.0.0.2");
+    m.add_vif(VM, 0, Some("10.0.0.2"));
     let d0 = Rc::new(RefCell::new(Dom0::default()));
     // Three packets a millisecond: far slower than the client sends.
     h.spawn(dom0(m.clone(), h.clone(), 3, d0.clone()));
@@ -357,7 +242,7 @@ fn super_packets_pass_both_ways_and_wait_for_ring_room() {
             let _ = netvm::run(&h, m.front_env(VM), back, &mut svc, &options).await;
         });
     }
-    m.add_vif(CLIENT, VM, "10.137.0.10");
+    m.add_vif(CLIENT, VM, Some("10.137.0.10"));
     let c = Rc::new(RefCell::new(ClientSide::default()));
     h.spawn(client(m.clone(), h.clone(), FRAMES, c.clone()));
     let mut clock = Clock { now: Cell::new(0) };
@@ -383,7 +268,7 @@ fn super_packets_pass_both_ways_and_wait_for_ring_room() {
         for k in 0..DOWN {
             let (data, _) = stream_frame([2, 0, 0, 0, 0, 1], k);
             let mut data = data;
-            data[0..6].copy_from_slice(&mac_of(CLIENT));
+            data[0..6].copy_from_slice(&mac_bytes(CLIENT));
             let gso = (k % 5 != 4).then_some(Gso {
                 kind: GsoKind::TcpV6,
                 mss: MSS,
@@ -406,7 +291,7 @@ fn super_packets_pass_both_ways_and_wait_for_ring_room() {
     let d = d0.borrow();
     assert_eq!(d.got.len() as u32, FRAMES, "each frame once");
     for (k, p) in d.got.iter().enumerate() {
-        let (f, offload) = stream_frame(mac_of(CLIENT), k as u32);
+        let (f, offload) = stream_frame(mac_bytes(CLIENT), k as u32);
         assert_eq!(seq_of(&p.data), k as u32, "in order");
         assert!(p.data == f, "frame {k} intact");
         assert_eq!(p.offload.gso, offload.gso, "frame {k} with its GSO");
