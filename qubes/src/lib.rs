@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod firewall_rules;
+mod framing;
 pub mod qrexec;
 pub mod qubesdb;
 pub mod vchan;

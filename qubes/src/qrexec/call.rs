@@ -174,20 +174,10 @@ impl Call {
             return Ok(());
         }
         let mut buf = core::mem::take(&mut self.inbuf);
-        buf.extend_from_slice(bytes);
-        let mut at = 0;
-        let r = loop {
-            match self.one(&buf[at..]) {
-                Ok(Some(n)) => at += n,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
-        buf.drain(..at);
+        let r = crate::framing::take_messages(&mut buf, bytes, |b| self.one(b));
         self.inbuf = buf;
         if let Err(e) = r {
             self.broken = Some(e);
-            self.inbuf.clear();
             return Err(e);
         }
         if self.version.is_some() {
