@@ -252,6 +252,12 @@ pub struct Stats {
     pub config_errors: u64,
     /// Rounds of the loop.
     pub rounds: u64,
+    /// Times the loop slept (nothing to do until an event or a timer).
+    pub sleeps: u64,
+    /// Nanoseconds the loop slept in all, by the executor's clock (read
+    /// when a task is polled: the rest of the time it worked or waited
+    /// for a vCPU).
+    pub slept_ns: u64,
 }
 
 struct Client<B: NetbackEnv> {
@@ -1155,6 +1161,8 @@ where
             deadline = deadline.min(next_report);
         }
         let deadline = deadline.max(now + 1);
+        let slept_from = clock.now_ns();
+        state.stats.sleeps += 1;
         let sleep = clock.sleep_until(deadline);
         let mut sleep = pin!(sleep);
         let benv = &mut state.benv;
@@ -1201,6 +1209,7 @@ where
             }
         })
         .await;
+        state.stats.slept_ns += clock.now_ns().saturating_sub(slept_from);
     }
 }
 

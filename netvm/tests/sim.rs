@@ -379,6 +379,10 @@ fn clients_connect_with_their_identity_and_frames_flow_both_ways() {
     );
     assert_eq!(stats.connected, 2);
     assert_eq!(w.log.borrow().down.len(), 2);
+    // The loop slept between events (it is not polling), and slept for
+    // virtual time: the test's clock only moves while the loop waits.
+    assert!(stats.sleeps > 0 && stats.sleeps <= stats.rounds, "{stats:?}");
+    assert!(stats.slept_ns > 0, "{stats:?}");
     // Both vifs were closed in order, the shutdown acknowledged.
     assert_eq!(
         m.get(&format!("{}/state", Machine::back_path(3, VM)))

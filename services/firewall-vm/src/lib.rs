@@ -521,7 +521,7 @@ impl Service for FirewallVm {
              no-rules={} spoofed={} inter-client={} refused-vifs={} \
              uplink-tx-dropped={} uplink-queued={} uplink-full={} uplink-notifies={} \
              client-tx-dropped={} gso={}/{}B plain={}/{}B segmented={} csum-completed={} \
-             gso-dropped={} bad-offload={}{dhcp}",
+             gso-dropped={} bad-offload={} rounds={} sleeps={} slept-ms={}{dhcp}",
             stats.clients,
             c.forwarded_out,
             c.forwarded_in,
@@ -543,7 +543,10 @@ impl Service for FirewallVm {
             c.gso_segmented,
             c.csum_completed,
             c.dropped_gso,
-            c.dropped_bad_offload
+            c.dropped_bad_offload,
+            stats.rounds,
+            stats.sleeps,
+            stats.slept_ns / 1_000_000,
         ))
     }
 }
