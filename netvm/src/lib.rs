@@ -40,6 +40,7 @@
 
 extern crate alloc;
 
+pub mod binding;
 pub mod config;
 pub mod dhcp;
 pub mod identity;

@@ -62,6 +62,7 @@ use xen::abi::Port as EvtchnPort;
 use xen::xenbus::{write_state, XenbusState};
 use xen::xenstore::{XenStore, XsError, XsTransport};
 
+use crate::binding::Binding;
 use crate::identity::{self, ClientInfo, Key};
 use crate::{config, ClientId, Link, Service, To, Transmit};
 
@@ -110,8 +111,13 @@ pub struct Options {
     /// [`Service::configure`] (relative to our home or absolute).
     pub config: Option<String>,
     /// Drop (and count in [`Stats::spoofed`]) a client's frames whose
-    /// Ethernet source is not the `mac` of its vif.
+    /// Ethernet source is not the `mac` of its vif
+    /// ([`binding`](crate::binding)).
     pub enforce_mac: bool,
+    /// Drop (and count in [`Stats::spoofed`]) a client's IPv4, IPv6 and
+    /// ARP frames whose sender is not one of the addresses of its vif's
+    /// `ip` (when it has one; [`binding`](crate::binding)).
+    pub enforce_ip: bool,
     /// Most clients connected or offered at once; more vifs wait.
     pub max_clients: usize,
     /// What the platform can say about its resources (free frames, heap in
@@ -148,6 +154,7 @@ impl Options {
             report_ns: 10 * SECOND,
             config: None,
             enforce_mac: true,
+            enforce_ip: true,
             max_clients: 64,
             resources: None,
             uplink_queue_max: 2048,
@@ -238,7 +245,8 @@ pub struct Stats {
     /// TX requests their vifs answered with an error (failed copies,
     /// violations).
     pub vif_errors: u64,
-    /// Client frames dropped for a source MAC not their vif's.
+    /// Client frames dropped by their vif's binding (a source MAC, IP
+    /// address or ARP sender not their vif's: [`binding`](crate::binding)).
     pub spoofed: u64,
     /// Times a client was not read because the uplink's TX ring was full or
     /// frames still waited for it (backpressure: the client's frames wait
@@ -262,6 +270,8 @@ pub struct Stats {
 
 struct Client<B: NetbackEnv> {
     info: ClientInfo,
+    /// What it may send, checked before the service sees a frame.
+    binding: Binding,
     vif: Vif<B>,
     /// When its queue last moved into its RX ring, or was empty.
     progress_at: u64,
@@ -600,18 +610,17 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                     continue;
                 }
             }
-            let mac = match (&c.info.mac, self.options.enforce_mac) {
-                (Key::Valid(m), true) => Some(m.0),
-                _ => None,
-            };
+            // The binding, before the service sees a frame.
+            let received = self.packets.len();
+            let binding = &mut c.binding;
+            self.packets.retain(|p| binding.admit(&p.data));
+            self.stats.client_rx += received as u64;
+            self.stats.spoofed += (received - self.packets.len()) as u64;
+            while let Some(news) = c.binding.take_news() {
+                let line = format!("vif {}: {news}", c.info.path);
+                (self.options.print)(&format!("{}: {line}", self.options.name));
+            }
             for p in core::mem::take(&mut self.packets) {
-                self.stats.client_rx += 1;
-                if let Some(mac) = mac {
-                    if p.data.get(6..12) != Some(&mac[..]) {
-                        self.stats.spoofed += 1;
-                        continue;
-                    }
-                }
                 self.service.handle(now, Link::Client(id), p, &mut self.out);
                 self.dispatch(uplink, now, Some(id));
             }
@@ -752,8 +761,11 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                     ));
                     self.service.client_up(now, &info);
                     self.stats.connected += 1;
+                    let binding =
+                        Binding::new(&info, self.options.enforce_mac, self.options.enforce_ip);
                     self.clients.push(Client {
                         info,
+                        binding,
                         vif,
                         progress_at: now,
                     });

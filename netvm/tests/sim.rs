@@ -125,6 +125,19 @@ fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
     f
 }
 
+/// An IPv4 frame from `src` (a MAC) and `ip`, with a tag after the IP
+/// header (byte 34).
+fn ip4_frame(src: [u8; 6], ip: [u8; 4], tag: u8) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[0..6].fill(0xff);
+    f[6..12].copy_from_slice(&src);
+    f[12] = 0x08;
+    f[14] = 0x45;
+    f[26..30].copy_from_slice(&ip);
+    f[34] = tag;
+    f
+}
+
 /// dom0's side of the VM's uplink: our netback; it records what the VM
 /// sent and sends what the test queues. `restart` makes it close the vif
 /// and offer it again (a dom0 netback restart).
@@ -343,8 +356,19 @@ fn clients_connect_with_their_identity_and_frames_flow_both_ways() {
         c3.borrow_mut()
             .to_send
             .push_back(frame([0xff; 6], mac_bytes(9), 2));
+        // its own IPv4 address passes, client 4's does not
+        c3.borrow_mut()
+            .to_send
+            .push_back(ip4_frame(mac_bytes(3), [10, 137, 0, 11], 6));
+        c3.borrow_mut()
+            .to_send
+            .push_back(ip4_frame(mac_bytes(3), [10, 137, 0, 10], 5));
         until(&h, 5 * SECOND, "frame at dom0", || {
             w.dom0.borrow().got.iter().any(|f| f[14] == 1)
+        })
+        .await;
+        until(&h, 5 * SECOND, "IPv4 frame at dom0", || {
+            w.dom0.borrow().got.iter().any(|f| f[12] == 8 && f[34] == 5)
         })
         .await;
         until(&h, 5 * SECOND, "frame at client 4", || {
@@ -362,8 +386,10 @@ fn clients_connect_with_their_identity_and_frames_flow_both_ways() {
         .await;
         h.sleep(200 * MS).await;
         assert!(!w.dom0.borrow().got.iter().any(|f| f[14] == 2));
+        assert!(!w.dom0.borrow().got.iter().any(|f| f[12] == 8 && f[34] == 6));
+        assert!(!c4.borrow().got.iter().any(|f| f[12] == 8 && f[34] == 6));
         let stats = w.log.borrow().stats.clone().unwrap();
-        assert_eq!(stats.spoofed, 1);
+        assert_eq!(stats.spoofed, 2);
         assert_eq!(stats.clients, 2);
         // xl shutdown
         m.set("/local/domain/2/control/shutdown", "poweroff");
