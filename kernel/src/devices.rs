@@ -8,27 +8,31 @@
 //! over `xen::sim`. The only `unsafe` here is [`SharedFrame`]'s promise
 //! that a frame from the allocator is a page nobody else references.
 //!
-//! A page stays granted as long as the other domain maps it: when a driver
-//! cannot revoke a grant ([`GrantError::InUse`]), the frame is quarantined
-//! and never returned to the allocator, so a backend that keeps a mapping
-//! can never see memory reused for something else.
+//! Granted memory follows one ownership model (`xen::grant`, "Who owns a
+//! granted page"; docs/drivers.md, "Grant ownership"): a [`SharedFrame`]
+//! that is dropped while a grant still names it first ends those grants
+//! (through the grant table's ledger, [`GrantTable::release_frame`]); a
+//! frame the peer still maps goes to the table's deferred list instead of
+//! the allocator, and is freed by a later retry ([`retry_deferred`], run at
+//! every frame allocation and when the table is full) once the peer
+//! unmapped it. Whatever
+//! path a driver takes (an error return after granting, a cancelled
+//! connect, a device dropped without disconnecting), a frame another
+//! domain can still map is never reused, and never leaked for good.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use core::task::{Context, Poll};
 
 use spin::Mutex;
 use xen::abi::{DomId, GrantRef, Port};
-use xen::grant::GrantError;
+use xen::grant::{GrantError, GrantTable};
 use xen::shared_page::{PageMemory, SharedPage, PAGE_SIZE};
 use xen::xenstore::{XenStore, XsRing};
 
 use crate::boot::{Platform, XsPort};
 use crate::executor::{EventListener, Handle};
 use crate::frames::Pfn;
-
-/// Frames whose grant could not be revoked: never freed again.
-static QUARANTINE: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
 
 /// Event channels the drivers' environments opened and have not closed.
 static OPEN_PORTS: AtomicUsize = AtomicUsize::new(0);
@@ -41,16 +45,57 @@ pub fn open_ports() -> usize {
     OPEN_PORTS.load(Ordering::Relaxed)
 }
 
+/// Give back the deferred frames whose grants can be ended now (the peer
+/// unmapped them); how many were freed. Run at every [`SharedFrame`]
+/// allocation and when a grant through a [`XenEnv`] finds the table full;
+/// services may also call it (e.g. with their `resources:` line).
+pub fn retry_deferred(platform: &Platform) -> usize {
+    let freed = platform.grants.lock().retry_deferred();
+    let mut frames = platform.frames.lock();
+    for pfn in &freed {
+        let _ = frames.free(Pfn(*pfn));
+    }
+    freed.len()
+}
+
+/// Counts of the grant ledger, for leak checks (`resources:` lines).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrantCounts {
+    /// Grants live now (every driver of this domain).
+    pub live: usize,
+    /// Frames on the deferred list now (their peer still maps them).
+    pub deferred: usize,
+    /// Frames ever deferred.
+    pub deferred_total: u64,
+    /// Deferred frames freed later.
+    pub freed_late: u64,
+}
+
+/// The grant ledger's counts.
+pub fn grant_counts(platform: &Platform) -> GrantCounts {
+    let grants = platform.grants.lock();
+    let l = grants.ledger();
+    GrantCounts {
+        live: l.live_grants(),
+        deferred: l.deferred(),
+        deferred_total: l.deferred_total(),
+        freed_late: l.freed_late(),
+    }
+}
+
 /// One frame from the kernel's allocator, zeroed, owned until dropped.
 pub struct SharedFrame {
     pfn: u64,
     gfn: u64,
     frames: &'static spin::Mutex<crate::frames::FrameAllocator<'static>>,
+    grants: &'static Mutex<GrantTable>,
 }
 
 impl SharedFrame {
-    /// A zeroed frame, or `None` when memory is exhausted.
+    /// A zeroed frame, or `None` when memory is exhausted. Deferred frames
+    /// that can be freed now are freed first.
     pub fn alloc(platform: &'static Platform) -> Option<Self> {
+        retry_deferred(platform);
         // The lock is released before anything below could allocate.
         let pfn = platform.frames.lock().alloc()?.0;
         let ptr = crate::arch::pfn_to_ptr(pfn);
@@ -61,6 +106,7 @@ impl SharedFrame {
             pfn,
             gfn: crate::arch::pfn_to_gfn(pfn),
             frames: platform.frames,
+            grants: &platform.grants,
         })
     }
 
@@ -73,7 +119,8 @@ impl SharedFrame {
 // SAFETY: the frame is mapped at a fixed address for the kernel's life,
 // page-aligned, read-write, owned by this value alone (no Rust reference to
 // it exists: it is only reached through `SharedPage`'s volatile accessors),
-// and freed only on drop — or never, if quarantined.
+// and given back only on drop, once no grant names it any more (else the
+// grant table's deferred list keeps it until a retry can end the grant).
 unsafe impl PageMemory for SharedFrame {
     fn as_ptr(&self) -> *mut u8 {
         crate::arch::pfn_to_ptr(self.pfn)
@@ -86,11 +133,17 @@ unsafe impl PageMemory for SharedFrame {
 
 impl Drop for SharedFrame {
     fn drop(&mut self) {
-        if QUARANTINE.lock().contains(&self.gfn) {
-            log::warn!("frame {:#x} still granted: leaked, not reused", self.pfn);
-            return;
+        // The grant table's lock is released before the allocator's.
+        let released = self.grants.lock().release_frame(self.gfn, self.pfn);
+        match released {
+            Some(pfn) => {
+                let _ = self.frames.lock().free(Pfn(pfn));
+            }
+            None => log::debug!(
+                "frame {:#x} still mapped by a peer: deferred, not reused",
+                self.pfn
+            ),
         }
-        let _ = self.frames.lock().free(Pfn(self.pfn));
     }
 }
 
@@ -104,8 +157,8 @@ pub struct XenEnv {
     /// Ports we allocated, each with its listener (created with the port,
     /// so no notification is missed before the first poll).
     ports: BTreeMap<Port, EventListener>,
-    /// Granted frame of each reference we handed out.
-    granted: BTreeMap<GrantRef, u64>,
+    /// Grants handed out through this env and not ended through it.
+    granted: usize,
     /// The xenstore connection, if this env owns it (netfront's needs it).
     xenstore: Option<KernelXenStore>,
 }
@@ -131,7 +184,7 @@ impl XenEnv {
             platform,
             executor,
             ports: BTreeMap::new(),
-            granted: BTreeMap::new(),
+            granted: 0,
             xenstore,
         }
     }
@@ -146,9 +199,11 @@ impl XenEnv {
         self.xenstore.take()
     }
 
-    /// Grants currently handed out through this env.
+    /// Grants handed out through this env and not ended through it (a
+    /// grant ended when its frame was dropped is still counted here; see
+    /// [`grant_counts`] for the table's own count).
     pub fn grants_outstanding(&self) -> usize {
-        self.granted.len()
+        self.granted
     }
 
     fn alloc_shared(&mut self) -> Result<SharedPage<SharedFrame>, DeviceEnvError> {
@@ -158,28 +213,29 @@ impl XenEnv {
     }
 
     fn grant(&mut self, domid: DomId, frame: u64, readonly: bool) -> Result<GrantRef, GrantError> {
-        let gref = self
+        let mut result = self
             .platform
             .grants
             .lock()
-            .grant_access(domid, frame, readonly)?;
-        self.granted.insert(gref, frame);
+            .grant_access(domid, frame, readonly);
+        if result == Err(GrantError::Exhausted) && retry_deferred(self.platform) > 0 {
+            result = self
+                .platform
+                .grants
+                .lock()
+                .grant_access(domid, frame, readonly);
+        }
+        let gref = result?;
+        self.granted += 1;
         Ok(gref)
     }
 
+    /// End a grant. On [`GrantError::InUse`] the grant stays, recorded in
+    /// the table's ledger: dropping the frame defers it.
     fn revoke(&mut self, gref: GrantRef) -> Result<(), GrantError> {
         let result = self.platform.grants.lock().end_access(gref);
-        match result {
-            Ok(()) => {
-                self.granted.remove(&gref);
-            }
-            Err(GrantError::InUse) => {
-                // The peer still maps it: the frame must never be reused.
-                if let Some(frame) = self.granted.get(&gref) {
-                    QUARANTINE.lock().insert(*frame);
-                }
-            }
-            Err(_) => {}
+        if result.is_ok() {
+            self.granted = self.granted.saturating_sub(1);
         }
         result
     }

@@ -44,12 +44,17 @@ pub struct ConnectOptions {
 pub const MAX_QUEUES: u32 = 8;
 
 /// Grant-table work that could not be undone at disconnect (the backend
-/// still maps the page): the reference is leaked rather than reused.
+/// still maps the page). Such a grant stays; when the device is dropped
+/// (or [`Netfront::into_env`] gives the environment back) its page goes to
+/// the environment's deferred list and is freed once the backend unmapped
+/// it (docs/drivers.md, "Grant ownership"): never reused while mapped,
+/// never leaked for good.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DisconnectReport {
     /// Grants revoked.
     pub revoked: usize,
-    /// Grants still in use by the backend, left in place.
+    /// Grants still in use by the backend, left in place (their pages are
+    /// deferred, not freed, when the device goes).
     pub leaked: usize,
 }
 
@@ -63,6 +68,16 @@ pub struct Queue<P: PageMemory> {
     pub port: Port,
     tx_ring_ref: GrantRef,
     rx_ring_ref: GrantRef,
+}
+
+impl<P: PageMemory> Queue<P> {
+    /// Every grant of this queue: its two rings and its buffers.
+    fn grants(&self) -> impl Iterator<Item = GrantRef> + '_ {
+        [self.tx_ring_ref, self.rx_ring_ref]
+            .into_iter()
+            .chain(self.tx.bufs.iter().map(|b| b.gref))
+            .chain(self.rx.bufs.iter().map(|b| b.gref))
+    }
 }
 
 /// How long a [bounded reconnection](Netfront::reconnect_bounded) may go
@@ -277,10 +292,10 @@ impl<E: NetEnv> Netfront<E> {
             .max_queues
             .min(features.max_queues)
             .clamp(1, MAX_QUEUES);
-        let mut granted = Vec::new();
-        let mut ports = Vec::new();
         let mut queues = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
+            let mut granted = Vec::new();
+            let mut ports = Vec::new();
             match Self::build_queue(
                 &mut env,
                 device.backend_id,
@@ -290,11 +305,25 @@ impl<E: NetEnv> Netfront<E> {
             ) {
                 Ok(q) => queues.push(q),
                 Err(e) => {
+                    // The queue's pages are dropped already (the page type
+                    // ends their grants, or defers a page the backend
+                    // maps): this only ends what is left.
                     for gref in granted {
                         let _ = env.end_access(gref);
                     }
                     for port in ports {
                         env.close_port(port);
+                    }
+                    // Fewer queues than asked for when the grant table or
+                    // memory runs out (each queue takes 514 grants).
+                    if i > 0 && matches!(e, NetfrontError::Grant(_) | NetfrontError::Env(_)) {
+                        log::info!(
+                            "netfront: {path}: {i} of {n} queues ({e}): connecting with {i}"
+                        );
+                        break;
+                    }
+                    for q in queues.drain(..) {
+                        Self::end_queue(&mut env, q);
                     }
                     return Err((env, e));
                 }
@@ -333,6 +362,15 @@ impl<E: NetEnv> Netfront<E> {
                 Err((front.env, e))
             }
         }
+    }
+
+    /// End a queue's grants and close its port (the pages go with `q`;
+    /// one the backend still maps is deferred by the page type).
+    fn end_queue(env: &mut E, q: Queue<E::Page>) {
+        for gref in q.grants() {
+            let _ = env.end_access(gref);
+        }
+        env.close_port(q.port);
     }
 
     fn build_queue(
@@ -708,10 +746,7 @@ impl<E: NetEnv> Netfront<E> {
         let mut grefs = Vec::new();
         let mut ports = Vec::new();
         for q in &self.queues {
-            grefs.push(q.tx_ring_ref);
-            grefs.push(q.rx_ring_ref);
-            grefs.extend(q.tx.bufs.iter().map(|b| b.gref));
-            grefs.extend(q.rx.bufs.iter().map(|b| b.gref));
+            grefs.extend(q.grants());
             ports.push(q.port);
         }
         for gref in grefs {
@@ -800,7 +835,8 @@ impl<E: NetEnv> Netfront<E> {
             if !worth_retrying(&e) {
                 return Err((self.env, e));
             }
-            // Stalled: the grants stay leaked; go on.
+            // Stalled: the old rings' pages are deferred when the old
+            // queues drop below, and freed once the backend unmaps them.
             stats.stalled = stats.stalled.saturating_add(1);
             stats.last_error = Some(e);
             log::info!("netfront: {path}: the backend kept our old rings mapped ({e})");
@@ -862,7 +898,7 @@ impl<E: NetEnv> Netfront<E> {
     /// The backend still mapped our rings when we left: it has not acted on
     /// our `Closed` yet. Wait until it lets go of them (each change of its
     /// state, try to revoke them again), or closes or goes away, or `bound`
-    /// expires (then they stay leaked, as after any disconnect). Otherwise
+    /// expires (then their pages are deferred, as after any disconnect). Otherwise
     /// a backend that is slow to read our states (Linux reads the state
     /// current when its watch fires, so quick changes are seen as the last
     /// one) may take our next `Connected` for the one it already acted on
@@ -896,7 +932,10 @@ impl<E: NetEnv> Netfront<E> {
     }
 
     /// Give the environment back (after [`disconnect`](Self::disconnect),
-    /// to reconnect).
+    /// to reconnect). The queues' pages are dropped: a page still granted
+    /// is ended or deferred by the environment's page type, never freed
+    /// while the backend maps it (without a disconnect, the event channels
+    /// stay open).
     pub fn into_env(self) -> E {
         self.env
     }

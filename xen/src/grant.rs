@@ -11,7 +11,24 @@
 //!
 //! References come from a free list, so steady-state users (netfront)
 //! recycle them instead of growing the table.
+//!
+//! # Who owns a granted page
+//!
+//! A page granted to a peer belongs to its grant until ending the access
+//! succeeded: [`GrantLedger`] (kept inside [`GrantTable`] on real Xen, and
+//! inside `xen::sim` for host tests) records which frame each live grant
+//! names. When the owner of a page lets go of it (the kernel's page type
+//! does so when dropped), [`GrantTable::release_frame`] ends every grant
+//! still naming the frame; only if all ended is the frame handed back to
+//! the allocator. A frame the peer still maps goes to a deferred list,
+//! retried by [`GrantTable::retry_deferred`] (the kernel retries at every
+//! page allocation and grant), the way Linux's `gnttab_end_foreign_access`
+//! defers pages it cannot free yet. So no path of a driver (an early
+//! return, a cancelled future, a dropped device) can give a frame a peer
+//! still maps back to the allocator, and no frame is leaked for good once
+//! the peer unmaps it.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{fence, AtomicU16, Ordering};
@@ -46,12 +63,149 @@ impl core::fmt::Display for GrantError {
     }
 }
 
+/// Which frame each live grant names, and the pages whose owner let go
+/// of them while a grant could not be ended yet (the deferred list).
+///
+/// `T` is what stands for a page until it can be freed: the kernel keeps
+/// its pseudo-physical frame number, the simulated hypervisor the page's
+/// memory. The ledger never ends a grant itself: [`release`](Self::release)
+/// and [`retry`](Self::retry) call the `end` function they are given (a
+/// table's end of access), and treat [`GrantError::NotGranted`] as ended
+/// (someone ended it already).
+pub struct GrantLedger<T> {
+    frame_of: BTreeMap<GrantRef, u64>,
+    grants_of: BTreeMap<u64, Vec<GrantRef>>,
+    deferred: Vec<(u64, T)>,
+    deferred_total: u64,
+    freed_late: u64,
+}
+
+impl<T> Default for GrantLedger<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> GrantLedger<T> {
+    /// An empty ledger.
+    pub const fn new() -> Self {
+        Self {
+            frame_of: BTreeMap::new(),
+            grants_of: BTreeMap::new(),
+            deferred: Vec::new(),
+            deferred_total: 0,
+            freed_late: 0,
+        }
+    }
+
+    /// `gref` now grants access to `frame`.
+    pub fn granted(&mut self, gref: GrantRef, frame: u64) {
+        if let Some(old) = self.frame_of.insert(gref, frame) {
+            self.forget_ref(old, gref);
+        }
+        self.grants_of.entry(frame).or_default().push(gref);
+    }
+
+    /// `gref`'s access was ended.
+    pub fn ended(&mut self, gref: GrantRef) {
+        if let Some(frame) = self.frame_of.remove(&gref) {
+            self.forget_ref(frame, gref);
+        }
+    }
+
+    fn forget_ref(&mut self, frame: u64, gref: GrantRef) {
+        if let Some(list) = self.grants_of.get_mut(&frame) {
+            list.retain(|g| *g != gref);
+            if list.is_empty() {
+                self.grants_of.remove(&frame);
+            }
+        }
+    }
+
+    /// Whether a live grant names `frame`.
+    pub fn is_granted(&self, frame: u64) -> bool {
+        self.grants_of.contains_key(&frame)
+    }
+
+    /// Live grants recorded.
+    pub fn live_grants(&self) -> usize {
+        self.frame_of.len()
+    }
+
+    /// Pages on the deferred list now.
+    pub fn deferred(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// Pages ever put on the deferred list.
+    pub fn deferred_total(&self) -> u64 {
+        self.deferred_total
+    }
+
+    /// Deferred pages freed later by [`retry`](Self::retry).
+    pub fn freed_late(&self) -> u64 {
+        self.freed_late
+    }
+
+    /// End every grant of `frame` with `end`. True if none is left.
+    fn end_all(
+        &mut self,
+        frame: u64,
+        end: &mut impl FnMut(GrantRef) -> Result<(), GrantError>,
+    ) -> bool {
+        let grefs = self.grants_of.get(&frame).cloned().unwrap_or_default();
+        for gref in grefs {
+            match end(gref) {
+                Ok(()) | Err(GrantError::NotGranted) => self.ended(gref),
+                Err(_) => {}
+            }
+        }
+        !self.is_granted(frame)
+    }
+
+    /// The owner of `page` (frame `frame`) lets go of it: end every grant
+    /// still naming the frame. `Some(page)` when none is left (free it
+    /// now); `None` when the peer still maps it: the page is kept on the
+    /// deferred list until [`retry`](Self::retry) ends its grants.
+    pub fn release(
+        &mut self,
+        frame: u64,
+        page: T,
+        mut end: impl FnMut(GrantRef) -> Result<(), GrantError>,
+    ) -> Option<T> {
+        if self.end_all(frame, &mut end) {
+            return Some(page);
+        }
+        self.deferred.push((frame, page));
+        self.deferred_total += 1;
+        None
+    }
+
+    /// Try to end the grants of every deferred page again; the pages whose
+    /// grants all ended are returned, to be freed.
+    pub fn retry(&mut self, mut end: impl FnMut(GrantRef) -> Result<(), GrantError>) -> Vec<T> {
+        let mut freed = Vec::new();
+        let mut i = 0;
+        while i < self.deferred.len() {
+            let frame = self.deferred[i].0;
+            if self.end_all(frame, &mut end) {
+                freed.push(self.deferred.swap_remove(i).1);
+                self.freed_late += 1;
+            } else {
+                i += 1;
+            }
+        }
+        freed
+    }
+}
+
 /// This domain's grant table.
 pub struct GrantTable {
     entries: NonNull<GrantEntryV1>,
     len: u32,
     free: Vec<GrantRef>,
     granted: Vec<bool>,
+    ledger: GrantLedger<u64>,
 }
 
 // SAFETY: the entries are shared memory accessed only atomically/volatilely
@@ -73,6 +227,7 @@ impl GrantTable {
             len,
             free,
             granted: alloc::vec![false; len as usize],
+            ledger: GrantLedger::new(),
         }
     }
 
@@ -117,12 +272,54 @@ impl GrantTable {
         let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
         self.flags(gref).store(flags, Ordering::SeqCst);
         self.granted[gref as usize] = true;
+        self.ledger.granted(gref, u64::from(frame));
         Ok(gref)
     }
 
     /// Revokes `gref`. Fails with [`GrantError::InUse`] (and leaves the
     /// grant in place) while the grantee has it mapped or is copying.
     pub fn end_access(&mut self, gref: GrantRef) -> Result<(), GrantError> {
+        self.end_raw(gref)?;
+        self.ledger.ended(gref);
+        Ok(())
+    }
+
+    /// The owner of the page at `frame` (the number it was granted by)
+    /// lets go of it; `token` names it for the allocator. Every grant
+    /// still naming `frame` is ended: `Some(token)` if none is left (free
+    /// the page now), `None` if the peer still maps it (the page is
+    /// deferred: [`retry_deferred`](Self::retry_deferred) hands it back
+    /// once the peer unmapped it). A frame never granted comes straight
+    /// back.
+    pub fn release_frame(&mut self, frame: u64, token: u64) -> Option<u64> {
+        if !self.ledger.is_granted(frame) {
+            return Some(token);
+        }
+        let mut ledger = core::mem::take(&mut self.ledger);
+        let freed = ledger.release(frame, token, |g| self.end_raw(g));
+        self.ledger = ledger;
+        freed
+    }
+
+    /// Try the deferred pages again: the tokens of those whose grants
+    /// all ended now, to be freed by the caller.
+    pub fn retry_deferred(&mut self) -> Vec<u64> {
+        if self.ledger.deferred() == 0 {
+            return Vec::new();
+        }
+        let mut ledger = core::mem::take(&mut self.ledger);
+        let freed = ledger.retry(|g| self.end_raw(g));
+        self.ledger = ledger;
+        freed
+    }
+
+    /// The ledger of live grants and deferred pages (counts for leak
+    /// checks).
+    pub fn ledger(&self) -> &GrantLedger<u64> {
+        &self.ledger
+    }
+
+    fn end_raw(&mut self, gref: GrantRef) -> Result<(), GrantError> {
         if gref >= self.len || !self.granted[gref as usize] {
             return Err(GrantError::NotGranted);
         }
@@ -208,5 +405,65 @@ mod tests {
         assert_eq!(t.end_access(3), Err(GrantError::NotGranted));
         assert_eq!(t.end_access(99), Err(GrantError::NotGranted));
         assert_eq!(t.entry_flags(99), None);
+    }
+
+    #[test]
+    fn released_frame_is_freed_only_after_its_grants_end() {
+        let (mut mem, mut t) = table(16);
+        let free0 = t.free_count();
+        assert_eq!(t.release_frame(0x77, 7), Some(7), "never granted");
+        let a = t.grant_access(0, 0x77, false).unwrap();
+        let b = t.grant_access(0, 0x77, true).unwrap();
+        let c = t.grant_access(0, 0x88, false).unwrap();
+        assert_eq!(t.ledger().live_grants(), 3);
+        // The grantee maps `a`: the frame cannot be freed, and is deferred.
+        mem[a as usize].flags |= GTF_WRITING;
+        assert_eq!(t.release_frame(0x77, 7), None);
+        assert_eq!(t.ledger().deferred(), 1);
+        assert_eq!(mem[b as usize].flags, 0, "the unmapped grant ended");
+        assert_ne!(
+            mem[a as usize].flags & GTF_PERMIT_ACCESS,
+            0,
+            "the mapped one stays"
+        );
+        assert!(t.retry_deferred().is_empty(), "still mapped");
+        assert_eq!(t.ledger().deferred(), 1);
+        // An explicit end of `c` keeps the ledger right; its frame is free.
+        t.end_access(c).unwrap();
+        assert_eq!(t.release_frame(0x88, 8), Some(8));
+        // The grantee unmaps: the retry ends `a` and hands the frame back.
+        mem[a as usize].flags &= !GTF_WRITING;
+        assert_eq!(t.retry_deferred(), alloc::vec![7]);
+        assert_eq!(t.ledger().deferred(), 0);
+        assert_eq!(t.ledger().live_grants(), 0);
+        assert_eq!(t.ledger().deferred_total(), 1);
+        assert_eq!(t.ledger().freed_late(), 1);
+        assert_eq!(t.free_count(), free0, "every reference back");
+    }
+
+    #[test]
+    fn ledger_treats_already_ended_grants_as_ended() {
+        let mut l: GrantLedger<&str> = GrantLedger::new();
+        l.granted(9, 1);
+        l.granted(10, 1);
+        // 9 reports InUse once, 10 was ended behind the ledger's back.
+        let mut busy = true;
+        let r = l.release(1, "page", |g| match g {
+            9 if busy => {
+                busy = false;
+                Err(GrantError::InUse)
+            }
+            9 => Ok(()),
+            _ => Err(GrantError::NotGranted),
+        });
+        assert_eq!(r, None);
+        assert_eq!(l.live_grants(), 1);
+        assert_eq!(l.retry(|_| Ok(())), alloc::vec!["page"]);
+        assert!(!l.is_granted(1));
+        // A reference granted again for another frame moves with it.
+        l.granted(9, 2);
+        l.granted(9, 3);
+        assert!(!l.is_granted(2));
+        assert!(l.is_granted(3));
     }
 }

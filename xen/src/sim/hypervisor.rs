@@ -6,6 +6,20 @@
 //! [`SimPage`] onto the same memory) or copy to or from it, as Xen's grant
 //! map and grant copy do, with the same checks (grantee, read-only, in-use
 //! flags). Event channels are port pairs with a pending bit and a waker.
+//!
+//! Pages follow the kernel's ownership model for granted memory
+//! (`xen::grant`, "Who owns a granted page"): the handle
+//! [`alloc_page`](SimHypervisor::alloc_page) returns is the owner's; when
+//! its last clone is dropped, every grant still naming the frame is ended,
+//! and a frame some domain still maps goes to its granter's deferred list
+//! (a [`GrantLedger`]) instead of being freed, retried at every later page
+//! allocation and grant, or by [`retry_deferred`](SimHypervisor::retry_deferred).
+//! [`frames_in_use`](SimHypervisor::frames_in_use),
+//! [`deferred_frames`](SimHypervisor::deferred_frames) and
+//! [`grants_of`](SimHypervisor::grants_of) let tests assert flat counts; a
+//! backend that keeps its mappings forever is one that never calls
+//! [`unmap_grant`](SimHypervisor::unmap_grant) (or holds its
+//! [`SimMapping`]).
 
 extern crate std;
 
@@ -14,7 +28,7 @@ use crate::abi::grant_table::{
     GTF_READING, GTF_READONLY, GTF_WRITING,
 };
 use crate::abi::{DomId, GrantRef, Port, DOMID_SELF};
-use crate::grant::GrantError;
+use crate::grant::{GrantError, GrantLedger};
 use crate::shared_page::{PageMemory, SharedPage, PAGE_SIZE};
 use core::cell::{RefCell, UnsafeCell};
 use std::boxed::Box;
@@ -32,19 +46,41 @@ struct PageInner {
 }
 
 /// A simulated page: every clone (the owner's, each mapping's) is the same
-/// memory.
+/// memory. The owner's handle (from [`SimHypervisor::alloc_page`]) also
+/// carries the page's ownership: dropping its last clone gives the page
+/// back, or defers it while a grant of it cannot be ended.
 #[derive(Clone)]
-pub struct SimPage(Rc<PageInner>);
+pub struct SimPage {
+    inner: Rc<PageInner>,
+    /// Held for its `Drop` only.
+    _owner: Option<Rc<Owner>>,
+}
+
+/// The owner's stake in a page: given back when dropped.
+struct Owner {
+    hv: Weak<RefCell<State>>,
+    inner: Rc<PageInner>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(state) = self.hv.upgrade() {
+            if let Ok(mut s) = state.try_borrow_mut() {
+                s.release(self.inner.clone());
+            }
+        }
+    }
+}
 
 // SAFETY: the boxed, 4096-aligned array lives as long as any clone; its
 // address never changes; it is only accessed through raw pointers
 // (`UnsafeCell::get`), never through Rust references.
 unsafe impl PageMemory for SimPage {
     fn as_ptr(&self) -> *mut u8 {
-        self.0.mem.0.get().cast()
+        self.inner.mem.0.get().cast()
     }
     fn frame(&self) -> u64 {
-        self.0.frame
+        self.inner.frame
     }
 }
 
@@ -95,6 +131,62 @@ struct State {
     owners: BTreeMap<u64, DomId>,
     /// `GNTTABOP_copy` segments attempted per domain.
     copy_ops: BTreeMap<DomId, u64>,
+    /// Each granter's ledger: frames of live grants, deferred pages.
+    ledgers: BTreeMap<DomId, GrantLedger<Rc<PageInner>>>,
+    /// Pages allocated and not given back (deferred ones included).
+    frames_in_use: usize,
+    /// Grant table sizes other than [`GRANT_ENTRIES`].
+    table_sizes: BTreeMap<DomId, GrantRef>,
+}
+
+impl State {
+    /// End `dom`'s grant `gref` (the table only, not the ledger).
+    fn end_raw(&mut self, dom: DomId, gref: GrantRef) -> Result<(), GrantError> {
+        match self.grants.get(&(dom, gref)) {
+            None => Err(GrantError::NotGranted),
+            Some(g) if g.maps > 0 => Err(GrantError::InUse),
+            Some(_) => {
+                self.grants.remove(&(dom, gref));
+                self.free_grefs.entry(dom).or_default().push(gref);
+                Ok(())
+            }
+        }
+    }
+
+    /// The owner let go of `page`: free it, or defer it in its granter's
+    /// ledger while a grant of it cannot be ended.
+    fn release(&mut self, page: Rc<PageInner>) {
+        let frame = page.frame;
+        let granter = self
+            .ledgers
+            .iter()
+            .find(|(_, l)| l.is_granted(frame))
+            .map(|(d, _)| *d);
+        let Some(dom) = granter else {
+            self.frames_in_use -= 1;
+            return;
+        };
+        let mut ledger = self.ledgers.remove(&dom).unwrap_or_default();
+        if ledger
+            .release(frame, page, |g| self.end_raw(dom, g))
+            .is_some()
+        {
+            self.frames_in_use -= 1;
+        }
+        self.ledgers.insert(dom, ledger);
+    }
+
+    fn retry_deferred(&mut self) {
+        let doms: Vec<DomId> = self.ledgers.keys().copied().collect();
+        for dom in doms {
+            let mut ledger = self.ledgers.remove(&dom).unwrap_or_default();
+            if ledger.deferred() > 0 {
+                let freed = ledger.retry(|g| self.end_raw(dom, g));
+                self.frames_in_use -= freed.len();
+            }
+            self.ledgers.insert(dom, ledger);
+        }
+    }
 }
 
 /// `GNTST_*` statuses the simulated grant copy reports.
@@ -155,9 +247,11 @@ impl SimHypervisor {
         h
     }
 
-    /// A new zeroed page owned by `dom`.
+    /// A new zeroed page; the handle is its owner's (see the module's
+    /// ownership model). Deferred pages are retried first.
     pub fn alloc_page(&self) -> SharedPage<SimPage> {
         let mut s = self.0.borrow_mut();
+        s.retry_deferred();
         let frame = s.next_frame;
         s.next_frame += 1;
         let inner = Rc::new(PageInner {
@@ -165,7 +259,42 @@ impl SimHypervisor {
             frame,
         });
         s.frames.insert(frame, Rc::downgrade(&inner));
-        SharedPage::new(SimPage(inner))
+        s.frames_in_use += 1;
+        let owner = Rc::new(Owner {
+            hv: Rc::downgrade(&self.0),
+            inner: inner.clone(),
+        });
+        SharedPage::new(SimPage {
+            inner,
+            _owner: Some(owner),
+        })
+    }
+
+    /// Pages allocated with [`alloc_page`](Self::alloc_page) and not given
+    /// back yet: owned ones and deferred ones (a leak check).
+    pub fn frames_in_use(&self) -> usize {
+        self.0.borrow().frames_in_use
+    }
+
+    /// Pages whose owner let go of them while a grant of theirs was still
+    /// mapped: kept, not freed, until a retry can end the grant.
+    pub fn deferred_frames(&self) -> usize {
+        self.0.borrow().ledgers.values().map(|l| l.deferred()).sum()
+    }
+
+    /// Pages ever deferred, and deferred pages freed later, over every
+    /// domain.
+    pub fn deferred_stats(&self) -> (u64, u64) {
+        let s = self.0.borrow();
+        s.ledgers.values().fold((0, 0), |(d, f), l| {
+            (d + l.deferred_total(), f + l.freed_late())
+        })
+    }
+
+    /// Try to end the grants of the deferred pages again (as the kernel
+    /// does at every allocation and grant); frees those that ended.
+    pub fn retry_deferred(&self) {
+        self.0.borrow_mut().retry_deferred();
     }
 
     /// A new zeroed page owned by `dom`: [`grant_copy`](Self::grant_copy)
@@ -186,11 +315,13 @@ impl SimHypervisor {
     ) -> Result<GrantRef, GrantError> {
         let mut s = self.0.borrow_mut();
         *s.grant_ops.entry(dom).or_default() += 1;
+        s.retry_deferred();
         let gref = match s.free_grefs.entry(dom).or_default().pop() {
             Some(g) => g,
             None => {
+                let size = s.table_sizes.get(&dom).copied().unwrap_or(GRANT_ENTRIES);
                 let next = s.next_gref.entry(dom).or_insert(FIRST_GREF);
-                if *next >= GRANT_ENTRIES {
+                if *next >= size {
                     return Err(GrantError::Exhausted);
                 }
                 *next += 1;
@@ -206,22 +337,26 @@ impl SimHypervisor {
                 maps: 0,
             },
         );
+        s.ledgers.entry(dom).or_default().granted(gref, frame);
         Ok(gref)
+    }
+
+    /// Give `dom`'s grant table `entries` entries (reserved ones included;
+    /// [`GRANT_ENTRIES`] otherwise), as a smaller `max_grant_frames` would
+    /// (512 entries a frame). References above it already handed out stay.
+    pub fn set_grant_entries(&self, dom: DomId, entries: GrantRef) {
+        self.0.borrow_mut().table_sizes.insert(dom, entries);
     }
 
     /// `dom` revokes `gref`; refused while mapped.
     pub fn end_access(&self, dom: DomId, gref: GrantRef) -> Result<(), GrantError> {
         let mut s = self.0.borrow_mut();
         *s.grant_ops.entry(dom).or_default() += 1;
-        match s.grants.get(&(dom, gref)) {
-            None => Err(GrantError::NotGranted),
-            Some(g) if g.maps > 0 => Err(GrantError::InUse),
-            Some(_) => {
-                s.grants.remove(&(dom, gref));
-                s.free_grefs.entry(dom).or_default().push(gref);
-                Ok(())
-            }
+        s.end_raw(dom, gref)?;
+        if let Some(l) = s.ledgers.get_mut(&dom) {
+            l.ended(gref);
         }
+        Ok(())
     }
 
     /// The grant entry's flags as Xen would show them (`GTF_*`), if granted.
@@ -275,7 +410,10 @@ impl SimHypervisor {
             .get(&g.frame)
             .and_then(Weak::upgrade)
             .ok_or(SimError::BadGrant)?;
-        Ok(SimPage(inner))
+        Ok(SimPage {
+            inner,
+            _owner: None,
+        })
     }
 
     /// `mapper` maps `granter`'s grant `gref` (`GNTTABOP_map_grant_ref`).
@@ -360,7 +498,10 @@ impl SimHypervisor {
         s.frames
             .get(&end.u)
             .and_then(Weak::upgrade)
-            .map(SimPage)
+            .map(|inner| SimPage {
+                inner,
+                _owner: None,
+            })
             .ok_or(gntst::BAD_PAGE)
     }
 
@@ -582,6 +723,12 @@ impl SimHypervisor {
             }
         }
         s.dead.push(dom);
+        // Its grants are gone with it: its deferred pages are free, and
+        // the pages others deferred because it mapped them can go now.
+        if let Some(l) = s.ledgers.remove(&dom) {
+            s.frames_in_use -= l.deferred();
+        }
+        s.retry_deferred();
     }
 }
 
@@ -714,5 +861,54 @@ mod tests {
         h.destroy_domain(0);
         assert!(h.poll_event(1, a, &mut cx).is_ready());
         assert_eq!(h.send(1, a), Err(SimError::BadPort));
+    }
+
+    #[test]
+    fn a_page_dropped_while_mapped_is_deferred_not_freed() {
+        let h = SimHypervisor::new();
+        let page = h.alloc_page();
+        page.write(0, b"secret").unwrap();
+        let gref = h.grant_access(1, 0, page.frame(), false).unwrap();
+        let other = h.grant_access(1, 0, page.frame(), true).unwrap();
+        // The backend maps one grant and keeps the mapping.
+        let mapping = h.map_grant(0, 1, gref, false).unwrap();
+        assert_eq!((h.frames_in_use(), h.grants_of(1)), (1, 2));
+        drop(page);
+        assert_eq!(h.frames_in_use(), 1, "not given back");
+        assert_eq!(h.deferred_frames(), 1);
+        assert_eq!(h.grants_of(1), 1, "the unmapped grant ended at once");
+        assert_eq!(h.grant_flags(1, other), None);
+        // The mapping still reads the page's own bytes, and a new page is
+        // another frame.
+        let mut b = [0; 6];
+        mapping.read(0, &mut b).unwrap();
+        assert_eq!(&b, b"secret");
+        let fresh = h.alloc_page();
+        assert_ne!(fresh.frame(), mapping.frame());
+        h.retry_deferred();
+        assert_eq!(h.deferred_frames(), 1, "still mapped");
+        h.unmap_grant(1, gref);
+        drop(mapping);
+        h.retry_deferred();
+        assert_eq!((h.deferred_frames(), h.grants_of(1)), (0, 0));
+        assert_eq!(h.frames_in_use(), 1, "only the fresh page");
+        assert_eq!(h.deferred_stats(), (1, 1));
+        drop(fresh);
+        assert_eq!(h.frames_in_use(), 0);
+    }
+
+    #[test]
+    fn a_mapper_that_dies_lets_deferred_pages_go() {
+        let h = SimHypervisor::new();
+        let page = h.alloc_page();
+        let gref = h.grant_access(1, 2, page.frame(), false).unwrap();
+        let _kept = h.map_grant(2, 1, gref, false).unwrap();
+        drop(page);
+        assert_eq!(h.deferred_frames(), 1);
+        h.destroy_domain(2);
+        assert_eq!(
+            (h.deferred_frames(), h.frames_in_use(), h.grants_of(1)),
+            (0, 0, 0)
+        );
     }
 }
