@@ -76,7 +76,9 @@ pub struct BlkStats {
     pub max_in_flight: u32,
     /// Bounce pages granted (never more than once each).
     pub pool_pages: u32,
-    /// Grants the backend still held at disconnect (their pages leaked).
+    /// Grants the backend still held at disconnect (their pages are
+    /// deferred by the page type: freed once it unmaps them, never reused
+    /// before).
     pub leaked_grants: u32,
 }
 
@@ -107,7 +109,7 @@ struct InFlight {
 
 struct Inner<E: BlkEnv> {
     env: E,
-    /// `None` once leaked at a disconnect the backend did not honour.
+    /// `None` once released at disconnect.
     ring: Option<E::Ring>,
     ring_grefs: Vec<GrantRef>,
     port: Port,
@@ -134,7 +136,8 @@ struct Inner<E: BlkEnv> {
 ///
 /// Dropping it without [`disconnect`](Self::disconnect) or
 /// [`close`](Self::close) still ends every grant the backend does not map
-/// (those it maps are leaked, never reused) and closes the event channel,
+/// (the page type defers those it maps: never reused while mapped) and
+/// closes the event channel,
 /// but tells the backend nothing.
 pub struct BlkFront<E: BlkEnv> {
     dev: XenbusDevice,
@@ -181,39 +184,34 @@ impl<E: BlkEnv> BlkFront<E> {
             .min(config.max_ring_page_order)
             .min(MAX_RING_PAGE_ORDER);
 
-        let mut ring = env.alloc_ring(order)?;
-        let mut ring_grefs = Vec::new();
-        let mut port = None;
-        let result = Self::publish_and_wait(
-            &mut env,
-            xs,
-            &dev,
-            order,
-            &mut ring,
-            &mut ring_grefs,
-            &mut port,
-        )
-        .await;
-        let (port, info) = match (result, port) {
-            (Ok(info), Some(port)) => (port, info),
-            (result, port) => {
-                // Undo what the backend could still use; the ring pages
-                // are leaked if the backend holds a grant.
-                let mut leaked = false;
-                for gref in ring_grefs {
-                    leaked |= env.revoke(gref).is_err();
-                }
-                if leaked {
-                    core::mem::forget(ring);
-                }
-                if let Some(port) = port {
-                    env.close(port);
-                }
+        // The ring, its grants and the port belong to `setup` until the
+        // device owns them: if this future is dropped (the caller's timeout,
+        // a backend that maps the ring and never connects) or fails,
+        // `setup`'s drop ends the grants and closes the port; a ring the
+        // backend still maps is then deferred by the page type, never freed
+        // (docs/drivers.md, "Grant ownership").
+        let ring = env.alloc_ring(order)?;
+        let mut setup = Setup {
+            env: Some(env),
+            ring: Some(ring),
+            grefs: Vec::new(),
+            port: None,
+        };
+        let result = Self::publish_and_wait(&mut setup, xs, &dev, order).await;
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                drop(setup);
                 let _ = dev.set_state(xs, XenbusState::Closed).await;
-                return Err(result.err().unwrap_or(BlkError::Disconnected));
+                return Err(e);
             }
         };
-
+        let (Some(env), Some(mut ring), Some(port)) =
+            (setup.env.take(), setup.ring.take(), setup.port.take())
+        else {
+            return Err(BlkError::Disconnected);
+        };
+        let ring_grefs = core::mem::take(&mut setup.grefs);
         let ring_size = ring.ring().size() as usize;
         let indirect_segments = (info.max_indirect_segments.min(config.max_indirect_segments)
             as usize)
@@ -267,19 +265,22 @@ impl<E: BlkEnv> BlkFront<E> {
     }
 
     async fn publish_and_wait<T: XsTransport>(
-        env: &mut E,
+        setup: &mut Setup<E>,
         xs: &mut XenStore<T>,
         dev: &XenbusDevice,
         order: u32,
-        ring: &mut E::Ring,
-        ring_grefs: &mut Vec<GrantRef>,
-        port_out: &mut Option<Port>,
     ) -> Result<DiskInfo, BlkError> {
+        let (Some(env), Some(ring)) = (setup.env.as_mut(), setup.ring.as_mut()) else {
+            return Err(BlkError::Disconnected);
+        };
         for i in 0..ring.page_count() {
-            ring_grefs.push(env.grant(dev.backend_id, ring.frame(i), false)?);
+            setup
+                .grefs
+                .push(env.grant(dev.backend_id, ring.frame(i), false)?);
         }
         let port = env.alloc_unbound(dev.backend_id)?;
-        *port_out = Some(port);
+        setup.port = Some(port);
+        let ring_grefs = &setup.grefs;
         let path = &dev.path;
         if order == 0 {
             let gref = ring_grefs.first().copied().unwrap_or_default();
@@ -537,8 +538,8 @@ impl<E: BlkEnv> BlkFront<E> {
     /// Stop using the ring and tell the backend: publish `Closing`, wait
     /// for the backend to follow, publish `Closed`, wait for the backend to
     /// close (Linux blkback unmaps the ring only then), end every grant
-    /// (pages the backend still holds are leaked, never reused) and close
-    /// the event channel. Operations fail with [`BlkError::Disconnected`]
+    /// (pages the backend still holds are deferred by the page type, never
+    /// reused while mapped) and close the event channel. Operations fail with [`BlkError::Disconnected`]
     /// from the start of this call.
     ///
     /// A backend that never leaves `Connected` keeps this waiting: the
@@ -645,8 +646,9 @@ impl<E: BlkEnv> BlkFront<E> {
     /// stop I/O, publish `Closed` at once (unless the toolstack already
     /// removed our directory) so `xl block-detach` is not kept waiting,
     /// wait for the backend to close or vanish (Linux blkback unmaps the
-    /// ring then), end every grant it no longer maps (the rest are leaked,
-    /// never reused) and close the event channel. Returns the final
+    /// ring then), end every grant it no longer maps (the rest stay; their
+    /// pages are deferred, never reused while mapped) and close the event
+    /// channel. Returns the final
     /// counters (`leaked_grants`).
     ///
     /// Requests in flight are not answered any more; their owners got
@@ -703,6 +705,30 @@ impl<E: BlkEnv> BlkFront<E> {
         }
         wait_backend_ready(xs, &path).await?;
         Self::connect(env, xs, &path, config).await
+    }
+}
+
+/// What [`BlkFront::connect`] has set up before the device owns it.
+struct Setup<E: BlkEnv> {
+    env: Option<E>,
+    ring: Option<E::Ring>,
+    grefs: Vec<GrantRef>,
+    port: Option<Port>,
+}
+
+impl<E: BlkEnv> Drop for Setup<E> {
+    fn drop(&mut self) {
+        if let Some(env) = self.env.as_mut() {
+            for gref in self.grefs.drain(..) {
+                // A grant the backend maps stays; its page is deferred
+                // when the ring drops below.
+                let _ = env.revoke(gref);
+            }
+            if let Some(port) = self.port.take() {
+                env.close(port);
+            }
+        }
+        self.ring = None;
     }
 }
 
@@ -1168,11 +1194,8 @@ impl<E: BlkEnv> Inner<E> {
                 ring_leaked += 1;
             }
         }
-        if ring_leaked > 0 {
-            if let Some(ring) = self.ring.take() {
-                core::mem::forget(ring);
-            }
-        }
+        // A ring the backend still maps is deferred by the page type when
+        // dropped here, never freed while mapped.
         self.ring = None;
         self.env.close(self.port);
         self.stats.leaked_grants += (leaked + ring_leaked) as u32;

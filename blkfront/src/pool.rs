@@ -84,13 +84,15 @@ impl<M: PageMemory> GrantPool<M> {
     }
 
     /// End every grant; returns how many the backend still held (those
-    /// pages are leaked rather than reused while another domain maps them).
+    /// pages are deferred by the page type, never reused while another
+    /// domain maps them).
     pub fn revoke_all<E: BlkEnv<Mem = M>>(&mut self, env: &mut E) -> usize {
         let mut still_mapped = 0;
         for p in self.pages.drain(..) {
+            // A page the backend still maps is deferred by the page type
+            // when dropped (`docs/drivers.md`, "Grant ownership").
             if env.revoke(p.gref).is_err() {
                 still_mapped += 1;
-                core::mem::forget(p.page);
             }
         }
         self.free.clear();

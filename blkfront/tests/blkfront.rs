@@ -479,7 +479,7 @@ fn bad_backend_keys_fail_the_handshake_and_undo_it() {
     );
     assert!(world.hv.borrow().port_closed);
     // The backend had mapped the ring: that grant cannot be ended yet, so
-    // the ring page is leaked rather than reused.
+    // the ring page is deferred by the page type rather than reused.
     assert_eq!(world.hv.borrow().live_grants(), 1);
 }
 
