@@ -261,6 +261,11 @@ impl Device {
     /// For handshake messages: mac1, and under load (more than the configured
     /// handshakes per second on the whole interface) a valid mac2, before any
     /// DH work. On a cookie demand the reply is written to `out`.
+    ///
+    /// Only messages whose mac1 verified count towards the load: a flood of
+    /// datagrams from anyone who does not know our public key costs us a
+    /// MAC each and never puts the interface under load (which would make
+    /// the real peers' handshakes wait for cookies).
     fn check_load(
         &mut self,
         now: Duration,
@@ -275,6 +280,16 @@ impl Device {
             }
             _ => return Ok(()),
         };
+        let off = wire::mac1_offset(datagram.len());
+        let mac1 = datagram
+            .get(off..off + crypto::MAC_LEN)
+            .and_then(|m| <&[u8; crypto::MAC_LEN]>::try_from(m).ok());
+        let (Some(body), Some(mac1)) = (datagram.get(..off), mac1) else {
+            return Err(Err(Error::BadMac));
+        };
+        if !crypto::mac_eq(mac1, &crypto::mac(&self.mac1_key, body)) {
+            return Err(Err(Error::BadMac));
+        }
         if now.saturating_sub(self.load_window) >= Duration::from_secs(1) {
             self.load_window = now;
             self.load_count = 0;

@@ -340,3 +340,46 @@ fn device_initiates_and_accepts_the_peers_response() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn only_datagrams_whose_mac1_verified_count_towards_the_load() {
+    // A limit of 2 handshakes a second. A flood of initiations with a wrong
+    // mac1 (anyone who does not know our public key) must not put the
+    // interface under load: the real peer's initiation that follows is
+    // answered with a response, not a cookie reply.
+    let mut n = setup_with_limit(2);
+    let mut buf = vec![0u8; 2048];
+    let first = ipv4([10, 2, 3, 9], [10, 0, 0, 5], 2);
+    let TunnResult::WriteToNetwork(init) = n.peers[2].encapsulate(&first, &mut buf) else {
+        panic!()
+    };
+    let init = init.to_vec();
+    let mut forged = init.clone();
+    forged[116] ^= 0x55; // inside mac1
+    for _ in 0..100 {
+        let (peer, r) = n.dev_decap(1, &forged);
+        assert_eq!((peer, r), (None, Err(Some(Error::BadMac))));
+    }
+    let (peer, resp) = n.dev_decap(2, &init);
+    assert_eq!(peer, Some(PeerId(2)));
+    assert_eq!(resp.unwrap().len(), 92, "a response, not a cookie reply");
+    // Valid initiations do count: past the limit, the next ones are
+    // answered with cookie replies (64 bytes, type 3) and no peer.
+    let mut cookies = 0;
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(20));
+        let TunnResult::WriteToNetwork(again) =
+            n.peers[2].format_handshake_initiation(&mut buf, true)
+        else {
+            panic!()
+        };
+        let again = again.to_vec();
+        // (The one still under the limit reaches the tunnel, which may
+        // refuse an initiation this soon after the last: either is fine.)
+        if let (None, Ok(r)) = n.dev_decap(2, &again) {
+            assert_eq!((r.len(), r[0]), (64, 3));
+            cookies += 1;
+        }
+    }
+    assert!(cookies >= 2, "{cookies} cookie replies");
+}

@@ -1,8 +1,11 @@
 //! Redirecting clients' DNS into the tunnel: queries to Qubes' virtual DNS
 //! addresses (10.139.1.1, 10.139.1.2) or to any address on port 53 are sent to
 //! the tunnel's DNS servers instead, and the answers are given back the address
-//! the client asked. The table of outstanding redirections is bounded; the
-//! oldest entry is evicted first.
+//! the client asked. The table of outstanding redirections is bounded, per
+//! client ([`PER_CLIENT`]: a client past it loses its own oldest entry) and in
+//! all ([`TABLE_SIZE`]: when full, the oldest entry of the client holding the
+//! most goes, the asker's own if it holds as many), so one client's flood of
+//! queries cannot make another's answers lose their way back.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -14,6 +17,8 @@ pub const QUBES_DNS1: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 139, 1, 1));
 pub const QUBES_DNS2: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 139, 1, 2));
 /// Outstanding redirections remembered.
 pub const TABLE_SIZE: usize = 1024;
+/// Outstanding redirections remembered per client address.
+pub const PER_CLIENT: usize = 256;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -70,11 +75,39 @@ impl DnsRedirect {
                 && e.protocol == protocol
                 && e.server == server)
         });
-        if self.table.len() >= TABLE_SIZE {
-            self.table.pop_front();
+        let mine = self.table.iter().filter(|e| e.client == client).count();
+        let victim = if mine >= PER_CLIENT {
+            Some(client)
+        } else if self.table.len() >= TABLE_SIZE {
+            Some(
+                self.largest_holder()
+                    .filter(|(_, n)| *n > mine)
+                    .map_or(client, |(c, _)| c),
+            )
+        } else {
+            None
+        };
+        if let Some(victim) = victim {
+            if let Some(at) = self.table.iter().position(|e| e.client == victim) {
+                self.table.remove(at);
+            }
         }
         self.table.push_back(entry);
         Some(server)
+    }
+
+    /// The client with the most entries, and how many.
+    fn largest_holder(&self) -> Option<(IpAddr, usize)> {
+        let mut counts: alloc::collections::BTreeMap<IpAddr, usize> = Default::default();
+        for e in &self.table {
+            *counts.entry(e.client).or_insert(0) += 1;
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n)
+    }
+
+    /// Entries held for `client`.
+    pub fn client_len(&self, client: IpAddr) -> usize {
+        self.table.iter().filter(|e| e.client == client).count()
     }
 
     /// For an answer from `server` port 53 to `client:client_port`: the address
@@ -158,17 +191,42 @@ mod tests {
     #[test]
     fn table_is_bounded() {
         let mut d = DnsRedirect::new(vec![ip("10.64.0.1")]);
-        for port in 0..(TABLE_SIZE as u16 + 10) {
+        for port in 0..(PER_CLIENT as u16 + 10) {
             d.redirect(ip("10.0.0.1"), port, 17, QUBES_DNS1);
         }
-        assert_eq!(d.table.len(), TABLE_SIZE);
+        assert_eq!(d.table.len(), PER_CLIENT);
         assert_eq!(
             d.answer_source(ip("10.64.0.1"), ip("10.0.0.1"), 0, 17),
             None
         );
         assert_eq!(
-            d.answer_source(ip("10.64.0.1"), ip("10.0.0.1"), TABLE_SIZE as u16 + 9, 17),
+            d.answer_source(ip("10.64.0.1"), ip("10.0.0.1"), PER_CLIENT as u16 + 9, 17),
             Some(QUBES_DNS1)
         );
+    }
+
+    #[test]
+    fn a_flooding_client_cannot_evict_another_clients_queries() {
+        let mut d = DnsRedirect::new(vec![ip("10.64.0.1")]);
+        for port in 0..20u16 {
+            d.redirect(ip("10.0.0.1"), port, 17, QUBES_DNS1);
+        }
+        // Six others, each past its own limit: the table fills.
+        for c in 2..8u8 {
+            for port in 0..(PER_CLIENT as u16 + 40) {
+                d.redirect(IpAddr::from([10, 0, 0, c]), port, 17, QUBES_DNS2);
+            }
+        }
+        assert_eq!(d.table.len(), TABLE_SIZE);
+        assert_eq!(d.client_len(ip("10.0.0.1")), 20);
+        for port in 0..20u16 {
+            assert_eq!(
+                d.answer_source(ip("10.64.0.1"), ip("10.0.0.1"), port, 17),
+                Some(QUBES_DNS1)
+            );
+        }
+        for c in 2..8u8 {
+            assert!(d.client_len(IpAddr::from([10, 0, 0, c])) <= PER_CLIENT);
+        }
     }
 }

@@ -96,6 +96,13 @@ pub struct Counters {
     pub nat_unsupported: u64,
     /// Packets from the tunnel that answer no mapping (unsolicited).
     pub nat_no_mapping: u64,
+    /// Cookie replies sent (under load, to handshake initiations or
+    /// responses without a valid mac2; not a drop).
+    pub cookie_replies: u64,
+    /// Client packets of an address family the tunnel has no `Address`
+    /// for while masquerading: dropped, never sent with the client's own
+    /// (internal) address.
+    pub no_tunnel_address: u64,
 }
 
 /// Gateway settings beyond the WireGuard configuration.
@@ -210,6 +217,16 @@ impl Gateway {
             self.counters.client_malformed += 1;
             return;
         };
+        // Masquerading, a family the tunnel has no address of could only
+        // leave with the client's own (internal) address: drop it.
+        if self
+            .nat
+            .as_ref()
+            .is_some_and(|nat| nat.address_for(info.src).is_none())
+        {
+            self.counters.no_tunnel_address += 1;
+            return;
+        }
         let mut p = packet.get(..info.len).unwrap_or(packet).to_vec();
         let mut info = info;
         if let Some((sport, dport)) = packet::ports(&p, &info) {
@@ -296,11 +313,33 @@ impl Gateway {
                 return;
             }
             let (Some(peer), Some(_)) = (peer, net) else {
+                // Output without a peer is a cookie reply: we are under
+                // load and the sender's mac2 was missing or stale. It goes
+                // back to the address the datagram came from (to which the
+                // cookie is bound), so that real peers get through a flood
+                // of initiations with their next, cookie-stamped, attempt.
+                if let (None, Some(n)) = (peer, net) {
+                    self.send_cookie_reply(src, n, out);
+                }
                 return;
             };
             self.emit(peer, net, out);
             input = &[];
             flush = Some(peer);
+        }
+    }
+
+    fn send_cookie_reply(&mut self, src: SocketAddr, n: usize, out: &mut Vec<Output>) {
+        let reply = self
+            .buf
+            .get(..n)
+            .filter(|b| matches!(wire::classify(b), Ok(wire::MessageKind::CookieReply)));
+        match reply.and_then(|b| UplinkDatagram::new(src, b)) {
+            Some(d) => {
+                self.counters.cookie_replies += 1;
+                out.push(Output::Uplink(d));
+            }
+            None => self.counters.no_endpoint += 1,
         }
     }
 

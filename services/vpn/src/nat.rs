@@ -8,8 +8,14 @@
 //! unsolicited gets in. TCP and UDP map ports (the client's port is kept when
 //! free), ICMP and ICMPv6 echo map the identifier, and ICMPv4 errors about a
 //! mapped flow are translated back (outer and quoted inner header). Anything
-//! else is refused. The table is bounded; idle mappings expire, and when the
-//! table is full the least recently used one is evicted.
+//! else is refused. The table is bounded; idle mappings expire.
+//!
+//! Clients cannot evict each other's mappings at will: each holds at most
+//! [`MAX_PER_CLIENT`] (a client past it loses its own least recently used
+//! one), and when the whole table ([`MAX_ENTRIES`]) is full the mapping
+//! evicted is the least recently used one of the client holding the most
+//! (the one asking, if it holds as many). A client within its fair share of
+//! the table therefore never loses a mapping to another's flood.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -20,6 +26,9 @@ use crate::packet::{self, IpInfo, ICMP, ICMPV6, TCP, UDP};
 
 /// Most mappings held at once.
 pub const MAX_ENTRIES: usize = 4096;
+/// Most mappings one client (source address) holds at once: past it, a new
+/// flow of that client replaces its own least recently used mapping.
+pub const MAX_PER_CLIENT: usize = 1024;
 /// Idle time after which a TCP mapping expires (RFC 5382: at least 2 h 4 min).
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(7440);
 /// Idle time after which a UDP mapping expires.
@@ -82,6 +91,8 @@ pub struct Nat {
     v6: Option<IpAddr>,
     by_outside: BTreeMap<Outside, Entry>,
     by_inside: BTreeMap<Inside, Outside>,
+    /// Mappings held per client address.
+    per_client: BTreeMap<IpAddr, usize>,
     next_port: u16,
     evicted: u64,
 }
@@ -150,6 +161,7 @@ impl Nat {
             v6: v6.filter(IpAddr::is_ipv6),
             by_outside: BTreeMap::new(),
             by_inside: BTreeMap::new(),
+            per_client: BTreeMap::new(),
             next_port: FIRST_PORT,
             evicted: 0,
         }
@@ -170,6 +182,17 @@ impl Nat {
         self.evicted
     }
 
+    /// Mappings held for the client at `client`.
+    pub fn client_len(&self, client: IpAddr) -> usize {
+        self.per_client.get(&client).copied().unwrap_or(0)
+    }
+
+    /// The tunnel address packets of `family_of`'s family are masqueraded
+    /// as; `None`: the tunnel has no address of that family.
+    pub fn address_for(&self, family_of: IpAddr) -> Option<IpAddr> {
+        self.own(family_of)
+    }
+
     fn own(&self, family_of: IpAddr) -> Option<IpAddr> {
         if family_of.is_ipv4() {
             self.v4
@@ -187,8 +210,36 @@ impl Nat {
             .map(|(o, _)| *o)
             .collect();
         for o in stale {
-            if let Some(e) = self.by_outside.remove(&o) {
-                self.by_inside.remove(&e.inside);
+            self.remove(o);
+        }
+    }
+
+    /// Forgets one mapping.
+    fn remove(&mut self, o: Outside) -> bool {
+        let Some(e) = self.by_outside.remove(&o) else {
+            return false;
+        };
+        self.by_inside.remove(&e.inside);
+        if let Some(n) = self.per_client.get_mut(&e.inside.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_client.remove(&e.inside.client);
+            }
+        }
+        true
+    }
+
+    /// Evicts the least recently used mapping of `client`.
+    fn evict_oldest_of(&mut self, client: IpAddr) {
+        let oldest = self
+            .by_outside
+            .iter()
+            .filter(|(_, e)| e.inside.client == client)
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(o, _)| *o);
+        if let Some(o) = oldest {
+            if self.remove(o) {
+                self.evicted += 1;
             }
         }
     }
@@ -200,18 +251,19 @@ impl Nat {
             }
             return o;
         }
-        if self.by_outside.len() >= MAX_ENTRIES {
-            let oldest = self
-                .by_outside
+        let mine = self.client_len(inside.client);
+        if mine >= MAX_PER_CLIENT {
+            self.evict_oldest_of(inside.client);
+        } else if self.by_outside.len() >= MAX_ENTRIES {
+            // The client holding the most pays; the asker when it holds as many.
+            let victim = self
+                .per_client
                 .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(o, _)| *o);
-            if let Some(o) = oldest {
-                if let Some(e) = self.by_outside.remove(&o) {
-                    self.by_inside.remove(&e.inside);
-                    self.evicted += 1;
-                }
-            }
+                .max_by_key(|(_, n)| **n)
+                .filter(|(_, n)| **n > mine)
+                .map(|(c, _)| *c)
+                .unwrap_or(inside.client);
+            self.evict_oldest_of(victim);
         }
         let mut candidate = Outside {
             protocol: inside.protocol,
@@ -232,6 +284,7 @@ impl Nat {
             },
         );
         self.by_inside.insert(inside, candidate);
+        *self.per_client.entry(inside.client).or_insert(0) += 1;
         candidate
     }
 
@@ -459,12 +512,71 @@ mod tests {
         assert_eq!(n.len(), 1);
         n.expire(UDP_TIMEOUT + Duration::from_secs(1));
         assert!(n.is_empty());
-        for port in 0..(MAX_ENTRIES as u16 + 3) {
+        // One client past its own limit replaces its own oldest mappings.
+        for port in 0..(MAX_PER_CLIENT as u16 + 3) {
             let mut p = v4(UDP, [10, 137, 0, 5], [1, 1, 1, 1], port, 53, &[], b"");
             out(&mut n, &mut p).unwrap();
         }
-        assert_eq!(n.len(), MAX_ENTRIES);
+        assert_eq!(n.len(), MAX_PER_CLIENT);
+        assert_eq!(n.client_len(ip("10.137.0.5")), MAX_PER_CLIENT);
         assert_eq!(n.evicted(), 3);
+        let mut first = v4(UDP, [1, 1, 1, 1], [10, 64, 0, 2], 53, 0, &[], b"");
+        assert_eq!(back(&mut n, &mut first), Err(NatError::NoMapping));
+        let mut last = v4(UDP, [1, 1, 1, 1], [10, 64, 0, 2], 53, 1026, &[], b"");
+        assert_eq!(back(&mut n, &mut last), Ok(()));
+    }
+
+    #[test]
+    fn a_flooding_client_cannot_evict_another_clients_mappings() {
+        let mut n = nat();
+        let t = |s| Duration::from_secs(s);
+        // Client A: ten flows, the oldest of the table.
+        for port in 0..10u16 {
+            let mut p = v4(
+                TCP,
+                [10, 137, 0, 5],
+                [1, 1, 1, 1],
+                5000 + port,
+                443,
+                &[],
+                b"",
+            );
+            let info = packet::parse(&p).unwrap();
+            n.outbound(t(1), &mut p, &info).unwrap();
+        }
+        // Five other clients open as many flows as they can: the table
+        // fills, and then each pays for its own new flows.
+        for c in 6..11u8 {
+            for port in 0..(MAX_PER_CLIENT as u16 + 50) {
+                let mut p = v4(UDP, [10, 137, 0, c], [2, 2, 2, 2], port, 53, &[], b"");
+                let info = packet::parse(&p).unwrap();
+                n.outbound(t(2), &mut p, &info).unwrap();
+            }
+        }
+        assert_eq!(n.len(), MAX_ENTRIES);
+        assert_eq!(
+            n.client_len(ip("10.137.0.5")),
+            10,
+            "A kept all of its flows"
+        );
+        for c in 6..11u8 {
+            assert!(n.client_len(IpAddr::from([10, 137, 0, c])) <= MAX_PER_CLIENT);
+        }
+        // A's answers still come in.
+        for port in 0..10u16 {
+            let mut r = v4(
+                TCP,
+                [1, 1, 1, 1],
+                [10, 64, 0, 2],
+                443,
+                5000 + port,
+                &[],
+                b"",
+            );
+            let info = packet::parse(&r).unwrap();
+            assert_eq!(n.inbound(t(3), &mut r, &info), Ok(()), "port {port}");
+            assert_eq!(&r[16..20], &[10, 137, 0, 5]);
+        }
     }
 
     #[test]

@@ -530,3 +530,98 @@ fn masquerading_needs_an_address() {
         Some(vpn::SetupError::NoAddressToMasquerade)
     );
 }
+
+/// A gateway that is always under load (a limit of 0 handshakes a second).
+fn loaded_world() -> World {
+    let mut w = world();
+    w.gw = Gateway::new(
+        &conf(""),
+        &GatewaySettings {
+            wall_clock_at_zero: Duration::from_secs(1_700_000_000),
+            handshake_load_limit: 0,
+            masquerade: false,
+        },
+    )
+    .unwrap();
+    w
+}
+
+#[test]
+fn under_load_initiations_get_cookie_replies_sent_back_to_their_source() {
+    let mut w = loaded_world();
+    let mut buf = vec![0u8; 2048];
+    let init = match w.remote.force_handshake(w.now, &mut w.rng, &mut buf) {
+        Action::WriteToNetwork(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    // The peer's first initiation carries no mac2: a cookie reply goes back
+    // to the address it came from (an attacker's address gets its own).
+    let attacker: SocketAddr = "192.0.2.66:40000".parse().unwrap();
+    let mut out = Vec::new();
+    w.gw.from_uplink(w.now, &mut w.rng, attacker, &init, &mut out);
+    let [Output::Uplink(d)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (d.dst(), d.payload().len(), d.payload()[0]),
+        (attacker, 64, 3)
+    );
+    let reply = w.uplink(&init);
+    let [Output::Uplink(d)] = &reply[..] else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        (d.dst(), d.payload().len(), d.payload()[0]),
+        (remote_addr(), 64, 3)
+    );
+    assert_eq!(w.gw.counters().cookie_replies, 2);
+    // The peer takes the cookie; its next initiation (mac2 valid for its
+    // address) completes the handshake under load.
+    let (net, tun) = w.remote_recv(d.payload());
+    assert!(net.is_empty() && tun.is_empty());
+    w.now += Duration::from_secs(6);
+    let init = match w.remote.update_timers(w.now, &mut w.rng, &mut buf) {
+        Action::WriteToNetwork(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let out = uplink_only(&w.uplink(&init));
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].len(), out[0][0]), (92, 2), "a handshake response");
+    assert_eq!(w.gw.counters().cookie_replies, 2);
+    // Forged initiations (wrong mac1) get nothing at all.
+    let mut forged = init.clone();
+    forged[116] ^= 1;
+    assert!(w.uplink(&forged).is_empty());
+    assert_eq!(w.gw.counters().cookie_replies, 2);
+}
+
+#[test]
+fn a_family_the_tunnel_has_no_address_of_is_dropped_and_counted() {
+    // Address = 10.64.0.2/32 only, AllowedIPs covering IPv6 too.
+    let mut w = world();
+    w.gw = Gateway::new(
+        &conf("AllowedIPs = ::/0\n"),
+        &GatewaySettings {
+            wall_clock_at_zero: Duration::from_secs(1_700_000_000),
+            handshake_load_limit: 50,
+            masquerade: true,
+        },
+    )
+    .unwrap();
+    let mut v6 = vec![0u8; 48];
+    v6[0] = 0x60;
+    v6[4..6].copy_from_slice(&8u16.to_be_bytes());
+    v6[6] = 17;
+    v6[8] = 0xfd; // from fd00::5, the client's internal address
+    v6[23] = 5;
+    v6[24] = 0x20; // to 2000::
+    assert!(
+        w.client(&v6).is_empty(),
+        "nothing sent, not even an initiation"
+    );
+    let c = w.gw.counters();
+    assert_eq!((c.no_tunnel_address, c.no_route_v6), (1, 0));
+    // IPv4 still goes (an initiation first).
+    let p = packet(false, [10, 137, 0, 5], [1, 1, 1, 1], 4000, 53, b"q");
+    assert_eq!(uplink_only(&w.client(&p)).len(), 1);
+}
