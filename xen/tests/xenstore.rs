@@ -13,7 +13,7 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use xen::abi::xs_wire::XsdSockmsgType;
-use xen::xenstore::client::{TRANSACTION_ATTEMPTS, WATCH_QUEUE_MAX};
+use xen::xenstore::client::TRANSACTION_ATTEMPTS;
 use xen::xenstore::{ProtocolError, WatchEvent, XenStore, XsError, XsRing, XsTransport};
 
 fn sim(chunk: usize) -> (Rc<RefCell<Xenstored>>, XenStore<SimTransport>) {
@@ -161,7 +161,7 @@ fn relative_watches_report_relative_paths() {
 }
 
 #[test]
-fn watch_queue_is_bounded_and_drops_are_counted() {
+fn a_busy_watch_is_collapsed_to_a_resync_event() {
     let (daemon, mut xs) = sim(4096);
     block_on(async {
         xs.watch("/w", "t").await.unwrap();
@@ -171,16 +171,74 @@ fn watch_queue_is_bounded_and_drops_are_counted() {
         // The 301 events arrive while this request waits for its reply.
         xs.write("/other", b"").await.unwrap();
     });
-    assert_eq!(xs.dropped_watch_events(), 301 - WATCH_QUEUE_MAX as u64);
+    // Every 64 events of the token became one resync ("/w": its watched
+    // path); nothing was dropped.
+    assert_eq!(xs.dropped_watch_events(), 0);
+    assert_eq!(xs.watch_resyncs(), 4);
     block_on(async {
         assert_eq!(xs.next_watch_event().await.unwrap(), event("/w", "t"));
-        for i in 0..WATCH_QUEUE_MAX - 1 {
+        for i in 256..300 {
             assert_eq!(
                 xs.next_watch_event().await.unwrap(),
                 event(&format!("/w/{i}"), "t")
             );
         }
     });
+    assert!(try_block_on(xs.next_watch_event(), 100).is_none());
+}
+
+#[test]
+fn one_busy_watch_cannot_drop_another_watchs_events() {
+    let (daemon, mut xs) = sim(4096);
+    block_on(async {
+        xs.watch("/quiet", "q").await.unwrap();
+        xs.watch("/w", "t").await.unwrap();
+        daemon.borrow_mut().set("/quiet/x", b"");
+        for i in 0..1000 {
+            daemon.borrow_mut().set(&format!("/w/{i}"), b"");
+        }
+        xs.write("/other", b"").await.unwrap();
+    });
+    assert_eq!(xs.dropped_watch_events(), 0);
+    block_on(async {
+        assert_eq!(
+            xs.next_watch_event_for("q").await.unwrap(),
+            event("/quiet", "q")
+        );
+        assert_eq!(
+            xs.next_watch_event_for("q").await.unwrap(),
+            event("/quiet/x", "q")
+        );
+    });
+    // Five busy tokens together overflow the whole queue: the one holding
+    // the most is collapsed each time, and every token's last change is
+    // still represented (its own event, or a resync queued after it).
+    let (daemon, mut xs) = sim(4096);
+    let tokens = ["a", "b", "c", "d", "e"];
+    block_on(async {
+        for t in tokens {
+            xs.watch(&format!("/{t}"), t).await.unwrap();
+        }
+        for i in 0..60 {
+            for t in tokens {
+                daemon.borrow_mut().set(&format!("/{t}/{i}"), b"");
+            }
+        }
+        xs.write("/other", b"").await.unwrap();
+    });
+    assert_eq!(xs.dropped_watch_events(), 0);
+    assert!(xs.watch_resyncs() >= 1);
+    for t in tokens {
+        let mut last = None;
+        while let Some(ev) = try_block_on(xs.next_watch_event_for(t), 100) {
+            last = Some(ev.unwrap());
+        }
+        let last = last.unwrap();
+        assert!(
+            last.path == format!("/{t}/59") || last.path == format!("/{t}"),
+            "{t}: {last:?}"
+        );
+    }
 }
 
 #[test]

@@ -17,21 +17,52 @@
 //! when asked, [`XenStore::flush_unwatches`]). Requests are answered in order, so the
 //! watch is gone before anything that follows the drop reaches the daemon;
 //! in particular the same watch can be registered again at once.
+//!
+//! # Watch queues and overflow
+//!
+//! Events that arrive while nobody waits for them are queued, in order,
+//! at most [`WATCH_QUEUE_PER_TOKEN`] per token and [`WATCH_QUEUE_MAX`] in
+//! all, so one busy watch cannot push out another's events. When a token
+//! has more (or the queue is full and that token holds the most), its
+//! queued events are replaced by one **resync** event: the watched path
+//! (as registered with [`XenStore::watch`]) with that token, the same
+//! event the daemon fires when a watch is registered. A waiter treats it
+//! as "anything below may have changed": read again what you watch. No
+//! waiter loses the fact that something changed; only the detail of which
+//! node. Resyncs are counted ([`XenStore::watch_resyncs`]).
+//!
+//! # Timeouts
+//!
+//! Every future here may be dropped at any await (a timeout, e.g.
+//! `kernel::executor::Handle::timeout`, gave up): bytes half received stay
+//! in the client, a request half sent is finished and its reply discarded
+//! before the next one, and a queued watch event stays queued. So a wait
+//! on a daemon (or a peer's node) that never answers is bounded by the
+//! caller, and the client stays usable afterwards.
 
 use super::error::{ProtocolError, XsError};
 use super::transport::XsTransport;
 use super::wire::{build_request, payload_str, split_strings, Arg, Message, HEADER_LEN};
 use crate::abi::xs_wire::{XsdSockmsgType, XENSTORE_PAYLOAD_MAX};
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::future::poll_fn;
 use core::ops::{Deref, DerefMut};
 
-/// Most watch events kept while nobody asks for them; more are dropped and
-/// counted ([`XenStore::dropped_watch_events`]).
+/// Most watch events kept while nobody asks for them, in all; beyond, the
+/// token holding the most is collapsed to one resync event (see the
+/// module's documentation); an event that still finds no room is dropped
+/// and counted ([`XenStore::dropped_watch_events`]).
 pub const WATCH_QUEUE_MAX: usize = 256;
+
+/// Most watch events kept for one token; beyond, its events are collapsed
+/// to one resync event.
+pub const WATCH_QUEUE_PER_TOKEN: usize = 64;
+
+/// Most watched paths remembered for resync events (one per token).
+const WATCHED_PATHS_MAX: usize = 256;
 
 /// How many times [`XenStore::transaction`] runs its closure before giving
 /// up with [`XsError::RetriesExhausted`].
@@ -84,6 +115,10 @@ pub struct XenStore<T: XsTransport> {
     tx_sent: usize,
     watch_events: VecDeque<WatchEvent>,
     dropped_watch_events: u64,
+    /// Tokens whose queued events were collapsed to one resync event.
+    watch_resyncs: u64,
+    /// The path each token watches (for resync events).
+    watched: BTreeMap<String, String>,
     /// Watches (path, token) whose [`WatchGuard`] was dropped: removed
     /// before the next request.
     unwatch_queue: VecDeque<(String, String)>,
@@ -105,6 +140,8 @@ impl<T: XsTransport> XenStore<T> {
             tx_sent: 0,
             watch_events: VecDeque::new(),
             dropped_watch_events: 0,
+            watch_resyncs: 0,
+            watched: BTreeMap::new(),
             unwatch_queue: VecDeque::new(),
             unwatch_errors: 0,
             broken: None,
@@ -116,9 +153,15 @@ impl<T: XsTransport> XenStore<T> {
         &mut self.transport
     }
 
-    /// Watch events dropped because the queue was full or malformed.
+    /// Watch events dropped: malformed, or no room even after a resync.
     pub fn dropped_watch_events(&self) -> u64 {
         self.dropped_watch_events
+    }
+
+    /// Times a token's queued events were collapsed to one resync event
+    /// (see the module's documentation).
+    pub fn watch_resyncs(&self) -> u64 {
+        self.watch_resyncs
     }
 
     /// Unwatches queued by dropped [`WatchGuard`]s and not sent yet.
@@ -211,12 +254,67 @@ impl<T: XsTransport> XenStore<T> {
     }
 
     fn queue_watch_event(&mut self, payload: &[u8]) {
-        match WatchEvent::parse(payload) {
-            Some(event) if self.watch_events.len() < WATCH_QUEUE_MAX => {
-                self.watch_events.push_back(event)
-            }
-            _ => self.dropped_watch_events += 1,
+        let Some(event) = WatchEvent::parse(payload) else {
+            self.dropped_watch_events += 1;
+            return;
+        };
+        if self.queued_for(&event.token) >= WATCH_QUEUE_PER_TOKEN {
+            // Its own events make room: they become one resync, which
+            // covers this one too.
+            self.resync(&event.token, &event.path);
+            return;
         }
+        if self.watch_events.len() >= WATCH_QUEUE_MAX {
+            // The token holding the most makes room.
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for e in &self.watch_events {
+                *counts.entry(e.token.as_str()).or_insert(0) += 1;
+            }
+            let victim = counts
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .filter(|(_, n)| *n > 1)
+                .map(|(t, _)| String::from(t));
+            match victim {
+                Some(t) if t == event.token => {
+                    self.resync(&event.token, &event.path);
+                    return;
+                }
+                Some(t) => {
+                    let path = self.watched.get(&t).cloned().unwrap_or_else(|| t.clone());
+                    self.resync(&t, &path);
+                }
+                None => {}
+            }
+            if self.watch_events.len() >= WATCH_QUEUE_MAX {
+                self.dropped_watch_events += 1;
+                return;
+            }
+        }
+        self.watch_events.push_back(event);
+    }
+
+    fn queued_for(&self, token: &str) -> usize {
+        self.watch_events
+            .iter()
+            .filter(|e| e.token == token)
+            .count()
+    }
+
+    /// Replace the queued events of `token` by one event for its watched
+    /// path (`fallback` if it was not registered here), at the back.
+    fn resync(&mut self, token: &str, fallback: &str) {
+        self.watch_events.retain(|e| e.token != token);
+        let path = self
+            .watched
+            .get(token)
+            .cloned()
+            .unwrap_or_else(|| String::from(fallback));
+        self.watch_events.push_back(WatchEvent {
+            path,
+            token: String::from(token),
+        });
+        self.watch_resyncs += 1;
     }
 
     /// Receive one message that is not a watch event (those are queued).
@@ -442,6 +540,9 @@ impl<T: XsTransport> XenStore<T> {
     /// [`XenStore::unwatch`]; for one that must go away with the code that
     /// waits on it, even when that code is cancelled, use a [`WatchGuard`].
     pub async fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        if self.watched.len() < WATCHED_PATHS_MAX || self.watched.contains_key(token) {
+            self.watched.insert(String::from(token), String::from(path));
+        }
         self.request_ok(
             XsdSockmsgType::Watch,
             TxId(0),
