@@ -364,3 +364,44 @@ fn a_hostile_server_layout_is_refused_and_unmapped() {
     ));
     assert_eq!(m.hv.maps_of(0, 2), 0);
 }
+
+#[test]
+fn a_server_dropped_while_the_client_maps_defers_its_pages() {
+    // The server's side is dropped without closing (a cancelled task),
+    // the client keeps its mappings: no page it maps is given back; once
+    // it unmaps, every page and grant goes.
+    let m = Machine::new();
+    let (mut senv, mut cenv) = (m.env(3), m.env(0));
+    let path = qubes_path(3, 0, 601);
+    let frames_before = m.hv.frames_in_use();
+    let (sv, cv) = run2(
+        async {
+            let mut v = vchan::listen(&mut senv, 0, &path, 65536, 4096)
+                .await
+                .unwrap();
+            v.accept(&mut senv).await.unwrap();
+            v.write_all(&mut senv, b"bye").await.unwrap();
+            v
+        },
+        async {
+            vchan::wait_for_server(cenv.xenstore(), &path)
+                .await
+                .unwrap();
+            vchan::connect(&mut cenv, 3, &path).await.unwrap()
+        },
+    );
+    assert_eq!(m.hv.grants_of(3), 18);
+    drop(sv);
+    // Control page + 17 ring pages, all mapped by the client: deferred.
+    assert_eq!(m.hv.deferred_frames(), 18);
+    assert_eq!(m.hv.grants_of(3), 18);
+    let mut cv = cv;
+    let mut buf = [0u8; 8];
+    assert_eq!(run(cv.read(&mut cenv, &mut buf)).unwrap(), 3);
+    assert_eq!(&buf[..3], b"bye");
+    run(cv.close(&mut cenv)).unwrap();
+    m.hv.retry_deferred();
+    assert_eq!(m.hv.deferred_frames(), 0);
+    assert_eq!(m.hv.grants_of(3), 0);
+    assert_eq!(m.hv.frames_in_use(), frames_before);
+}

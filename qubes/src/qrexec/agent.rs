@@ -254,10 +254,9 @@ pub async fn session<E: VchanEnv, C: Clock, F: FnMut(&Handled)>(
         },
     };
     if let Ok(mut lingering) = v.close(env).await {
-        if !lingering.retry(env) {
-            // dom0 still maps the pages: never reuse them.
-            core::mem::forget(lingering);
-        }
+        // What dom0 still maps is deferred by the page type when dropped:
+        // never reused while mapped.
+        lingering.retry(env);
     }
     end
 }

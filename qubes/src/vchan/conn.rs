@@ -18,8 +18,12 @@
 //! unmap-notification does for a libxenvchan process that exits), close the
 //! port; the server also removes its xenstore directory and revokes its
 //! grants. A grant the client still maps is not revoked: its page stays
-//! with it in [`Lingering`] until [`Lingering::retry`] succeeds, never back
-//! to the allocator (the project's owner model for granted memory).
+//! with it in [`Lingering`] until [`Lingering::retry`] succeeds. Dropping a
+//! [`Lingering`] (or a [`Vchan`] without closing it) is safe too: the
+//! environment's page type ends the grants of a dropped page or, while the
+//! peer still maps it, defers it (the project's owner model for granted
+//! memory, docs/drivers.md "Grant ownership": never back to the allocator
+//! while mapped, never leaked for good).
 //!
 //! A peer that vanishes (its domain destroyed) clears no live byte: every
 //! wait also watches `@releaseDomain` (if xenstored lets us), and after each
@@ -165,22 +169,11 @@ pub struct Vchan<M: PageMemory> {
 }
 
 /// Pages whose grant the peer still maps after a server closed, with their
-/// references; dropped only once every grant is revoked.
+/// references. [`retry`](Self::retry) revokes what it can; dropping it
+/// hands the rest to the environment's page type, which defers them until
+/// the peer unmaps.
 pub struct Lingering<M: PageMemory> {
     pages: Vec<(GrantRef, SharedPage<M>)>,
-}
-
-impl<M: PageMemory> Drop for Vchan<M> {
-    /// A vchan dropped without [`Vchan::close`]: a server cannot revoke its
-    /// grants here (no environment), so its pages are leaked, never
-    /// reused while the peer may map them.
-    fn drop(&mut self) {
-        if let Some(stream) = self.stream.take() {
-            if !self.grants.is_empty() {
-                core::mem::forget(stream);
-            }
-        }
-    }
 }
 
 impl<M: PageMemory> Lingering<M> {
@@ -226,11 +219,10 @@ pub async fn listen<E: VchanEnv>(
         Err(e) => {
             // Revoke before the pages go; a page whose grant cannot be
             // revoked (a client guessed the reference and mapped it) is
-            // leaked, never reused.
+            // deferred by the page type when dropped, never reused.
             let mut lingering = Lingering { pages: held };
-            if !lingering.retry(env) {
-                core::mem::forget(lingering);
-            }
+            lingering.retry(env);
+            drop(lingering);
             env.close_port(port);
             return Err(e);
         }
