@@ -27,6 +27,11 @@ pub const MAX_RX_PACKET: usize = 65536 + 14;
 /// Most packets kept for the reader; more are dropped and counted.
 pub const RX_QUEUE_MAX: usize = 1024;
 
+/// Most bytes kept for the reader (64 super-packets of 64 KiB; 1024 of
+/// them would be 64 MiB); more are dropped and counted, so a backend
+/// faster than the reader cannot grow the heap by more than this.
+pub const RX_QUEUE_BYTES_MAX: usize = 4 << 20;
+
 /// RX counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RxStats {
@@ -61,6 +66,8 @@ pub struct RxQueue<P: PageMemory> {
     /// The packet continues in the next data response.
     more_data: bool,
     ready: VecDeque<RxPacket>,
+    /// The bytes of the packets in `ready`.
+    ready_bytes: usize,
     /// Counters.
     pub stats: RxStats,
 }
@@ -82,6 +89,7 @@ impl<P: PageMemory> RxQueue<P> {
             expect_extra: false,
             more_data: false,
             ready: VecDeque::new(),
+            ready_bytes: 0,
             stats: RxStats::default(),
         }
     }
@@ -199,10 +207,15 @@ impl<P: PageMemory> RxQueue<P> {
         let Some(p) = self.partial.take() else {
             return;
         };
-        if p.bad || p.data.is_empty() || self.ready.len() >= RX_QUEUE_MAX {
+        if p.bad
+            || p.data.is_empty()
+            || self.ready.len() >= RX_QUEUE_MAX
+            || self.ready_bytes.saturating_add(p.data.len()) > RX_QUEUE_BYTES_MAX
+        {
             self.stats.dropped += 1;
             return;
         }
+        self.ready_bytes += p.data.len();
         self.stats.packets += 1;
         self.stats.bytes += p.data.len() as u64;
         self.ready.push_back(RxPacket {
@@ -215,7 +228,14 @@ impl<P: PageMemory> RxQueue<P> {
 
     /// The next whole packet received.
     pub fn pop(&mut self) -> Option<RxPacket> {
-        self.ready.pop_front()
+        let p = self.ready.pop_front()?;
+        self.ready_bytes = self.ready_bytes.saturating_sub(p.data.len());
+        Some(p)
+    }
+
+    /// Bytes waiting to be read (at most [`RX_QUEUE_BYTES_MAX`]).
+    pub fn ready_bytes(&self) -> usize {
+        self.ready_bytes
     }
 
     /// Packets waiting to be read.

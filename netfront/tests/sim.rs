@@ -156,6 +156,39 @@ fn packets_of_64k_both_ways_with_gso() {
 }
 
 #[test]
+fn a_reader_that_does_not_keep_up_holds_at_most_rx_queue_bytes_max() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    let big = pattern(65536, 7);
+    let g = NetifExtraInfoGso {
+        type_: XEN_NETIF_EXTRA_TYPE_GSO,
+        flags: 0,
+        size: 1440,
+        gso_type: XEN_NETIF_GSO_TYPE_TCPV4,
+        pad: 0,
+        features: 0,
+    };
+    // The backend delivers 100 super-packets; the reader takes none.
+    for _ in 0..100 {
+        assert!(back.send_rx(&big, NETRXF_CSUM_BLANK, Some(g)));
+        front.poll().unwrap();
+    }
+    let fit = netfront::rx::RX_QUEUE_BYTES_MAX / big.len();
+    assert_eq!(fit, 64);
+    assert_eq!(front.rx().ready(), fit);
+    assert_eq!(front.rx().ready_bytes(), fit * big.len());
+    assert_eq!(front.rx().stats.dropped, 100 - fit as u64);
+    for _ in 0..fit {
+        assert!(front.receive().unwrap().data == big);
+    }
+    assert_eq!(front.rx().ready_bytes(), 0);
+    // Room again: the next one is kept.
+    assert!(back.send_rx(&pattern(1000, 8), 0, None));
+    assert_eq!(pump_rx(&mut front).data, pattern(1000, 8));
+}
+
+#[test]
 fn steady_state_does_no_grant_work_and_suppresses_events() {
     let m = Machine::new();
     let mut back = m.backend();
