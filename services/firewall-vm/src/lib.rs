@@ -7,6 +7,8 @@
 //! - [`store`]: the configuration directory (`<home>/qubesdb/`, keys named
 //!   and valued as QubesDB's) as a `firewall::store::ConfigStore`, with the
 //!   command line and the uplink vif's `ip` key as defaults.
+//! - [`qubes_mode`]: the same configuration from QubesDB (a Qubes qube),
+//!   with the Linux agent's write-backs.
 //! - [`FirewallVm`]: the service: clients admitted only with an IPv4 `ip`
 //!   key, rules (re)loaded as the Linux agent does when dom0 writes
 //!   `/qubes-firewall/<ip>`, frames through `Firewall::handle_offloaded`
@@ -24,6 +26,7 @@
 
 extern crate alloc;
 
+pub mod qubes_mode;
 pub mod settings;
 pub mod store;
 
