@@ -173,9 +173,48 @@ fn worth_retrying(e: &NetfrontError) -> bool {
     )
 }
 
+/// The device's environment, until [`Netfront::into_env`] or an error
+/// return hands it back (only then is it empty, and the device is gone
+/// with it: nothing reaches an empty slot).
+struct EnvSlot<E>(Option<E>);
+
+impl<E> EnvSlot<E> {
+    fn take(&mut self) -> E {
+        match self.0.take() {
+            Some(env) => env,
+            None => unreachable!("netfront: environment taken twice"),
+        }
+    }
+}
+
+impl<E> core::ops::Deref for EnvSlot<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        match &self.0 {
+            Some(env) => env,
+            None => unreachable!("netfront: environment used after it was handed back"),
+        }
+    }
+}
+
+impl<E> core::ops::DerefMut for EnvSlot<E> {
+    fn deref_mut(&mut self) -> &mut E {
+        match &mut self.0 {
+            Some(env) => env,
+            None => unreachable!("netfront: environment used after it was handed back"),
+        }
+    }
+}
+
 /// A connected network frontend.
+///
+/// Dropping it (a cancelled `connect` or task, a device never
+/// disconnected) ends every grant the backend does not map and closes the
+/// event channels, as [`disconnect`](Self::disconnect) does without
+/// telling the backend; the pages of grants it still maps are deferred by
+/// the environment's page type (docs/drivers.md, "Grant ownership").
 pub struct Netfront<E: NetEnv> {
-    env: E,
+    env: EnvSlot<E>,
     device: XenbusDevice,
     mac: MacAddress,
     features: BackendFeatures,
@@ -330,7 +369,7 @@ impl<E: NetEnv> Netfront<E> {
             }
         }
         let mut front = Self {
-            env,
+            env: EnvSlot(Some(env)),
             device,
             mac,
             features,
@@ -359,7 +398,7 @@ impl<E: NetEnv> Netfront<E> {
                     .await;
                 }
                 front.release();
-                Err((front.env, e))
+                Err((front.env.take(), e))
             }
         }
     }
@@ -833,7 +872,7 @@ impl<E: NetEnv> Netfront<E> {
         let mut stats = ReconnectStats::default();
         if let Err(e) = self.wait_let_go(bound).await {
             if !worth_retrying(&e) {
-                return Err((self.env, e));
+                return Err((self.env.take(), e));
             }
             // Stalled: the old rings' pages are deferred when the old
             // queues drop below, and freed once the backend unmaps them.
@@ -841,7 +880,7 @@ impl<E: NetEnv> Netfront<E> {
             stats.last_error = Some(e);
             log::info!("netfront: {path}: the backend kept our old rings mapped ({e})");
         }
-        let mut env = self.env;
+        let mut env = self.env.take();
         loop {
             stats.attempts = stats.attempts.saturating_add(1);
             bound.progress();
@@ -932,12 +971,21 @@ impl<E: NetEnv> Netfront<E> {
     }
 
     /// Give the environment back (after [`disconnect`](Self::disconnect),
-    /// to reconnect). The queues' pages are dropped: a page still granted
-    /// is ended or deferred by the environment's page type, never freed
-    /// while the backend maps it (without a disconnect, the event channels
-    /// stay open).
-    pub fn into_env(self) -> E {
-        self.env
+    /// to reconnect). Without a disconnect, the grants are ended and the
+    /// event channels closed here (the backend is told nothing). The
+    /// queues' pages are dropped: a page the backend still maps is deferred
+    /// by the environment's page type, never freed while mapped.
+    pub fn into_env(mut self) -> E {
+        self.release();
+        self.env.take()
+    }
+}
+
+impl<E: NetEnv> Drop for Netfront<E> {
+    fn drop(&mut self) {
+        if self.env.0.is_some() {
+            self.release();
+        }
     }
 }
 

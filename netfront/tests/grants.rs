@@ -87,7 +87,10 @@ fn a_device_dropped_while_the_backend_keeps_its_mappings() {
     assert_eq!(counts(&m), (PER_QUEUE, PER_QUEUE, 0));
     // No disconnect: the device (and its environment) is simply dropped,
     // as by a cancelled task. The backend maps both rings, forever.
+    let port = front.port();
+    assert!(m.hv.port_open(FRONT, port));
     drop(front);
+    assert!(!m.hv.port_open(FRONT, port), "the device's drop closed it");
     assert_eq!(counts(&m), (2, 2, 2), "the two ring pages are deferred");
     // Later allocations and grants retry, but never reuse them.
     for _ in 0..10 {
@@ -127,6 +130,15 @@ fn a_cancelled_connect_after_the_backend_mapped_the_ring() {
         }
         assert_eq!(back.conns.len(), 1, "the backend mapped the rings");
     }
+    let port: u32 = m
+        .get(&format!("{FRONT_ABS}/event-channel"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        !m.hv.port_open(FRONT, port),
+        "closed with the dropped future"
+    );
     assert_eq!(counts(&m), (2, 2, 2));
     back.detach_rings();
     m.hv.retry_deferred();
@@ -187,4 +199,17 @@ fn reconnects_leave_grant_and_frame_counts_flat() {
     run(front.disconnect(), || {});
     drop(front);
     assert_eq!(counts(&m), (0, 0, 0));
+}
+
+#[test]
+fn into_env_without_a_disconnect_gives_everything_back() {
+    let m = Machine::new();
+    let mut back = m.backend();
+    let front = connect(&m, &mut back, options()).unwrap();
+    let port = front.port();
+    back.detach_rings();
+    let env = front.into_env();
+    assert!(!m.hv.port_open(FRONT, port));
+    assert_eq!(counts(&m), (0, 0, 0));
+    drop(env);
 }
