@@ -77,6 +77,9 @@ pub struct Config {
     pub max_flows_per_client: usize,
     /// Most IPv4 datagrams tracked for forwarding their later fragments.
     pub max_fragmented_datagrams: usize,
+    /// Most of them for one client's flows, so that one client cannot
+    /// starve the others' fragments.
+    pub max_fragmented_datagrams_per_client: usize,
     /// Flow timeouts.
     pub timeouts: Timeouts,
 }
@@ -111,6 +114,7 @@ impl Config {
             max_flows: 16384,
             max_flows_per_client: 4096,
             max_fragmented_datagrams: 1024,
+            max_fragmented_datagrams_per_client: 256,
             timeouts: Timeouts::default(),
         }
     }

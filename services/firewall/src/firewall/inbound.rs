@@ -146,7 +146,7 @@ impl Firewall {
             pkt.set_src(conn.orig.dst);
         }
         if let Some(key) = DatagramKey::of(header) {
-            self.fragments.record(now, key, conn_id);
+            self.fragments.record(now, key, conn_id, conn.client);
         }
         if self.forward_to_client(&client, client_id, frame, offload, true, out) {
             self.counters.forwarded_in += 1;

@@ -185,7 +185,10 @@ impl Firewall {
                 config.max_flows_per_client,
                 config.timeouts,
             ),
-            fragments: FragmentTable::new(config.max_fragmented_datagrams),
+            fragments: FragmentTable::new(
+                config.max_fragmented_datagrams,
+                config.max_fragmented_datagrams_per_client,
+            ),
             gateway_mac: config.uplink.gateway_mac,
             config,
             clients: BTreeMap::new(),
@@ -226,7 +229,10 @@ impl Firewall {
         let mut ended = 0;
         if config.uplink.ip4 != old.uplink.ip4 || config.uplink.ip6 != old.uplink.ip6 {
             ended += self.conntrack.retain(|_| false);
-            self.fragments = FragmentTable::new(old.max_fragmented_datagrams);
+            self.fragments = FragmentTable::new(
+                old.max_fragmented_datagrams,
+                old.max_fragmented_datagrams_per_client,
+            );
         }
         if config.uplink.gateway4 != old.uplink.gateway4
             || config.uplink.gateway6 != old.uplink.gateway6
@@ -240,6 +246,7 @@ impl Firewall {
         config.max_flows = old.max_flows;
         config.max_flows_per_client = old.max_flows_per_client;
         config.max_fragmented_datagrams = old.max_fragmented_datagrams;
+        config.max_fragmented_datagrams_per_client = old.max_fragmented_datagrams_per_client;
         config.timeouts = old.timeouts;
         self.config = config;
         let active: Vec<(IpAddr, RuleSet)> = self

@@ -357,7 +357,7 @@ impl Firewall {
             pkt.set_dst(conn.reply.remote);
         }
         if let Some(key) = DatagramKey::of(header) {
-            self.fragments.record(now, key, conn_id);
+            self.fragments.record(now, key, conn_id, conn.client);
         }
         self.forward_to_uplink(now, frame, offload, true, out);
         self.counters.forwarded_out += 1;
