@@ -59,6 +59,16 @@ prints their output and status). In one rig boot, for each type:
   the backend directory is still there): the detach must succeed and both
   directories be gone; on failure both states, traced every 0.2 s, are
   printed;
+- with --hostile TYPES (pvh in make test): for those types, the `hostile`
+  image (services/hostile) gets seven vifs behind the firewall, one attack
+  each (bad grants, malformed requests, ring indices, a UDP flood, a flood
+  of new TCP flows, never-completed fragments, a stalled RX ring), twice,
+  HOSTILE_SECONDS each: client A's download (sha256) and pings must go
+  through during the first round, the vifs of the fatal attacks must be
+  closed by the firewall and those of well-formed floods served, the
+  firewall must stay up, and its resources after the hostile domain is
+  gone (free frames and grants, maps, event channels; heap within 64 KiB)
+  must be the same after both rounds;
 - with --cycles N (not in make test): a netdemo behind the firewall is
   created and destroyed N times (each must come up and its backend
   directory be removed); the firewall's `resources:` lines at the first
@@ -90,6 +100,10 @@ DOM0 = "10.99.0.1"
 ALLOWED, DENIED = 8080, 8081
 #: The size of the file the clients download through the firewall.
 BLOB_MIB = 4
+#: How long each round of --hostile attacks.
+HOSTILE_SECONDS = 15
+#: The attacks of the hostile image's vifs, in order (services/hostile).
+HOSTILE_ATTACKS = ["bad-grant", "malformed", "index", "flood", "flows", "frags", "rx-stall"]
 
 #: Run once per rig boot, before the types: dom0's servers.
 SETUP = r"""
@@ -409,6 +423,51 @@ xl destroy firewall
 log end @TYPE@
 """
 
+#: --hostile (after the main checks, with the first firewall): a domain
+#: whose vifs attack the firewall (services/hostile), twice.
+HOSTILE = r"""
+if [ @HOSTILE@ = 1 ]; then
+# Seven vifs, one attack each (bad-grant malformed index flood flows frags
+# rx-stall), with addresses whose policy is accept: their well-formed frames
+# go through conntrack and NAT to dom0. Client A downloads the file while
+# the first attack runs. The firewall's resources after the hostile domain
+# is gone are compared between the two rounds: an attack that leaked would
+# show in the second.
+hv='vif=["backend=firewall,ip=10.137.0.41,mac=00:16:3e:6d:6f:41","backend=firewall,ip=10.137.0.42,mac=00:16:3e:6d:6f:42","backend=firewall,ip=10.137.0.43,mac=00:16:3e:6d:6f:43","backend=firewall,ip=10.137.0.44,mac=00:16:3e:6d:6f:44","backend=firewall,ip=10.137.0.45,mac=00:16:3e:6d:6f:45","backend=firewall,ip=10.137.0.46,mac=00:16:3e:6d:6f:46","backend=firewall,ip=10.137.0.47,mac=00:16:3e:6d:6f:47"]'
+for a in 41 42 43 44 45 46 47; do xenstore-write $qf/10-137-0-$a/policy accept $qf/10-137-0-$a ""; done
+hlog=/var/log/xen/console/guest-hostile.log
+for round in 1 2; do
+  rm -f $hlog
+  l0=$(nlines $flog)
+  t=$(up)
+  xl create /guest/hostile-pv.cfg "$hv" 'extra="hostile.seconds=@HSECS@"' >/dev/null 2>&1
+  hid=$(xl domid hostile 2>/dev/null)
+  if wait_for $hlog "hostile: attacking for" 30; then log hostile-start-$round ok $t $(up); else
+    log hostile-start-$round FAIL "$(tail -n 5 $hlog 2>/dev/null | tr -d '\r' | tr '\n' ' ')"
+  fi
+  if [ $round = 1 ]; then
+    get_send client-a hget http://10.99.0.2/blob
+    get_check hostile-get client-a hget
+    cmd client-a hping 40 "ping -c 5 -W 3 @DOM0@"
+    if [ "$rc" = 0 ]; then log hostile-ping ok; else log hostile-ping FAIL "rc=$rc $out"; fi
+  fi
+  wait_for $hlog "hostile: done" $((@HSECS@ + 40)) || log hostile-done-$round FAIL
+  grep -a "hostile: report" $hlog | tr -d '\r' | sed "s/^.*hostile: report /RIG hostile-report $round /"
+  xl destroy hostile
+  # every vif of it closed and its directory removed (the toolstack is done)
+  n=0
+  while [ $n -lt 150 ]; do
+    [ "$(since $flog $l0 | grep -a -c "vif backend/vif/$hid/[0-9]* removed")" -ge 7 ] && break
+    sleep 0.2; n=$((n + 1))
+  done
+  res=$(since $flog $l0 | grep -a "firewall: resources:" | tail -n 1 | tr -d '\r' | sed 's/.*firewall: resources: //')
+  echo "RIG hostile-resources $round $(since $flog $l0 | grep -a -c "vif backend/vif/$hid/[0-9]* removed") $res"
+  since $flog $l0 | grep -a "vif backend/vif/$hid/" | grep -a "closed" | tr -d '\r' | sed "s/^.*firewall: /RIG hostile-closed $round /"
+  if xl list firewall >/dev/null 2>&1; then log hostile-firewall-up-$round ok; else log hostile-firewall-up-$round FAIL; fi
+done
+fi
+"""
+
 #: --uplink-restart (after the main checks, with the first firewall).
 UPLINK = r"""
 if [ @UPLINK@ -gt 0 ]; then
@@ -506,17 +565,21 @@ fi
 """
 
 
-def _fill(s: str, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False) -> str:
+def _fill(s: str, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False,
+          hostile: bool = False) -> str:
     for k, v in {"TYPE": t, "CYCLES": str(cycles), "UPLINK": str(uplink_restart),
-                 "DETACH": "1" if detach else "0", "IP": CLIENT_IP, "ENC": CLIENT_ENC, "DOM0": DOM0,
+                 "DETACH": "1" if detach else "0", "HOSTILE": "1" if hostile else "0",
+                 "HSECS": str(HOSTILE_SECONDS), "IP": CLIENT_IP, "ENC": CLIENT_ENC, "DOM0": DOM0,
                  "ALLOWED": str(ALLOWED), "DENIED": str(DENIED), "BLOB_MIB": str(BLOB_MIB)}.items():
         s = s.replace(f"@{k}@", v)
     return s
 
 
-def script(t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False) -> str:
+def script(t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False,
+           hostile: bool = False) -> str:
     """One type's part of the dom0 script (after `setup()`)."""
-    return _fill(SCRIPT + UPLINK + RESTART + OPTIONS + END, t, cycles, uplink_restart, detach)
+    return _fill(SCRIPT + HOSTILE + UPLINK + RESTART + OPTIONS + END, t, cycles, uplink_restart, detach,
+                 hostile)
 
 
 def setup() -> str:
@@ -531,6 +594,9 @@ WORDS = ["forwarding", "rules", "dsthost-query", "allowed", "denied", "client-b-
          "client-b-get", "dsthost-other-denied", "dns", "spoof", "a-to-b", "ipv6-allowed", "ipv6-denied",
          "rule-change", "spoof-counted", "a-to-b-counted", "restart-forwarding", "restart-detach",
          "restart-attach", "restart-tcp", "restart-get-a", "restart-get-b", "refused"]
+#: --hostile's checks.
+HOSTILE_WORDS = ["hostile-start-1", "hostile-get", "hostile-ping", "hostile-firewall-up-1",
+                 "hostile-start-2", "hostile-firewall-up-2"]
 
 
 def rig_lines(texts: list, word: str) -> list:
@@ -550,11 +616,76 @@ def check_words(texts: list, prefix: str, words: list) -> tuple:
     return passed, failures
 
 
-def check(texts: list, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False) -> tuple:
+def resources(words: list) -> dict:
+    """`key=value` words of a `resources:` line as a dict of ints."""
+    out = {}
+    for w in words:
+        k, _, v = w.partition("=")
+        if v.isdigit():
+            out[k] = int(v)
+    return out
+
+
+def check_hostile(texts: list, t: str) -> tuple:
+    """(passed, failures) of --hostile's two rounds (HOSTILE)."""
+    rig = lambda word: rig_lines(texts, word)  # noqa: E731
+    passed, failures = 0, []
+    for rnd in ("1", "2"):
+        reports = {r[2]: r for r in rig("hostile-report") if r[:1] == [rnd] and len(r) >= 3}
+        for attack in HOSTILE_ATTACKS:
+            r = reports.get(attack)
+            if not r:
+                failures.append(f"{t}: hostile round {rnd}: no report of {attack}")
+                continue
+            f = resources(r[3:])
+            print(f"bench: {t}: hostile round {rnd}: {attack}: {' '.join(r[3:])}")
+            if attack in ("bad-grant", "malformed", "index"):
+                # every one of these is fatal to the vif sooner or later
+                ok = f.get("closed", 0) >= 1 and f.get("connects", 0) >= 1
+                why = "the firewall never closed the vif"
+            elif attack in ("flood", "flows", "frags"):
+                # well-formed frames: never a reason to close the vif, and
+                # the firewall keeps taking them
+                ok = f.get("connects") == 1 and f.get("closed") == 0 and f.get("ok", 0) > 0
+                why = "a well-formed flood must be served (and dropped or forwarded), not closed"
+            else:
+                ok = f.get("connects", 0) >= 1
+                why = "never connected"
+            if ok:
+                passed += 1
+            else:
+                failures.append(f"{t}: hostile round {rnd}: {attack}: {why}: {' '.join(r[3:])}")
+        for c in rig("hostile-closed"):
+            if c[:1] == [rnd]:
+                print(f"bench: {t}: hostile round {rnd}: firewall: {' '.join(c[1:])}")
+    res = {r[0]: r for r in rig("hostile-resources") if r}
+    if "1" in res and "2" in res and len(res["1"]) > 2 and len(res["2"]) > 2:
+        a, b = resources(res["1"][2:]), resources(res["2"][2:])
+        print(f"bench: {t}: firewall resources after hostile round 1: {' '.join(res['1'][2:])}")
+        print(f"bench: {t}: firewall resources after hostile round 2: {' '.join(res['2'][2:])}")
+        same = [k for k in ("frames-free", "grants-free", "maps", "evtchns") if a.get(k) != b.get(k) or k not in a]
+        heap = b.get("heap-in-use", 0) - a.get("heap-in-use", 0)
+        if res["1"][1] == "7" and res["2"][1] == "7" and not same and heap < 64 * 1024:
+            passed += 1
+        else:
+            failures.append(f"{t}: hostile: resources moved between the rounds ({same or 'heap'} "
+                            f"{heap:+} B heap; vif directories removed {res['1'][1]}, {res['2'][1]} of 7)")
+    else:
+        failures.append(f"{t}: hostile: no resources lines: {res}")
+    return passed, failures
+
+
+def check(texts: list, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False,
+          hostile: bool = False) -> tuple:
     """(passed, failures) for one type's run."""
     rig = lambda word: rig_lines(texts, word)  # noqa: E731
 
-    passed, failures = check_words(texts, f"{t}: ", WORDS + (["detach"] if detach else []))
+    passed, failures = check_words(texts, f"{t}: ", WORDS + (["detach"] if detach else [])
+                                   + (HOSTILE_WORDS if hostile else []))
+    if hostile:
+        p, f = check_hostile(texts, t)
+        passed += p
+        failures += f
     client = [l[len("CLIENT "):] for l in texts if l.startswith("CLIENT ")]
     denied = [l for l in client if f"probe {DOM0}:{DENIED} fail" in l]
     if denied and "No route to host" in denied[0]:
@@ -642,10 +773,14 @@ def main() -> int:
     ap.add_argument("--detach", action="store_true",
                     help="also xl network-detach a netdemo's vif behind the firewall (not in make test: "
                          "fails until the firewall removes the backend directory by itself, docs/firewall.md)")
+    ap.add_argument("--hostile", default="", metavar="TYPES",
+                    help="for these of the types (pv, pvh), also run the hostile image's seven attacks "
+                         "against the firewall, twice, while client A downloads (about 70 s each)")
     ap.add_argument("--timeout", type=float, default=1500)
     ap.add_argument("--log")
     args = ap.parse_args()
     types = [t for t in args.types.split(",") if t]
+    hostile_types = [t for t in args.hostile.split(",") if t]
     if not types or any(t not in ("pv", "pvh") for t in types):
         print("--types takes pv and/or pvh", file=sys.stderr)
         return 2
@@ -667,8 +802,15 @@ def main() -> int:
             print(f"no netdemo image at {netdemo}: run `make images`", file=sys.stderr)
             return 2
         guests += [(netdemo, "netdemo"), (REPO / "configs/netdemo-pv.cfg", "netdemo-pv.cfg")]
+    if hostile_types:
+        hostile = image.parent / "hostile"
+        if not hostile.is_file():
+            print(f"no hostile image at {hostile}: run `make images`", file=sys.stderr)
+            return 2
+        guests += [(hostile, "hostile"), (REPO / "configs/hostile-pv.cfg", "hostile-pv.cfg")]
     xenrig.exit_on_sigterm()
-    text = setup() + "\n".join(script(t, args.cycles, args.uplink_restart, detach) for t in types)
+    text = setup() + "\n".join(script(t, args.cycles, args.uplink_restart, detach, t in hostile_types)
+                               for t in types)
     result = xenrig.run_script(text, guests=guests, timeout=args.timeout,
                                log=Path(args.log) if args.log else None)
     texts = [l for _, l in result.lines]
@@ -686,7 +828,7 @@ def main() -> int:
             failures.append(f"{t}: never started")
             continue
         b = next((i for i, l in enumerate(texts) if l.startswith(f"RIG end {t}")), len(texts))
-        p, f = check(texts[a:b + 1], t, args.cycles, args.uplink_restart, detach)
+        p, f = check(texts[a:b + 1], t, args.cycles, args.uplink_restart, detach, t in hostile_types)
         passed += p
         failures += f
     for f in failures:
