@@ -21,3 +21,4 @@ mod framing;
 pub mod qrexec;
 pub mod qubesdb;
 pub mod vchan;
+pub mod xs_share;
