@@ -20,7 +20,16 @@
 //! counts the packet once), or one full handshake (initiation, response,
 //! first transport message).
 //!
-//! ROW (`1420`, `64` or `handshakes`) runs one row only, e.g. under a profiler.
+//! Each row is measured twice: with the hosted crypto (ring's ChaCha20-
+//! Poly1305; X25519 through curve25519-dalek's AVX2 Edwards route where the
+//! CPU has AVX2), then, on the indented `image:` line, with the crypto
+//! configuration of the bare-metal images (`wg_aead`, whose ChaCha20 route
+//! is chosen by CPUID as in the images and named on the line; X25519 by the
+//! Montgomery ladder, as the soft-float image target builds it) — the same
+//! source and backends, built for the host (`crypto::set_image_crypto`).
+//!
+//! ROW (`1420`, `64` or `handshakes`) runs one row only (both lines), e.g.
+//! under a profiler.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -235,77 +244,54 @@ fn row(name: &str, unit: &str, scale: f64, f: Figures) {
     );
 }
 
-fn main() {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse().expect("ROUNDS must be a number"))
-        .unwrap_or(31);
-    let only = std::env::args().nth(2);
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    match pin() {
-        Some(c) => println!("cpu: {}; pinned to CPU {c}", cpu_model()),
-        None => println!("cpu: {}; warning: could not pin to one CPU", cpu_model()),
-    }
-    println!(
-        "{rounds} interleaved rounds of {} ms per side after a warm-up; rates per second of thread CPU time",
-        SLICE.as_millis()
-    );
-    println!(
-        "{:<18} {:>15} {:>15} {:>8} {:>8}",
-        "(medians)", "ours", "boringtun", "ratio", "best"
-    );
-    let mut rng = XorShift(42);
-    for len in [1420usize, 64] {
-        if !wanted(&len.to_string()) {
-            continue;
-        }
-        let p = ip_packet(len);
-        let (mut a, mut b, now) = ours_pair(&mut rng);
-        let (mut ta, mut tb) = theirs_pair();
-        let mut buf = vec![0u8; 2048];
-        let mut buf2 = vec![0u8; 2048];
-        // Both sides deliver the packet intact before anything is timed.
-        let Action::WriteToNetwork(d) = a.encapsulate(now, &mut rng, &p, &mut buf) else {
+/// One packet-size row: encapsulate on one tunnel, decapsulate on its peer.
+fn packets(rounds: usize, len: usize, name: &str, rng: &mut XorShift) {
+    let p = ip_packet(len);
+    let (mut a, mut b, now) = ours_pair(rng);
+    let (mut ta, mut tb) = theirs_pair();
+    let mut buf = vec![0u8; 2048];
+    let mut buf2 = vec![0u8; 2048];
+    // Both sides deliver the packet intact before anything is timed.
+    let Action::WriteToNetwork(d) = a.encapsulate(now, rng, &p, &mut buf) else {
+        panic!()
+    };
+    let Action::WriteToTunnel(q, _) = b.decapsulate(now, rng, None, d, &mut buf2) else {
+        panic!()
+    };
+    assert_eq!(q, &p[..]);
+    let TunnResult::WriteToNetwork(d) = ta.encapsulate(&p, &mut buf) else {
+        panic!()
+    };
+    let TunnResult::WriteToTunnelV4(q, _) = tb.decapsulate(None, d, &mut buf2) else {
+        panic!()
+    };
+    assert_eq!(q, &p[..]);
+    let mut run_ours = || {
+        let Action::WriteToNetwork(d) = a.encapsulate(now, rng, &p, &mut buf) else {
             panic!()
         };
-        let Action::WriteToTunnel(q, _) = b.decapsulate(now, &mut rng, None, d, &mut buf2) else {
+        let Action::WriteToTunnel(q, _) = b.decapsulate(now, rng, None, d, &mut buf2) else {
             panic!()
         };
-        assert_eq!(q, &p[..]);
-        let TunnResult::WriteToNetwork(d) = ta.encapsulate(&p, &mut buf) else {
+        black_box(q);
+    };
+    let mut buf3 = vec![0u8; 2048];
+    let mut buf4 = vec![0u8; 2048];
+    let mut run_theirs = || {
+        let TunnResult::WriteToNetwork(d) = ta.encapsulate(&p, &mut buf3) else {
             panic!()
         };
-        let TunnResult::WriteToTunnelV4(q, _) = tb.decapsulate(None, d, &mut buf2) else {
+        let TunnResult::WriteToTunnelV4(q, _) = tb.decapsulate(None, d, &mut buf4) else {
             panic!()
         };
-        assert_eq!(q, &p[..]);
-        let mut run_ours = || {
-            let Action::WriteToNetwork(d) = a.encapsulate(now, &mut rng, &p, &mut buf) else {
-                panic!()
-            };
-            let Action::WriteToTunnel(q, _) = b.decapsulate(now, &mut rng, None, d, &mut buf2)
-            else {
-                panic!()
-            };
-            black_box(q);
-        };
-        let mut buf3 = vec![0u8; 2048];
-        let mut buf4 = vec![0u8; 2048];
-        let mut run_theirs = || {
-            let TunnResult::WriteToNetwork(d) = ta.encapsulate(&p, &mut buf3) else {
-                panic!()
-            };
-            let TunnResult::WriteToTunnelV4(q, _) = tb.decapsulate(None, d, &mut buf4) else {
-                panic!()
-            };
-            black_box(q);
-        };
-        let m = compare(rounds, &mut run_ours, &mut run_theirs);
-        row(&format!("{len}-byte packets"), "MB/s", len as f64 / 1e6, m);
-    }
-    if !wanted("handshakes") {
-        return;
-    }
+        black_box(q);
+    };
+    let m = compare(rounds, &mut run_ours, &mut run_theirs);
+    row(name, "MB/s", len as f64 / 1e6, m);
+}
+
+/// The handshake row: a full handshake per iteration.
+fn handshakes(rounds: usize, name: &str, rng: &mut XorShift) {
     // A full handshake per iteration: initiation, response, confirmation.
     let mut a = ours(A, B, 1);
     let mut b = ours(B, A, 2);
@@ -313,14 +299,13 @@ fn main() {
     let (mut buf, mut buf2) = (vec![0u8; 2048], vec![0u8; 2048]);
     let mut run_ours = || {
         now += Duration::from_millis(25); // beyond the responder's flood interval
-        let Action::WriteToNetwork(init) = a.force_handshake(now, &mut rng, &mut buf) else {
+        let Action::WriteToNetwork(init) = a.force_handshake(now, rng, &mut buf) else {
             panic!()
         };
-        let Action::WriteToNetwork(resp) = b.decapsulate(now, &mut rng, None, init, &mut buf2)
-        else {
+        let Action::WriteToNetwork(resp) = b.decapsulate(now, rng, None, init, &mut buf2) else {
             panic!()
         };
-        let Action::WriteToNetwork(ka) = a.decapsulate(now, &mut rng, None, resp, &mut buf) else {
+        let Action::WriteToNetwork(ka) = a.decapsulate(now, rng, None, resp, &mut buf) else {
             panic!()
         };
         black_box(ka);
@@ -342,5 +327,52 @@ fn main() {
         black_box(ka);
     };
     let m = compare(rounds, &mut run_ours, &mut run_theirs);
-    row("handshakes", "/s", 1.0, m);
+    row(name, "/s", 1.0, m);
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().expect("ROUNDS must be a number"))
+        .unwrap_or(31);
+    let only = std::env::args().nth(2);
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    match pin() {
+        Some(c) => println!("cpu: {}; pinned to CPU {c}", cpu_model()),
+        None => println!("cpu: {}; warning: could not pin to one CPU", cpu_model()),
+    }
+    println!(
+        "{rounds} interleaved rounds of {} ms per side after a warm-up; rates per second of thread CPU time",
+        SLICE.as_millis()
+    );
+    println!(
+        "{:<18} {:>15} {:>15} {:>8} {:>8}",
+        "(medians)", "ours", "boringtun", "ratio", "best"
+    );
+    let mut rng = XorShift(42);
+    // Each row twice: the hosted configuration (ring's AEAD, X25519 by the
+    // AVX2 Edwards route where the CPU has AVX2), then the bare-metal
+    // images' (wg_aead's CPUID-chosen ChaCha20 route, X25519 by the ladder).
+    let image = format!("image: {}", {
+        wireguard::crypto::set_image_crypto(true);
+        let b = wireguard::crypto::aead_backend();
+        wireguard::crypto::set_image_crypto(false);
+        b
+    });
+    for len in [1420usize, 64] {
+        if !wanted(&len.to_string()) {
+            continue;
+        }
+        packets(rounds, len, &format!("{len}-byte packets"), &mut rng);
+        wireguard::crypto::set_image_crypto(true);
+        packets(rounds, len, &format!("  {image}"), &mut rng);
+        wireguard::crypto::set_image_crypto(false);
+    }
+    if !wanted("handshakes") {
+        return;
+    }
+    handshakes(rounds, "handshakes", &mut rng);
+    wireguard::crypto::set_image_crypto(true);
+    handshakes(rounds, &format!("  {image}"), &mut rng);
+    wireguard::crypto::set_image_crypto(false);
 }

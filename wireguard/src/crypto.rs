@@ -154,8 +154,40 @@ pub fn open(
     AeadKey::new(key).open(counter, aad, buf)
 }
 
-/// ChaCha20-Poly1305 (RFC 8439) by ring: assembly whose SSSE3/AVX2 paths are
-/// chosen at run time with CPUID.
+/// Hosted builds only: whether new transport keys and X25519 take the
+/// images' routes (see [`set_image_crypto`]).
+#[cfg(not(target_os = "none"))]
+static IMAGE_CRYPTO: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Hosted builds only: makes keys prepared from now on, and X25519, use the
+/// crypto configuration of the bare-metal images (`wg_aead`'s CPUID-chosen
+/// ChaCha20 route and radix-2^64 Poly1305; X25519 by the Montgomery
+/// ladder) instead of ring and the AVX2 Edwards route, so that benchmarks
+/// and tests can measure and check the images' code on the host.
+#[cfg(not(target_os = "none"))]
+pub fn set_image_crypto(on: bool) {
+    IMAGE_CRYPTO.store(on, core::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(not(target_os = "none"))]
+fn image_crypto() -> bool {
+    IMAGE_CRYPTO.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The ChaCha20 route the transport keys take here: `ring` on hosted
+/// builds (unless [`set_image_crypto`]), else `wg_aead`'s backend name
+/// (`avx2`, `ssse3` or `portable`).
+pub fn aead_backend() -> &'static str {
+    #[cfg(not(target_os = "none"))]
+    if !image_crypto() {
+        return "ring";
+    }
+    wg_aead::backend().name()
+}
+
+/// ChaCha20-Poly1305 (RFC 8439) on hosted targets: ring's assembly, whose
+/// SSSE3/AVX2 paths are chosen at run time with CPUID, or the images'
+/// `wg_aead` when [`set_image_crypto`] asked for it.
 ///
 /// ring does not zero its key objects when they are dropped; like any value
 /// Rust moves, the copy stays in memory until overwritten.
@@ -164,13 +196,22 @@ mod aead {
     use super::{AuthFailed, HASH_LEN, TAG_LEN};
     use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
-    pub(super) struct Prepared(Option<LessSafeKey>);
+    // One per session, built once and never moved on the packet path: the
+    // size difference between the variants costs nothing there.
+    #[allow(clippy::large_enum_variant)]
+    pub(super) enum Prepared {
+        Ring(Option<LessSafeKey>),
+        Image(super::image::Prepared),
+    }
 
     impl Prepared {
         pub(super) fn new(k: &[u8; HASH_LEN]) -> Self {
+            if super::image_crypto() {
+                return Self::Image(super::image::Prepared::new(k));
+            }
             // ring refuses only keys of the wrong length, which the type rules
             // out; a refused key would seal nothing and open nothing.
-            Self(
+            Self::Ring(
                 UnboundKey::new(&CHACHA20_POLY1305, k)
                     .ok()
                     .map(LessSafeKey::new),
@@ -184,7 +225,11 @@ mod aead {
             data: &mut [u8],
             tag_out: &mut [u8],
         ) {
-            let Some(k) = &self.0 else { return };
+            let k = match self {
+                Self::Image(k) => return k.seal(nonce, aad, data, tag_out),
+                Self::Ring(Some(k)) => k,
+                Self::Ring(None) => return,
+            };
             // Sealing fails only for messages longer than 256 GiB.
             if let Ok(tag) = k.seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(*nonce),
@@ -203,7 +248,10 @@ mod aead {
             buf: &mut [u8],
         ) -> Result<(), AuthFailed> {
             debug_assert!(buf.len() >= TAG_LEN);
-            let k = self.0.as_ref().ok_or(AuthFailed)?;
+            let k = match self {
+                Self::Image(k) => return k.open(nonce, aad, buf),
+                Self::Ring(k) => k.as_ref().ok_or(AuthFailed)?,
+            };
             k.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
                 .map(|_| ())
                 .map_err(|_| AuthFailed)
@@ -211,52 +259,49 @@ mod aead {
     }
 }
 
-/// ChaCha20-Poly1305 by RustCrypto, for bare-metal images: portable code
-/// (the kernel does not enable SSE/AVX state, and the target is soft-float).
-/// The cipher is built per message from a key copy that is zeroed on drop.
-#[cfg(target_os = "none")]
-mod aead {
+/// ChaCha20-Poly1305 of the bare-metal images: `wg_aead`, whose ChaCha20
+/// route (AVX2, SSSE3 or portable) is chosen by CPUID at run time, after
+/// the kernel enabled the vector state. The key is zeroed on drop.
+mod image {
     use super::{AuthFailed, HASH_LEN, TAG_LEN};
-    use chacha20poly1305::aead::AeadInPlace;
-    use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
-    use zeroize::Zeroizing;
 
-    pub(super) struct Prepared(Zeroizing<[u8; HASH_LEN]>);
+    pub(crate) struct Prepared(pub(crate) wg_aead::ChaCha20Poly1305);
 
     impl Prepared {
-        pub(super) fn new(k: &[u8; HASH_LEN]) -> Self {
-            Self(Zeroizing::new(*k))
+        pub(crate) fn new(k: &[u8; HASH_LEN]) -> Self {
+            Self(wg_aead::ChaCha20Poly1305::new(k))
         }
 
-        pub(super) fn seal(
+        pub(crate) fn seal(
             &self,
             nonce: &[u8; 12],
             aad: &[u8],
             data: &mut [u8],
             tag_out: &mut [u8],
         ) {
-            let cipher = ChaCha20Poly1305::new((&*self.0).into());
-            // Encryption fails only for messages longer than 256 GiB.
-            if let Ok(tag) = cipher.encrypt_in_place_detached(nonce.into(), aad, data) {
-                tag_out.copy_from_slice(&tag);
-            }
+            let tag = self.0.seal(nonce, aad, data);
+            let n = tag_out.len().min(TAG_LEN);
+            tag_out[..n].copy_from_slice(&tag[..n]);
         }
 
         /// `buf` is ciphertext || tag, at least TAG_LEN long.
-        pub(super) fn open(
+        pub(crate) fn open(
             &self,
             nonce: &[u8; 12],
             aad: &[u8],
             buf: &mut [u8],
         ) -> Result<(), AuthFailed> {
-            let (data, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
-            let cipher = ChaCha20Poly1305::new((&*self.0).into());
-            cipher
-                .decrypt_in_place_detached(nonce.into(), aad, data, (&*tag).into())
-                .map_err(|_| AuthFailed)
+            let split = buf.len().checked_sub(TAG_LEN).ok_or(AuthFailed)?;
+            let (data, tag) = buf.split_at_mut(split);
+            let mut t = [0u8; TAG_LEN];
+            t.copy_from_slice(tag);
+            self.0.open(nonce, aad, data, &t).map_err(|_| AuthFailed)
         }
     }
 }
+
+#[cfg(target_os = "none")]
+use image as aead;
 
 /// XAEAD(key, nonce, plaintext, aad) in place (XChaCha20-Poly1305), used by cookie replies.
 pub fn xseal(key: &[u8; HASH_LEN], nonce: &[u8; 24], aad: &[u8], buf: &mut [u8]) {
@@ -323,11 +368,13 @@ cpufeatures::new!(cpuid_avx2, "avx2");
 /// Whether curve25519-dalek's AVX2 backend runs here (it picks it by CPUID too).
 #[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
 fn simd_available() -> bool {
-    cpuid_avx2::get()
+    cpuid_avx2::get() && !image_crypto()
 }
 
 /// Bare-metal images and other architectures use the serial backend, where the
-/// Edwards detour only adds the conversions.
+/// Edwards detour only adds the conversions. (The images' target is
+/// soft-float: LLVM cannot build curve25519-dalek's AVX2 backend for it, and
+/// its serial field arithmetic in 64-bit limbs is what they run.)
 #[cfg(not(all(target_arch = "x86_64", not(target_os = "none"))))]
 fn simd_available() -> bool {
     false
@@ -437,6 +484,51 @@ mod tests {
                 open(&key, counter, aad, &mut theirs).unwrap();
                 assert_eq!(theirs[..len], plain[..]);
             }
+        }
+    }
+
+    #[test]
+    fn image_aead_matches_hosted_aead() {
+        // The images' wg_aead (every route this CPU runs) against this
+        // target's backend (ring on hosted builds), both directions.
+        let key = [0x33u8; 32];
+        let ours = aead::Prepared::new(&key);
+        let routes = [
+            wg_aead::Backend::Avx2,
+            wg_aead::Backend::Ssse3,
+            wg_aead::Backend::Portable,
+        ];
+        for route in routes.into_iter().filter(|r| r.available()) {
+            let img = image::Prepared(wg_aead::ChaCha20Poly1305::with_backend(&key, route));
+            for len in (0..300).chain([1419, 1420, 1421, 4096]) {
+                let nonce = counter_nonce(len as u64 + 77);
+                let plain: alloc::vec::Vec<u8> = (0..len).map(|i| (i * 13 + 1) as u8).collect();
+                let mut a = plain.clone();
+                a.resize(len + TAG_LEN, 0);
+                let (d, t) = a.split_at_mut(len);
+                ours.seal(&nonce, b"ad", d, t);
+                let mut b = plain.clone();
+                b.resize(len + TAG_LEN, 0);
+                let (d, t) = b.split_at_mut(len);
+                img.seal(&nonce, b"ad", d, t);
+                assert_eq!(a, b, "{route:?} len {len}");
+                img.open(&nonce, b"ad", &mut a).unwrap();
+                assert_eq!(a[..len], plain[..]);
+                // Sealed by wg_aead, opened by the hosted backend; then tampered.
+                let mut b = plain.clone();
+                b.resize(len + TAG_LEN, 0);
+                let (d, t) = b.split_at_mut(len);
+                img.seal(&nonce, b"ad", d, t);
+                let mut tampered = b.clone();
+                tampered[len / 2] ^= 4;
+                assert_eq!(img.open(&nonce, b"ad", &mut tampered), Err(AuthFailed));
+                ours.open(&nonce, b"ad", &mut b).unwrap();
+                assert_eq!(b[..len], plain[..]);
+            }
+            assert_eq!(
+                img.open(&counter_nonce(1), b"", &mut [0u8; 15]),
+                Err(AuthFailed)
+            );
         }
     }
 
