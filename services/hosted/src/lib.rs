@@ -6,9 +6,14 @@
 //!
 //! The VPN gateway (`hosted-vpn`) does its own Ethernet, ARP, IPv4 and UDP
 //! on its two TAP devices with [`link`].
+//!
+//! Both read each TAP device in a thread of its own and hand the frames to
+//! the service loop through [`fair`]: a bounded queue per link, taken in
+//! turn, so a flood on one link cannot hold up the others.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod fair;
 pub mod link;
 pub mod qubesdb_file;
 pub mod random;

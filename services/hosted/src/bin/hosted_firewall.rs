@@ -14,12 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration as StdDuration;
 
 use firewall::{ClientConfig, ClientId, Firewall, Instant, Interface, RuleReport, Transmit};
+use hosted::fair::{self, RecvTimeoutError};
 use hosted::qubesdb_file::HostedConfig;
 use hosted::random::OsRandom;
 use hosted::reload::{apply_rules, reload, Reload};
@@ -29,6 +29,9 @@ use tun_tap::{Iface, Mode};
 const TICK: StdDuration = StdDuration::from_millis(100);
 /// Largest frame read from a TAP device.
 const MAX_FRAME: usize = 65536;
+/// Frames waiting from one TAP device (its reader waits beyond; the
+/// links are taken in turn, so one link's flood cannot hold the others up).
+const PER_LINK_QUEUE: usize = 256;
 
 fn open_tap(name: &str) -> Result<Arc<Iface>, String> {
     Iface::without_packet_info(name, Mode::Tap)
@@ -101,20 +104,21 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
     }
     apply_rules(&mut fw, &config, &BTreeMap::new());
 
-    let (frames_tx, frames_rx) = mpsc::sync_channel::<(Interface, Vec<u8>)>(1024);
     let mut links: Vec<(Interface, Arc<Iface>)> = vec![(Interface::Uplink, uplink.clone())];
     for (index, tap) in clients.iter().enumerate() {
         links.push((Interface::Client(ClientId(index as u32)), tap.clone()));
     }
-    for (interface, tap) in links {
-        let tx = frames_tx.clone();
+    // One bounded queue per link, taken in turn (hosted::fair).
+    let interfaces: Vec<Interface> = links.iter().map(|(i, _)| *i).collect();
+    let (senders, frames_rx) = fair::channel::<Vec<u8>>(links.len(), PER_LINK_QUEUE);
+    for ((_, tap), tx) in links.into_iter().zip(senders) {
         thread::spawn(move || {
             let mut buf = vec![0u8; MAX_FRAME];
             loop {
                 match tap.recv(&mut buf) {
                     Ok(len) => {
                         let frame = buf.get(..len).unwrap_or_default().to_vec();
-                        if tx.send((interface, frame)).is_err() {
+                        if tx.send(frame).is_err() {
                             return;
                         }
                     }
@@ -126,7 +130,6 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
             }
         });
     }
-    drop(frames_tx);
 
     let start = std::time::Instant::now();
     let now = || Instant::from_millis(start.elapsed().as_millis() as i64);
@@ -139,14 +142,15 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
     );
     loop {
         match frames_rx.recv_timeout(TICK) {
-            Ok((interface, frame)) => {
+            Ok((link, frame)) => {
+                let Some(&interface) = interfaces.get(link) else {
+                    continue;
+                };
                 let transmits = fw.handle(now(), interface, &frame);
                 send_all(&uplink, &clients, transmits);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err("all TAP readers stopped".into())
-            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err("all TAP readers stopped".into()),
         }
         if last_tick.elapsed() >= TICK {
             last_tick = std::time::Instant::now();

@@ -22,11 +22,11 @@
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hosted::fair::{self, RecvTimeoutError};
 use hosted::link::{parse_mac, ClientLink, Mac, Uplink};
 use tun_tap::{Iface, Mode};
 use vpn::{Gateway, GatewaySettings, Output};
@@ -39,6 +39,9 @@ const TICK: Duration = Duration::from_millis(100);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Largest frame read from a TAP device.
 const MAX_FRAME: usize = 65536;
+/// Frames waiting from one TAP device (its reader waits beyond; the
+/// links are taken in turn, so one link's flood cannot hold the others up).
+const PER_LINK_QUEUE: usize = 256;
 /// Handshakes per second before cookies are demanded.
 const HANDSHAKE_LOAD_LIMIT: u32 = 50;
 /// The default port on the uplink.
@@ -243,12 +246,15 @@ fn run(args: Args) -> Result<(), String> {
 
     let uplink_tap = open_tap(&args.uplink)?;
     let client_tap = open_tap(&args.clients)?;
-    let (frames_tx, frames_rx) = mpsc::sync_channel::<(Link, Vec<u8>)>(1024);
-    for (link, tap) in [
+    // One bounded queue per link, taken in turn (hosted::fair).
+    let (senders, frames_rx) = fair::channel::<(Link, Vec<u8>)>(2, PER_LINK_QUEUE);
+    for ((link, tap), tx) in [
         (Link::Uplink, uplink_tap.clone()),
         (Link::Clients, client_tap.clone()),
-    ] {
-        let tx = frames_tx.clone();
+    ]
+    .into_iter()
+    .zip(senders)
+    {
         thread::spawn(move || {
             let mut buf = vec![0u8; MAX_FRAME];
             loop {
@@ -267,7 +273,6 @@ fn run(args: Args) -> Result<(), String> {
             }
         });
     }
-    drop(frames_tx);
 
     let start = Instant::now();
     eprintln!(
@@ -292,20 +297,18 @@ fn run(args: Args) -> Result<(), String> {
     loop {
         let now = start.elapsed();
         match frames_rx.recv_timeout(TICK) {
-            Ok((Link::Uplink, frame)) => {
+            Ok((_, (Link::Uplink, frame))) => {
                 if let Some(d) = up.receive(&frame, &mut up_frames) {
                     gw.from_uplink(now, &mut rng, d.src, &d.payload, &mut outputs);
                 }
             }
-            Ok((Link::Clients, frame)) => {
+            Ok((_, (Link::Clients, frame))) => {
                 if let Some(packet) = clients.receive(&frame, &mut client_frames) {
                     gw.from_client(now, &mut rng, &packet, &mut outputs);
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err("all TAP readers stopped".into())
-            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err("all TAP readers stopped".into()),
         }
         let now = start.elapsed();
         if last_tick.elapsed() >= TICK {
