@@ -1086,12 +1086,16 @@ where
             if !watching {
                 watching = true;
                 let xs = nf.env().xenstore();
-                if let Err(e) = xs.watch("backend/vif", WATCH_VIFS).await {
-                    state.print(&format!("cannot watch backend/vif: {e}"));
+                // EEXIST: still there from before the uplink went (the
+                // xenstore connection outlives it).
+                match xs.watch("backend/vif", WATCH_VIFS).await {
+                    Ok(()) | Err(XsError::Eexist) => {}
+                    Err(e) => state.print(&format!("cannot watch backend/vif: {e}")),
                 }
                 if let Some(dir) = options.config.as_deref() {
-                    if let Err(e) = xs.watch(dir, WATCH_CONFIG).await {
-                        state.print(&format!("cannot watch {dir}: {e}"));
+                    match xs.watch(dir, WATCH_CONFIG).await {
+                        Ok(()) | Err(XsError::Eexist) => {}
+                        Err(e) => state.print(&format!("cannot watch {dir}: {e}")),
                     }
                 }
             }
