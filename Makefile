@@ -15,10 +15,10 @@ export CARGO_TARGET_DIR := $(abspath $(TARGET_DIR))
 # Service images: each becomes target/images/<arch>/<name>, one ELF that
 # Xen boots as a PV or as a PVH guest.
 # The packages that build them (netdemo's package also builds blkdemo;
-# firewall-vm builds the image `firewall`; `hostile` is a test image: a
-# client whose vifs attack their backend).
-IMAGES := selftest netdemo blkdemo netbridge firewall hostile
-IMAGE_PACKAGES := selftest netdemo netbridge firewall-vm hostile
+# firewall-vm builds the image `firewall`, vpn-vm the image `vpn`; `hostile`
+# is a test image: a client whose vifs attack their backend).
+IMAGES := selftest netdemo blkdemo netbridge firewall vpn hostile
+IMAGE_PACKAGES := selftest netdemo netbridge firewall-vm vpn-vm hostile
 AMD64 := x86_64-unknown-none
 ARM32 := armv7a-none-eabihf
 IMAGE_DIR_ARM32 := $(CARGO_TARGET_DIR)/images/arm32
