@@ -37,6 +37,8 @@ pub mod frames;
 pub mod heap;
 pub mod logger;
 pub mod regions;
+#[cfg(all(target_os = "none", feature = "qubes"))]
+pub mod vchan_env;
 
 /// The kernel heap: grows on demand from the frame allocator.
 #[cfg(target_os = "none")]

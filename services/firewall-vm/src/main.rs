@@ -89,7 +89,6 @@ mod image {
         };
         options.config = Some(alloc::string::String::from(CONFIG_DIR));
         options.resources = Some(resources);
-        let uplink = XenEnv::new(env.platform, h.clone(), Some(xs));
         let backend = XenEnv::new(env.platform, h.clone(), None);
         if let Some(source) = kernel::entropy::source().filter(|s| s.is_weak()) {
             println!(
@@ -97,11 +96,86 @@ mod image {
                 source.name()
             );
         }
+        if settings.qubes {
+            return qube::run(env.platform, &h, xs, backend, settings, options).await;
+        }
+        let uplink = XenEnv::new(env.platform, h.clone(), Some(xs));
         let mut service = FirewallVm::with_random(settings, print, kernel_random);
         let (stop, _) = netvm::run(&h, uplink, backend, &mut service, &options).await;
+        exit(stop)
+    }
+
+    fn exit(stop: Stop) -> Exit {
         match stop {
             Stop::Requested(r) => r.into(),
             Stop::NoUplink(_) | Stop::UplinkLost(_) => Exit::Crash,
+        }
+    }
+
+    /// The firewall as a Qubes qube (`firewall.qubes=on`,
+    /// docs/qubes.md): one xenstore connection shared by the runtime, the
+    /// QubesDB link and the qrexec agent (`qubes::xs_share`); the
+    /// configuration from QubesDB (`firewall_vm::qubes_mode`), the agent
+    /// answering dom0's calls with the kernel's wall clock.
+    mod qube {
+        use super::*;
+        use firewall_vm::qubes_mode::{self, QubesFirewall, Shared};
+        use firewall_vm::FirewallSettings;
+        use kernel::boot::Platform;
+        use kernel::devices::KernelXenStore;
+        use kernel::executor::Handle;
+        use kernel::vchan_env::{KernelVchanEnv, WallClock};
+        use qubes::qrexec::{agent, Handled};
+        use qubes::vchan::VchanEnv;
+        use qubes::xs_share::XsShare;
+
+        fn handled(h: &Handled) {
+            match h {
+                Handled::Call { service, result } => {
+                    println!("firewall: qrexec: {service:?}: {result:?}")
+                }
+                other => println!("firewall: qrexec: {other:?}"),
+            }
+        }
+
+        pub(super) async fn run(
+            platform: &'static Platform,
+            h: &Handle,
+            xs: KernelXenStore,
+            backend: XenEnv,
+            settings: FirewallSettings,
+            mut options: Options,
+        ) -> Exit {
+            let share = XsShare::from_client(xs);
+            let env = || XenEnv::new(platform, h.clone(), None);
+            let uplink = KernelVchanEnv::new(env(), share.client());
+            let mut qdb = KernelVchanEnv::new(env(), share.client());
+            let mut qrexec = KernelVchanEnv::new(env(), share.client());
+            let me = match VchanEnv::xenstore(&mut qdb).domid().await {
+                Ok(d) => d,
+                Err(e) => {
+                    println!("firewall: no domain id: {e}");
+                    return Exit::Crash;
+                }
+            };
+            let db = Shared::new();
+            let link = db.clone();
+            h.spawn(async move { qubes_mode::pump(&mut qdb, me, link, print).await });
+            let sleeper = h.clone();
+            h.spawn(async move {
+                let mut clock = WallClock;
+                loop {
+                    let why = agent::session(&mut qrexec, me, &mut clock, handled).await;
+                    println!("firewall: qrexec: control vchan ended ({why:?}); listening again");
+                    sleeper.sleep(1_000_000_000).await;
+                }
+            });
+            // QubesDB, not the xenstore directory.
+            options.config = None;
+            let vm = FirewallVm::with_random(settings, print, kernel_random);
+            let mut service = QubesFirewall::new(vm, db, print);
+            let (stop, _) = netvm::run(h, uplink, backend, &mut service, &options).await;
+            exit(stop)
         }
     }
 }

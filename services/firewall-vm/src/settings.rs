@@ -28,6 +28,10 @@ pub struct FirewallSettings {
     pub ip6: Option<Ipv6Addr>,
     /// `firewall.gw6=ADDR`: the uplink's IPv6 gateway (`/qubes-gateway6`).
     pub gw6: Option<Ipv6Addr>,
+    /// `firewall.qubes=on`: run as a Qubes qube: the configuration comes
+    /// from QubesDB (dom0's daemon, over vchan) instead of the xenstore
+    /// directory, and the qrexec agent answers dom0 (docs/qubes.md).
+    pub qubes: bool,
 }
 
 fn ipv6(value: Option<&str>) -> Result<Ipv6Addr, SettingError> {
@@ -56,6 +60,7 @@ impl Settings for FirewallSettings {
                 }
                 self.gw6 = Some(ipv6(value)?)
             }
+            "firewall.qubes" => self.qubes = cmdline::parse_bool(value)?,
             "firewall.dns" => {
                 let v = cmdline::require(value)?;
                 let mut dns = Vec::new();
@@ -82,6 +87,7 @@ impl Settings for FirewallSettings {
             "firewall.client-gw",
             "firewall.ip6",
             "firewall.gw6",
+            "firewall.qubes",
         ]
     }
 }
@@ -104,6 +110,11 @@ mod tests {
         let mut t = FirewallSettings::default();
         assert!(cmdline::parse("firewall.dns=1.1.1.1,2.2.2.2,3.3.3.3", &mut [&mut t]).is_err());
         assert!(cmdline::parse("firewall.ip=10.99.0", &mut [&mut t]).is_err());
+        assert!(!t.qubes);
+        let mut q = FirewallSettings::default();
+        cmdline::parse("firewall.qubes=on", &mut [&mut q]).unwrap();
+        assert!(q.qubes);
+        assert!(cmdline::parse("firewall.qubes=maybe", &mut [&mut q]).is_err());
     }
 
     #[test]

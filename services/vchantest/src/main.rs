@@ -29,20 +29,17 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod image {
     use alloc::vec;
-    use core::task::{Context, Poll};
 
     use kernel::boot::{Env, Exit};
     use kernel::cmdline::{self, SettingError, Settings};
-    use kernel::devices::{ForeignMapping, SharedFrame, XenEnv};
+    use kernel::devices::XenEnv;
     use kernel::println;
-    use netback::env::NetbackEnv;
+    use kernel::vchan_env::KernelVchanEnv;
     use netfront::NetEnv;
     use qubes::vchan::wire::qubes_path;
-    use qubes::vchan::{self, EnvError, Vchan, VchanEnv, VchanError};
-    use xen::abi::{DomId, GrantRef, Port};
-    use xen::grant::GrantError;
-    use xen::shared_page::{PageMemory, SharedPage};
-    use xen::xenstore::XenStore;
+    use qubes::vchan::{self, Vchan, VchanEnv, VchanError};
+    use xen::abi::DomId;
+    use xen::shared_page::PageMemory;
 
     kernel::service!(main);
 
@@ -86,80 +83,8 @@ mod image {
         }
     }
 
-    /// The vchan environment over the kernel's driver environment: pages,
-    /// grants, unbound ports and xenstore as netfront gets them, mappings
-    /// and interdomain binding as netback does.
-    struct KernelVchanEnv(XenEnv, bool);
-
-    fn net(e: netfront::EnvError) -> EnvError {
-        match e {
-            netfront::EnvError::OutOfMemory => EnvError::OutOfMemory,
-            netfront::EnvError::Hypercall(x) => EnvError::Hypercall(x),
-        }
-    }
-
-    fn back(e: netback::env::EnvError) -> EnvError {
-        match e {
-            netback::env::EnvError::OutOfMemory => EnvError::OutOfMemory,
-            netback::env::EnvError::Grant(s) => EnvError::Grant(s),
-            netback::env::EnvError::Hypercall(x) => EnvError::Hypercall(x),
-        }
-    }
-
-    impl VchanEnv for KernelVchanEnv {
-        type Page = SharedFrame;
-        type Mapping = ForeignMapping;
-        type Xs = <XenEnv as NetEnv>::Xs;
-
-        fn alloc_page(&mut self) -> Result<SharedPage<SharedFrame>, EnvError> {
-            NetEnv::alloc_page(&mut self.0).map_err(net)
-        }
-        fn grant_access(&mut self, d: DomId, frame: u64, ro: bool) -> Result<GrantRef, GrantError> {
-            NetEnv::grant_access(&mut self.0, d, frame, ro)
-        }
-        fn end_access(&mut self, gref: GrantRef) -> Result<(), GrantError> {
-            NetEnv::end_access(&mut self.0, gref)
-        }
-        /// Always read-write: the kernel maps foreign grants only so
-        /// (libxenvchan servers grant every page writable).
-        fn map_grant(
-            &mut self,
-            d: DomId,
-            gref: GrantRef,
-            _ro: bool,
-        ) -> Result<SharedPage<ForeignMapping>, EnvError> {
-            NetbackEnv::map_grant(&mut self.0, d, gref).map_err(back)
-        }
-        fn alloc_unbound(&mut self, remote: DomId) -> Result<Port, EnvError> {
-            NetEnv::alloc_unbound(&mut self.0, remote).map_err(net)
-        }
-        fn bind_interdomain(&mut self, remote: DomId, port: Port) -> Result<Port, EnvError> {
-            NetbackEnv::bind_interdomain(&mut self.0, remote, port).map_err(back)
-        }
-        fn notify(&mut self, port: Port) {
-            NetEnv::notify(&mut self.0, port)
-        }
-        fn poll_event(&mut self, port: Port, cx: &mut Context<'_>) -> Poll<()> {
-            NetEnv::poll_event(&mut self.0, port, cx)
-        }
-        /// `EVTCHNOP_status` says our end is no longer interdomain.
-        fn peer_closed(&mut self, port: Port) -> bool {
-            use xen::evtchn_status::{evtchn_status, PortState};
-            if !self.1 {
-                return false;
-            }
-            matches!(
-                evtchn_status(port),
-                Ok(PortState::Unbound { .. } | PortState::Closed)
-            )
-        }
-        fn close_port(&mut self, port: Port) {
-            NetEnv::close_port(&mut self.0, port)
-        }
-        fn xenstore(&mut self) -> &mut XenStore<Self::Xs> {
-            NetEnv::xenstore(&mut self.0)
-        }
-    }
+    /// The kernel's vchan environment over its own xenstore connection.
+    type KernelEnv = KernelVchanEnv<<XenEnv as NetEnv>::Xs>;
 
     /// A progress line every this many bytes.
     const PROGRESS: u64 = 8 << 20;
@@ -167,7 +92,7 @@ mod image {
     /// Echo `total` bytes: everything read is written back.
     async fn echo<M: PageMemory>(
         v: &mut Vchan<M>,
-        env: &mut KernelVchanEnv,
+        env: &mut KernelEnv,
         total: u64,
         h: &kernel::executor::Handle,
     ) -> Result<u64, VchanError> {
@@ -213,7 +138,7 @@ mod image {
 
     async fn run<M: PageMemory>(
         mut v: Vchan<M>,
-        env: &mut KernelVchanEnv,
+        env: &mut KernelEnv,
         s: &VchantestSettings,
         h: &kernel::executor::Handle,
     ) -> Exit {
@@ -264,8 +189,9 @@ mod image {
             return Exit::Crash;
         };
         let h = env.executor.clone();
-        let mut venv = KernelVchanEnv(XenEnv::new(env.platform, h.clone(), Some(xs)), s.status);
-        let me = match venv.xenstore().domid().await {
+        let mut venv = KernelVchanEnv::new(XenEnv::new(env.platform, h.clone(), None), xs);
+        venv.set_peer_status(s.status);
+        let me = match VchanEnv::xenstore(&mut venv).domid().await {
             Ok(d) => d,
             Err(e) => {
                 println!("vchantest: error: domid: {e:?}");
@@ -292,7 +218,7 @@ mod image {
             }
         } else {
             let path = qubes_path(peer, me, port);
-            if let Err(e) = vchan::wait_for_server(venv.xenstore(), &path).await {
+            if let Err(e) = vchan::wait_for_server(VchanEnv::xenstore(&mut venv), &path).await {
                 println!("vchantest: error: waiting for {path}: {e:?}");
                 return Exit::Crash;
             }
