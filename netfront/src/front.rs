@@ -162,7 +162,7 @@ impl<C: Clock> WaitBound for StallBound<C> {
 /// closed or went quiet, our directory or a key vanished meanwhile, a
 /// transaction kept conflicting. Anything else (the xenstore connection
 /// broken, no memory, a malformed value) ends the reconnection.
-fn worth_retrying(e: &NetfrontError) -> bool {
+pub fn worth_retrying(e: &NetfrontError) -> bool {
     matches!(
         e,
         NetfrontError::Xenbus(
@@ -961,6 +961,65 @@ impl<E: NetEnv> Netfront<E> {
             }
             let xs = self.env.xenstore();
             state = Some(xen::xenbus::wait_backend_state_change(xs, &backend, now, bound).await?);
+        }
+    }
+
+    /// The first half of [`reconnect_bounded`](Self::reconnect_bounded), for
+    /// a caller that must have its xenstore connection between attempts (a
+    /// network VM acts on shutdown requests and serves new vifs meanwhile):
+    /// disconnect, wait until the backend let go of our rings (at most
+    /// until `stall_ns` pass without progress), and hand the environment
+    /// back. Then [`connect_again_bounded`](Self::connect_again_bounded),
+    /// as often as needed.
+    pub async fn leave_bounded<C: Clock>(mut self, clock: C, stall_ns: u64) -> E {
+        let mut bound = StallBound {
+            clock,
+            stall_ns,
+            sleep: None,
+        };
+        self.disconnect().await;
+        if let Err(e) = self.wait_let_go(&mut bound).await {
+            let path = &self.device.path;
+            log::info!("netfront: {path}: the backend kept our old rings mapped ({e})");
+        }
+        // The old queues' pages go with `self` (deferred if the backend
+        // still maps them).
+        self.env.take()
+    }
+
+    /// One attempt of the second half of
+    /// [`reconnect_bounded`](Self::reconnect_bounded): wait until the
+    /// backend of the device at `path` is ready again and connect, giving
+    /// up after `stall_ns` without progress. On any failure our state is
+    /// set back to `Closed` (so the next attempt starts over) and the
+    /// environment handed back; [`worth_retrying`] says whether another
+    /// attempt may succeed.
+    pub async fn connect_again_bounded<C: Clock>(
+        mut env: E,
+        path: &str,
+        options: ConnectOptions,
+        clock: C,
+        stall_ns: u64,
+    ) -> Result<Self, (E, NetfrontError)> {
+        let mut bound = StallBound {
+            clock,
+            stall_ns,
+            sleep: None,
+        };
+        bound.progress();
+        let ready = xen::xenbus::wait_backend_ready_bounded(env.xenstore(), path, &mut bound).await;
+        let result = match ready {
+            Ok(()) => Self::connect_inner(env, path, options, &mut bound, true).await,
+            Err(e) => Err((env, e.into())),
+        };
+        match result {
+            Ok(front) => Ok(front),
+            Err((mut env, e)) => {
+                let _ =
+                    xen::xenbus::write_state_if_present(env.xenstore(), path, XenbusState::Closed)
+                        .await;
+                Err((env, e))
+            }
         }
     }
 

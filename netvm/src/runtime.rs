@@ -35,12 +35,16 @@
 //!
 //! The uplink's backend going away (dom0's netback restarted, `xl
 //! network-detach` + `network-attach` of the uplink) is noticed by a ring
-//! error or by the once-a-second state check; the runtime then drives
-//! `Netfront::reconnect` as a boxed future beside the clients, which are
-//! still served (frames to the uplink are dropped and counted). The
-//! xenstore connection lives in the uplink's environment, so xenstore work
-//! waits for the uplink to be back: a client that goes away meanwhile stops
-//! being polled at once and is closed once the uplink is back.
+//! error or by the once-a-second state check; the runtime then drives the
+//! reconnection as a boxed future beside the clients, which are still
+//! served (frames to the uplink are dropped and counted). The xenstore
+//! connection lives in the uplink's environment, so the reconnection runs
+//! in bounded attempts (`Netfront::leave_bounded`,
+//! `Netfront::connect_again_bounded`: each gives up after 10 s without
+//! progress and hands the environment back); between two attempts
+//! (`Uplink::Idle`, `UPLINK_RETRY_NS`) the xenstore work goes on:
+//! shutdown requests, new and failed vifs, configuration. A backend that
+//! never comes back delays that work by at most one attempt.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -295,7 +299,55 @@ type Reconnect<U> = Pin<Box<dyn Future<Output = Result<Netfront<U>, (U, Netfront
 
 enum Uplink<U: NetEnv + 'static> {
     Up(Netfront<U>),
+    /// A (re)connection attempt, bounded: it holds the environment (and so
+    /// the xenstore connection) until it succeeds or gives it back.
     Down(Reconnect<U>),
+    /// Between two attempts: the environment is ours, so the xenstore work
+    /// (shutdown requests, vifs, configuration) goes on; the next attempt
+    /// starts at the time given.
+    Idle(U, u64),
+}
+
+impl<U: NetEnv + 'static> Uplink<U> {
+    /// The xenstore connection, unless an attempt holds it.
+    fn xenstore(&mut self) -> Option<&mut XenStore<U::Xs>> {
+        match self {
+            Uplink::Up(nf) => Some(nf.env().xenstore()),
+            Uplink::Idle(env, _) => Some(env.xenstore()),
+            Uplink::Down(_) => None,
+        }
+    }
+}
+
+/// The pause between two attempts to reconnect the uplink, in which the
+/// xenstore work is done (an attempt gives up after
+/// `netfront::front::RECONNECT_STALL_NS` without progress).
+const UPLINK_RETRY_NS: u64 = 2 * SECOND;
+
+/// A clock for netfront's bounded waits.
+fn nf_clock(clock: &Handle) -> impl netfront::front::Clock {
+    let (a, b) = (clock.clone(), clock.clone());
+    netfront::front::FnClock {
+        now: move || a.now_ns(),
+        sleep: move |deadline| b.sleep_until(deadline),
+    }
+}
+
+/// One bounded attempt to connect the uplink again with `env`.
+fn uplink_attempt<U: NetEnv + 'static>(env: U, options: &Options, clock: &Handle) -> Reconnect<U> {
+    let path = options.uplink_path.clone();
+    let connect = options.uplink;
+    let clock = nf_clock(clock);
+    Box::pin(async move {
+        Netfront::connect_again_bounded(
+            env,
+            &path,
+            connect,
+            clock,
+            netfront::front::RECONNECT_STALL_NS,
+        )
+        .await
+    })
 }
 
 /// Every `backend/vif/<front>/<dev>` directory of ours.
@@ -595,7 +647,7 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                     .map(|q| q.tx.free_slots() as usize)
                     .min()
                     .unwrap_or(0),
-                Uplink::Down(_) => usize::MAX,
+                Uplink::Down(_) | Uplink::Idle(..) => usize::MAX,
             };
             let budget = self.options.budget.min(room);
             if budget == 0 {
@@ -956,6 +1008,8 @@ where
     let mut next_report = start + options.report_ns;
     let mut dead: Vec<(ClientId, String)> = Vec::new();
     let mut reconnected = None;
+    // Attempts of the current reconnection of the uplink.
+    let mut attempts = 0u32;
     let mut changed = config::Changed {
         paths: Vec::new(),
         all: true,
@@ -975,13 +1029,10 @@ where
         if let Some(r) = reconnected.take() {
             match r {
                 Ok(nf) => {
-                    let r = nf.reconnect_stats();
-                    if r.attempts > 1 {
-                        state.print(&format!(
-                            "uplink back at attempt {} ({} stalled; last: {:?})",
-                            r.attempts, r.stalled, r.last_error
-                        ));
+                    if attempts > 1 {
+                        state.print(&format!("uplink back at attempt {attempts}"));
                     }
+                    attempts = 0;
                     uplink = Uplink::Up(nf);
                     uplink_announced = false;
                     watching = false;
@@ -990,12 +1041,30 @@ where
                     changed.all = true;
                     next_scan = now;
                 }
+                Err((env, e)) if netfront::front::worth_retrying(&e) => {
+                    // The xenstore work goes on until the next attempt.
+                    if attempts == 1 || attempts.is_multiple_of(10) {
+                        state.print(&format!(
+                            "uplink: attempt {attempts} ended ({e}); trying again every {} s",
+                            UPLINK_RETRY_NS / SECOND
+                        ));
+                    }
+                    uplink = Uplink::Idle(env, now + UPLINK_RETRY_NS);
+                    next_scan = now;
+                }
                 Err((_, e)) => {
                     state.print(&format!("uplink reconnect failed: {e}"));
                     return (Stop::UplinkLost(e), state.stats);
                 }
             }
         }
+        uplink = match uplink {
+            Uplink::Idle(env, at) if now >= at => {
+                attempts += 1;
+                Uplink::Down(uplink_attempt(env, options, clock))
+            }
+            other => other,
+        };
         if let Uplink::Up(nf) = &mut uplink {
             if !uplink_announced {
                 uplink_announced = true;
@@ -1032,7 +1101,14 @@ where
             }
         }
         if let Some(e) = lost {
-            uplink = lose_uplink(&mut state, uplink, now, &format!("{e}"), clock);
+            uplink = lose_uplink(
+                &mut state,
+                uplink,
+                now,
+                &format!("{e}"),
+                clock,
+                &mut attempts,
+            );
         }
         // The tick, before the clients: what it sends them goes into
         // their rings this round (after them, it waited for the next
@@ -1049,12 +1125,9 @@ where
             nf.flush();
         }
         if !dead.is_empty() {
-            match &mut uplink {
-                Uplink::Up(nf) => {
-                    let xs = nf.env().xenstore();
-                    state.bury(now, &mut dead, Some(xs)).await;
-                }
-                Uplink::Down(_) => state.bury::<U::Xs>(now, &mut dead, None).await,
+            match uplink.xenstore() {
+                Some(xs) => state.bury(now, &mut dead, Some(xs)).await,
+                None => state.bury::<U::Xs>(now, &mut dead, None).await,
             }
         }
         // Timers.
@@ -1082,10 +1155,10 @@ where
         // or once a `scan_ns`.
         let mut lost_why = None;
         let mut scanned = false;
-        if let Uplink::Up(nf) = &mut uplink {
+        let mut check_uplink = false;
+        if let Some(xs) = uplink.xenstore() {
             if !watching {
                 watching = true;
-                let xs = nf.env().xenstore();
                 // EEXIST: still there from before the uplink went (the
                 // xenstore connection outlives it).
                 match xs.watch("backend/vif", WATCH_VIFS).await {
@@ -1102,7 +1175,7 @@ where
             // Every queued event, without waiting.
             loop {
                 let ev = {
-                    let f = pin!(nf.env().xenstore().next_watch_event());
+                    let f = pin!(xs.next_watch_event());
                     poll_once(f).await
                 };
                 match ev {
@@ -1123,32 +1196,35 @@ where
                 let reread = core::mem::take(&mut config_changed);
                 vifs_changed = false;
                 scanned = true;
-                let request = state
-                    .scan(now, nf.env().xenstore(), reread, &mut changed)
-                    .await;
+                let request = state.scan(now, xs, reread, &mut changed).await;
                 if let Some(request) = request {
                     state.print(&format!("{request:?} requested by the toolstack"));
                     for c in core::mem::take(&mut state.clients) {
                         state.service.client_down(now, c.info.id);
-                        let _ = c.vif.close(&mut state.benv, nf.env().xenstore()).await;
+                        let _ = c.vif.close(&mut state.benv, xs).await;
                     }
                     for (_, offer) in core::mem::take(&mut state.offers) {
-                        offer.withdraw(nf.env().xenstore()).await;
+                        offer.withdraw(xs).await;
                     }
-                    let _ = nf.disconnect().await;
+                    if let Uplink::Up(nf) = &mut uplink {
+                        let _ = nf.disconnect().await;
+                    }
                     state.stats.clients = 0;
                     state.stats.offered = 0;
                     return (Stop::Requested(request), state.stats);
                 }
-                if periodic {
-                    if let Err(e) = nf.check_backend().await {
-                        lost_why = Some(format!("{e}"));
-                    }
+                check_uplink = periodic;
+            }
+        }
+        if check_uplink {
+            if let Uplink::Up(nf) = &mut uplink {
+                if let Err(e) = nf.check_backend().await {
+                    lost_why = Some(format!("{e}"));
                 }
             }
         }
         if let Some(why) = lost_why {
-            uplink = lose_uplink(&mut state, uplink, now, &why, clock);
+            uplink = lose_uplink(&mut state, uplink, now, &why, clock, &mut attempts);
         }
         if scanned {
             continue;
@@ -1168,10 +1244,13 @@ where
         // loop would go round without ever returning to the executor, which
         // then never delivers an event nor moves its clock (on Xen, the
         // uplink's reconnection waiting for xenstore hung so, spinning).
-        // The scan is not due while the uplink is down (it needs xenstore).
+        // The scan is not due while an attempt to reconnect the uplink
+        // holds xenstore; between attempts, the next one is.
         let mut deadline = next_tick;
-        if matches!(uplink, Uplink::Up(_)) {
-            deadline = deadline.min(next_scan);
+        match uplink {
+            Uplink::Up(_) => deadline = deadline.min(next_scan),
+            Uplink::Idle(_, at) => deadline = deadline.min(next_scan).min(at),
+            Uplink::Down(_) => {}
         }
         if options.report_ns > 0 {
             deadline = deadline.min(next_report);
@@ -1194,21 +1273,6 @@ where
                     for port in ports {
                         ready |= NetEnv::poll_event(nf.env(), port, cx).is_ready();
                     }
-                    // A watch event (the future is cancel-safe: a partly
-                    // received message stays in the client).
-                    let xs = nf.env().xenstore();
-                    let mut ev = pin!(xs.next_watch_event());
-                    if let Poll::Ready(r) = ev.as_mut().poll(cx) {
-                        match r {
-                            Ok(ev) if ev.token == WATCH_VIFS => vifs_changed = true,
-                            Ok(ev) if ev.token == WATCH_CONFIG => {
-                                note_config(&mut changed, options, &ev.path);
-                                config_changed = true
-                            }
-                            _ => {}
-                        }
-                        ready = true;
-                    }
                 }
                 Uplink::Down(fut) => {
                     // Its result is taken at the top of the loop.
@@ -1216,6 +1280,23 @@ where
                         reconnected = Some(r);
                         ready = true;
                     }
+                }
+                Uplink::Idle(..) => {}
+            }
+            if let Some(xs) = uplink.xenstore() {
+                // A watch event (the future is cancel-safe: a partly
+                // received message stays in the client).
+                let mut ev = pin!(xs.next_watch_event());
+                if let Poll::Ready(r) = ev.as_mut().poll(cx) {
+                    match r {
+                        Ok(ev) if ev.token == WATCH_VIFS => vifs_changed = true,
+                        Ok(ev) if ev.token == WATCH_CONFIG => {
+                            note_config(&mut changed, options, &ev.path);
+                            config_changed = true
+                        }
+                        _ => {}
+                    }
+                    ready = true;
                 }
             }
             if ready {
@@ -1253,6 +1334,7 @@ fn lose_uplink<U: NetEnv + 'static, B: NetbackEnv, S: Service>(
     now: u64,
     why: &str,
     clock: &Handle,
+    attempts: &mut u32,
 ) -> Uplink<U> {
     match uplink {
         Uplink::Up(nf) => {
@@ -1260,19 +1342,20 @@ fn lose_uplink<U: NetEnv + 'static, B: NetbackEnv, S: Service>(
             state.drop_backlog();
             state.print(&format!("uplink lost ({why}): reconnecting"));
             state.service.uplink_down(now);
-            let options = state.options.uplink;
-            // A reconnection that makes no progress for
-            // RECONNECT_STALL_NS starts over (Closed, Initialising).
-            let (a, b) = (clock.clone(), clock.clone());
-            let clock = netfront::front::FnClock {
-                now: move || a.now_ns(),
-                sleep: move |deadline| b.sleep_until(deadline),
-            };
-            Uplink::Down(Box::pin(nf.reconnect_bounded(
-                options,
-                clock,
-                netfront::front::RECONNECT_STALL_NS,
-            )))
+            // The first attempt: leave (wait until the backend let go of
+            // our rings) and connect again. Each half gives up after
+            // RECONNECT_STALL_NS without progress and hands the
+            // environment back, so xenstore is never held longer (see
+            // Uplink::Idle).
+            *attempts = 1;
+            let path = state.options.uplink_path.clone();
+            let connect = state.options.uplink;
+            let (leave, again) = (nf_clock(clock), nf_clock(clock));
+            let stall = netfront::front::RECONNECT_STALL_NS;
+            Uplink::Down(Box::pin(async move {
+                let env = nf.leave_bounded(leave, stall).await;
+                Netfront::connect_again_bounded(env, &path, connect, again, stall).await
+            }))
         }
         down => down,
     }
