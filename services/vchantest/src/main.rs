@@ -51,6 +51,11 @@ mod image {
         ring: u64,
         /// Ask `EVTCHNOP_status` whether the peer is gone (default on).
         status: bool,
+        /// Give up a wait for the peer's event after this many ms and look
+        /// at the rings anyway (0: wait as long as it takes): shows whether
+        /// an event was lost (a wait that timed out, then found data or
+        /// room, was rescued).
+        poll_ms: u64,
     }
 
     impl Settings for VchantestSettings {
@@ -66,6 +71,7 @@ mod image {
                 "vchantest.mib" => self.mib = cmdline::parse_u64_in(value, 1..=4096)?,
                 "vchantest.ring" => self.ring = cmdline::parse_u64_in(value, 0..=1 << 20)?,
                 "vchantest.status" => self.status = cmdline::parse_bool(value)?,
+                "vchantest.poll_ms" => self.poll_ms = cmdline::parse_u64_in(value, 0..=60_000)?,
                 _ => return Err(SettingError::Unknown),
             }
             Ok(())
@@ -79,6 +85,7 @@ mod image {
                 "vchantest.mib",
                 "vchantest.ring",
                 "vchantest.status",
+                "vchantest.poll_ms",
             ]
         }
     }
@@ -94,9 +101,11 @@ mod image {
         v: &mut Vchan<M>,
         env: &mut KernelEnv,
         total: u64,
+        poll_ms: u64,
         h: &kernel::executor::Handle,
     ) -> Result<u64, VchanError> {
         let t0 = h.now_ns();
+        let (mut timeouts, mut rescued, mut after_timeout) = (0u64, 0u64, false);
         let mut buf = vec![0u8; 1 << 16];
         let (mut have, mut at) = (0usize, 0usize);
         let (mut got, mut waits) = (0u64, 0u64);
@@ -124,16 +133,60 @@ mod image {
                     progressed |= n > 0;
                 }
             }
+            if progressed && after_timeout {
+                rescued += 1;
+            }
+            after_timeout = false;
             if !progressed {
                 if v.peer_live()? == qubes::vchan::wire::Live::Closed {
                     return Err(VchanError::PeerClosed);
                 }
                 waits += 1;
-                v.wait(env).await?;
+                if poll_ms == 0 {
+                    v.wait(env).await?;
+                } else {
+                    match h.timeout(poll_ms * 1_000_000, v.wait(env)).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            timeouts += 1;
+                            after_timeout = true;
+                            if timeouts <= 5 || timeouts.is_power_of_two() {
+                                println!(
+                                    "vchantest: wait timed out ({timeouts}): {}",
+                                    ring_state(v)
+                                );
+                            }
+                        }
+                    }
+                }
             }
         }
         v.flush(env).await?;
+        if poll_ms > 0 {
+            println!("vchantest: waits timed out {timeouts}, rescued {rescued}");
+        }
         Ok(waits)
+    }
+
+    /// The rings and the port as seen after a wait that timed out: bytes
+    /// readable, bytes of ours unread, both notify bytes, and whether Xen
+    /// has the port pending (an event delivered to the shared info page
+    /// that never woke us) or masked.
+    fn ring_state<M: PageMemory>(v: &mut Vchan<M>) -> alloc::string::String {
+        use qubes::vchan::wire::{CLI_NOTIFY, SRV_NOTIFY};
+        let port = v.port();
+        let (pending, masked) = kernel::boot::platform()
+            .map(|p| (p.shared.is_pending(port), p.shared.is_masked(port)))
+            .unwrap_or_default();
+        let Some(st) = v.stream() else {
+            return alloc::string::String::from("closed");
+        };
+        let (r, u) = (st.readable(), st.unread());
+        let c = st.control();
+        let (cn, sn) = (c.load_u8(CLI_NOTIFY), c.load_u8(SRV_NOTIFY));
+        alloc::format!(
+            "readable={r:?} unread={u:?} cli_notify={cn:?} srv_notify={sn:?} port={port} pending={pending} masked={masked}"
+        )
     }
 
     async fn run<M: PageMemory>(
@@ -151,7 +204,7 @@ mod image {
         }
         let total = s.mib << 20;
         let t0 = h.now_ns();
-        match echo(&mut v, env, total, h).await {
+        match echo(&mut v, env, total, s.poll_ms, h).await {
             Ok(waits) => println!(
                 "vchantest: echoed {total} bytes in {} us ({waits} waits)",
                 (h.now_ns() - t0) / 1000
@@ -179,6 +232,7 @@ mod image {
             mib: 64,
             ring: 65536,
             status: true,
+            poll_ms: 0,
         };
         if env.configure(&mut s).is_err() {
             println!("vchantest: bad command line");
