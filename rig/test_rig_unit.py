@@ -68,7 +68,7 @@ class ControlCharsTest(unittest.TestCase):
 def synthetic_run(name, checks, summary, idle=("0.0", "3.00"), end="gone", reason=0):
     """Serial lines of one normal selftest run, as the rig would see them."""
     lines = [f"RIG create {name}", "Parsing config from /guest/x.cfg", "moat: hello"]
-    lines += [f"selftest: {c}: ok" for c in checks]
+    lines += [f"selftest: {c}: ok" + (" (aead=avx2 sse=on)" if c == "simd" else "") for c in checks]
     lines += [f"RIG watch-fired {name}", summary]
     if idle:
         lines.append(f"RIG idle-cpu {name} {idle[0]} over {idle[1]}")
@@ -101,9 +101,15 @@ class SelftestAssertionsTest(unittest.TestCase):
                                      f"selftest: summary: {self.N - 1} passed, 0 failed",
                                      idle=("0.9", "3.00")))
         text = "\n".join(t.failures)
-        self.assertIn("selftest: executor: ok", text)
+        self.assertIn(f"selftest: {test_selftest.EXPECTED_CHECKS[-1]}: ok", text)
         self.assertIn("summary", text)
         self.assertIn("idle CPU", text)
+
+    def test_amd64_aead_without_simd_route_fails(self):
+        lines = synthetic_run("selftest-pv", test_selftest.EXPECTED_CHECKS,
+                              f"selftest: summary: {self.N} passed, 0 failed")
+        lines = [(t, l.replace("aead=avx2", "aead=portable")) for t, l in lines]
+        self.assertTrue(any("no SIMD route" in f for f in self.tally(lines).failures))
 
     def test_out_of_order_checks_fail(self):
         checks = list(reversed(test_selftest.EXPECTED_CHECKS))
@@ -185,7 +191,9 @@ FAKE_GUEST = r"""F=$FAKE_XEN
 con="$F/log/console/guest-$1.log"
 say() { echo "$1"; echo "$1" >>"$con"; }
 say "moat: hello"
-for c in $CHECKS; do say "selftest: $c: ok"; done
+for c in $CHECKS; do
+  if [ "$c" = simd ]; then say "selftest: $c: ok (aead=avx2 sse=on)"; else say "selftest: $c: ok"; fi
+done
 echo 1 >"$F/xs/watch-ready"
 i=0
 while [ ! -f "$F/xs/watch" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done

@@ -111,6 +111,7 @@ mod image {
         t.report("grant-access", checks::grant_access(p, domid));
         t.report("grant-copy", checks::grant_copy(p, domid));
         t.report("executor", checks::executor(&env).await);
+        t.report("simd", checks::simd());
         println!(
             "selftest: summary: {} passed, {} failed",
             t.passed, t.failed
@@ -126,6 +127,7 @@ mod image {
         let image = kernel::arch::image_frames();
         let (stack_used, stack_size) = kernel::arch::stack_usage();
         println!("selftest: bench: stack-used-bytes={stack_used} of {stack_size}");
+        println!("selftest: bench: {}", checks::simd_bench(p));
         println!(
             "selftest: bench: entry-to-ready-us={} image-memory-bytes={} guest={}",
             (ready_tsc.saturating_sub(p.entry_tsc) as u128 * 1_000_000 / hz as u128),

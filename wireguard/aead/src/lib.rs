@@ -10,7 +10,8 @@
 //! the same source and flags as the hosted build compiles them in place.
 //! The image's kernel enables SSE and AVX state at boot (docs/kernel.md,
 //! "Vector state"); CPUID's AVX2 bit counts only with OSXSAVE and XCR0
-//! saying the OS enabled the YMM state.
+//! saying the OS enabled the YMM state. SSSE3 needs only CPUID: every amd64
+//! kernel here (moat's, Linux) enables SSE state.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -72,17 +73,58 @@ pub fn backend() -> Backend {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    // CPUID leaves (no_std): AVX2 only with OSXSAVE and XCR0's SSE and YMM
-    // bits, i.e. when the kernel enabled the state.
-    cpufeatures::new!(cpuid_avx2, "avx2");
-    cpufeatures::new!(cpuid_ssse3, "ssse3");
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    // What CPUID said, once: KNOWN plus the feature bits. (cpufeatures,
+    // which RustCrypto uses, answers `false` for every feature on
+    // target_os = "none", so the images detect here.)
+    static FEATURES: AtomicU8 = AtomicU8::new(0);
+    const KNOWN: u8 = 1;
+    const SSSE3: u8 = 2;
+    const AVX2: u8 = 4;
+
+    fn detect() -> u8 {
+        use core::arch::x86_64::{__cpuid, __cpuid_count};
+        let max_leaf = __cpuid(0).eax;
+        let c1 = __cpuid(1);
+        let mut f = KNOWN;
+        if c1.ecx & (1 << 9) != 0 {
+            f |= SSSE3;
+        }
+        // AVX2 counts only when the OS enabled the YMM state: CPUID.1 OSXSAVE
+        // (CR4.OSXSAVE) and XCR0's SSE and YMM bits.
+        let osxsave_avx = c1.ecx & (1 << 27) != 0 && c1.ecx & (1 << 28) != 0;
+        let avx2 = max_leaf >= 7 && __cpuid_count(7, 0).ebx & (1 << 5) != 0;
+        if osxsave_avx && avx2 {
+            let (lo, _hi): (u32, u32);
+            // SAFETY: CPUID.1:ECX.OSXSAVE is set, so XGETBV(0) is defined.
+            unsafe {
+                core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") _hi,
+                    options(nomem, nostack, preserves_flags))
+            };
+            if lo & 6 == 6 {
+                f |= AVX2;
+            }
+        }
+        f
+    }
+
+    fn features() -> u8 {
+        let f = FEATURES.load(Ordering::Relaxed);
+        if f & KNOWN != 0 {
+            return f;
+        }
+        let f = detect();
+        FEATURES.store(f, Ordering::Relaxed);
+        f
+    }
 
     pub(crate) fn has_avx2() -> bool {
-        cpuid_avx2::get()
+        features() & AVX2 != 0
     }
 
     pub(crate) fn has_ssse3() -> bool {
-        cpuid_ssse3::get()
+        features() & SSSE3 != 0
     }
 
     #[cfg(not(target_os = "none"))]

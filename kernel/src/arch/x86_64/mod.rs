@@ -3,10 +3,12 @@
 //! on the bare-metal target; it hands a [`crate::boot::BootInfo`] to the
 //! portable boot flow and never returns.
 
+mod fpu;
 mod pv;
 mod pvh;
 mod random;
 
+pub use fpu::{simd_state, SimdState};
 pub use random::hardware_random;
 
 use core::sync::atomic::{AtomicU8, Ordering};

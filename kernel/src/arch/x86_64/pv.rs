@@ -216,6 +216,7 @@ fn register_callbacks() {
 extern "C" fn moat_pv_start(si: *const StartInfo) -> ! {
     GUEST.store(0, core::sync::atomic::Ordering::Relaxed);
     register_callbacks();
+    super::fpu::init_pv();
     // SAFETY: Xen passes a mapped start_info page in %rsi.
     let si = unsafe { core::ptr::read_volatile(si) };
 

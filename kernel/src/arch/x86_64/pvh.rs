@@ -158,6 +158,7 @@ extern "C" fn moat_pvh_start(start_info_pa: u64) -> ! {
             unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
         }
     }
+    super::fpu::init_pvh();
     // SAFETY: Xen passes the physical address of hvm_start_info in %ebx,
     // inside our identity map.
     let si = unsafe { core::ptr::read_volatile(start_info_pa as *const HvmStartInfo) };
