@@ -340,7 +340,7 @@ pub fn start(info: BootInfo) -> ! {
         log::info!("entropy: seeded from {}", source.name());
     }
 
-    let grants = match arch::map_grant_table() {
+    let grants = match arch::map_grant_table(frames) {
         // SAFETY: the arch code mapped `len` entries for the domain's lifetime.
         Ok((ptr, len)) => unsafe { GrantTable::new(ptr, len) },
         Err(e) => fatal(format_args!("cannot map the grant table: {e}")),

@@ -39,6 +39,29 @@ use crate::abi::{DomId, GrantRef};
 /// Grant entries in one 4 KiB frame (v1 entries are 8 bytes).
 pub const ENTRIES_PER_FRAME: u32 = 4096 / core::mem::size_of::<GrantEntryV1>() as u32;
 
+/// Most grant-table frames a domain maps (32768 entries).
+pub const MAX_TABLE_FRAMES: u32 = 64;
+/// Grant-table frames mapped at least, if Xen allows them (2040 usable
+/// entries).
+pub const MIN_TABLE_FRAMES: u32 = 4;
+/// Free frames per grant-table frame mapped beyond [`MIN_TABLE_FRAMES`]: a
+/// table frame costs its page and about 2.5 KiB of heap (free list and
+/// flags), so a small domain keeps a small table.
+pub const FREE_FRAMES_PER_TABLE_FRAME: u64 = 256;
+
+/// How many grant-table frames to map: the size Xen allows
+/// (`GNTTABOP_query_size`'s `max_nr_frames`, the toolstack's
+/// `max_grant_frames`), within [`MIN_TABLE_FRAMES`]..=[`MAX_TABLE_FRAMES`]
+/// and one per [`FREE_FRAMES_PER_TABLE_FRAME`] free frames (a 32 MiB
+/// domain maps about 30), and at least one.
+pub fn frames_to_map(max_nr_frames: u32, free_frames: u64) -> u32 {
+    let by_memory = u32::try_from(free_frames / FREE_FRAMES_PER_TABLE_FRAME).unwrap_or(u32::MAX);
+    by_memory
+        .clamp(MIN_TABLE_FRAMES, MAX_TABLE_FRAMES)
+        .min(max_nr_frames)
+        .max(1)
+}
+
 /// Why a grant operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantError {
@@ -465,5 +488,16 @@ mod tests {
         l.granted(9, 3);
         assert!(!l.is_granted(2));
         assert!(l.is_granted(3));
+    }
+
+    #[test]
+    fn table_size_follows_xen_within_memory_bounds() {
+        assert_eq!(frames_to_map(32, 1 << 20), 32, "Xen's maximum");
+        assert_eq!(frames_to_map(64, 64 * 256), 64);
+        assert_eq!(frames_to_map(128, 1 << 20), MAX_TABLE_FRAMES);
+        assert_eq!(frames_to_map(64, 7800), 30, "a 32 MiB domain");
+        assert_eq!(frames_to_map(64, 900), MIN_TABLE_FRAMES, "a small one");
+        assert_eq!(frames_to_map(2, 1 << 20), 2, "Xen's smaller maximum wins");
+        assert_eq!(frames_to_map(0, 1 << 20), 1);
     }
 }

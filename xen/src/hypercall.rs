@@ -37,6 +37,8 @@ impl XenError {
     pub const EPERM: XenError = XenError(1);
     /// `ENOENT`
     pub const ENOENT: XenError = XenError(2);
+    /// `ENOMEM`
+    pub const ENOMEM: XenError = XenError(12);
     /// `EINVAL`
     pub const EINVAL: XenError = XenError(22);
     /// `ENOSYS`

@@ -7,6 +7,16 @@ pub use arm32::*;
 
 use crate::boot::{BootInfo, RegionList};
 
+/// Maps the grant table into the region the device tree reserves (the
+/// arm32 crate's `map_grant_table`; the frame allocator is not needed
+/// there, the signature is the amd64 module's).
+pub fn map_grant_table(
+    _allocator: &spin::Mutex<crate::frames::FrameAllocator<'static>>,
+) -> Result<(core::ptr::NonNull<xen::abi::grant_table::GrantEntryV1>, u32), xen::hypercall::XenError>
+{
+    arm32::map_grant_table()
+}
+
 /// ARMv7 has no random-number instruction: always `None` (the entropy
 /// generator is seeded from the device tree's `/chosen/rng-seed`, or from
 /// timer jitter, see `crate::entropy`).

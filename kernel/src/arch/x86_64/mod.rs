@@ -69,10 +69,9 @@ pub fn image_frames() -> core::ops::Range<u64> {
 #[repr(C, align(4096))]
 pub struct Page(pub [u8; 4096]);
 
-/// Pages Xen's own frames get mapped over: shared info, then the grant table.
-pub const GRANT_FRAMES: usize = 4;
+/// The page Xen's shared info page gets mapped over.
 #[no_mangle]
-static mut XEN_PAGES: [Page; 1 + GRANT_FRAMES] = [const { Page([0; 4096]) }; 1 + GRANT_FRAMES];
+static mut XEN_PAGES: [Page; 1] = [const { Page([0; 4096]) }; 1];
 
 fn xen_page_addr(i: usize) -> u64 {
     // SAFETY: only the address is taken; the pages are accessed through
@@ -89,13 +88,26 @@ pub fn idle_block(shared: &xen::shared_info::SharedInfoPage) {
     }
 }
 
-/// Maps the grant table frames; returns the entries' base and frame count.
+/// Maps the grant table over `xen::grant::frames_to_map` contiguous frames taken
+/// from `allocator` for good; returns the entries' base and count.
 pub fn map_grant_table(
+    allocator: &spin::Mutex<crate::frames::FrameAllocator<'static>>,
 ) -> Result<(core::ptr::NonNull<xen::abi::grant_table::GrantEntryV1>, u32), xen::hypercall::XenError>
 {
     let (_cur, max) = xen::hypercall::gnttab_query_size()?;
-    let frames = (max as usize).clamp(1, GRANT_FRAMES);
-    let base = xen_page_addr(1);
+    let free = allocator.lock().free_count();
+    let frames = xen::grant::frames_to_map(max, free) as usize;
+    log::info!(
+        "grant table: {frames} frames, {} entries (Xen allows {max} frames)",
+        frames as u32 * xen::grant::ENTRIES_PER_FRAME
+    );
+    let first = allocator
+        .lock()
+        .alloc_contiguous(frames as u64, 1)
+        .ok_or(xen::hypercall::XenError::ENOMEM)?;
+    // Every RAM frame is mapped at `pfn << 12` (PV: over the frame's own
+    // page, PVH: the frame's GFN is replaced by the grant frame).
+    let base = pfn_to_ptr(first.0) as u64;
     match guest_type() {
         GuestType::Pv => pv::map_grant_frames(base, frames)?,
         GuestType::Pvh => pvh::map_grant_frames(base, frames)?,

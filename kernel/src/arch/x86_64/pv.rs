@@ -292,11 +292,12 @@ pub(super) fn idle_block(shared: &SharedInfoPage) {
 }
 
 pub(super) fn map_grant_frames(base: u64, frames: usize) -> Result<(), XenError> {
-    let mut mfns = [0u64; super::GRANT_FRAMES];
+    let mut mfns = [0u64; xen::grant::MAX_TABLE_FRAMES as usize];
     let frames = frames.min(mfns.len());
     hypercall::gnttab_setup_table(&mut mfns[..frames])?;
     for (i, mfn) in mfns[..frames].iter().enumerate() {
-        // SAFETY: XEN_PAGES[1..] are reserved for the grant table; nothing references them.
+        // SAFETY: the `frames` pages at `base` were taken from the frame
+        // allocator for the grant table, for good; nothing references them.
         unsafe {
             hypercall::update_va_mapping(
                 base + i as u64 * 4096,

@@ -288,7 +288,8 @@ pub(super) fn idle_block() {
 
 pub(super) fn map_grant_frames(base: u64, frames: usize) -> Result<(), XenError> {
     for i in 0..frames {
-        // SAFETY: XEN_PAGES[1..] are reserved for the grant table frames.
+        // SAFETY: the `frames` frames at `base` were taken from the frame
+        // allocator for the grant table, for good.
         unsafe {
             hypercall::add_to_physmap(XENMAPSPACE_GRANT_TABLE, i as u64, (base >> 12) + i as u64)?
         };
