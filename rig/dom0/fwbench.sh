@@ -62,8 +62,10 @@ wait_fw() {
 
 # The servers the clients and the Linux firewall use, all on dom0:
 # iperf3 (5201), commands (9000: answers the asking domain's /tmp/cmd.NAME),
-# files (9001: /guest/NAME), 8080/8081 (a line), 8082 (logs the time of each
-# connection to /tmp/first.log: the first forwarded packet).
+# files (9001: /guest/NAME), 8080/8081 (a line), 8082 (logs the time and
+# the client's name, from its line `first NAME`, of each connection to
+# /tmp/first.log: the first forwarded packet; a client of the other
+# firewall may still be connecting when one side starts).
 fwbench_servers() {
   cat >/tmp/cmdsrv <<'EOF'
 #!/bin/sh
@@ -79,7 +81,10 @@ cat "/guest/$f" 2>/dev/null
 EOF
   cat >/tmp/firstsrv <<'EOF'
 #!/bin/sh
-cut -d' ' -f1 /proc/uptime >>/tmp/first.log
+read -r _ who
+t=$(cut -d' ' -f1 /proc/uptime)
+case "$who" in *[!A-Za-z0-9-]*) who=- ;; esac
+echo "$t ${who:--}" >>/tmp/first.log
 echo first
 EOF
   printf '#!/bin/sh\necho served-by-dom0\n' >/tmp/answer
@@ -215,8 +220,8 @@ bench_side() {
     log fail "$kind" "network-attach: $(tail -n 2 /tmp/xl-attach.out | tr '\n' ' ')"
   t_att=$(up)
   log step "$kind" attached "$t_ready" "$t_att"
-  if wait_for /tmp/first.log . 120; then
-    t_first=$(head -n 1 /tmp/first.log)
+  if wait_for /tmp/first.log " $cl\$" 120; then
+    t_first=$(awk -v c="$cl" '$2 == c { print $1; exit }' /tmp/first.log)
     log first "$kind" "$t_create" "$t_ready" "$t_att" "$t_first"
   else
     log fail "$kind" "no packet from the client at dom0"
@@ -268,8 +273,8 @@ side_up() {
     log fail "$kind" "network-attach: $(tail -n 2 /tmp/xl-attach.out | tr '\n' ' ')"
   t_att=$(up)
   log step "$kind" attached "$t_ready" "$t_att"
-  if wait_for /tmp/first.log . 150; then
-    t_first=$(head -n 1 /tmp/first.log)
+  if wait_for /tmp/first.log " $cl\$" 150; then
+    t_first=$(awk -v c="$cl" '$2 == c { print $1; exit }' /tmp/first.log)
     log first "$kind" "$t_create" "$t_ready" "$t_att" "$t_first"
   else
     log fail "$kind" "no packet from the client at dom0"
@@ -302,8 +307,21 @@ bench_pair() {
       [ $ok_l = 1 ] && load_rules linux fwlinux "$n"
     fi
     for t in tcp-up tcp-down udp-up udp-down; do
-      [ $ok_m = 1 ] && run_test moat firewall client-m "$n" "$t" "$secs" "$(test_cmd "$t" "$secs")"
-      [ $ok_l = 1 ] && run_test linux fwlinux client-l "$n" "$t" "$secs" "$(test_cmd "$t" "$secs")"
+      # The other side's firewall and client are paused while one side
+      # runs: idle, they would still take vCPU time (timer ticks, the
+      # client's job polling) from the side measured, and the two sides'
+      # idle costs differ. 2 s after the switch for the unpaused side's
+      # timers to catch up.
+      if [ $ok_m = 1 ]; then
+        xl pause fwlinux; xl pause client-l; sleep 2
+        run_test moat firewall client-m "$n" "$t" "$secs" "$(test_cmd "$t" "$secs")"
+        xl unpause fwlinux; xl unpause client-l
+      fi
+      if [ $ok_l = 1 ]; then
+        xl pause firewall; xl pause client-m; sleep 2
+        run_test linux fwlinux client-l "$n" "$t" "$secs" "$(test_cmd "$t" "$secs")"
+        xl unpause firewall; xl unpause client-m
+      fi
     done
   done
   for k in moat linux; do
