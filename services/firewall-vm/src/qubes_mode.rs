@@ -53,7 +53,7 @@ use netvm::config::{Changed, Snapshot, MAX_CHANGED};
 use netvm::{ClientId, ClientInfo, Link, Packet, Service, Stats, To, Transmit, UplinkInfo};
 use qubes::qubesdb::{link, Client, Event};
 use qubes::vchan::wire::Live;
-use qubes::vchan::{Vchan, VchanEnv};
+use qubes::vchan::{Vchan, VchanEnv, VchanError};
 use xen::abi::DomId;
 use xen::shared_page::PageMemory;
 
@@ -295,6 +295,23 @@ async fn serve<E: VchanEnv, M: PageMemory>(
     }
 }
 
+/// Wait until dom0's daemon publishes a vchan other than the one under
+/// its path now (a `ring-ref` of another value, or one where there was
+/// none).
+async fn new_keys<E: VchanEnv>(env: &mut E, me: DomId) -> Result<(), VchanError> {
+    let path = link::vchan_path(me);
+    let key = format!("{path}/ring-ref");
+    let token = format!("moat-qubesdb-retry:{path}");
+    let stale = env.xenstore().read(&key).await.ok();
+    let mut guard = xen::xenstore::WatchGuard::new(env.xenstore());
+    guard.add(&path, &token).await?;
+    while guard.store().read(&key).await.ok() == stale {
+        guard.store().next_watch_event_for(&token).await?;
+    }
+    guard.close().await?;
+    Ok(())
+}
+
 /// The QubesDB link of VM `me`: connect to dom0's daemon, sync, serve;
 /// after a break (dom0's daemon restarted) connect and sync again, as the
 /// upstream VM daemon does. `print` gets one line per (re)connection and
@@ -306,8 +323,14 @@ pub async fn pump<E: VchanEnv>(env: &mut E, me: DomId, shared: SharedDb, print: 
             Err(e) => {
                 print(&format!("firewall: qubesdb: cannot connect: {e:?}"));
                 shared.borrow_mut().last_error = Some(format!("{e:?}"));
-                // Only a broken xenstore gets here; nothing will mend it.
-                return;
+                // The keys of a daemon that died (its port closed, its
+                // grant gone): wait for the next daemon's. Only a broken
+                // xenstore connection ends the link for good.
+                if let Err(e) = new_keys(env, me).await {
+                    print(&format!("firewall: qubesdb: giving up: {e:?}"));
+                    return;
+                }
+                continue;
             }
         };
         print(&format!(

@@ -354,3 +354,38 @@ fn configured_from_qubesdb_with_write_backs_and_reconnection() {
     let live = run_with(script, background);
     assert_eq!(live, qubes::vchan::wire::Live::Connected);
 }
+
+/// Keys left by a daemon that died (its port closed, its grant gone): the
+/// link's connection fails, it waits for the next daemon's keys instead
+/// of giving up, and syncs with it.
+#[test]
+fn keys_of_a_dead_daemon_are_waited_out() {
+    let m = Machine::new();
+    let (mut dom0, mut vm_env) = (m.env(0), m.env(VM));
+    let path = link::vchan_path(VM);
+    m.xsd.borrow_mut().set(&format!("{path}/ring-ref"), b"4000");
+    m.xsd
+        .borrow_mut()
+        .set(&format!("{path}/event-channel"), b"999");
+    let shared = Shared::new();
+    let background = qubes_mode::pump(&mut vm_env, VM, shared.clone(), print);
+    let script = async {
+        while shared.borrow().last_error.is_none() {
+            yield_once().await;
+        }
+        let mut v = vchan::listen(&mut dom0, VM, &path, 4096, 4096)
+            .await
+            .unwrap();
+        v.accept(&mut dom0).await.unwrap();
+        serve_sync(&mut v, &mut dom0, &db()).await;
+        while !shared.borrow().connected {
+            yield_once().await;
+        }
+        shared.borrow().connects
+    };
+    assert_eq!(run_with(script, background), 1);
+    assert_eq!(
+        shared.borrow().client.read("/qubes-ip"),
+        Some(&b"10.99.0.10"[..])
+    );
+}
