@@ -881,6 +881,9 @@ impl<E: NetEnv> Netfront<E> {
             log::info!("netfront: {path}: the backend kept our old rings mapped ({e})");
         }
         let mut env = self.env.take();
+        // The old queues' pages go now (deferred if the backend still maps
+        // them), before the new connection allocates its own.
+        drop(self);
         loop {
             stats.attempts = stats.attempts.saturating_add(1);
             bound.progress();

@@ -12,6 +12,7 @@
 //! netdemo: source: <bytes> bytes crc32 <hex> in <us> us
 //! netdemo: backend gone (<why>): reconnecting
 //! netdemo: reconnected
+//! netdemo: resources: frames-free=<n> grants-free=<n> grants-live=<n> deferred=<n> deferred-total=<n> freed-late=<n> evtchns=<n>
 //! netdemo: iperf3: received|sent <bytes> bytes in <us> us
 //! ```
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -134,6 +135,7 @@ mod image {
             ..ConnectOptions::default()
         };
         let mut dev = connect(&h, xenv, &path, options).await;
+        print_resources();
 
         let backend_ip = {
             let backend = dev.device().backend.clone();
@@ -274,18 +276,37 @@ mod image {
         path: &str,
         options: ConnectOptions,
     ) -> Netfront<XenEnv> {
-        match dev.reconnect(options).await {
-            Ok(dev) => {
-                println!("netdemo: reconnected");
-                dev
-            }
+        let dev = match dev.reconnect(options).await {
+            Ok(dev) => dev,
             Err((env, e)) => {
                 println!("netdemo: reconnect failed ({e}); retrying");
-                let dev = connect(h, env, path, options).await;
-                println!("netdemo: reconnected");
-                dev
+                connect(h, env, path, options).await
             }
-        }
+        };
+        println!("netdemo: reconnected");
+        print_resources();
+        dev
+    }
+
+    /// Free frames, the grant table's free and live references and
+    /// deferred frames (docs/drivers.md, "Grant ownership") and the
+    /// drivers' open event channels: flat over reconnections
+    /// (rig/test_netdemo_reconnects.py).
+    fn print_resources() {
+        let Some(p) = kernel::boot::platform() else {
+            return;
+        };
+        let frames = p.frames.lock().free_count();
+        let grants_free = p.grants.lock().free_count();
+        let g = kernel::devices::grant_counts(p);
+        println!(
+            "netdemo: resources: frames-free={frames} grants-free={grants_free} grants-live={} deferred={} deferred-total={} freed-late={} evtchns={}",
+            g.live,
+            g.deferred,
+            g.deferred_total,
+            g.freed_late,
+            kernel::devices::open_ports()
+        );
     }
 }
 
