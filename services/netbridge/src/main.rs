@@ -5,8 +5,10 @@
 //! Linux driver domain play, in a few hundred KiB.
 //!
 //! It is the first user of the network-VM runtime (`netvm`): the runtime
-//! finds, offers, connects, polls and closes the vifs and the uplink;
-//! netbridge is only its frame handler ([`bridge::Bridge`]).
+//! finds, offers, connects, polls and closes the vifs and the uplink, and
+//! binds each vif to its `mac` and `ip` (`netvm::binding`); netbridge is
+//! only its frame handler ([`bridge::Bridge`]), whose switch pins each
+//! bound MAC to its vif, ages what it learns and bounds it per port.
 //!
 //! Console lines:
 //!
@@ -14,6 +16,7 @@
 //! netbridge: uplink <mac> on <backend>
 //! netbridge: vif <path> offered (frontend domain <id>)
 //! netbridge: vif <path> connected (frontend domain <id>, client <n>)
+//! netbridge: vif <path>: frame from <mac> dropped: <why> (these are counted, not printed again)
 //! netbridge: vif <path> closed (<why>)
 //! netbridge: vif <path>: <error>; retrying later
 //! netbridge: vif <path> removed (the toolstack is done with it)
