@@ -213,3 +213,39 @@ fn into_env_without_a_disconnect_gives_everything_back() {
     assert_eq!(counts(&m), (0, 0, 0));
     drop(env);
 }
+
+#[test]
+fn a_backend_that_keeps_every_old_ring_mapped_costs_deferred_pages_only() {
+    // Each restart leaves the old rings mapped (a backend that never lets
+    // go): every reconnection defers two pages, none is ever handed out
+    // again, and all of them come back once the mappings go.
+    let m = Machine::new();
+    let mut back = m.backend();
+    let mut front = connect(&m, &mut back, options()).unwrap();
+    let mut kept: Vec<Conn> = Vec::new();
+    for k in 1..=20 {
+        kept.extend(std::mem::take(&mut back.conns));
+        m.set(&format!("{BACK_PATH}/state"), "6");
+        assert!(run(front.check_backend(), || {}).is_err());
+        let report = run(front.disconnect(), || {});
+        assert_eq!(report.leaked, 2);
+        m.set(&format!("{BACK_PATH}/state"), "2");
+        front = reconnect(front.into_env(), &mut back, options()).unwrap();
+        assert_eq!(
+            counts(&m),
+            (PER_QUEUE + 2 * k, PER_QUEUE + 2 * k, 2 * k),
+            "after reconnect {k}"
+        );
+        front
+            .send(&pattern(100, k as u8), TxOffload::default())
+            .unwrap();
+        assert_eq!(back.process_tx(), 1);
+    }
+    for c in kept {
+        m.hv.unmap_grant(FRONT, c.tx_ref);
+        m.hv.unmap_grant(FRONT, c.rx_ref);
+        m.hv.close(BACK, c.port);
+    }
+    m.hv.retry_deferred();
+    assert_eq!(counts(&m), (PER_QUEUE, PER_QUEUE, 0));
+}
