@@ -111,6 +111,15 @@ class SelftestAssertionsTest(unittest.TestCase):
         lines = [(t, l.replace("aead=avx2", "aead=portable")) for t, l in lines]
         self.assertTrue(any("no SIMD route" in f for f in self.tally(lines).failures))
 
+    def test_arm32_with_neon_must_take_the_neon_route(self):
+        lines = synthetic_run("selftest-arm32", test_selftest.EXPECTED_CHECKS,
+                              f"selftest: summary: {self.N} passed, 0 failed")
+        lines = [(t, l.replace("aead=avx2 sse=on", "aead=portable neon=yes")
+                  .replace("selftest-pv", "selftest-arm32")) for t, l in lines]
+        t = test_selftest.Tally("arm32")
+        test_selftest.assert_normal(t, lines, "selftest-arm32")
+        self.assertTrue(any("NEON but not the NEON route" in f for f in t.failures), t.failures)
+
     def test_out_of_order_checks_fail(self):
         checks = list(reversed(test_selftest.EXPECTED_CHECKS))
         t = self.tally(synthetic_run("selftest-pv", checks,

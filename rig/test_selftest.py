@@ -234,12 +234,15 @@ def assert_normal(tally: Tally, lines: list, name: str) -> None:
     tally.check(not fails, f"{name}: FAIL lines: {fails}")
     # amd64 (issue 15 item 3): the AEAD takes a SIMD route (its known-answer
     # test passed under it, or the simd check would have failed).
+    # arm32: the NEON route whenever the CPU has NEON (the rig's Cortex-A15).
     simd = [l for l in texts if "selftest: simd: ok" in l]
     if simd and "arm32" not in name:
         tally.check(
             re.search(r"aead=(avx2|ssse3) ", simd[0]) is not None,
             f"{name}: the AEAD takes no SIMD route: {simd[0]}",
         )
+    elif simd and "neon=yes" in simd[0]:
+        tally.check("aead=neon " in simd[0], f"{name}: NEON but not the NEON route: {simd[0]}")
     summary = [m for m in (re.search(r"selftest: summary: (\d+) passed, (\d+) failed", l) for l in texts) if m]
     want = len(EXPECTED_CHECKS)
     tally.check(

@@ -699,10 +699,22 @@ pub fn simd() -> Outcome {
         )
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let state = String::from("vfp=on (no SIMD route on this arch)");
+    let state = format!(
+        "neon={}",
+        if Backend::Neon.available() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
     aead_known_answer(chosen)?;
     let mut passed = Vec::new();
-    for b in [Backend::Avx2, Backend::Ssse3, Backend::Portable] {
+    for b in [
+        Backend::Avx2,
+        Backend::Ssse3,
+        Backend::Neon,
+        Backend::Portable,
+    ] {
         if b.available() {
             aead_known_answer(b)?;
             passed.push(b.name());
@@ -720,7 +732,12 @@ pub fn simd() -> Outcome {
 pub fn simd_bench(p: &Platform) -> String {
     use wg_aead::Backend;
     let mut out = Vec::new();
-    for b in [Backend::Avx2, Backend::Ssse3, Backend::Portable] {
+    for b in [
+        Backend::Avx2,
+        Backend::Ssse3,
+        Backend::Neon,
+        Backend::Portable,
+    ] {
         if !b.available() {
             continue;
         }

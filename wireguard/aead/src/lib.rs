@@ -14,6 +14,12 @@
 //! kernel here (moat's, Linux) enables SSE state.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
+// arm32 images only (built with RUSTC_BOOTSTRAP=1 like every image): the
+// NEON intrinsics and `target_feature(enable = "neon")` are unstable there.
+#![cfg_attr(
+    all(target_arch = "arm", target_os = "none"),
+    feature(stdarch_arm_neon_intrinsics, arm_target_feature)
+)]
 #![warn(missing_docs)]
 
 mod poly1305;
@@ -35,16 +41,19 @@ pub enum Backend {
     Avx2,
     /// SSSE3, four blocks per step (amd64).
     Ssse3,
+    /// NEON, one block per step in four registers (arm32 images).
+    Neon,
     /// Portable 32-bit code, one block per step.
     Portable,
 }
 
 impl Backend {
-    /// "avx2", "ssse3" or "portable".
+    /// "avx2", "ssse3", "neon" or "portable".
     pub fn name(self) -> &'static str {
         match self {
             Backend::Avx2 => "avx2",
             Backend::Ssse3 => "ssse3",
+            Backend::Neon => "neon",
             Backend::Portable => "portable",
         }
     }
@@ -57,7 +66,8 @@ impl Backend {
             Backend::Avx2 => x86::has_avx2(),
             #[cfg(target_arch = "x86_64")]
             Backend::Ssse3 => x86::has_ssse3(),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(all(target_arch = "arm", target_os = "none"))]
+            Backend::Neon => neon::has_neon(),
             _ => false,
         }
     }
@@ -65,7 +75,7 @@ impl Backend {
 
 /// The fastest backend this CPU runs, decided by CPUID on the first call.
 pub fn backend() -> Backend {
-    [Backend::Avx2, Backend::Ssse3]
+    [Backend::Avx2, Backend::Ssse3, Backend::Neon]
         .into_iter()
         .find(|b| b.available())
         .unwrap_or(Backend::Portable)
@@ -155,6 +165,121 @@ mod x86 {
             unsafe { moat_chacha20_xor_ssse3(state.as_ptr(), data.as_mut_ptr(), data.len()) }
         } else {
             super::portable_xor_stream(state, data)
+        }
+    }
+}
+
+/// ChaCha20 with NEON on arm32 images: one block per step, each row of the
+/// state in one 128-bit register, rotated for the diagonal rounds. The
+/// kernel's entry (arm32/src/head.S) gives PL1 cp10/cp11 and sets
+/// FPEXC.EN, which enables Advanced SIMD as well (CPACR.ASEDIS stays 0);
+/// Xen saves and restores all 32 D registers of a guest's vCPU.
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+mod neon {
+    use core::arch::arm::*;
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    /// 0 unknown, 1 no, 2 yes.
+    static NEON: AtomicU8 = AtomicU8::new(0);
+
+    /// MVFR1's Advanced SIMD integer and load/store fields are non-zero.
+    pub(crate) fn has_neon() -> bool {
+        match NEON.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                let mvfr1: u32;
+                // SAFETY: reading MVFR1 has no side effects; the entry code
+                // enabled the FPU (FPEXC.EN), so VMRS does not trap.
+                unsafe {
+                    core::arch::asm!("vmrs {}, mvfr1", out(reg) mvfr1,
+                        options(nomem, nostack, preserves_flags))
+                };
+                let yes = (mvfr1 >> 8) & 0xf != 0 && mvfr1 & 0xf != 0;
+                NEON.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                yes
+            }
+        }
+    }
+
+    /// XORs keystream (from the counter in `state[12]`) into `data`.
+    pub(crate) fn xor_stream(state: &[u32; 16], data: &mut [u8]) {
+        if has_neon() {
+            // SAFETY: MVFR1 reports Advanced SIMD and the kernel enabled it.
+            unsafe { blocks(state, data) }
+        } else {
+            super::portable_xor_stream(state, data)
+        }
+    }
+
+    #[target_feature(enable = "neon,v7")]
+    unsafe fn blocks(state: &[u32; 16], data: &mut [u8]) {
+        macro_rules! rotl {
+            ($x:expr, $n:literal, $r:literal) => {{
+                let x = $x;
+                vsriq_n_u32::<$r>(vshlq_n_u32::<$n>(x), x)
+            }};
+        }
+        // SAFETY: the loads read 16 words of `state`; the full-chunk loads
+        // and stores stay inside the 64-byte `chunk`, the others write a
+        // local array.
+        unsafe {
+            let a0 = vld1q_u32(state.as_ptr());
+            let b0 = vld1q_u32(state.as_ptr().add(4));
+            let c0 = vld1q_u32(state.as_ptr().add(8));
+            let mut d0 = vld1q_u32(state.as_ptr().add(12));
+            let one = vld1q_u32([1u32, 0, 0, 0].as_ptr());
+            for chunk in data.chunks_mut(64) {
+                let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
+                macro_rules! half {
+                    () => {
+                        a = vaddq_u32(a, b);
+                        d = vreinterpretq_u32_u16(vrev32q_u16(vreinterpretq_u16_u32(veorq_u32(
+                            d, a,
+                        ))));
+                        c = vaddq_u32(c, d);
+                        b = rotl!(veorq_u32(b, c), 12, 20);
+                        a = vaddq_u32(a, b);
+                        d = rotl!(veorq_u32(d, a), 8, 24);
+                        c = vaddq_u32(c, d);
+                        b = rotl!(veorq_u32(b, c), 7, 25);
+                    };
+                }
+                for _ in 0..10 {
+                    half!();
+                    b = vextq_u32::<1>(b, b);
+                    c = vextq_u32::<2>(c, c);
+                    d = vextq_u32::<3>(d, d);
+                    half!();
+                    b = vextq_u32::<3>(b, b);
+                    c = vextq_u32::<2>(c, c);
+                    d = vextq_u32::<1>(d, d);
+                }
+                let k = [
+                    vaddq_u32(a, a0),
+                    vaddq_u32(b, b0),
+                    vaddq_u32(c, c0),
+                    vaddq_u32(d, d0),
+                ];
+                if chunk.len() == 64 {
+                    for (i, k) in k.into_iter().enumerate() {
+                        let p = chunk.as_mut_ptr().add(16 * i);
+                        vst1q_u8(p, veorq_u8(vld1q_u8(p), vreinterpretq_u8_u32(k)));
+                    }
+                } else {
+                    let mut ks = [0u32; 16];
+                    for (i, k) in k.into_iter().enumerate() {
+                        vst1q_u32(ks.as_mut_ptr().add(4 * i), k);
+                    }
+                    for (i, w) in chunk.chunks_mut(4).enumerate() {
+                        for (o, k) in w.iter_mut().zip(ks[i].to_le_bytes()) {
+                            *o ^= k;
+                        }
+                    }
+                    zeroize::Zeroize::zeroize(&mut ks);
+                }
+                d0 = vaddq_u32(d0, one);
+            }
         }
     }
 }
@@ -254,10 +379,12 @@ impl ChaCha20Poly1305 {
 
     fn xor_stream(&self, state: &[u32; 16], data: &mut [u8]) {
         match self.backend {
-            Backend::Portable => portable_xor_stream(state, data),
             #[cfg(target_arch = "x86_64")]
-            b => x86::xor_stream(b == Backend::Avx2, state, data),
-            #[cfg(not(target_arch = "x86_64"))]
+            b @ (Backend::Avx2 | Backend::Ssse3) => {
+                x86::xor_stream(b == Backend::Avx2, state, data)
+            }
+            #[cfg(all(target_arch = "arm", target_os = "none"))]
+            Backend::Neon => neon::xor_stream(state, data),
             _ => portable_xor_stream(state, data),
         }
     }
