@@ -28,6 +28,16 @@ pub struct Snapshot {
     pub nodes: BTreeMap<String, Vec<u8>>,
 }
 
+/// A service's configuration may hold secrets (the VPN VM's wg-quick file
+/// and its private key): the values are zeroed when a snapshot is dropped.
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        for v in self.nodes.values_mut() {
+            zeroize::Zeroize::zeroize(v);
+        }
+    }
+}
+
 impl Snapshot {
     /// The value of `key` (relative path), if the node exists.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
