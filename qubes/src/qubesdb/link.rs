@@ -43,7 +43,9 @@ pub fn vchan_path(me: DomId) -> alloc::string::String {
 
 /// Wait for dom0's daemon to listen for us, then connect. A server that
 /// already closed (the keys of a daemon that just exited, not yet
-/// removed) is left, and we wait for its keys to change.
+/// removed) is left, and we wait for its keys to change, or for any
+/// write under its path: the next daemon's keys may carry the same
+/// numbers (dom0 reuses a freed grant reference and port).
 pub async fn connect<E: VchanEnv>(env: &mut E, me: DomId) -> Result<Vchan<E::Mapping>, VchanError> {
     let path = vchan_path(me);
     let key = alloc::format!("{path}/ring-ref");
@@ -58,7 +60,9 @@ pub async fn connect<E: VchanEnv>(env: &mut E, me: DomId) -> Result<Vchan<E::Map
         let token = alloc::format!("moat-qubesdb-stale:{path}");
         let mut guard = xen::xenstore::WatchGuard::new(env.xenstore());
         guard.add(&path, &token).await?;
-        while guard.store().read(&key).await.ok() == stale {
+        // The event xenstored fires when the watch is registered.
+        guard.store().next_watch_event_for(&token).await?;
+        if guard.store().read(&key).await.ok() == stale {
             guard.store().next_watch_event_for(&token).await?;
         }
         guard.close().await?;

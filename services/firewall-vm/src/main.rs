@@ -160,7 +160,11 @@ mod image {
             };
             let db = Shared::new();
             let link = db.clone();
-            h.spawn(async move { qubes_mode::pump(&mut qdb, me, link, print).await });
+            let backoff = h.clone();
+            h.spawn(async move {
+                let second = || backoff.sleep(1_000_000_000);
+                qubes_mode::pump(&mut qdb, me, link, print, second).await
+            });
             let sleeper = h.clone();
             h.spawn(async move {
                 let mut clock = WallClock;

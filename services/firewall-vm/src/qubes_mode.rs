@@ -56,6 +56,7 @@ use qubes::vchan::wire::Live;
 use qubes::vchan::{Vchan, VchanEnv, VchanError};
 use xen::abi::DomId;
 use xen::shared_page::PageMemory;
+use xen::xenstore::XsError;
 
 use crate::FirewallVm;
 
@@ -295,44 +296,44 @@ async fn serve<E: VchanEnv, M: PageMemory>(
     }
 }
 
-/// Wait until dom0's daemon publishes a vchan other than the one under
-/// its path now (a `ring-ref` of another value, or one where there was
-/// none).
-async fn new_keys<E: VchanEnv>(env: &mut E, me: DomId) -> Result<(), VchanError> {
-    let path = link::vchan_path(me);
-    let key = format!("{path}/ring-ref");
-    let token = format!("moat-qubesdb-retry:{path}");
-    let stale = env.xenstore().read(&key).await.ok();
-    let mut guard = xen::xenstore::WatchGuard::new(env.xenstore());
-    guard.add(&path, &token).await?;
-    while guard.store().read(&key).await.ok() == stale {
-        guard.store().next_watch_event_for(&token).await?;
-    }
-    guard.close().await?;
-    Ok(())
-}
-
 /// The QubesDB link of VM `me`: connect to dom0's daemon, sync, serve;
 /// after a break (dom0's daemon restarted) connect and sync again, as the
-/// upstream VM daemon does. `print` gets one line per (re)connection and
-/// break. Runs for ever.
-pub async fn pump<E: VchanEnv>(env: &mut E, me: DomId, shared: SharedDb, print: fn(&str)) {
+/// upstream VM daemon does. A connection that fails (the keys of a daemon
+/// that died stay in xenstore, its port and grant gone; the next daemon's
+/// may even carry the same numbers, so a change of value cannot be waited
+/// for) is tried again after `backoff()` (a second in the image). `print`
+/// gets one line per (re)connection and break. Runs for ever.
+pub async fn pump<E: VchanEnv, F: Future<Output = ()>>(
+    env: &mut E,
+    me: DomId,
+    shared: SharedDb,
+    print: fn(&str),
+    mut backoff: impl FnMut() -> F,
+) {
+    let mut failures = 0u64;
     loop {
         let mut v = match link::connect(env, me).await {
             Ok(v) => v,
             Err(e) => {
-                print(&format!("firewall: qubesdb: cannot connect: {e:?}"));
+                failures += 1;
+                if failures.is_power_of_two() {
+                    print(&format!(
+                        "firewall: qubesdb: cannot connect ({failures} times): {e:?}"
+                    ));
+                }
                 shared.borrow_mut().last_error = Some(format!("{e:?}"));
-                // The keys of a daemon that died (its port closed, its
-                // grant gone): wait for the next daemon's. Only a broken
-                // xenstore connection ends the link for good.
-                if let Err(e) = new_keys(env, me).await {
-                    print(&format!("firewall: qubesdb: giving up: {e:?}"));
+                if matches!(
+                    e,
+                    VchanError::Xenstore(XsError::Protocol(_) | XsError::Closed)
+                ) {
+                    print("firewall: qubesdb: xenstore broken: giving up");
                     return;
                 }
+                backoff().await;
                 continue;
             }
         };
+        failures = 0;
         print(&format!(
             "firewall: qubesdb: connected to dom0's daemon ({})",
             link::vchan_path(me)

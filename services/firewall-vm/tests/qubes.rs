@@ -216,7 +216,7 @@ fn configured_from_qubesdb_with_write_backs_and_reconnection() {
         print,
     ));
     let path = link::vchan_path(VM);
-    let background = qubes_mode::pump(&mut vm_env, VM, shared.clone(), print);
+    let background = qubes_mode::pump(&mut vm_env, VM, shared.clone(), print, yield_once);
     let script = async {
         let mut v = vchan::listen(&mut dom0, VM, &path, 4096, 4096)
             .await
@@ -368,7 +368,7 @@ fn keys_of_a_dead_daemon_are_waited_out() {
         .borrow_mut()
         .set(&format!("{path}/event-channel"), b"999");
     let shared = Shared::new();
-    let background = qubes_mode::pump(&mut vm_env, VM, shared.clone(), print);
+    let background = qubes_mode::pump(&mut vm_env, VM, shared.clone(), print, yield_once);
     let script = async {
         while shared.borrow().last_error.is_none() {
             yield_once().await;
