@@ -28,6 +28,10 @@ figures beside Linux's from the same run (printed, never asserted).
 
 With --linux-bridged (and --bridge), only that Linux domU behind netbridge
 runs, with its checks and none of the references (what `make test` runs).
+Behind netbridge (--linux or --linux-bridged), the Linux domU also takes
+another MAC than its vif's for a moment: its pings must fail and netbridge
+print the drop (each vif is bound to its `mac`), and work again with its
+own MAC back.
 
 usage: python3 rig/test_netdemo.py [--image PATH] [--types pv,pvh]
           [--mib N] [--pvh-mib N] [--pings N] [--bridge MIB]
@@ -89,6 +93,32 @@ blog=/var/log/xen/console/guest-netbridge-pv.log
 sed 's/^/BRIDGE /' $blog
 xl destroy netbridge-pv
 echo "RIG end netbridge-pv"
+"""
+
+
+#: A MAC the Linux domU behind netbridge takes for a moment (--linux-bridged):
+#: its vif is bound to LINUX_BRIDGED_MAC, so netbridge must drop its frames
+#: and say so once (issue 14 item 2).
+SPOOF_MAC = "00:16:3e:5e:00:99"
+
+#: The spoofing check, run in the Linux domU through its console
+#: (rig/domu/init's `@ID COMMAND`): its eth* takes SPOOF_MAC and pings the
+#: bridged netdemo (must fail), takes its own MAC back and pings again (must
+#: work). Prints `RIG spoof linux-bridged PING_RC DROPPED_LINES` and
+#: `RIG unspoof linux-bridged PING_RC`.
+SPOOF_BRIDGED = r"""
+dlog=/var/log/xen/console/guest-linux-bridged.log
+blog=/var/log/xen/console/guest-netbridge-pv.log
+tty=$(xenstore-read /local/domain/$(xl domid linux-bridged)/console/tty)
+spoof() {
+  printf '@%s %s\n' "$1" "$2" >"$tty"
+  i=0; while [ $i -lt 300 ] && ! grep -aq "linuxdomu: cmd $1 rc=" $dlog; do sleep 0.2; i=$((i + 1)); done
+  grep -a "linuxdomu: cmd $1: ping-rc=" $dlog | tail -n 1 | tr -d '\r' | sed 's/.*ping-rc=//'
+}
+r=$(spoof spoof 'i=$(ls /sys/class/net | grep ^eth | head -n 1); ip link set $i down; ip link set $i address @SPOOF@; ip link set $i up; ping -c 3 -W 1 @IP@ >/dev/null 2>&1; echo ping-rc=$?')
+echo "RIG spoof linux-bridged ${r:-none} $(grep -ac 'frame from @SPOOF@ dropped: its Ethernet source' $blog)"
+r=$(spoof unspoof 'i=$(ls /sys/class/net | grep ^eth | head -n 1); ip link set $i down; ip link set $i address @MAC@; ip link set $i up; ping -c 3 -W 2 @IP@ >/dev/null 2>&1; echo ping-rc=$?')
+echo "RIG unspoof linux-bridged ${r:-none}"
 """
 
 
@@ -160,6 +190,9 @@ def dom0_cases(types: list, mib: dict, pings: dict, detach: dict, bridge: int, l
             cases.append(xenrig.Case("pull-bridged", netcase_limit(bridge), [
                 f"bash /guest/netbench.sh pull {LINUX_BRIDGED} {LINUX_BRIDGED_IP} {BRIDGED} {BRIDGED_IP} {bridge}"
             ], after=LINUX_BRIDGED))
+            spoof = (SPOOF_BRIDGED.replace("@SPOOF@", SPOOF_MAC).replace("@MAC@", LINUX_BRIDGED_MAC)
+                     .replace("@IP@", BRIDGED_IP))
+            cases.append(xenrig.Case("spoof-bridged", 150, spoof.strip().splitlines(), after=LINUX_BRIDGED))
             cases.append(xenrig.Case("bridged-end", 120, [f"xl destroy {LINUX_BRIDGED}; xl destroy {BRIDGED}"]))
         cases.append(xenrig.Case("netbridge-end", 120, BRIDGE_END.strip().splitlines()))
     if sink_crc:
@@ -291,6 +324,25 @@ def check_type(name: str, texts: list, mib: int, pings: int, detach: bool, bench
             bench.append(f"{name}: dom0 netback restarted, guest {r[0]} after {r[1]} s")
     panics = [l for l in guest if "panicked" in l or "FATAL" in l or "Kernel panic" in l or "FAIL" in l]
     check(not panics, f"guest panicked or failed: {panics}")
+    return passed, failures
+
+
+def check_spoof(texts: list) -> tuple:
+    """The Linux domU behind netbridge with another MAC than its vif's: its
+    pings fail and netbridge prints the drop; with its own MAC back they
+    work (SPOOF_BRIDGED)."""
+    passed, failures = 0, []
+    spoof = rig_fields(texts, "spoof", LINUX_BRIDGED)
+    if len(spoof) == 2 and spoof[0] not in ("0", "none") and spoof[1].isdigit() and int(spoof[1]) >= 1:
+        passed += 1
+    else:
+        failures.append(f"{LINUX_BRIDGED}: with MAC {SPOOF_MAC} its pings must fail and netbridge print "
+                        f"the drop once (ping rc, drop lines): {spoof}")
+    unspoof = rig_fields(texts, "unspoof", LINUX_BRIDGED)
+    if unspoof == ["0"]:
+        passed += 1
+    else:
+        failures.append(f"{LINUX_BRIDGED}: with its own MAC back its pings must work (ping rc): {unspoof}")
     return passed, failures
 
 
@@ -490,6 +542,7 @@ def main(argv=None) -> int:
                 add((1, []) if a == ["ok"] else (0, [f"{LINUX_BRIDGED}: xl network-attach backend=netbridge-pv: {a}"]))
             add(check_type(LINUX_BRIDGED, texts, args.bridge, 200, False, bench, figures, kind="linux"))
             add(check_pull(LINUX_BRIDGED, BRIDGED, texts, args.bridge, bench, figures))
+            add(check_spoof(texts))
         blines = [l[len("BRIDGE "):] for l in texts if l.startswith("BRIDGE ")]
         ok = any(re.search(r"netbridge: vif \S+ connected", l) for l in blines)
         passed, failures = (passed + 1, failures) if ok else (passed, failures + ["netbridge: no vif connected"])
