@@ -109,10 +109,28 @@ unsafe fn four_blocks(state: *const u32, data: *mut u8, len: usize) {
         init[12] = _mm_add_epi32(init[12], _mm_setr_epi32(0, 1, 2, 3));
         let mut x = init;
         // Macros, not closures: a closure would not carry the target features.
-        macro_rules! rot16 { ($v:expr) => { _mm_shuffle_epi8($v, r16) }; }
-        macro_rules! rot8 { ($v:expr) => { _mm_shuffle_epi8($v, r8) }; }
-        macro_rules! rot12 { ($v:expr) => {{ let v = $v; _mm_or_si128(_mm_slli_epi32(v, 12), _mm_srli_epi32(v, 20)) }}; }
-        macro_rules! rot7 { ($v:expr) => {{ let v = $v; _mm_or_si128(_mm_slli_epi32(v, 7), _mm_srli_epi32(v, 25)) }}; }
+        macro_rules! rot16 {
+            ($v:expr) => {
+                _mm_shuffle_epi8($v, r16)
+            };
+        }
+        macro_rules! rot8 {
+            ($v:expr) => {
+                _mm_shuffle_epi8($v, r8)
+            };
+        }
+        macro_rules! rot12 {
+            ($v:expr) => {{
+                let v = $v;
+                _mm_or_si128(_mm_slli_epi32(v, 12), _mm_srli_epi32(v, 20))
+            }};
+        }
+        macro_rules! rot7 {
+            ($v:expr) => {{
+                let v = $v;
+                _mm_or_si128(_mm_slli_epi32(v, 7), _mm_srli_epi32(v, 25))
+            }};
+        }
         quarter_rounds!(x, _mm_add_epi32, _mm_xor_si128, rot16, rot12, rot8, rot7);
         let mut i = 0;
         while i < 16 {
@@ -153,8 +171,8 @@ unsafe fn two_blocks(state: *const u32, data: *mut u8, len: usize) {
     // of data; every access below stays inside those.
     unsafe {
         let r16 = _mm256_setr_epi8(
-            2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8,
-            9, 14, 15, 12, 13,
+            2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11,
+            8, 9, 14, 15, 12, 13,
         );
         let r8 = _mm256_setr_epi8(
             3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9,
@@ -197,10 +215,26 @@ unsafe fn two_blocks(state: *const u32, data: *mut u8, len: usize) {
         b = _mm256_add_epi32(b, b0);
         c = _mm256_add_epi32(c, c0);
         d = _mm256_add_epi32(d, d0);
-        xor32(data, _mm256_permute2x128_si256(a, b, 0x20), piece(len, 0, 32));
-        xor32(data.add(32), _mm256_permute2x128_si256(c, d, 0x20), piece(len, 32, 32));
-        xor32(data.add(64), _mm256_permute2x128_si256(a, b, 0x31), piece(len, 64, 32));
-        xor32(data.add(96), _mm256_permute2x128_si256(c, d, 0x31), piece(len, 96, 32));
+        xor32(
+            data,
+            _mm256_permute2x128_si256(a, b, 0x20),
+            piece(len, 0, 32),
+        );
+        xor32(
+            data.add(32),
+            _mm256_permute2x128_si256(c, d, 0x20),
+            piece(len, 32, 32),
+        );
+        xor32(
+            data.add(64),
+            _mm256_permute2x128_si256(a, b, 0x31),
+            piece(len, 64, 32),
+        );
+        xor32(
+            data.add(96),
+            _mm256_permute2x128_si256(c, d, 0x31),
+            piece(len, 96, 32),
+        );
     }
 }
 
@@ -212,12 +246,12 @@ unsafe fn eight_blocks(state: *const u32, data: *mut u8, len: usize) {
     // of data; every access below stays inside those.
     unsafe {
         let r16 = _mm256_setr_epi8(
-            2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9,
-            14, 15, 12, 13,
+            2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11,
+            8, 9, 14, 15, 12, 13,
         );
         let r8 = _mm256_setr_epi8(
-            3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10,
-            15, 12, 13, 14,
+            3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9,
+            10, 15, 12, 13, 14,
         );
         let mut init = [_mm256_setzero_si256(); 16];
         let mut i = 0;
@@ -227,11 +261,37 @@ unsafe fn eight_blocks(state: *const u32, data: *mut u8, len: usize) {
         }
         init[12] = _mm256_add_epi32(init[12], _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         let mut x = init;
-        macro_rules! rot16 { ($v:expr) => { _mm256_shuffle_epi8($v, r16) }; }
-        macro_rules! rot8 { ($v:expr) => { _mm256_shuffle_epi8($v, r8) }; }
-        macro_rules! rot12 { ($v:expr) => {{ let v = $v; _mm256_or_si256(_mm256_slli_epi32(v, 12), _mm256_srli_epi32(v, 20)) }}; }
-        macro_rules! rot7 { ($v:expr) => {{ let v = $v; _mm256_or_si256(_mm256_slli_epi32(v, 7), _mm256_srli_epi32(v, 25)) }}; }
-        quarter_rounds!(x, _mm256_add_epi32, _mm256_xor_si256, rot16, rot12, rot8, rot7);
+        macro_rules! rot16 {
+            ($v:expr) => {
+                _mm256_shuffle_epi8($v, r16)
+            };
+        }
+        macro_rules! rot8 {
+            ($v:expr) => {
+                _mm256_shuffle_epi8($v, r8)
+            };
+        }
+        macro_rules! rot12 {
+            ($v:expr) => {{
+                let v = $v;
+                _mm256_or_si256(_mm256_slli_epi32(v, 12), _mm256_srli_epi32(v, 20))
+            }};
+        }
+        macro_rules! rot7 {
+            ($v:expr) => {{
+                let v = $v;
+                _mm256_or_si256(_mm256_slli_epi32(v, 7), _mm256_srli_epi32(v, 25))
+            }};
+        }
+        quarter_rounds!(
+            x,
+            _mm256_add_epi32,
+            _mm256_xor_si256,
+            rot16,
+            rot12,
+            rot8,
+            rot7
+        );
         let mut i = 0;
         while i < 16 {
             x[i] = _mm256_add_epi32(x[i], init[i]);
