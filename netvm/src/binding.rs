@@ -433,6 +433,42 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_frames_never_panic_and_only_the_bound_source_passes() {
+        let mut b = bound();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut passed = 0;
+        for n in 0..20_000usize {
+            let len = n % 90;
+            let mut f = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                f.push(x as u8);
+            }
+            // Half of them from the bound MAC, with a checked ethertype.
+            if n % 2 == 0 && len >= 14 {
+                f[6..12].copy_from_slice(&MAC);
+                let kinds = [
+                    ETHERTYPE_IPV4,
+                    ETHERTYPE_IPV6,
+                    ETHERTYPE_ARP,
+                    ETHERTYPE_VLAN,
+                    0x88b5,
+                ];
+                f[12..14].copy_from_slice(&kinds[n / 2 % 5].to_be_bytes());
+            }
+            if b.admit(&f) {
+                passed += 1;
+                assert_eq!(f.get(6..12), Some(&MAC[..]));
+            }
+        }
+        assert!(passed > 0);
+        assert!(b.violations().mac > 0 && b.violations().ip4 > 0 && b.violations().vlan > 0);
+        assert_eq!(b.violations().total() + passed, 20_000);
+    }
+
+    #[test]
     fn absent_keys_bind_nothing_and_invalid_ones_everything() {
         let mut open = Binding::new(&info(Key::Absent, Key::Absent), true, true);
         assert!(open.is_open());
