@@ -19,8 +19,18 @@ closes the vchan.
 Prints every failed assertion, the figures (never asserted) and
 `N passed, M failed`.
 
+With --firewall IMAGE, one more case: the firewall VM (PV) as a Qubes
+qube (firewall.qubes=on): a vchan-socket-proxy server on port 111 replays
+dom0's QubesDB full sync (hand-encoded qdb_hdr messages); the firewall
+must configure itself from it, load the client's rules, write back
+/qubes-firewall-handled/<ip> and /qubes-iptables-error, answer ping on its
+uplink, and its qrexec agent must shake hands with a proxy playing dom0's
+qrexec-daemon and answer a qubes.GetDate call whose data vchan a third
+proxy serves.
+
 usage: python3 rig/test_vchan.py [--image PATH] [--types pv,pvh] [--mib N]
           [--roles server,client] [--case-limit S] [--timeout S] [--log FILE]
+          [--firewall IMAGE]
 Exit status: 0 when every assertion held, 1 otherwise, 2 on bad usage.
 """
 
@@ -93,6 +103,120 @@ vchan_case() {
 }
 """
 
+QUBES_FUNCS = r"""
+# qdb TYPE PATH VALUE: one QubesDB message (qubesdb.h struct qdb_hdr: u8
+# type, char path[64], 3 bytes of padding, u32 data_len little endian,
+# then the value), as dom0's qubesdb-daemon sends it.
+qdb() {
+  printf "\\$(printf %03o "$1")"
+  printf '%s' "$2"; head -c $((64 - ${#2})) /dev/zero
+  head -c 3 /dev/zero
+  n=${#3}
+  printf "\\$(printf %03o $((n & 255)))\\$(printf %03o $((n >> 8)))\\000\\000"
+  printf '%s' "$3"
+}
+# qmsg TYPE LEN: a qrexec msg_header (u32 type, u32 len, little endian).
+qmsg() {
+  printf "\\$(printf %03o $(($1 & 255)))\\$(printf %03o $(($1 >> 8)))\\000\\000"
+  printf "\\$(printf %03o $(($2 & 255)))\\$(printf %03o $(($2 >> 8)))\\000\\000"
+}
+# qdb_sync: dom0's answer to the VM's full sync (a sys-firewall's network
+# keys, one client 10.137.0.10 allowed to port 80), then the end marker.
+qdb_sync() {
+  qdb 11 /qubes-ip 10.99.0.10
+  qdb 11 /qubes-gateway 10.99.0.1
+  qdb 11 /qubes-primary-dns 10.99.0.1
+  qdb 11 /qubes-netvm-gateway 10.137.0.1
+  qdb 11 /qubes-netvm-primary-dns 10.139.1.1
+  qdb 11 /connected-ips 10.137.0.10
+  qdb 11 /qubes-firewall/10.137.0.10/policy drop
+  qdb 11 /qubes-firewall/10.137.0.10/0000 'action=accept proto=tcp dstports=80-80'
+  qdb 11 /qubes-firewall/10.137.0.10 ''
+  qdb 11 '' ''
+}
+# qubes_case CONFIG: the firewall VM with firewall.qubes=on, dom0's QubesDB
+# daemon played by vchan-socket-proxy (libxenvchan server on port 111)
+# replaying a full sync, dom0's qrexec-daemon and qrexec-client by two
+# more proxies (client of the agent's port 512; server of port 513 for a
+# qubes.GetDate call). Prints RIG qfw-<check> ok|FAIL and the console.
+qubes_case() {
+  cfg=$1 name=qfw
+  flog=/var/log/xen/console/guest-$name.log
+  rm -f $flog /tmp/q*
+  echo "RIG create $name"
+  xl create -p "$cfg" "name=\"$name\"" 'extra="firewall.qubes=on"' >/dev/null 2>&1
+  domid=$(xl domid $name 2>/dev/null)
+  [ -z "$domid" ] && { echo "RIG qfw-create FAIL"; return; }
+  qdb_sync >/tmp/qdb-in
+  mkfifo /tmp/qdb-fifo
+  sleep 100000 >/tmp/qdb-fifo &
+  s1=$!
+  $PROXY -m server $domid data/vchan/$domid/111 - </tmp/qdb-fifo >/tmp/qdb-out 2>/tmp/qdb-err &
+  p1=$!
+  cat /tmp/qdb-in >/tmp/qdb-fifo &
+  t=$(now)
+  xl unpause $name
+  if wait_log $flog "firewall: forwarding: uplink 10.99.0.10 gateway 10.99.0.1" 120; then
+    echo "RIG qfw-forwarding ok $(elapsed "$t")"; else echo "RIG qfw-forwarding FAIL"; fi
+  if wait_log $flog "rules of 10.137.0.10: 1 rules" 30; then echo "RIG qfw-rules ok"; else echo "RIG qfw-rules FAIL"; fi
+  i=0
+  while [ $i -lt 150 ] && ! grep -a -q qubes-iptables-error /tmp/qdb-out 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+  echo "RIG qfw-request $(head -c 1 /tmp/qdb-out | od -An -tu1 | tr -d ' ')"
+  if grep -a -q '/qubes-firewall-handled/10.137.0.10' /tmp/qdb-out; then echo "RIG qfw-handled ok"; else echo "RIG qfw-handled FAIL"; fi
+  if grep -a -q '/qubes-iptables-error' /tmp/qdb-out; then echo "RIG qfw-error-key ok"; else echo "RIG qfw-error-key FAIL"; fi
+  if ping -c 3 -W 5 10.99.0.10 >/dev/null 2>&1; then echo "RIG qfw-ping ok"; else echo "RIG qfw-ping FAIL"; fi
+  # qrexec: the agent's control vchan, then one qubes.GetDate call.
+  if wait_log $flog "firewall: qubesdb: connected" 5 && xenstore-read /local/domain/$domid/data/vchan/0/512/event-channel >/dev/null 2>&1; then
+    echo "RIG qfw-agent-listening ok"; else echo "RIG qfw-agent-listening FAIL"; fi
+  { qmsg 768 4; printf '\003\000\000\000'; qmsg 400 0; } >/tmp/qdata-in
+  mkfifo /tmp/qdata-fifo
+  sleep 100000 >/tmp/qdata-fifo &
+  s3=$!
+  $PROXY -m server $domid data/vchan/$domid/513 - </tmp/qdata-fifo >/tmp/qdata-out 2>/tmp/qdata-err &
+  p2=$!
+  cat /tmp/qdata-in >/tmp/qdata-fifo &
+  cmd='user:QUBESRPC qubes.GetDate dom0'
+  { qmsg 768 4; printf '\003\000\000\000'
+    qmsg 512 $((8 + ${#cmd} + 1)); printf '\000\000\000\000\001\002\000\000%s\000' "$cmd"
+  } >/tmp/qctl-in
+  mkfifo /tmp/qctl-fifo
+  sleep 100000 >/tmp/qctl-fifo &
+  s2=$!
+  $PROXY -m client $domid /local/domain/$domid/data/vchan/0/512 - </tmp/qctl-fifo >/tmp/qctl-out 2>/tmp/qctl-err &
+  p3=$!
+  cat /tmp/qctl-in >/tmp/qctl-fifo &
+  # The call is over when the agent told the daemon (MSG_CONNECTION_
+  # TERMINATED on the control vchan) and the data proxy ended.
+  i=0
+  while [ $i -lt 600 ] && { kill -0 $p2 2>/dev/null || ! od -An -tx1 /tmp/qctl-out | tr -d '\n' | grep -q '11 02 00 00'; }; do
+    sleep 0.2; i=$((i + 1))
+  done
+  echo "RIG qfw-hello $(head -c 12 /tmp/qctl-out | od -An -tx1 | tr -s ' ')"
+  echo "RIG qfw-date $(tr -c '0-9T:+-' ' ' </tmp/qdata-out | grep -o '[0-9]\{4\}-[0-9][0-9]-[0-9][0-9]T[0-9:]*+00:00' | head -n 1)"
+  echo "RIG qfw-terminated $(od -An -tx1 /tmp/qctl-out | tr -d '\n' | grep -c '11 02 00 00')"
+  # dom0's QubesDB daemon restarts (its proxy killed: its keys stay,
+  # its port and grant go), the new one replays the sync and then writes
+  # the client's reload trigger.
+  kill $p1 2>/dev/null; wait $p1 2>/dev/null
+  { qdb_sync; qdb 1 /qubes-firewall/10.137.0.10 ''; } >/tmp/qdb-in2
+  mkfifo /tmp/qdb-fifo2
+  sleep 100000 >/tmp/qdb-fifo2 &
+  s4=$!
+  sleep 2
+  $PROXY -m server $domid data/vchan/$domid/111 - </tmp/qdb-fifo2 >/tmp/qdb-out2 2>/tmp/qdb-err2 &
+  p4=$!
+  cat /tmp/qdb-in2 >/tmp/qdb-fifo2 &
+  i=0
+  while [ $i -lt 600 ] && ! grep -a -q qubes-firewall-handled /tmp/qdb-out2 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+  echo "RIG qfw-reconnect $(grep -a -c 'qubesdb: connected' $flog) $(grep -a -c qubes-firewall-handled /tmp/qdb-out2)"
+  xl list $name >/dev/null 2>&1 && ! grep -a -q panicked $flog && echo "RIG qfw-alive ok" || echo "RIG qfw-alive FAIL"
+  kill $p1 $p2 $p3 $p4 $s1 $s2 $s3 $s4 2>/dev/null
+  xl destroy $name
+  sed 's/^/QFW /' $flog | tr -d '\r'
+  echo "RIG end $name"
+}
+"""
+
 #: (role of moat, port) per case.
 ROLES = (("server", 5000), ("client", 5001))
 
@@ -109,6 +233,29 @@ def dom0_cases(types: list, mib: int, limit: int, roles: tuple = ("server", "cli
     return out
 
 
+def qubes_checks(texts: list, check) -> None:
+    """The firewall in Qubes mode (qubes_case)."""
+    seg = segment(texts, "qfw")
+    for what in ("forwarding", "rules", "handled", "error-key", "ping", "agent-listening", "alive"):
+        ok = any(l.startswith(f"RIG qfw-{what} ok") for l in seg)
+        check(ok, f"qubes-firewall: {what} ({[l for l in seg if l.startswith(f'RIG qfw-{what}')][:1]})")
+    req = [l.split()[2] for l in seg if l.startswith("RIG qfw-request") and len(l.split()) > 2]
+    check(req == ["2"], f"qubes-firewall: the VM's first message is QDB_CMD_MULTIREAD (type 2): {req}")
+    hello = [l for l in seg if l.startswith("RIG qfw-hello")]
+    check(bool(hello) and hello[0].split()[2:] == "00 03 00 00 04 00 00 00 04 00 00 00".split(),
+          f"qubes-firewall: the agent's MSG_HELLO offers version 4 ({hello[:1]})")
+    date = [l.split()[2] for l in seg if l.startswith("RIG qfw-date") and len(l.split()) > 2]
+    check(bool(date), f"qubes-firewall: qubes.GetDate printed the wall clock ({date})")
+    rec = [l.split()[2:] for l in seg if l.startswith("RIG qfw-reconnect")]
+    check(bool(rec) and len(rec[0]) == 2 and int(rec[0][0]) >= 2 and int(rec[0][1]) >= 1,
+          f"qubes-firewall: after dom0's QubesDB daemon restarted the link connected again and the reload was handled ({rec})")
+    term = [l.split()[2] for l in seg if l.startswith("RIG qfw-terminated") and len(l.split()) > 2]
+    check(term != [] and term[0] != "0", f"qubes-firewall: MSG_CONNECTION_TERMINATED after the call ({term})")
+    for l in seg:
+        if l.startswith("RIG qfw-") or l.startswith("QFW firewall: q"):
+            print(f"rig: {l}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default=str(REPO / "target/images/amd64/vchantest"))
@@ -118,6 +265,8 @@ def main(argv=None) -> int:
     ap.add_argument("--extra", default="", help="more vchantest.* settings for the guest")
     ap.add_argument("--case-limit", type=int, default=900, help="seconds per case")
     ap.add_argument("--timeout", type=float, default=2400)
+    ap.add_argument("--firewall", help="also run the firewall image (PV) in Qubes mode (firewall.qubes=on) "
+                    "against a replayed QubesDB and one qrexec call")
     ap.add_argument("--log")
     args = ap.parse_args(argv)
     types = [t for t in args.types.split(",") if t]
@@ -134,7 +283,10 @@ def main(argv=None) -> int:
     guests = [(image, "vchantest")] + [(REPO / f"configs/vchantest-{t}.cfg", f"vchantest-{t}.cfg") for t in types]
     xenrig.exit_on_sigterm()
     cases = dom0_cases(types, args.mib, args.case_limit, roles, args.extra)
-    header = ["# generated by rig/test_vchan.py", "set -u", f"LIMIT={args.case_limit}", DOM0_FUNCS, VCHAN_FUNCS]
+    if args.firewall:
+        guests += [(Path(args.firewall), "firewall"), (REPO / "configs/firewall-pv.cfg", "firewall-pv.cfg")]
+        cases.append(xenrig.Case("qubes-firewall", 300, ["qubes_case /guest/firewall-pv.cfg"]))
+    header = ["# generated by rig/test_vchan.py", "set -u", f"LIMIT={args.case_limit}", DOM0_FUNCS, VCHAN_FUNCS, QUBES_FUNCS]
     result = xenrig.run_script(
         xenrig.cases_script(cases, header=header, footer=["xl list"]),
         guests=guests,
@@ -160,6 +312,9 @@ def main(argv=None) -> int:
     nbytes = args.mib << 20
     for c in cases:
         name = c.name
+        if name == "qubes-firewall":
+            qubes_checks(texts, check)
+            continue
         role = name.rsplit("-", 1)[1]
         seg = segment(texts, name)
         sum_in = next((l.split()[3:] for l in texts if l.startswith(f"RIG sum-in {name} ")), [])
