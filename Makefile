@@ -61,12 +61,15 @@ deps:
 
 # vchan (qubes::vchan) against dom0's libxenvchan (vchan-socket-proxy) on
 # the rig: moat as server and as client, PV and PVH, 64 MiB each way per
-# case with an md5 in dom0 (docs/qubes.md). Not in make test yet.
+# case with an md5 in dom0 (docs/qubes.md); then the firewall as a Qubes
+# qube (firewall.qubes=on) against a replayed QubesDB and a qrexec call.
+# Not in make test yet.
 test-vchan: deps
-	$(BUILD_ENV) RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) $(REPRO) --target $(AMD64) -p vchantest
+	$(BUILD_ENV) RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) $(REPRO) --target $(AMD64) -p vchantest -p firewall-vm
 	@mkdir -p $(IMAGE_DIR)
 	cp $(CARGO_TARGET_DIR)/$(AMD64)/release/vchantest $(IMAGE_DIR)/vchantest
-	python3 rig/test_vchan.py --image $(IMAGE_DIR)/vchantest --types pv,pvh --mib 64 --timeout 2400
+	cp $(CARGO_TARGET_DIR)/$(AMD64)/release/firewall $(IMAGE_DIR)/firewall
+	python3 rig/test_vchan.py --image $(IMAGE_DIR)/vchantest --types pv,pvh --mib 64 --firewall $(IMAGE_DIR)/firewall --timeout 2700
 
 # 1000 reconnections of netdemo's netfront (dom0's xen-netback restarted):
 # free frames, grant references and event channels flat (issue 14 item 1,
