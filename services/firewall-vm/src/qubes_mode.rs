@@ -637,3 +637,120 @@ impl Service for QubesFirewall {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qubes::qubesdb::wire::{encode, MsgType};
+
+    /// A synced client holding `entries` (as dom0's full sync).
+    fn synced(entries: &[(&str, &str)]) -> Client {
+        let mut c = Client::new();
+        c.start();
+        let _ = c.output().len();
+        c.consume_output(c.output().len());
+        let mut bytes = Vec::new();
+        for (p, v) in entries.iter().chain(&[("", "")]) {
+            bytes.extend_from_slice(&encode(MsgType::RespMultiread, p, v.len()).unwrap());
+            bytes.extend_from_slice(v.as_bytes());
+        }
+        c.feed(&bytes).unwrap();
+        assert!(c.synced());
+        c
+    }
+
+    #[test]
+    fn the_store_lists_children_once_and_reads_entries() {
+        let c = synced(&[
+            ("/qubes-ip", "10.99.0.10"),
+            ("/qubes-firewall/10.137.0.10", ""),
+            ("/qubes-firewall/10.137.0.10/policy", "drop"),
+            ("/qubes-firewall/10.137.0.10/0000", "action=accept"),
+            ("/qubes-firewall/fd09:24ef:4179::a89:a/policy", "accept"),
+            ("/qubes-firewallx/1", "not a child"),
+        ]);
+        let mut s = QubesDbStore(&c);
+        let top = now_or_never(s.list("/qubes-firewall")).unwrap().unwrap();
+        assert_eq!(top, ["10.137.0.10", "fd09:24ef:4179::a89:a"]);
+        let rules = now_or_never(s.list("/qubes-firewall/10.137.0.10/"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rules, ["0000", "policy"]);
+        assert_eq!(
+            now_or_never(s.read("/qubes-ip"))
+                .unwrap()
+                .unwrap()
+                .as_deref(),
+            Some(&b"10.99.0.10"[..])
+        );
+        assert_eq!(now_or_never(s.read("/nothing")).unwrap().unwrap(), None);
+    }
+
+    #[test]
+    fn the_snapshot_has_xenstore_names_and_their_directories() {
+        let c = synced(&[
+            ("/qubes-firewall/10.137.0.10/policy", "drop"),
+            (
+                "/qubes-firewall/fd09:24ef:4179::a89:a/0000",
+                "action=accept",
+            ),
+            ("/qubes-firewall/not-an-address/policy", "drop"),
+            ("/qubes-firewall-handled/10.137.0.10", "3"),
+        ]);
+        let (snap, skipped) = snapshot(&c);
+        assert_eq!(skipped, 1);
+        let keys: Vec<&str> = snap.nodes.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "qubes-firewall",
+                "qubes-firewall/10-137-0-10",
+                "qubes-firewall/10-137-0-10/policy",
+                "qubes-firewall/fd09_24ef_4179__a89_a",
+                "qubes-firewall/fd09_24ef_4179__a89_a/0000",
+            ]
+        );
+        assert_eq!(
+            snap.get("qubes-firewall/10-137-0-10/policy"),
+            Some(&b"drop"[..])
+        );
+    }
+
+    #[test]
+    fn frame_addresses_and_dns_values() {
+        let mut v4 = vec![0u8; 34];
+        v4[12..14].copy_from_slice(&[0x08, 0x00]);
+        v4[26..30].copy_from_slice(&[10, 137, 0, 10]);
+        v4[30..34].copy_from_slice(&[10, 99, 0, 1]);
+        assert_eq!(
+            addrs(&v4),
+            Some(("10.137.0.10".parse().unwrap(), "10.99.0.1".parse().unwrap()))
+        );
+        let mut v6 = vec![0u8; 54];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6[22..38].copy_from_slice(&"fd09::10".parse::<core::net::Ipv6Addr>().unwrap().octets());
+        v6[38..54].copy_from_slice(
+            &"2001:db8::1"
+                .parse::<core::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        assert_eq!(
+            addrs(&v6),
+            Some(("fd09::10".parse().unwrap(), "2001:db8::1".parse().unwrap()))
+        );
+        assert_eq!(addrs(&v6[..40]), None, "a truncated header is no address");
+        assert_eq!(addrs(&[0u8; 10]), None);
+        let a: Vec<IpAddr> = vec![
+            "192.0.2.9".parse().unwrap(),
+            "192.0.2.7".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+        ];
+        assert_eq!(
+            dns_value(&a),
+            "{'192.0.2.7/32', '192.0.2.9/32', '2001:db8::7/128'}"
+        );
+        let c = parse_connected(Some(b" 10.137.0.10  fd09::10 junk\n")).collect::<Vec<_>>();
+        assert_eq!(c.len(), 2);
+    }
+}
