@@ -67,7 +67,8 @@ prints their output and status). In one rig boot, for each type:
   through during the first round, the vifs of the fatal attacks must be
   closed by the firewall and those of well-formed floods served, the
   firewall must stay up, and its resources after the hostile domain is
-  gone (free frames and grants, maps, event channels; heap within 64 KiB)
+  gone (free frames and grants, maps, event channels; the heap within
+  512 KiB, which conntrack entries of the flows still alive may take)
   must be the same after both rounds;
 - with --cycles N (not in make test): a netdemo behind the firewall is
   created and destroyed N times (each must come up and its backend
@@ -100,8 +101,8 @@ DOM0 = "10.99.0.1"
 ALLOWED, DENIED = 8080, 8081
 #: The size of the file the clients download through the firewall.
 BLOB_MIB = 4
-#: How long each round of --hostile attacks.
-HOSTILE_SECONDS = 15
+#: How long each vif of --hostile attacks (from its first connection).
+HOSTILE_SECONDS = 12
 #: The attacks of the hostile image's vifs, in order (services/hostile).
 HOSTILE_ATTACKS = ["bad-grant", "malformed", "index", "flood", "flows", "frags", "rx-stall"]
 
@@ -451,7 +452,7 @@ for round in 1 2; do
     cmd client-a hping 40 "ping -c 5 -W 3 @DOM0@"
     if [ "$rc" = 0 ]; then log hostile-ping ok; else log hostile-ping FAIL "rc=$rc $out"; fi
   fi
-  wait_for $hlog "hostile: done" $((@HSECS@ + 40)) || log hostile-done-$round FAIL
+  wait_for $hlog "hostile: done" $((@HSECS@ + 100)) || log hostile-done-$round FAIL
   grep -a "hostile: report" $hlog | tr -d '\r' | sed "s/^.*hostile: report /RIG hostile-report $round /"
   xl destroy hostile
   # every vif of it closed and its directory removed (the toolstack is done)
@@ -665,7 +666,10 @@ def check_hostile(texts: list, t: str) -> tuple:
         print(f"bench: {t}: firewall resources after hostile round 2: {' '.join(res['2'][2:])}")
         same = [k for k in ("frames-free", "grants-free", "maps", "evtchns") if a.get(k) != b.get(k) or k not in a]
         heap = b.get("heap-in-use", 0) - a.get("heap-in-use", 0)
-        if res["1"][1] == "7" and res["2"][1] == "7" and not same and heap < 64 * 1024:
+        # Frames, grants, maps and event channels must come back exactly;
+        # the heap holds the connection tracking of the flood's flows
+        # (bounded: 4096 per client), which may still be alive.
+        if res["1"][1] == "7" and res["2"][1] == "7" and not same and heap < 512 * 1024:
             passed += 1
         else:
             failures.append(f"{t}: hostile: resources moved between the rounds ({same or 'heap'} "

@@ -113,13 +113,14 @@ impl Rng {
 }
 
 /// The image's settings: `hostile.attacks=a,b,...` (vif N runs the N-th;
-/// default: every attack, one per vif), `hostile.seconds=N` (default 20),
+/// default: every attack, one per vif), `hostile.seconds=N` (each vif's
+/// attack time from its first connection; default 20),
 /// `hostile.target=A.B.C.D` (where frames go; default 10.99.0.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// One attack per vif.
     pub attacks: Vec<Attack>,
-    /// How long the attack lasts.
+    /// How long each vif attacks, from its first connection.
     pub seconds: u32,
     /// Where frames go.
     pub target: Ipv4Addr,

@@ -101,6 +101,8 @@ pub struct HostileVif<P: xen::shared_page::PageMemory> {
     phase: Phase<P>,
     stale: Vec<(GrantRef, SharedPage<P>)>,
     rng: Rng,
+    /// When the backend first connected the vif.
+    first_up: Option<u64>,
     /// The counters.
     pub report: Report,
 }
@@ -169,6 +171,7 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
             phase: Phase::WaitOffer(now),
             stale: Vec::new(),
             rng: Rng::new(seed),
+            first_up: None,
             report: Report::default(),
         })
     }
@@ -176,6 +179,16 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
     /// Our MAC and address, if the toolstack gave both.
     pub fn endpoints(&self) -> Option<Endpoints> {
         self.ep
+    }
+
+    /// Whether this vif is done at `now`: attacked for `attack_ns` since
+    /// the backend first connected it, or never connected `patience_ns`
+    /// after `start`.
+    pub fn done(&self, now: u64, start: u64, attack_ns: u64, patience_ns: u64) -> bool {
+        match self.first_up {
+            Some(t) => now.saturating_sub(t) >= attack_ns,
+            None => now.saturating_sub(start) >= patience_ns,
+        }
     }
 
     /// Whether the backend has the vif connected now.
@@ -366,6 +379,7 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
             }
             Phase::Connecting(mut conn) if back == Some(4) => {
                 self.report.connects += 1;
+                self.first_up.get_or_insert(now);
                 print(&format!(
                     "hostile: {} ({}): connected",
                     self.path,
