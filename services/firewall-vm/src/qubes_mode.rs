@@ -377,6 +377,10 @@ pub struct QubesFirewall {
     connected: BTreeSet<IpAddr>,
     /// `/dns/<ip>/` as last written.
     dns_written: BTreeMap<IpAddr, BTreeMap<String, Vec<IpAddr>>>,
+    /// The uplink, up before QubesDB was synced: handed on with the first
+    /// configuration, so the firewall is never built from the defaults
+    /// alone (nor starts DHCP) while dom0's keys are on their way.
+    pending_uplink: Option<UplinkInfo>,
     /// Counters.
     pub stats: QubesStats,
 }
@@ -432,6 +436,7 @@ impl QubesFirewall {
             print,
             connected: BTreeSet::new(),
             dns_written: BTreeMap::new(),
+            pending_uplink: None,
             stats: QubesStats::default(),
         }
     }
@@ -461,6 +466,9 @@ impl QubesFirewall {
             self.stats.applied += 1;
             for line in self.vm.configure(now_ns, &snap, &changed) {
                 (self.print)(&format!("firewall: {line}"));
+            }
+            if let Some(uplink) = self.pending_uplink.take() {
+                self.vm.uplink_up(now_ns, &uplink);
             }
             self.connected = parse_connected(s.client.read(CONNECTED_IPS))
                 .chain(parse_connected(s.client.read(CONNECTED_IPS6)))
@@ -590,10 +598,15 @@ impl Service for QubesFirewall {
         self.vm.client_down(now_ns, id)
     }
     fn uplink_up(&mut self, now_ns: u64, uplink: &UplinkInfo) {
-        self.vm.uplink_up(now_ns, uplink);
+        if synced(&self.shared) {
+            self.vm.uplink_up(now_ns, uplink);
+        } else {
+            self.pending_uplink = Some(uplink.clone());
+        }
         self.sync(now_ns);
     }
     fn uplink_down(&mut self, now_ns: u64) {
+        self.pending_uplink = None;
         self.vm.uplink_down(now_ns)
     }
     fn handle(&mut self, now_ns: u64, from: Link, packet: Packet, out: &mut Vec<Transmit>) {

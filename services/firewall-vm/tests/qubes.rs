@@ -218,6 +218,18 @@ fn configured_from_qubesdb_with_write_backs_and_reconnection() {
     let path = link::vchan_path(VM);
     let background = qubes_mode::pump(&mut vm_env, VM, shared.clone(), print, yield_once);
     let script = async {
+        // The uplink comes up (no `ip` in its vif: QubesDB says) before
+        // QubesDB is synced: nothing is built from the defaults alone.
+        fw.borrow_mut().uplink_up(
+            1,
+            &UplinkInfo {
+                mac: MacAddress(FW_MAC),
+                backend: "/local/domain/1/backend/vif/7/0".into(),
+                ip: Key::Absent,
+                features: netfront::BackendFeatures::default(),
+            },
+        );
+        assert!(fw.borrow().vm.firewall().is_none());
         let mut v = vchan::listen(&mut dom0, VM, &path, 4096, 4096)
             .await
             .unwrap();
@@ -226,18 +238,11 @@ fn configured_from_qubesdb_with_write_backs_and_reconnection() {
         while !qubes_mode::synced(&shared) {
             yield_once().await;
         }
-        // The uplink comes up (no `ip` in its vif: QubesDB says).
+        // The first tick after the sync configures it, once.
+        fw.borrow_mut().tick(1, &mut Vec::new());
         {
-            let mut f = fw.borrow_mut();
-            f.uplink_up(
-                1,
-                &UplinkInfo {
-                    mac: MacAddress(FW_MAC),
-                    backend: "/local/domain/1/backend/vif/7/0".into(),
-                    ip: Key::Absent,
-                    features: netfront::BackendFeatures::default(),
-                },
-            );
+            let f = fw.borrow();
+            assert_eq!(f.vm.stats.builds, 1);
             let core = f.vm.firewall().expect("configured from QubesDB");
             assert_eq!(core.config().uplink.ip4, Ipv4Addr::new(10, 99, 0, 10));
             assert_eq!(
