@@ -164,6 +164,9 @@ pub struct VpnVm {
     store_ip: Option<String>,
     store_gw: Option<String>,
     uplink_info: Option<UplinkInfo>,
+    /// The configuration directory was read at least once (before, a
+    /// missing file is not worth a line: it may be on its way).
+    store_read: bool,
     inputs: Option<Inputs>,
     active: Option<Active>,
     clients: BTreeMap<u32, ClientEntry>,
@@ -206,6 +209,7 @@ impl VpnVm {
             store_ip: None,
             store_gw: None,
             uplink_info: None,
+            store_read: false,
             inputs: None,
             active: None,
             clients: BTreeMap::new(),
@@ -302,6 +306,9 @@ impl VpnVm {
     fn rebuild(&mut self) {
         let inputs = match self.inputs() {
             Ok(i) => i,
+            // The runtime brings the uplink up before it reads the
+            // configuration directory: wait for that read.
+            Err(_) if !self.store_read && self.disk.is_none() => return,
             Err(why) => return self.fail(why),
         };
         if self.active.is_some() && self.inputs.as_ref() == Some(&inputs) {
@@ -605,6 +612,7 @@ impl Service for VpnVm {
     }
 
     fn configure(&mut self, _now_ns: u64, snapshot: &Snapshot, _changed: &Changed) -> Vec<String> {
+        self.store_read = true;
         let text = snapshot.get(WG_QUICK_KEY);
         self.store_text = match text {
             Some(v) if v.len() > MAX_CONFIG_BYTES => {

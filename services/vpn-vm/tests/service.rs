@@ -195,6 +195,9 @@ fn assert_only_wireguard(out: &[Transmit]) {
 fn without_a_configuration_nothing_is_sent_and_the_console_says_why() {
     let mut v = vm(None);
     v.uplink_up(0, &uplink_info());
+    // (The runtime reads the configuration directory after the uplink is
+    // up: no complaint before that read.)
+    assert!(lines().is_empty(), "{:?}", lines());
     v.configure(0, &snapshot(&[]), &all());
     v.client_up(0, &client_info(1, "10.137.0.5"));
     let mut out = Vec::new();
