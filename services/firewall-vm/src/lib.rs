@@ -43,7 +43,7 @@ use firewall::store::{
 };
 use firewall::{
     Capabilities, ClientConfig, Config, EthernetAddress, Firewall, Gso, GsoKind, Instant,
-    Interface, Offload, RandomSource,
+    Interface, Offload, RandomSource, RuleReport,
 };
 use netvm::config::{Changed, Snapshot};
 use netvm::identity::Key;
@@ -460,9 +460,24 @@ impl Service for FirewallVm {
 
     fn tick(&mut self, now_ns: u64, out: &mut Vec<Transmit>) {
         self.poll_dhcp(now_ns, out);
+        let mut reports = Vec::new();
         if let Some(fw) = self.fw.as_mut() {
             for t in fw.poll(instant(now_ns)) {
                 out.push(convert(t));
+            }
+            reports = fw.take_rule_reports();
+        }
+        // Rule sets that waited for their dsthost= names: in force, or the
+        // client blocked, as the Linux agent reports a name that does not
+        // resolve ("Failed to resolve ...", its /qubes-iptables-error).
+        for r in reports {
+            match r {
+                RuleReport::Installed { addr } => self.say(&format!(
+                    "rules of {addr}: dsthost= names resolved, in force"
+                )),
+                RuleReport::ResolveFailed { addr, name } => self.say(&format!(
+                    "rules of {addr}: Failed to resolve {name}, blocking traffic"
+                )),
             }
         }
     }
