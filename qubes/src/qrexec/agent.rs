@@ -206,8 +206,14 @@ async fn run_call<E: VchanEnv, C: Clock>(
     vchan::wait_for_server(env.xenstore(), &path).await?;
     let mut v = vchan::connect(env, server, &path).await?;
     let r = serve(call, &mut v, env, clock).await;
-    // The answer is in the ring; the caller reads it after we close (a
-    // closed vchan still delivers what was written).
+    // The answer is in the ring. A closed vchan still delivers what was
+    // written, and qrexec-client reads it, but not every libxenvchan
+    // reader does (vchan-socket-proxy leaves at the close with the data
+    // unread, as the rig showed): wait until the caller has taken it (or
+    // left), then close.
+    if r.is_ok() {
+        let _ = v.flush(env).await;
+    }
     let _ = v.close(env).await;
     r
 }
