@@ -129,11 +129,11 @@ if [ @SOURCE@ = disk ]; then
   # the file on a small raw disk (the rest zeros), read once at boot
   dd if=/dev/zero of=/tmp/wg0.disk bs=1024 count=64 2>/dev/null
   dd if=/guest/vm-wg0.conf of=/tmp/wg0.disk conv=notrunc 2>/dev/null
-  xl create /guest/vpn-@TYPE@.cfg "disk=['format=raw,vdev=xvda,access=ro,target=/tmp/wg0.disk']" || log created FAIL "xl create"
+  xl create /guest/vpn-@TYPE@.cfg @MEMORY@ "disk=['format=raw,vdev=xvda,access=ro,target=/tmp/wg0.disk']" || log created FAIL "xl create"
   vpn=$(xl domid vpn)
   want="vpn: tunnel from the disk"
 else
-  xl create -p /guest/vpn-@TYPE@.cfg || log created FAIL "xl create -p"
+  xl create -p /guest/vpn-@TYPE@.cfg @MEMORY@ || log created FAIL "xl create -p"
   vpn=$(xl domid vpn)
   xenstore-write /local/domain/$vpn/vpn/wg-quick "$(cat /guest/vm-wg0.conf)"
   xl unpause vpn
@@ -291,6 +291,8 @@ def main() -> int:
     ap.add_argument("--types", default="pvh", help="pv and/or pvh (the VPN VM's type; the client is PV); "
                     "the pv VM reads its wg-quick file from a disk, the pvh one from xenstore")
     ap.add_argument("--blob-mib", type=int, default=2)
+    ap.add_argument("--memory", type=int, default=0,
+                    help="the VM's memory= in MiB (default: the config's, 32)")
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--log")
     args = ap.parse_args()
@@ -329,6 +331,7 @@ def main() -> int:
             (work / "dom0-wg.conf", "dom0-wg.conf"),
         ] + [(REPO / f"configs/vpn-{t}.cfg", f"vpn-{t}.cfg") for t in types]
         text = SETUP.replace("@BLOB_MIB@", str(args.blob_mib)) + "\n".join(SCRIPT.replace("@TYPE@", t).replace("@SOURCE@", "disk" if t == "pv" else "xenstore").replace("@BLOB_MIB@", str(args.blob_mib))
+                         .replace("@MEMORY@", f"memory={args.memory}" if args.memory else "")
                          .replace("@VPN_MAC@", VPN_MAC).replace("@CLIENT_IP@", CLIENT_IP) for t in types)
         xenrig.exit_on_sigterm()
         result = xenrig.run_script(text, guests=guests, timeout=args.timeout,
