@@ -168,6 +168,8 @@ fn stats_text(gw: &Gateway, up: &Uplink, clients: &ClientLink) -> String {
     line("gw_mss_clamped", c.mss_clamped);
     line("gw_nat_unsupported", c.nat_unsupported);
     line("gw_nat_no_mapping", c.nat_no_mapping);
+    line("gw_no_tunnel_address", c.no_tunnel_address);
+    line("gw_cookie_replies", c.cookie_replies);
     if let Some(nat) = gw.nat() {
         line("gw_nat_mappings", nat.len() as u64);
         line("gw_nat_evicted", nat.evicted());
