@@ -188,9 +188,13 @@ pub enum Stop {
     /// The toolstack asked (`xl shutdown`, `xl reboot`); everything was
     /// closed in order.
     Requested(ShutdownRequest),
-    /// The uplink could not be connected at start.
+    /// The uplink could not be connected at start, for a reason no further
+    /// attempt can cure (`netfront::front::worth_retrying`: a broken
+    /// xenstore connection, no memory, a malformed value); a backend that
+    /// is late or missing is waited for, the clients served meanwhile.
     NoUplink(NetfrontError),
-    /// The uplink could not be reconnected after its backend went away.
+    /// The uplink could not be reconnected after its backend went away,
+    /// for a reason no further attempt can cure.
     UplinkLost(NetfrontError),
 }
 
@@ -984,20 +988,16 @@ where
         backlog: VecDeque::new(),
         backlog_bytes: 0,
     };
-    let nf = match Netfront::connect(uplink_env, &options.uplink_path, options.uplink).await {
-        Ok(nf) => nf,
-        Err((_, e)) => {
-            state.print(&format!("no uplink ({}): {e}", options.uplink_path));
-            return (Stop::NoUplink(e), state.stats);
-        }
-    };
-    let mut uplink: Uplink<U> = Uplink::Up(nf);
-    if let Uplink::Up(nf) = &mut uplink {
-        // We act on `xl shutdown` and `xl reboot` (see the scan).
-        if let Err(e) = kernel::control::advertise(nf.env().xenstore()).await {
-            state.print(&format!("cannot advertise control/feature-*: {e}"));
-        }
+    let mut uplink_env = uplink_env;
+    // We act on `xl shutdown` and `xl reboot` (see the scan), also while
+    // the uplink is not up yet.
+    if let Err(e) = kernel::control::advertise(uplink_env.xenstore()).await {
+        state.print(&format!("cannot advertise control/feature-*: {e}"));
     }
+    // The uplink connects in bounded attempts like a reconnection (see
+    // Uplink::Idle): a backend that is never ready holds no one up.
+    let mut uplink: Uplink<U> = Uplink::Down(uplink_attempt(uplink_env, options, clock));
+    let mut ever_up = false;
     let mut watching = false;
     let mut vifs_changed = true;
     let mut config_changed = options.config.is_some();
@@ -1008,8 +1008,8 @@ where
     let mut next_report = start + options.report_ns;
     let mut dead: Vec<(ClientId, String)> = Vec::new();
     let mut reconnected = None;
-    // Attempts of the current reconnection of the uplink.
-    let mut attempts = 0u32;
+    // Attempts of the current (re)connection of the uplink.
+    let mut attempts = 1u32;
     let mut changed = config::Changed {
         paths: Vec::new(),
         all: true,
@@ -1030,9 +1030,10 @@ where
             match r {
                 Ok(nf) => {
                     if attempts > 1 {
-                        state.print(&format!("uplink back at attempt {attempts}"));
+                        state.print(&format!("uplink up at attempt {attempts}"));
                     }
                     attempts = 0;
+                    ever_up = true;
                     uplink = Uplink::Up(nf);
                     uplink_announced = false;
                     watching = false;
@@ -1051,6 +1052,10 @@ where
                     }
                     uplink = Uplink::Idle(env, now + UPLINK_RETRY_NS);
                     next_scan = now;
+                }
+                Err((_, e)) if !ever_up => {
+                    state.print(&format!("no uplink ({}): {e}", options.uplink_path));
+                    return (Stop::NoUplink(e), state.stats);
                 }
                 Err((_, e)) => {
                     state.print(&format!("uplink reconnect failed: {e}"));

@@ -146,8 +146,8 @@ struct Dom0 {
     got: Vec<Vec<u8>>,
     to_send: VecDeque<Vec<u8>>,
     restart: bool,
-    /// After a restart, stay away (state `Closed`, never `InitWait`) while
-    /// this is set.
+    /// Do not offer the uplink (at start: its state stays `Initialising`;
+    /// after a restart: `Closed`; never `InitWait`) while this is set.
     hang: bool,
     connections: u32,
 }
@@ -161,6 +161,9 @@ async fn dom0_uplink(m: Machine, h: Handle, state: Rc<RefCell<Dom0>>) {
     let path = Machine::back_path(VM, 0);
     let options = BackendOptions::default();
     loop {
+        while state.borrow().hang {
+            h.sleep(MS).await;
+        }
         let mut vif = match netback::connect(&mut env, &mut xs, &path, &options).await {
             Ok(v) => v,
             Err(e) => panic!("dom0 netback: {e:?}"),
@@ -188,9 +191,6 @@ async fn dom0_uplink(m: Machine, h: Handle, state: Rc<RefCell<Dom0>>) {
                 // taken back on its old rings).
                 let fstate = format!("{}/state", Machine::front_path(VM));
                 while m.get(&fstate).as_deref() == Some("4") {
-                    h.sleep(MS).await;
-                }
-                while state.borrow().hang {
                     h.sleep(MS).await;
                 }
                 // Away for longer than the VM's scan period: the VM must
@@ -780,6 +780,60 @@ fn an_uplink_backend_that_never_comes_back_does_not_stall_the_clients() {
     assert_eq!(stats.uplink_lost, 1);
     assert_eq!(w.log.borrow().down.len(), 3);
     assert_eq!(w.log.borrow().uplinks.len(), 1, "never back");
+}
+
+#[test]
+fn clients_are_served_before_an_uplink_backend_that_is_late_at_boot() {
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let w = start(&ex, &m, options());
+    // dom0 does not serve the uplink yet: its backend never reaches
+    // InitWait until released.
+    w.dom0.borrow_mut().hang = true;
+    m.add_vif(3, VM, Some("10.137.0.10"));
+    m.add_vif(4, VM, Some("10.137.0.11"));
+    let c3 = spawn_client(&w, 3);
+    let c4 = spawn_client(&w, 4);
+    let h = w.h.clone();
+    run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "clients without an uplink", || {
+            c3.borrow().connected && c4.borrow().connected && w.log.borrow().up.len() == 2
+        })
+        .await;
+        c3.borrow_mut()
+            .to_send
+            .push_back(frame([0xff; 6], mac_bytes(3), 9));
+        until(&h, SECOND, "client 4 served without an uplink", || {
+            c4.borrow().got.iter().any(|f| f[14] == 9)
+        })
+        .await;
+        assert!(w.log.borrow().uplinks.is_empty());
+        // dom0 serves it at last: the next attempt connects.
+        w.dom0.borrow_mut().hang = false;
+        until(&h, 30 * SECOND, "the uplink up", || {
+            w.log.borrow().uplinks.len() == 1
+        })
+        .await;
+        c3.borrow_mut()
+            .to_send
+            .push_back(frame([0xff; 6], mac_bytes(3), 10));
+        until(&h, 5 * SECOND, "the uplink carrying", || {
+            w.dom0.borrow().got.iter().any(|f| f[14] == 10)
+        })
+        .await;
+        m.set("/local/domain/2/control/shutdown", "poweroff");
+        until(&h, 5 * SECOND, "the runtime to stop", || {
+            w.result.borrow().is_some()
+        })
+        .await;
+    });
+    let (stop, stats) = w.result.borrow_mut().take().unwrap();
+    assert_eq!(
+        stop,
+        Stop::Requested(kernel::control::ShutdownRequest::Poweroff)
+    );
+    assert_eq!(stats.uplink_lost, 0);
+    assert_eq!(w.dom0.borrow().connections, 1);
 }
 
 /// Routes by destination MAC like a learnt switch: a frame for a client's
