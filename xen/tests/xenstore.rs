@@ -374,6 +374,26 @@ fn dropped_request_reply_is_discarded() {
     assert_eq!(block_on(xs.read("/a")).unwrap(), b"first");
 }
 
+#[test]
+fn a_watch_wait_given_up_by_a_timeout_leaves_the_client_usable() {
+    let (daemon, mut xs) = sim(4096);
+    block_on(xs.watch("/w", "t")).unwrap();
+    assert_eq!(block_on(xs.next_watch_event()).unwrap(), event("/w", "t"));
+    // Nothing fires: the wait stays pending however often it is polled,
+    // and is dropped (what a timeout does).
+    assert!(try_block_on(xs.next_watch_event_for("t"), 50).is_none());
+    // The client still answers requests, and an event that fires later
+    // is still delivered, once.
+    block_on(xs.write("/x", b"1")).unwrap();
+    daemon.borrow_mut().set("/w/late", b"");
+    assert_eq!(block_on(xs.read("/x")).unwrap(), b"1");
+    assert_eq!(
+        block_on(xs.next_watch_event_for("t")).unwrap(),
+        event("/w/late", "t")
+    );
+    assert!(try_block_on(xs.next_watch_event(), 50).is_none());
+}
+
 /// Bytes from a script: the "daemon" says whatever the test wants.
 struct Scripted {
     incoming: VecDeque<u8>,
