@@ -14,8 +14,7 @@ In dom0, one after the other:
   - blkdemo with configs/blkdemo-arm32.cfg on a file-backed disk through
     Linux blkback, as rig/test_blkdemo.py runs it: MIB MiB of a seeded
     pattern written, read back, and read back again by a new domain;
-  - with --firewall PATH (not in make test yet, docs/firewall.md "arm32"):
-    the firewall VM (configs/firewall-arm32.cfg, rig/dom0/fwsmoke.sh): it
+  - the firewall VM (configs/firewall-arm32.cfg, rig/dom0/fwsmoke.sh): it
     boots and forwards, answers dom0's pings at its uplink address, serves
     a netdemo client behind it (backend=firewall) and closes and removes
     that vif when the client is destroyed (the arm32 rig has no Linux
@@ -26,7 +25,7 @@ Prints every failed assertion, the figures (never asserted) and
 usage: python3 rig/test_arm32.py [--selftest PATH] [--netdemo PATH|none]
           [--blkdemo PATH|none] [--firewall PATH|none] [--mib N] [--pings N] [--timeout S]
           [--log FILE] [--quiet]
-The images default to target/images/arm32/{selftest,netdemo,blkdemo}
+The images default to target/images/arm32/{selftest,netdemo,blkdemo,firewall}
 (zImages).
 Exit status: 0 when every assertion held, 1 otherwise, 2 on bad usage.
 """
@@ -113,10 +112,8 @@ def main(argv=None) -> int:
                     help="the netdemo image; `none` skips the network test")
     ap.add_argument("--blkdemo", type=Path, default=REPO / "target/images/arm32/blkdemo",
                     help="the blkdemo image; `none` skips the disk test")
-    ap.add_argument("--firewall", type=Path, default=Path("none"),
-                    help="the firewall image for the firewall smoke test (needs netdemo; default none: "
-                         "not in make test while a client's `xl create` hangs on the arm32 rig, "
-                         "docs/firewall.md)")
+    ap.add_argument("--firewall", type=Path, default=REPO / "target/images/arm32/firewall",
+                    help="the firewall image; `none` skips the firewall smoke test (needs netdemo)")
     ap.add_argument("--mib", type=int, default=16,
                     help="MiB each way over TCP and onto the disk (multiple of 16)")
     ap.add_argument("--pings", type=int, default=100)

@@ -167,12 +167,26 @@ def arm_module_nodes(kernel_size: int, initrd_size: int) -> list:
     return out
 
 
+#: Words added to Xen's command line on the arm32 rig (the device tree's
+#: /chosen xen,xen-bootargs, written by rig/fetch.sh). Xen on Arm defaults
+#: to XSM's SILO mode, which lets a domU share grants and event channels
+#: only with dom0: a driver domain's clients (a client vif whose backend is
+#: the firewall VM) fail with EPERM at evtchn_alloc_unbound. `xsm=dummy`
+#: is the policy amd64 Xen runs with (docs/firewall.md, "arm32").
+ARM_XEN_EXTRA = "xsm=dummy"
+
+
 def _arm32_qemu_args(boot: Path, initrd: Path) -> list:
     dtb = initrd.parent / "virt.dtb"
     dtb.write_bytes((boot / "virt.dtb").read_bytes())
     kernel = boot / "vmlinuz"
     for args in arm_module_nodes(kernel.stat().st_size, initrd.stat().st_size):
         subprocess.run(["fdtput", str(dtb)] + args, check=True)
+    bootargs = subprocess.run(["fdtget", str(dtb), "/chosen", "xen,xen-bootargs"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    if ARM_XEN_EXTRA not in bootargs.split():
+        subprocess.run(["fdtput", "-t", "s", str(dtb), "/chosen", "xen,xen-bootargs",
+                        f"{bootargs} {ARM_XEN_EXTRA}"], check=True)
     return [
         "-M", ARM_MACHINE, "-accel", "tcg,thread=multi",
         *ARM_QEMU,

@@ -30,7 +30,7 @@ fi
   c=$(xl domid fwclient 2>/dev/null) || continue
   f=$(xl domid firewall 2>/dev/null)
   echo "RIG fwsmoke-trace $(cut -d' ' -f1 /proc/uptime) front=$(xenstore-read /local/domain/$c/device/vif/0/state 2>&1)" \
-    "back=$(xenstore-read /local/domain/$f/backend/vif/$c/0/state 2>&1) fw: $(tail -n 1 $flog | tr -d '\r')"
+    "back=$(xenstore-read /local/domain/$f/backend/vif/$c/0/state 2>&1) fw: $(tail -n 1 $flog | tr -d '\r' | cut -c1-80) client: $(tail -n 2 $clog 2>/dev/null | tr -d '\r' | tr '\n' ' ')"
 done) &
 rm -f /tmp/fwsmoke-done
 # xl's own log streamed (-vvv), in the background: on the arm32 rig this
