@@ -57,7 +57,9 @@ use core::task::Poll;
 
 use kernel::control::ShutdownRequest;
 use kernel::executor::Handle;
-use netback::{BackendDevice, BackendOptions, Health, NetbackEnv, Offer, Offload, Packet, Vif};
+use netback::{
+    BackendDevice, BackendOptions, Fatal, Health, NetbackEnv, Offer, Offload, Packet, Vif,
+};
 use netfront::error::TxError;
 use netfront::{
     BackendFeatures, ConnectOptions, MacAddress, NetEnv, Netfront, NetfrontError, TxOffload,
@@ -403,6 +405,12 @@ struct State<'a, B: NetbackEnv, S: Service> {
     retry_at: Vec<(String, u64)>,
     /// Vifs refused by the service, while their directory lives.
     refused: BTreeSet<String>,
+    /// Vifs closed for a fault of their frontend (a broken ring, too many
+    /// bad requests): offered again only once the frontend has left
+    /// `Connected` (as Linux's netback waits for the frontend to change
+    /// state), so a frontend that keeps its broken ring is not mapped,
+    /// found broken and closed again every second.
+    faulted: BTreeSet<String>,
     /// Finished vifs (the toolstack is done with them), with when their
     /// directory is to be removed ([`REMOVE_GRACE_NS`]).
     finishing: BTreeMap<String, u64>,
@@ -662,6 +670,9 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
             match c.vif.receive(&mut self.benv, budget, &mut self.packets) {
                 Ok(p) => more |= p.more,
                 Err(f) => {
+                    if frontend_fault(f) {
+                        self.faulted.insert(c.info.path.clone());
+                    }
                     dead.push((id, format!("{f:?}")));
                     continue;
                 }
@@ -694,7 +705,12 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
                         c.progress_at = now;
                     }
                 }
-                Err(f) => dead.push((c.info.id, format!("{f:?}"))),
+                Err(f) => {
+                    if frontend_fault(f) {
+                        self.faulted.insert(c.info.path.clone());
+                    }
+                    dead.push((c.info.id, format!("{f:?}")))
+                }
             }
         }
         // Room made for held frames: release them next round (a client
@@ -910,6 +926,7 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
             device.remove(xs).await?;
             self.finishing.remove(path);
             self.refused.remove(path);
+            self.faulted.remove(path);
             self.stats.removed += 1;
             self.print(&format!(
                 "vif {path} removed (the toolstack is done with it)"
@@ -918,6 +935,13 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
         }
         if self.refused.contains(path) || device.detached(xs).await? {
             return Ok(());
+        }
+        if self.faulted.contains(path) {
+            if device.frontend_state(xs).await? == XenbusState::Connected {
+                self.retry_at.push((String::from(path), now + SECOND));
+                return Ok(());
+            }
+            self.faulted.remove(path);
         }
         if self.clients.len() + self.offers.len() >= self.options.max_clients {
             self.retry_at.push((String::from(path), now + SECOND));
@@ -943,6 +967,19 @@ impl<B: NetbackEnv, S: Service> State<'_, B, S> {
         ));
         self.offers.push((String::from(path), offer));
         Ok(())
+    }
+}
+
+/// Whether a vif closed for `f` was closed for its frontend's fault (a
+/// ring it broke or requests it kept getting wrong), rather than because
+/// it or the toolstack left.
+fn frontend_fault(f: Fatal) -> bool {
+    match f {
+        Fatal::BadRingIndex(_)
+        | Fatal::IncompletePacket
+        | Fatal::ExtraChain
+        | Fatal::TooManyViolations => true,
+        Fatal::Closed => false,
     }
 }
 
@@ -978,6 +1015,7 @@ where
         offers: Vec::new(),
         retry_at: Vec::new(),
         refused: BTreeSet::new(),
+        faulted: BTreeSet::new(),
         finishing: BTreeMap::new(),
         next_id: 0,
         rotate: 0,

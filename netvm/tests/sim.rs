@@ -1412,3 +1412,80 @@ fn frames_from_a_tick_are_delivered_in_the_same_round() {
         assert!(worst < 10 * MS, "a tick's frame took {} ms", worst / MS);
     });
 }
+
+/// A frontend that connects (keys and rings as a netfront writes them),
+/// then breaks its TX ring (a producer index far past it) and stays
+/// `Connected` with the broken ring, until `leave` is set: then it goes
+/// to Initialising, as a frontend that starts over does.
+async fn ring_breaker(m: Machine, h: Handle, dom: DomId, leave: Rc<Cell<bool>>) {
+    use xen::abi::netif::*;
+    let b = Machine::back_path(dom, VM);
+    let f = Machine::front_path(dom);
+    while m.get(&format!("{b}/state")).as_deref() != Some("2") {
+        h.sleep(MS).await;
+    }
+    let hv = m.hv.clone();
+    let tx_page = hv.alloc_page_of(dom);
+    let rx_page = hv.alloc_page_of(dom);
+    let tx_ref = hv.grant_access(dom, VM, tx_page.frame(), false).unwrap();
+    let rx_ref = hv.grant_access(dom, VM, rx_page.frame(), false).unwrap();
+    let port = hv.alloc_unbound(dom, VM).unwrap();
+    let raw = SharedPage::new(tx_page.memory().clone());
+    let _tx = tx_page.into_front_ring::<NetifTxRequest, NetifTxResponse>(0);
+    let _rx = rx_page.into_front_ring::<NetifRxRequest, NetifRxResponse>(0);
+    for (k, v) in [
+        ("tx-ring-ref", tx_ref.to_string()),
+        ("rx-ring-ref", rx_ref.to_string()),
+        ("event-channel", port.to_string()),
+        ("request-rx-copy", "1".into()),
+        ("feature-rx-notify", "1".into()),
+        ("state", "4".into()),
+    ] {
+        m.set(&format!("{f}/{k}"), &v);
+    }
+    while m.get(&format!("{b}/state")).as_deref() != Some("4") {
+        h.sleep(MS).await;
+    }
+    // req_prod (the ring's first word) 10 000 past the ring
+    raw.write(0, &10_000u32.to_le_bytes()).unwrap();
+    let _ = hv.send(dom, port);
+    while !leave.get() {
+        h.sleep(MS).await;
+    }
+    m.set(&format!("{f}/state"), "1");
+}
+
+#[test]
+fn a_frontend_that_broke_its_ring_is_offered_again_only_once_it_left_connected() {
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let w = start(&ex, &m, options());
+    m.add_vif(3, VM, Some("10.137.0.10"));
+    let leave = Rc::new(Cell::new(false));
+    w.h.spawn(ring_breaker(m.clone(), w.h.clone(), 3, leave.clone()));
+    let (h, log) = (w.h.clone(), w.log.clone());
+    let bstate = format!("{}/state", Machine::back_path(3, VM));
+    run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "the vif connected", || {
+            log.borrow().up.len() == 1
+        })
+        .await;
+        until(&h, 5 * SECOND, "the broken ring closed", || {
+            log.borrow().down.len() == 1
+        })
+        .await;
+        // The frontend still says Connected with its broken ring: the vif
+        // is not offered again (before, it was offered, mapped, found
+        // broken and closed again every second).
+        h.sleep(10 * SECOND).await;
+        assert_eq!(log.borrow().up.len(), 1, "connected again to a broken ring");
+        assert_eq!(log.borrow().down.len(), 1);
+        assert_eq!(m.get(&bstate).as_deref(), Some("6"), "left Closed");
+        // The frontend starts over: offered again.
+        leave.set(true);
+        until(&h, 5 * SECOND, "offered again", || {
+            m.get(&bstate).as_deref() == Some("2")
+        })
+        .await;
+    });
+}
