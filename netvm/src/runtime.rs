@@ -392,7 +392,7 @@ async fn uplink_info<U: NetEnv>(nf: &mut Netfront<U>) -> UplinkInfo {
 
 /// The loop's state, apart from the uplink (which owns the xenstore
 /// connection and so is borrowed separately).
-struct State<'a, B: NetbackEnv, S: Service> {
+struct State<'a, B: NetbackEnv, S: Service + ?Sized> {
     options: &'a Options,
     benv: B,
     service: &'a mut S,
@@ -429,7 +429,7 @@ struct State<'a, B: NetbackEnv, S: Service> {
     backlog_bytes: usize,
 }
 
-impl<B: NetbackEnv, S: Service> State<'_, B, S> {
+impl<B: NetbackEnv, S: Service + ?Sized> State<'_, B, S> {
     fn print(&self, line: &str) {
         (self.options.print)(&format!("{}: {line}", self.options.name));
     }
@@ -1004,7 +1004,7 @@ pub async fn run<U, B, S>(
 where
     U: NetEnv + 'static,
     B: NetbackEnv,
-    S: Service,
+    S: Service + ?Sized,
 {
     let mut state = State {
         options,
@@ -1371,7 +1371,7 @@ fn note_config(changed: &mut config::Changed, options: &Options, path: &str) {
 
 /// The uplink's backend went away: tell the service and start
 /// reconnecting.
-fn lose_uplink<U: NetEnv + 'static, B: NetbackEnv, S: Service>(
+fn lose_uplink<U: NetEnv + 'static, B: NetbackEnv, S: Service + ?Sized>(
     state: &mut State<'_, B, S>,
     uplink: Uplink<U>,
     now: u64,
