@@ -63,11 +63,18 @@ while [ $k -lt @CYCLES@ ]; do
   fi
   k=$((k + 1))
   n0=$(grep -c "netdemo: reconnected" $glog)
-  echo "$dev" > /sys/bus/xen-backend/drivers/vif/unbind
+  if ! timeout 60 sh -c "echo $dev > /sys/bus/xen-backend/drivers/vif/unbind"; then
+    log cycle FAIL $k unbind-hung backend=$(xenstore-read backend/vif/$dom/$devid/state 2>&1) \
+      frontend=$(xenstore-read /local/domain/$dom/device/vif/$devid/state 2>&1)
+    dmesg | tail -n 15 | sed 's/^/DMESG /'; tail -n 10 $glog | sed 's/^/GUEST /'
+    break
+  fi
   sleep 0.5
-  echo "$dev" > /sys/bus/xen-backend/drivers/vif/bind
+  if ! timeout 60 sh -c "echo $dev > /sys/bus/xen-backend/drivers/vif/bind"; then
+    log cycle FAIL $k bind-hung; dmesg | tail -n 15 | sed 's/^/DMESG /'; break
+  fi
   XENBUS_PATH=backend/vif/$dom/$devid XENBUS_TYPE=vif XENBUS_BASE_PATH=backend vif=vif$dom.$devid \
-    bash /etc/xen/scripts/vif-bridge online >/dev/null 2>&1
+    timeout 60 bash /etc/xen/scripts/vif-bridge online >/dev/null 2>&1
   tc=$(up)
   r=stuck kept_since= i=0
   while [ $i -lt 300 ]; do
@@ -88,10 +95,10 @@ while [ $k -lt @CYCLES@ ]; do
     kept) kept=$((kept + 1)) ;;
     *) log cycle FAIL $k stuck backend=$(xenstore-read backend/vif/$dom/$devid/state 2>&1) \
          frontend=$(xenstore-read /local/domain/$dom/device/vif/$devid/state 2>&1)
-       tail -n 10 $glog | sed 's/^/GUEST /'
+       tail -n 10 $glog | sed 's/^/GUEST /'; dmesg | tail -n 15 | sed 's/^/DMESG /'
        break ;;
   esac
-  [ $((k % 50)) = 0 ] && log progress $k $t0 $(up)
+  log cyc $k $r $(awk -v a="$tc" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }')
 done
 log cycles $k $t0 $(up) reconnected $rec kept $kept
 awk '{ d = $2 - $1; n++; s += d; if (n == 1 || d < mn) mn = d; if (d > mx) mx = d }
