@@ -47,7 +47,8 @@ mod image {
         alloc::boxed::Box::new(KernelRandom)
     }
 
-    /// Free frames, heap in use, free grant references (ours, to the
+    /// Free frames, heap in use and managed (the heap grows by taking free
+    /// frames and keeps them: its high-water mark), free grant references (ours, to the
     /// uplink's backend), grants of other domains mapped (the clients'
     /// rings) and the drivers' open event channels, for the runtime's
     /// `resources:` lines.
@@ -57,8 +58,9 @@ mod image {
             .unwrap_or((0, 0));
         let heap = kernel::HEAP.stats();
         alloc::format!(
-            "frames-free={frames} heap-in-use={} grants-free={grants} maps={} evtchns={}",
+            "frames-free={frames} heap-in-use={} heap-managed={} grants-free={grants} maps={} evtchns={}",
             heap.bytes_in_use,
+            heap.bytes_managed,
             kernel::foreign::mapped_count(),
             kernel::devices::open_ports()
         )
