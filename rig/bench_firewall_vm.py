@@ -147,12 +147,12 @@ def nft_file(client: str, rules: list, policy: str = "drop", dns: tuple = (DOM0,
 
 
 def dom0_script(kinds: list, counts: list, seconds: int, mem_steps: dict, sequential: bool = False,
-                flowtable: bool = False) -> tuple:
+                flowtable: bool = False, moat_mem: int = 0) -> tuple:
     """The generated dom0 script: the servers, then the benchmark (both
     firewalls up at once, each run made for one and then the other; with
     `sequential` or one kind, one firewall after the other), then per
     firewall its memory bisection, each a case (rig/dom0/case.sh)."""
-    header = [". /guest/fwbench.sh", f"FLOWTABLE={int(flowtable)}"]
+    header = [". /guest/fwbench.sh", f"FLOWTABLE={int(flowtable)}", f"MOAT_MEM={moat_mem or ''}"]
     for name in [str(n) for n in counts] + ["check"]:
         header += moat_function(name, rule_set(name)).splitlines()
     per_test = seconds + 75
@@ -244,6 +244,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8, help="each iperf3 run (default 8)")
     ap.add_argument("--mem-steps", default="4,4", metavar="MOAT,LINUX",
                     help="memory= bisection trials per firewall (default 4,4; 0 skips)")
+    ap.add_argument("--moat-memory", type=int, default=16, metavar="MIB",
+                    help="memory= of moat's firewall in the throughput runs (default 16: issue 12's goal is "
+                         "Linux's speed at 16 MiB or less; 0: its config's)")
     ap.add_argument("--only", choices=["moat", "linux"], help="one firewall only")
     ap.add_argument("--flowtable", type=int, default=0, choices=[0, 1],
                     help="1: the Linux firewall also sets up Qubes' nat-accel flowtable (default 0: bulk "
@@ -267,6 +270,8 @@ def main() -> int:
     for kind, cfg in (("moat", moat_cfg), ("linux", REPO / "configs/firewall-linux-pv.cfg")):
         m = re.search(r"^memory=(\d+)", cfg.read_text(), re.M)
         mem[kind] = m.group(1) if m else "?"
+    if args.moat_memory:
+        mem["moat"] = str(args.moat_memory)
     with_files = []
     import tempfile
     tmp = tempfile.TemporaryDirectory(prefix="moat-fwbench-")
@@ -284,7 +289,8 @@ def main() -> int:
         (domu.router_ramdisk, "linux-router.cpio.gz"),
         (domu.bench_ramdisk, "bench-client.cpio.gz"),
     ] + with_files
-    script, names = dom0_script(kinds, counts, args.seconds, mem_steps, args.sequential, bool(args.flowtable))
+    script, names = dom0_script(kinds, counts, args.seconds, mem_steps, args.sequential, bool(args.flowtable),
+                                args.moat_memory)
     xenrig.exit_on_sigterm()
     result = xenrig.run_script(script, guests=guests, timeout=args.timeout,
                                log=Path(args.log) if args.log else None)

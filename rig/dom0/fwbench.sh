@@ -213,7 +213,7 @@ bench_side() {
   fi
   log step "$kind" client-waiting "$(up)"
   : >/tmp/first.log
-  if ! fw_create "$kind" "$fw" "" "$1"; then
+  if ! fw_create "$kind" "$fw" "$(run_mem "$kind")" "$1"; then
     show_consoles "$kind" "$fw" "$cl"; xl destroy "$cl"; xl destroy "$fw"; return 1
   fi
   timeout 60 xl network-attach "$cl" "backend=$fw" "ip=$CIP" "mac=$CMAC" >/tmp/xl-attach.out 2>&1 ||
@@ -262,13 +262,16 @@ test_cmd() {
   esac
 }
 
+# run_mem KIND: the memory= of KIND's benchmark runs (empty: its config's)
+run_mem() { if [ "$1" = moat ]; then echo "${MOAT_MEM:-}"; fi; }
+
 # side_up KIND FW CLIENT RULES: with CLIENT up and waiting for its vif:
 # xl create of the firewall (rule set RULES from the start), the client's
 # vif attached once it is ready, the first packet at dom0.
 side_up() {
   local kind=$1 fw=$2 cl=$3 t_att t_first
   : >/tmp/first.log
-  fw_create "$kind" "$fw" "" "$4" || return 1
+  fw_create "$kind" "$fw" "$(run_mem "$kind")" "$4" || return 1
   timeout 60 xl network-attach "$cl" "backend=$fw" "ip=$CIP" "mac=$CMAC" >/tmp/xl-attach.out 2>&1 ||
     log fail "$kind" "network-attach: $(tail -n 2 /tmp/xl-attach.out | tr '\n' ' ')"
   t_att=$(up)
