@@ -617,14 +617,10 @@ def check_words(texts: list, prefix: str, words: list) -> tuple:
     return passed, failures
 
 
-def resources(words: list) -> dict:
-    """`key=value` words of a `resources:` line as a dict of ints."""
-    out = {}
-    for w in words:
-        k, _, v = w.partition("=")
-        if v.isdigit():
-            out[k] = int(v)
-    return out
+def resources(line: str) -> dict:
+    """The key=value pairs with integer values of a line (a `firewall:
+    resources:` line, a hostile report), as a dict."""
+    return {k: int(v) for k, v in re.findall(r"([a-z-]+)=(\d+)", line)}
 
 
 def check_hostile(texts: list, t: str) -> tuple:
@@ -638,7 +634,7 @@ def check_hostile(texts: list, t: str) -> tuple:
             if not r:
                 failures.append(f"{t}: hostile round {rnd}: no report of {attack}")
                 continue
-            f = resources(r[3:])
+            f = resources(" ".join(r[3:]))
             print(f"bench: {t}: hostile round {rnd}: {attack}: {' '.join(r[3:])}")
             if attack in ("bad-grant", "malformed", "index"):
                 # every one of these is fatal to the vif sooner or later
@@ -661,7 +657,7 @@ def check_hostile(texts: list, t: str) -> tuple:
                 print(f"bench: {t}: hostile round {rnd}: firewall: {' '.join(c[1:])}")
     res = {r[0]: r for r in rig("hostile-resources") if r}
     if "1" in res and "2" in res and len(res["1"]) > 2 and len(res["2"]) > 2:
-        a, b = resources(res["1"][2:]), resources(res["2"][2:])
+        a, b = resources(" ".join(res["1"][2:])), resources(" ".join(res["2"][2:]))
         print(f"bench: {t}: firewall resources after hostile round 1: {' '.join(res['1'][2:])}")
         print(f"bench: {t}: firewall resources after hostile round 2: {' '.join(res['2'][2:])}")
         same = [k for k in ("grants-free", "maps", "evtchns") if a.get(k) != b.get(k) or k not in a]

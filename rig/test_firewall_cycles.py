@@ -32,7 +32,6 @@ exit 1 on any failure. Needs `make images` and the rig cache."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -173,11 +172,6 @@ def script(t: str, cycles: int, budget: float) -> str:
     return s
 
 
-def resources(line: str) -> dict:
-    """The key=value pairs of a `firewall: resources:` line."""
-    return {k: int(v) for k, v in re.findall(r"([a-z-]+)=(\d+)", line)}
-
-
 def check(texts: list, cycles: int, heap_slack: int) -> tuple:
     """(passed, failures)."""
     passed, failures = 0, []
@@ -209,7 +203,7 @@ def check(texts: list, cycles: int, heap_slack: int) -> tuple:
     start = [l for l in texts if l.startswith("RIG res-start ")]
     end = [l for l in texts if l.startswith("RIG res-end ")]
     if start and end and done >= 2:
-        a, b = resources(start[0]), resources(end[0])
+        a, b = tf.resources(start[0]), tf.resources(end[0])
         print(f"bench: resources after the first cycle: {start[0][len('RIG res-start '):]}")
         print(f"bench: resources after the last cycle:  {end[0][len('RIG res-end '):]}")
         exact = ["frames-free", "grants-free", "maps", "evtchns", "clients"]

@@ -16,6 +16,7 @@ use netfront::NetEnv;
 use xen::abi::netif::*;
 use xen::abi::{DomId, GrantRef, Port};
 use xen::shared_page::SharedPage;
+use xen::xenbus::{read_state, write_state, XenbusState};
 
 use crate::frames::{self, Endpoints};
 use crate::ring::{rx_request, rx_status, tx_extra, tx_request, tx_status, RawRing};
@@ -122,10 +123,6 @@ async fn read<E: NetEnv>(env: &mut E, path: &str) -> Option<String> {
         .await
         .ok()
         .map(|s| s.trim_end_matches('\0').trim().to_string())
-}
-
-async fn state<E: NetEnv>(env: &mut E, path: &str) -> Option<u32> {
-    read(env, &format!("{path}/state")).await?.parse().ok()
 }
 
 impl<P: xen::shared_page::PageMemory> HostileVif<P> {
@@ -330,11 +327,8 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
         Ok(())
     }
 
-    async fn set_state<E: NetEnv<Page = P>>(&mut self, env: &mut E, s: u32) {
-        let _ = env
-            .xenstore()
-            .write(&format!("{}/state", self.path), s.to_string().as_bytes())
-            .await;
+    async fn set_state<E: NetEnv<Page = P>>(&mut self, env: &mut E, s: XenbusState) {
+        let _ = write_state(env.xenstore(), &self.path, s).await;
     }
 
     /// Look at the backend and move the handshake on; prints what changed.
@@ -347,23 +341,25 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
             }
         }
         self.stale = kept;
-        let back = state(env, &self.backend).await;
+        let back = read_state(env.xenstore(), &self.backend).await.ok();
         let phase = core::mem::replace(&mut self.phase, Phase::Down(now));
         self.phase = match phase {
-            Phase::WaitOffer(since) if back == Some(2) => match self.build(env, now) {
-                Ok(conn) => match self.publish_keys(env, &conn).await {
-                    Ok(()) => Phase::Connecting(conn),
+            Phase::WaitOffer(since) if back == Some(XenbusState::InitWait) => {
+                match self.build(env, now) {
+                    Ok(conn) => match self.publish_keys(env, &conn).await {
+                        Ok(()) => Phase::Connecting(conn),
+                        Err(e) => {
+                            self.report.last_error = Some(e);
+                            self.tear_down(env, conn);
+                            Phase::WaitOffer(since)
+                        }
+                    },
                     Err(e) => {
                         self.report.last_error = Some(e);
-                        self.tear_down(env, conn);
                         Phase::WaitOffer(since)
                     }
-                },
-                Err(e) => {
-                    self.report.last_error = Some(e);
-                    Phase::WaitOffer(since)
                 }
-            },
+            }
             Phase::WaitOffer(since) => {
                 if now.saturating_sub(since) > PATIENCE_NS {
                     self.report.stuck += 1;
@@ -377,7 +373,7 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
                     Phase::WaitOffer(since)
                 }
             }
-            Phase::Connecting(mut conn) if back == Some(4) => {
+            Phase::Connecting(mut conn) if back == Some(XenbusState::Connected) => {
                 self.report.connects += 1;
                 self.first_up.get_or_insert(now);
                 print(&format!(
@@ -388,9 +384,14 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
                 conn.since = now;
                 Phase::Up(conn)
             }
-            Phase::Connecting(conn) | Phase::Up(conn) if back != Some(4) && back != Some(2) => {
-                // Closing, Closed, or the directory gone.
-                if matches!(back, Some(5) | Some(6) | None) {
+            Phase::Connecting(conn) | Phase::Up(conn)
+                if !matches!(back, Some(XenbusState::Connected | XenbusState::InitWait)) =>
+            {
+                // Closing, Closed, or the directory gone (Unknown).
+                if matches!(
+                    back,
+                    Some(XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown) | None
+                ) {
                     self.report.closed += 1;
                     print(&format!(
                         "hostile: {} ({}): closed by the backend after {} ms ({} requests, {} errors)",
@@ -401,8 +402,8 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
                         self.report.errors
                     ));
                     self.tear_down(env, conn);
-                    self.set_state(env, 5).await;
-                    self.set_state(env, 6).await;
+                    self.set_state(env, XenbusState::Closing).await;
+                    self.set_state(env, XenbusState::Closed).await;
                     Phase::Down(now)
                 } else {
                     Phase::Connecting(conn)
@@ -417,7 +418,7 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
                         self.attack.name()
                     ));
                     self.tear_down(env, conn);
-                    self.set_state(env, 6).await;
+                    self.set_state(env, XenbusState::Closed).await;
                     Phase::Down(now)
                 } else {
                     Phase::Connecting(conn)
@@ -425,7 +426,7 @@ impl<P: xen::shared_page::PageMemory> HostileVif<P> {
             }
             Phase::Up(conn) => Phase::Up(conn),
             Phase::Down(at) if now.saturating_sub(at) >= REOPEN_NS => {
-                self.set_state(env, 1).await;
+                self.set_state(env, XenbusState::Initialising).await;
                 Phase::WaitOffer(now)
             }
             Phase::Down(at) => Phase::Down(at),
