@@ -207,6 +207,8 @@ fn table() -> Vec<Check> {
         "XS_DIRECTORY_PART" => XsdSockmsgType::DirectoryPart;
         "XS_TYPE_COUNT" => XsdSockmsgType::DirectoryPart as u32 + 1;
         "XS_INVALID" => XsdSockmsgType::Invalid;
+        "XS_WATCH_PATH" => XS_WATCH_PATH;
+        "XS_WATCH_TOKEN" => XS_WATCH_TOKEN;
         "XenbusStateUnknown" => XenbusState::Unknown;
         "XenbusStateInitialising" => XenbusState::Initialising;
         "XenbusStateInitWait" => XenbusState::InitWait;

@@ -101,6 +101,12 @@ impl XenstoreDomainInterface {
     }
 }
 
+/// Index of the path in a watch event's payload strings
+/// (`XS_WATCH_PATH` of `enum xs_watch_type`).
+pub const XS_WATCH_PATH: usize = 0;
+/// Index of the token in a watch event's payload strings (`XS_WATCH_TOKEN`).
+pub const XS_WATCH_TOKEN: usize = 1;
+
 /// Message types (`enum xsd_sockmsg_type`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
