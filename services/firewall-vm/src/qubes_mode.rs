@@ -175,20 +175,26 @@ impl Shared {
                     self.dirty = true;
                 }
                 Event::Watch { path, .. } if !is_ours(&path) => {
+                    // An entry without a xenstore name is never in the
+                    // snapshot (`snapshot` leaves it out), so its change
+                    // cannot change the configuration: qubesd writes
+                    // `/mapped-ip/<client ip>/visible-ip` before each
+                    // client starts, and taking that for "everything
+                    // changed" reloaded every client's rules (and grew
+                    // every `/qubes-firewall-handled/<ip>`) each time.
+                    let Ok(rel) = key_to_xenstore(&path) else {
+                        continue;
+                    };
                     self.dirty = true;
                     if self.changed.all {
                         continue;
                     }
-                    match key_to_xenstore(&path) {
-                        Ok(rel) if self.changed.paths.len() < MAX_CHANGED => {
-                            self.changed.paths.push(rel)
-                        }
-                        // Too many, or a name the snapshot does not
-                        // carry: look at everything.
-                        _ => {
-                            self.changed.all = true;
-                            self.changed.paths.clear();
-                        }
+                    if self.changed.paths.len() < MAX_CHANGED {
+                        self.changed.paths.push(rel)
+                    } else {
+                        // Too many: look at everything.
+                        self.changed.all = true;
+                        self.changed.paths.clear();
                     }
                 }
                 Event::Watch { .. } | Event::Refused { .. } => {}
@@ -381,9 +387,19 @@ pub struct QubesFirewall {
     /// configuration, so the firewall is never built from the defaults
     /// alone (nor starts DHCP) while dom0's keys are on their way.
     pending_uplink: Option<UplinkInfo>,
+    /// When the service first ran (its first tick), for the warning below.
+    started_ns: Option<u64>,
+    /// When to say again that dom0 has not configured us (0: not said).
+    next_warning_ns: u64,
     /// Counters.
     pub stats: QubesStats,
 }
+
+/// How long after start the firewall says that dom0's QubesDB daemon has
+/// not answered, and how often it says it again.
+pub const NO_QUBESDB_WARNING_NS: u64 = 10_000_000_000;
+/// The repeat period of that warning.
+pub const NO_QUBESDB_REPEAT_NS: u64 = 60_000_000_000;
 
 fn parse_connected(value: Option<&[u8]>) -> impl Iterator<Item = IpAddr> + '_ {
     value
@@ -437,6 +453,8 @@ impl QubesFirewall {
             connected: BTreeSet::new(),
             dns_written: BTreeMap::new(),
             pending_uplink: None,
+            started_ns: None,
+            next_warning_ns: 0,
             stats: QubesStats::default(),
         }
     }
@@ -456,10 +474,46 @@ impl QubesFirewall {
         }
     }
 
+    /// `firewall.qubes=on` without dom0's QubesDB daemon (not a Qubes
+    /// dom0, or qubesd did not start `qubesdb-daemon` for us): the
+    /// firewall stays closed (nothing is forwarded without dom0's
+    /// configuration; falling back to another source would let a firewall
+    /// run on rules nobody gave it) and keeps waiting, since the daemon
+    /// may still come, but says so on the console 10 s after start and
+    /// every minute after, and once when the daemon finally answers.
+    fn warn_unconfigured(&mut self, now_ns: u64, s: &Shared) {
+        let start = *self.started_ns.get_or_insert(now_ns);
+        let waited = now_ns.saturating_sub(start) / 1_000_000_000;
+        if s.connects > 0 {
+            if self.next_warning_ns != 0 {
+                self.next_warning_ns = 0;
+                (self.print)(&format!(
+                    "firewall: qubesdb: dom0's QubesDB daemon answered after {waited} s: configuring"
+                ));
+            }
+            return;
+        }
+        if now_ns.saturating_sub(start) < NO_QUBESDB_WARNING_NS || now_ns < self.next_warning_ns {
+            return;
+        }
+        self.next_warning_ns = now_ns + NO_QUBESDB_REPEAT_NS;
+        let why = s
+            .last_error
+            .as_deref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        (self.print)(&format!(
+            "firewall: qubesdb: no configuration from dom0 after {waited} s: forwarding nothing until dom0's QubesDB \
+             daemon answers on vchan port 111{why}. firewall.qubes=on is for a Qubes dom0, where qubesd starts \
+             qubesdb-daemon with the qube; on plain Xen leave it out and configure through xenstore (docs/firewall.md)"
+        ));
+    }
+
     /// Apply what changed in QubesDB, then queue the write-backs.
     fn sync(&mut self, now_ns: u64) {
         let shared = self.shared.clone();
         let mut s = shared.borrow_mut();
+        self.warn_unconfigured(now_ns, &s);
         if let Some(changed) = s.take_changes() {
             let (snap, skipped) = snapshot(&s.client);
             self.stats.skipped = skipped as u64;
@@ -727,6 +781,88 @@ mod tests {
             snap.get("qubes-firewall/10-137-0-10/policy"),
             Some(&b"drop"[..])
         );
+    }
+
+    #[test]
+    fn a_change_of_an_entry_without_a_xenstore_name_changes_nothing() {
+        let shared = Shared::new();
+        {
+            let mut s = shared.borrow_mut();
+            s.client = synced(&[("/qubes-ip", "10.99.0.10")]);
+            let _ = s.client.watch("/");
+            assert!(s.take_changes().is_some_and(|c| c.all), "the sync");
+            assert!(s.take_changes().is_none());
+            let mut bytes = encode(MsgType::Write, "/mapped-ip/10.137.0.10/visible-ip", 11)
+                .unwrap()
+                .to_vec();
+            bytes.extend_from_slice(b"10.137.0.10");
+            s.client.feed(&bytes).unwrap();
+            assert_eq!(
+                s.take_changes(),
+                None,
+                "qubesd's /mapped-ip/<ip>/... is no configuration"
+            );
+            let bytes = encode(MsgType::Write, "/qubes-firewall/10.137.0.10", 0).unwrap();
+            s.client.feed(&bytes).unwrap();
+            let c = s.take_changes().expect("the reload trigger is a change");
+            assert!(!c.all);
+            assert_eq!(c.paths, ["qubes-firewall/10-137-0-10"]);
+        }
+    }
+
+    std::thread_local! {
+        static LINES: core::cell::RefCell<Vec<String>> = const { core::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn record(line: &str) {
+        LINES.with(|l| l.borrow_mut().push(line.to_string()));
+    }
+
+    fn recorded() -> Vec<String> {
+        LINES.with(|l| core::mem::take(&mut *l.borrow_mut()))
+    }
+
+    #[test]
+    fn without_dom0_s_daemon_it_says_so_and_forwards_nothing() {
+        let shared = Shared::new();
+        let vm = FirewallVm::new(crate::FirewallSettings::default(), record);
+        let mut fw = QubesFirewall::new(vm, shared.clone(), record);
+        let mut out = Vec::new();
+        let s = 1_000_000_000u64;
+        let t0 = 5 * s;
+        fw.tick(t0, &mut out);
+        fw.tick(t0 + 9 * s, &mut out);
+        assert!(recorded().iter().all(|l| !l.contains("qubesdb")));
+        fw.tick(t0 + 10 * s, &mut out);
+        let lines = recorded();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with(
+            "firewall: qubesdb: no configuration from dom0 after 10 s: forwarding nothing"
+        ));
+        fw.tick(t0 + 69 * s, &mut out);
+        assert!(recorded().is_empty(), "once a minute");
+        fw.tick(t0 + 70 * s, &mut out);
+        assert_eq!(recorded().len(), 1);
+        assert!(
+            fw.vm.firewall().is_none(),
+            "no firewall built from the defaults"
+        );
+        assert!(out.is_empty());
+        // dom0's daemon comes after all.
+        {
+            let mut sh = shared.borrow_mut();
+            sh.client = synced(&[("/qubes-ip", "10.99.0.10")]);
+            sh.connects = 1;
+        }
+        fw.tick(t0 + 75 * s, &mut out);
+        let lines = recorded();
+        assert!(
+            lines.iter().any(|l| l
+                == "firewall: qubesdb: dom0's QubesDB daemon answered after 75 s: configuring"),
+            "{lines:?}"
+        );
+        fw.tick(t0 + 200 * s, &mut out);
+        assert!(recorded().iter().all(|l| !l.contains("qubesdb")));
     }
 
     #[test]
