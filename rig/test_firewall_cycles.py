@@ -83,10 +83,14 @@ while [ $k -lt @CYCLES@ ]; do
   fi
   k=$((k + 1))
   ta=$(up)
-  if ! out=$(timeout 60 xl network-attach client-a backend=firewall ip=@CIP@ mac=@CMAC@ 2>&1); then
+  # devids 1 and 2 in turn: Linux's xenbus handles a device's removal
+  # and a new device at the same path as one watch path, so a re-attach at
+  # the devid just removed can land before the guest has dropped the old
+  # device, which then shadows the new one (it stays Initialising).
+  dev=$((1 + k % 2))
+  if ! out=$(timeout 60 xl network-attach client-a devid=$dev backend=firewall ip=@CIP@ mac=@CMAC@ 2>&1); then
     log cycle FAIL $k attach "$out"; break
   fi
-  dev=$(xl network-list client-a | awk '$3 == "@CMAC@" { print $1 }' | head -n 1)
   b=/local/domain/$fw/backend/vif/$cid/$dev
   f=/local/domain/$cid/device/vif/$dev
   i=0
@@ -96,6 +100,8 @@ while [ $k -lt @CYCLES@ ]; do
   done
   if [ $i -ge 300 ]; then
     log cycle FAIL $k not-connected dev=$dev back=$(xenstore-read $b/state 2>&1) front=$(xenstore-read $f/state 2>&1)
+    xenstore-ls -f $f 2>&1 | sed 's/^/FRONT /'
+    xenstore-ls -f $b 2>&1 | sed 's/^/BACK /'
     tail -n 5 $flog | sed 's/^/FWNOW /'
     break
   fi
