@@ -19,6 +19,12 @@
 #   end-to-end test (a real WireGuard peer, and a capture of the uplink).
 # - qemu-system-arm (bookworm-backports), device-tree-compiler (fdtput,
 #   fdtget): the arm32 Xen rig.
+# - python3-pyelftools: make tcb reads the images' DWARF line tables
+#   (scripts/tcb.py; Debian's package rather than pip, as bookworm's Python
+#   is externally managed and everything else here comes from apt).
+# - rsyslog: the real collector of the remote-syslog end-to-end test
+#   (services/hosted/tests/e2e/syslog.sh); run in a namespace by the test,
+#   never as the machine's daemon.
 set -euo pipefail
 
 SUDO=""
@@ -26,7 +32,8 @@ SUDO=""
 
 pkgs_main=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 rust-web-clippy rustfmt-web libxen-dev
            cpio kmod e2fsprogs gcc libc6-dev g++ make python3 gzip xz-utils binutils
-           iproute2 curl iperf3 nftables wireguard-go wireguard-tools tcpdump device-tree-compiler)
+           iproute2 curl iperf3 nftables wireguard-go wireguard-tools tcpdump device-tree-compiler
+           python3-pyelftools rsyslog)
 pkgs_bpo=(qemu-system-x86 qemu-system-arm)
 
 missing=()

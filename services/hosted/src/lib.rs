@@ -10,6 +10,9 @@
 //! Both read each TAP device in a thread of its own and hand the frames to
 //! the service loop through [`fair`]: a bounded queue per link, taken in
 //! turn, so a flood on one link cannot hold up the others.
+//!
+//! Their messages go to stderr and, when `--syslog=` names a collector, to
+//! a remote syslog collector ([`remote_log`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,3 +21,4 @@ pub mod link;
 pub mod qubesdb_file;
 pub mod random;
 pub mod reload;
+pub mod remote_log;

@@ -17,6 +17,7 @@ use firewall::Firewall;
 use qubes::firewall_rules::{LoadedRules, RuleSet};
 
 use crate::qubesdb_file::{FileError, HostedConfig};
+use crate::remote_log::{say, Level};
 
 /// Install the rules of `config` for every client address that has a rule
 /// directory, or had one in `previous`, as the Linux agent's `handle_addr`
@@ -38,18 +39,30 @@ pub fn apply_rules(
             continue;
         }
         if let Some(error) = loaded.and_then(|l| l.error.as_ref()) {
-            eprintln!(
-                "/qubes-iptables-error: Failed to parse rules for {addr} ({error}), blocking traffic"
+            say(
+                Level::Error,
+                "rules",
+                format_args!(
+                    "/qubes-iptables-error: Failed to parse rules for {addr} ({error}), blocking traffic"
+                ),
             );
         }
         let killed = fw.apply_loaded_rules(addr, loaded);
         match loaded {
-            Some(loaded) => eprintln!(
-                "rules for {addr}: {} rules, policy {:?}; {killed} flows killed",
-                loaded.rules.rules.len(),
-                loaded.rules.policy
+            Some(loaded) => say(
+                Level::Info,
+                "rules",
+                format_args!(
+                    "rules for {addr}: {} rules, policy {:?}; {killed} flows killed",
+                    loaded.rules.rules.len(),
+                    loaded.rules.policy
+                ),
             ),
-            None => eprintln!("rules for {addr} removed: drop-all; {killed} flows killed"),
+            None => say(
+                Level::Info,
+                "rules",
+                format_args!("rules for {addr} removed: drop-all; {killed} flows killed"),
+            ),
         }
     }
 }

@@ -4,9 +4,11 @@
 //! address changes apply to the next packet, as a QubesDB watch would make
 //! them (the TAP devices and clients are those of the start).
 //!
-//! Usage: `hosted-firewall CONFIG [STATS]` — when STATS is given, the
-//! packet counters are written there (one `name value` per line) whenever
-//! they change.
+//! Usage: `hosted-firewall [--syslog=udp|tcp:ADDRESS[:PORT]]
+//! [--syslog-level=LEVEL] [--syslog-queue=N] CONFIG [STATS]` — when STATS
+//! is given, the packet counters are written there (one `name value` per
+//! line) whenever they change; with `--syslog=` the messages also go to
+//! that collector (`hosted::remote_log`), and STATS gains its counters.
 //!
 //! A changed file that does not parse puts the clients it may concern on
 //! deny-all until a valid one arrives (see `hosted::reload`).
@@ -23,6 +25,7 @@ use hosted::fair::{self, RecvTimeoutError};
 use hosted::qubesdb_file::HostedConfig;
 use hosted::random::OsRandom;
 use hosted::reload::{apply_rules, reload, Reload};
+use hosted::remote_log::{self, say, Level};
 use tun_tap::{Iface, Mode};
 
 /// How often the configuration file is re-read and timers run.
@@ -44,11 +47,17 @@ fn open_tap(name: &str) -> Result<Arc<Iface>, String> {
 fn report_rules(fw: &mut Firewall) {
     for report in fw.take_rule_reports() {
         match report {
-            RuleReport::Installed { addr } => {
-                eprintln!("rules for {addr}: dsthost= names resolved, rules in force")
-            }
-            RuleReport::ResolveFailed { addr, name } => eprintln!(
-                "/qubes-iptables-error: Failed to parse rules for {addr} (Failed to resolve {name}), blocking traffic"
+            RuleReport::Installed { addr } => say(
+                Level::Info,
+                "rules",
+                format_args!("rules for {addr}: dsthost= names resolved, rules in force"),
+            ),
+            RuleReport::ResolveFailed { addr, name } => say(
+                Level::Error,
+                "rules",
+                format_args!(
+                    "/qubes-iptables-error: Failed to parse rules for {addr} (Failed to resolve {name}), blocking traffic"
+                ),
             ),
         }
     }
@@ -71,11 +80,17 @@ fn send_all(uplink: &Arc<Iface>, clients: &[Arc<Iface>], transmits: Vec<Transmit
 
 fn write_stats(path: &str, fw: &Firewall) {
     let c = fw.counters();
-    let text = format!(
+    let mut text = format!(
         "{c:#?}\n{:#?}\nflows {}\n",
         fw.resolver_stats(),
         fw.conntrack().len()
     );
+    if let Some(s) = remote_log::stats() {
+        text += &format!(
+            "syslog_queued {}\nsyslog_sent {}\nsyslog_dropped {}\nsyslog_resent {}\n",
+            s.queued, s.sent, s.dropped, s.resent
+        );
+    }
     let _ = std::fs::write(path, text);
 }
 
@@ -135,10 +150,14 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
     let now = || Instant::from_millis(start.elapsed().as_millis() as i64);
     let mut last_tick = std::time::Instant::now();
     let mut last_counters = None;
-    eprintln!(
-        "hosted-firewall running: uplink {}, {} clients",
-        config.uplink_tap,
-        clients.len()
+    say(
+        Level::Info,
+        "hosted-firewall",
+        format_args!(
+            "hosted-firewall running: uplink {}, {} clients",
+            config.uplink_tap,
+            clients.len()
+        ),
     );
     loop {
         match frames_rx.recv_timeout(TICK) {
@@ -161,11 +180,17 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
                 if new_text != text {
                     text = new_text;
                     match reload(&mut fw, &mut config, &text) {
-                        Reload::Applied { flows_ended } => {
-                            eprintln!("configuration changed; {flows_ended} flows ended")
-                        }
-                        Reload::Rejected { error, denied } => eprintln!(
-                            "{config_path}: {error}; update rejected, deny-all for {denied:?} until a valid file"
+                        Reload::Applied { flows_ended } => say(
+                            Level::Info,
+                            "config",
+                            format_args!("configuration changed; {flows_ended} flows ended"),
+                        ),
+                        Reload::Rejected { error, denied } => say(
+                            Level::Error,
+                            "config",
+                            format_args!(
+                                "{config_path}: {error}; update rejected, deny-all for {denied:?} until a valid file"
+                            ),
                         ),
                     }
                 }
@@ -182,9 +207,17 @@ fn run(config_path: &str, stats_path: Option<&str>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    match remote_log::take_options(&mut args) {
+        Ok(Some(options)) => remote_log::start(options, "hosted-firewall"),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("hosted-firewall: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let Some(config_path) = args.get(1) else {
-        eprintln!("usage: hosted-firewall CONFIG [STATS]");
+        eprintln!("usage: hosted-firewall [--syslog=udp|tcp:ADDRESS[:PORT]] [--syslog-level=LEVEL] [--syslog-queue=N] CONFIG [STATS]");
         return ExitCode::from(2);
     };
     match run(config_path, args.get(2).map(String::as_str)) {
