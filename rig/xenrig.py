@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import gzip
 import io
 import os
@@ -626,6 +627,53 @@ def _qemu_booter(arch: str, workdir: Path) -> Callable:
     return boot
 
 
+#: Rigs (QEMU) that may run at once on this machine, over every process
+#: (`MOAT_RIG_SLOTS`, default 2): each rig is a 2-vCPU TCG guest, and on a
+#: 2-core machine five at once made every one 5-10 times slower and
+#: tripped their time limits. A run waits for a free slot before it boots;
+#: its timeout counts from then. 0 means no limit.
+RIG_SLOTS_DIR = Path(os.environ.get("MOAT_RIG_SLOTS_DIR", "/tmp/moat-rig-slots"))
+
+
+def _rig_slots() -> int:
+    try:
+        return max(0, int(os.environ.get("MOAT_RIG_SLOTS", "2")))
+    except ValueError:
+        return 2
+
+
+def acquire_rig_slot(echo: bool = True):
+    """Take one of the machine's rig slots (an flock'd file, released when
+    the returned file is closed or the process dies); waits while all are
+    taken. None when slots are unlimited."""
+    n = _rig_slots()
+    if n == 0:
+        return None
+    RIG_SLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    waited = None
+    while True:
+        for k in range(n):
+            f = open(RIG_SLOTS_DIR / f"slot-{k}.lock", "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()} {' '.join(sys.argv)[:200]}\n")
+            f.flush()
+            if waited is not None and echo:
+                print(f"xenrig: got rig slot {k} after {time.monotonic() - waited:.0f} s", flush=True)
+            return f
+        if waited is None:
+            waited = time.monotonic()
+            if echo:
+                print(f"xenrig: all {n} rig slots of this machine are taken ({RIG_SLOTS_DIR}); waiting",
+                      flush=True)
+        time.sleep(2)
+
+
 def run_script(
     script: str,
     guests: Iterable[tuple] = (),
@@ -647,8 +695,14 @@ def run_script(
     the whole run, all boots together. QEMU is always killed before this
     returns."""
     files = _guest_files(guests, script)
-    with tempfile.TemporaryDirectory(prefix="moat-rig-") as tmp:
-        return _run_boots(_qemu_booter(arch, Path(tmp)), files, timeout, log, echo, case_grace, max_reboots)
+    slot = acquire_rig_slot(echo)
+    try:
+        with tempfile.TemporaryDirectory(prefix="moat-rig-") as tmp:
+            return _run_boots(_qemu_booter(arch, Path(tmp)), files, timeout, log, echo, case_grace,
+                              max_reboots)
+    finally:
+        if slot is not None:
+            slot.close()
 
 
 def _run_boots(boot: Callable, files: list, timeout: float, log: Optional[Path], echo: bool,
