@@ -23,8 +23,9 @@ pub struct Quotas {
     pub transactions: u32,
     /// Nodes one transaction may touch (`transaction-nodes`, default 1024).
     pub transaction_nodes: u32,
-    /// Replies queued and not yet taken by the domain before its requests
-    /// are no longer read (`outstanding`, default 20).
+    /// Replies queued and not yet in the domain's response ring before its
+    /// requests are no longer read (`outstanding`, default 20; as in C, a
+    /// reply counts until it is in the ring).
     pub outstanding: u32,
     /// Permission entries per node (`node-permissions`, default 5).
     pub perms: u32,

@@ -18,6 +18,9 @@ pub enum ConnError {
     PayloadTooLarge(u32),
     /// No such connection.
     NotConnected,
+    /// The client published ring indices with more bytes in flight than
+    /// the ring holds (`XENSTORE_ERROR_RINGIDX`).
+    BadRingIndex,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,17 @@ impl Connection {
     /// Messages queued (the first possibly partly taken).
     pub fn queued_messages(&self) -> usize {
         self.output.len()
+    }
+
+    /// How many more bytes complete the piece being read (the header, or
+    /// the payload it announced); 0 once broken. A transport that gives
+    /// at most this many never gives bytes the connection cannot take.
+    pub fn wants(&self) -> usize {
+        if self.broken.is_some() {
+            return 0;
+        }
+        let total = HEADER_LEN + self.header.map_or(0, |h| h.len as usize);
+        total - self.input.len()
     }
 
     /// Take bytes of a request from `bytes`: returns how many were used
@@ -146,18 +160,32 @@ impl Connection {
         true
     }
 
-    /// Copy queued bytes into `buf`; returns how many.
-    pub fn transmit(&mut self, buf: &mut [u8]) -> usize {
+    /// Copy queued bytes into `buf` without taking them; returns how many.
+    pub fn peek(&self, buf: &mut [u8]) -> usize {
         let mut done = 0;
-        while done < buf.len() {
-            let Some(front) = self.output.front() else {
+        let mut skip = self.sent;
+        for out in &self.output {
+            if done == buf.len() {
                 break;
-            };
-            let rest = &front.bytes[self.sent..];
+            }
+            let rest = &out.bytes[skip..];
+            skip = 0;
             let n = rest.len().min(buf.len() - done);
             buf[done..done + n].copy_from_slice(&rest[..n]);
             done += n;
-            self.sent += n;
+        }
+        done
+    }
+
+    /// Take `n` queued bytes (after [`peek`](Self::peek) showed them).
+    pub fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.output.front() else {
+                break;
+            };
+            let step = (front.bytes.len() - self.sent).min(n);
+            self.sent += step;
+            n -= step;
             if self.sent == front.bytes.len() {
                 if front.reply {
                     self.outstanding -= 1;
@@ -167,7 +195,21 @@ impl Connection {
                 self.output.pop_front();
             }
         }
-        done
+    }
+
+    /// Copy queued bytes into `buf` and take them; returns how many.
+    pub fn transmit(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.peek(buf);
+        self.advance(n);
+        n
+    }
+
+    /// Mark the connection broken (the transport found the client's ring
+    /// indices impossible).
+    pub fn cut(&mut self, err: ConnError) {
+        self.broken = Some(err);
+        self.input.clear();
+        self.header = None;
     }
 
     /// Forget partial input and queued output (a reintroduced domain).

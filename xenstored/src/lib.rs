@@ -1,13 +1,15 @@
 //! The core of moat's xenstored, the xenstore server of the xenstore stub
-//! domain (issue 16): everything but the rings, so the same code serves
-//! domains over their shared xenstore pages in the image and a mock in
-//! host tests and fuzzing.
+//! domain (issue 16): everything but hypercalls. Connections are byte
+//! streams, so the same code serves domains over their shared xenstore
+//! pages ([`ring`], through `xen`'s safe page accessors) in the image and
+//! over a mock in host tests and fuzzing.
 //!
 //! - [`path`]: path syntax, relative paths, length limits;
 //! - [`perms`]: the permission model of `docs/misc/xenstore.txt`;
 //! - [`store`]: the node tree, transactions with conflict detection;
 //! - [`decode`]: request headers and payloads into typed requests;
 //! - [`conn`]: a domain's byte stream, its bounded output queue;
+//! - [`ring`]: a domain's connection over its shared xenstore page;
 //! - [`server`]: the handlers of every request type, watches, the special
 //!   `@introduceDomain` / `@releaseDomain` events, quotas ([`config`]);
 //! - [`errno`]: the error names of `io/xs_wire.h`.
@@ -27,6 +29,7 @@ pub mod decode;
 pub mod errno;
 pub mod path;
 pub mod perms;
+pub mod ring;
 pub mod server;
 pub mod store;
 

@@ -480,11 +480,52 @@ impl Server {
         }
     }
 
+    /// How many request bytes `domid`'s connection takes next: 0 while it
+    /// has its outstanding quota of replies not yet taken, or is broken or
+    /// unknown. A transport reads at most this many from the domain's ring
+    /// and hands them to [`receive`](Self::receive), which then takes them
+    /// all; a throttled domain's requests stay in its ring.
+    pub fn wants(&self, domid: u16) -> usize {
+        let Some(domain) = self.domains.get(&domid) else {
+            return 0;
+        };
+        if !self.config.is_privileged(domid)
+            && domain.conn.outstanding() >= self.config.quotas.outstanding
+        {
+            return 0;
+        }
+        domain.conn.wants()
+    }
+
     /// Copy bytes queued for `domid` into `buf`; returns how many.
     pub fn transmit(&mut self, domid: u16, buf: &mut [u8]) -> usize {
         self.domains
             .get_mut(&domid)
             .map_or(0, |d| d.conn.transmit(buf))
+    }
+
+    /// Copy bytes queued for `domid` into `buf` without taking them.
+    pub fn peek_output(&self, domid: u16, buf: &mut [u8]) -> usize {
+        self.domains.get(&domid).map_or(0, |d| d.conn.peek(buf))
+    }
+
+    /// Take `n` bytes of `domid`'s output (after a peek).
+    pub fn advance_output(&mut self, domid: u16, n: usize) {
+        if let Some(d) = self.domains.get_mut(&domid) {
+            d.conn.advance(n);
+        }
+    }
+
+    /// Cut `domid`'s connection for a transport-level violation; it takes
+    /// no more requests (its watches and transactions stay until the
+    /// domain is released or destroyed).
+    pub fn cut(&mut self, domid: u16, err: ConnError) {
+        if let Some(d) = self.domains.get_mut(&domid) {
+            if d.conn.broken().is_none() {
+                self.stats.broken += 1;
+            }
+            d.conn.cut(err);
+        }
     }
 
     /// Handle one whole request (header and payload) from `domid`.
