@@ -24,6 +24,14 @@ ARM32 := armv7a-none-eabihf
 IMAGE_DIR_ARM32 := $(CARGO_TARGET_DIR)/images/arm32
 BUILD_STD := -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem
 IMAGE_DIR := $(CARGO_TARGET_DIR)/images/amd64
+# The firewall as a Qubes kernel directory (docs/qubes.md, "Deploying on
+# Qubes"): copied as is to dom0's /var/lib/qubes/vm-kernels/moat-firewall/.
+QUBES_KERNEL_DIR := $(CARGO_TARGET_DIR)/images/qubes/moat-firewall
+# The rig's Qubes-shaped dom0 (rig/qubes-dom0): a static binary, since the
+# rig's dom0 has no compiler.
+HOST := x86_64-unknown-linux-gnu
+QUBES_DOM0 := $(CARGO_TARGET_DIR)/$(HOST)/release/moat-qubes-dom0
+TEST_QUBES = python3 rig/test_qubes.py --kernel-dir $(QUBES_KERNEL_DIR) --dom0-tool $(QUBES_DOM0) --timeout 900
 # Reproducible images (docs/testing.md, "Reproducible images"): the paths of
 # the checkout, the target directory, CARGO_HOME and the standard library
 # source (-Zbuild-std) are remapped, and each image records its commit and
@@ -54,6 +62,7 @@ help:
 	@echo "make bench-wg  WireGuard throughput/handshakes, ours beside boringtun (printed)"
 	@echo "make bench-net  netdemo/netbridge beside a Linux domU on the rig: the moat/Linux table (printed)"
 	@echo "make test-vchan  vchan against dom0's libxenvchan on the rig, moat as server and client (not in make test)"
+	@echo "make test-qubes  the firewall as a Qubes sys-firewall against a Qubes-shaped dom0 on the rig (in make test-xen)"
 	@echo "make test-netdemo-reconnects  1000 dom0 netback restarts under netdemo's netfront, grant and frame counts compared (not in make test)"
 
 deps:
@@ -82,6 +91,12 @@ images: deps
 	@mkdir -p $(IMAGE_DIR)
 	@for i in $(IMAGES); do cp $(CARGO_TARGET_DIR)/$(AMD64)/release/$$i $(IMAGE_DIR)/$$i; \
 	  echo "image: $(IMAGE_DIR)/$$i ($$(stat -c %s $(IMAGE_DIR)/$$i) bytes)"; done
+	@mkdir -p $(QUBES_KERNEL_DIR)
+	cp $(IMAGE_DIR)/firewall $(QUBES_KERNEL_DIR)/vmlinuz
+	gzip -n9 </dev/null >$(QUBES_KERNEL_DIR)/initramfs
+	printf '' >$(QUBES_KERNEL_DIR)/default-kernelopts-common.txt
+	printf 'firewall.qubes=on\n' >$(QUBES_KERNEL_DIR)/default-kernelopts-nopci.txt
+	@echo "qubes: $(QUBES_KERNEL_DIR)/ (vmlinuz, initramfs, default-kernelopts-common.txt, default-kernelopts-nopci.txt)"
 	$(BUILD_ENV) RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) $(REPRO) --target $(ARM32) $(addprefix -p ,$(IMAGE_PACKAGES))
 	@mkdir -p $(IMAGE_DIR_ARM32)
 	@for i in $(IMAGES); do python3 arm32/zimage.py $(CARGO_TARGET_DIR)/$(ARM32)/release/$$i $(IMAGE_DIR_ARM32)/$$i; \
@@ -124,13 +139,27 @@ test-host: deps
 	python3 arm32/test_zimage.py
 	python3 rig/test_bench_firewall_vm_unit.py
 
-test-xen: images
+# The rig's Qubes-shaped dom0 (rig/qubes-dom0), linked statically for the
+# rig's dom0.
+.PHONY: qubes-dom0 test-qubes
+qubes-dom0: deps
+	$(CARGO) build --release -p qubes-dom0 --target $(HOST) --config 'target.$(HOST).rustflags=["-C","target-feature=+crt-static"]'
+
+# The firewall as a Qubes sys-firewall (issue 13 item 6, docs/qubes.md):
+# started from the Qubes kernel directory as qubesd starts a qube, dom0's
+# QubesDB and qrexec daemons, two Linux clients, a rule reload, qrexec
+# calls, qvm-shutdown's xl shutdown. One rig boot.
+test-qubes: images qubes-dom0
+	$(TEST_QUBES)
+
+test-xen: images qubes-dom0
 	python3 rig/test_selftest.py --image $(IMAGE_DIR)/selftest --types pv,pvh --timeout 1500
 	python3 rig/test_linux_domu_unit.py   # needs the rig cache, which the line above fetched
 	python3 rig/test_run_firewall_unit.py   # make run's demo, without QEMU (its busybox parts need the rig cache)
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 64 --pvh-mib 16 --pings 1000 --bridge 16 --linux-bridged --timeout 2400
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --timeout 1500
 	python3 rig/test_firewall.py --image $(IMAGE_DIR)/firewall --types pv,pvh --detach --hostile pv --timeout 1800   # 3 min quiet (docs/firewall.md)
+	$(TEST_QUBES)
 	python3 rig/test_arm32.py --selftest $(IMAGE_DIR_ARM32)/selftest --netdemo $(IMAGE_DIR_ARM32)/netdemo --blkdemo $(IMAGE_DIR_ARM32)/blkdemo --firewall $(IMAGE_DIR_ARM32)/firewall --timeout 1500
 
 # The long transfers, kept out of make test for its time budget
