@@ -43,7 +43,7 @@ REPRO = --config 'target.$(AMD64).rustflags=$(REMAP_FLAGS)' --config 'target.$(A
 BUILD_ENV = MOAT_BUILD_COMMIT=$(shell git rev-parse -q --verify HEAD 2>/dev/null || echo unknown)$(shell git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ -n "$$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo -dirty) \
   MOAT_BUILD_RUSTC='$(shell $(RUSTC) -V)' MOAT_BUILD_CARGO='$(shell $(CARGO) -V)'
 
-.PHONY: help deps images run run-selftest run-arm32 test test-host test-xen test-long fuzz fuzz-long lint fmt bench bench-firewall bench-wg bench-net rig-stress test-vpn test-vchan reproduce test-reproduce clean
+.PHONY: help deps images tcb run run-selftest run-arm32 test test-host test-xen test-long fuzz fuzz-long lint fmt bench bench-firewall bench-wg bench-net rig-stress test-vpn test-vchan reproduce test-reproduce clean
 
 help:
 	@echo "make run     the firewall VM on Xen in QEMU with a Linux client behind it: a guided demo, then a dom0 shell"
@@ -52,6 +52,7 @@ help:
 	@echo "make test    everything: format, lint, host tests (incl. ABI check), images, real-Xen tests"
 	@echo "make images  build every service image to $(IMAGE_DIR)/<name>"
 	@echo "make reproduce  build the images in two clean clones of HEAD and compare them byte for byte"
+	@echo "make tcb     the trusted code base of each image: linked source lines by crate and layer, unsafe blocks, an SVG each (docs/tcb.md)"
 	@echo "make bench   benchmarks (printed, never asserted)"
 	@echo "make fuzz    each fuzz target for FUZZ_SMOKE_SECONDS (default 10; a smoke run, in make test)"
 	@echo "make fuzz-long  each fuzz target for FUZZ_SECONDS (default 3600)"
@@ -102,6 +103,21 @@ images: deps
 	@for i in $(IMAGES); do python3 arm32/zimage.py $(CARGO_TARGET_DIR)/$(ARM32)/release/$$i $(IMAGE_DIR_ARM32)/$$i; \
 	  echo "image: $(IMAGE_DIR_ARM32)/$$i ($$(stat -c %s $(IMAGE_DIR_ARM32)/$$i) bytes)"; done
 
+# The trusted code base of each image (docs/tcb.md): the images' twins
+# built with line-table debug info into $(TCB_DIR) (same sources, flags and
+# path remapping; the shipped images are not touched), their DWARF line
+# tables read by scripts/tcb.py: linked source lines by crate and layer,
+# unsafe blocks, image sizes, a report and one SVG per image in
+# $(TCB_DIR)/report. Not in make test (two more builds of every image).
+TCB_DIR := $(CARGO_TARGET_DIR)/tcb
+TCB_BUILD = CARGO_TARGET_DIR=$(TCB_DIR) $(BUILD_ENV) RUSTC_BOOTSTRAP=1 $(CARGO) build --release $(BUILD_STD) $(REPRO) \
+  --config 'profile.release.debug="line-tables-only"' $(addprefix -p ,$(IMAGE_PACKAGES))
+tcb: images
+	$(TCB_BUILD) --target $(AMD64)
+	$(TCB_BUILD) --target $(ARM32)
+	python3 scripts/tcb.py --out $(TCB_DIR)/report $(foreach m,$(REMAP),--remap $(m)) \
+	  --arch amd64:$(TCB_DIR)/$(AMD64)/release:$(IMAGE_DIR) --arch arm32:$(TCB_DIR)/$(ARM32)/release:$(IMAGE_DIR_ARM32):$(CARGO_TARGET_DIR)/$(ARM32)/release $(IMAGES)
+
 # Two clean clones of HEAD, in different directories, each built with
 # make images; every image compared byte for byte (docs/testing.md,
 # "Reproducible images"). Exit 1 on any difference.
@@ -135,6 +151,7 @@ lint: deps
 test-host: deps
 	$(CARGO) test --workspace
 	python3 rig/test_rig_unit.py
+	python3 scripts/test_tcb.py
 	python3 rig/test_rig_cases.py
 	python3 arm32/test_zimage.py
 	python3 rig/test_bench_firewall_vm_unit.py
