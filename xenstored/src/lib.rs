@@ -10,6 +10,7 @@
 //! - [`decode`]: request headers and payloads into typed requests;
 //! - [`conn`]: a domain's byte stream, its bounded output queue;
 //! - [`ring`]: a domain's connection over its shared xenstore page;
+//! - [`daemon`]: every domain's page and event channel over a platform;
 //! - [`server`]: the handlers of every request type, watches, the special
 //!   `@introduceDomain` / `@releaseDomain` events, quotas ([`config`]);
 //! - [`errno`]: the error names of `io/xs_wire.h`.
@@ -25,6 +26,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod conn;
+pub mod daemon;
 pub mod decode;
 pub mod errno;
 pub mod path;
