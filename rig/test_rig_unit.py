@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -424,6 +425,38 @@ class StressParsingTest(unittest.TestCase):
             for mode in ("xrstor", "yield"):
                 out = subprocess.run([str(exe), mode, "0.3"], capture_output=True, text=True).stdout
                 self.assertRegex(out, rf"FPUCHECK mode={mode} .* bad=0\n")
+
+
+class RigSlotsTest(unittest.TestCase):
+    """xenrig's machine-wide rig slots: a second taker waits until the
+    first lets go; 0 slots means no limit."""
+
+    def test_a_second_run_waits_for_the_slot(self):
+        with tempfile.TemporaryDirectory() as d:
+            env = dict(os.environ, MOAT_RIG_SLOTS="1", MOAT_RIG_SLOTS_DIR=d)
+            old = {k: os.environ.get(k) for k in ("MOAT_RIG_SLOTS", "MOAT_RIG_SLOTS_DIR")}
+            os.environ.update(MOAT_RIG_SLOTS="1", MOAT_RIG_SLOTS_DIR=d)
+            try:
+                xenrig.RIG_SLOTS_DIR = Path(d)
+                held = xenrig.acquire_rig_slot(echo=False)
+                child = subprocess.Popen(
+                    [sys.executable, "-c", "import time, xenrig; t = time.monotonic(); "
+                     "xenrig.acquire_rig_slot(echo=False); print(round(time.monotonic() - t, 1))"],
+                    cwd=str(Path(__file__).resolve().parent), env=env, stdout=subprocess.PIPE, text=True)
+                time.sleep(3)
+                self.assertIsNone(child.poll(), "the second taker did not wait")
+                held.close()
+                out, _ = child.communicate(timeout=30)
+                self.assertGreaterEqual(float(out), 2.5)
+                os.environ["MOAT_RIG_SLOTS"] = "0"
+                self.assertIsNone(xenrig.acquire_rig_slot(echo=False))
+            finally:
+                for k, v in old.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+                xenrig.RIG_SLOTS_DIR = Path(os.environ.get("MOAT_RIG_SLOTS_DIR", "/tmp/moat-rig-slots"))
 
 
 if __name__ == "__main__":
