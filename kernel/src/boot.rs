@@ -110,6 +110,15 @@ impl Env {
         let result =
             crate::cmdline::parse_bytes(self.platform.cmdline_bytes, &mut [&mut kernel, service]);
         crate::logger::set_level(kernel.loglevel.to_level_filter());
+        #[cfg(feature = "syslog")]
+        if let Some(collector) = kernel.syslog {
+            let level = kernel.syslog_level.unwrap_or(kernel.loglevel);
+            crate::logger::start_remote(
+                collector,
+                level.to_level_filter(),
+                moat_syslog::Origin::new("-", "moat", "-"),
+            );
+        }
         if let Err(errors) = &result {
             for e in &errors.0 {
                 log::error!("command line: {e}");

@@ -475,6 +475,14 @@ impl LogLevel {
 pub struct KernelSettings {
     /// `loglevel=error|warn|info|debug|trace` (default `info`).
     pub loglevel: LogLevel,
+    /// `syslog=udp:ADDRESS[:PORT]` or `syslog=tcp:ADDRESS[:PORT]`: a remote
+    /// syslog collector (images built with the `syslog` feature).
+    #[cfg(feature = "syslog")]
+    pub syslog: Option<moat_syslog::Collector>,
+    /// `syslog.level=error|warn|info|debug|trace`: what goes to the
+    /// collector (default: `loglevel`'s value).
+    #[cfg(feature = "syslog")]
+    pub syslog_level: Option<LogLevel>,
 }
 
 impl Settings for KernelSettings {
@@ -488,11 +496,33 @@ impl Settings for KernelSettings {
                     .ok_or(SettingError::Unknown)?;
                 Ok(())
             }
+            #[cfg(feature = "syslog")]
+            "syslog" => {
+                let collector = moat_syslog::Collector::parse(require(value)?).map_err(|_| {
+                    SettingError::malformed("udp:ADDRESS[:PORT] or tcp:ADDRESS[:PORT]")
+                })?;
+                self.syslog = Some(collector);
+                Ok(())
+            }
+            #[cfg(feature = "syslog")]
+            "syslog.level" => {
+                let index = parse_enum(value, LogLevel::NAMES)?;
+                self.syslog_level = Some(
+                    LogLevel::ALL
+                        .get(index)
+                        .copied()
+                        .ok_or(SettingError::Unknown)?,
+                );
+                Ok(())
+            }
             _ => Err(SettingError::Unknown),
         }
     }
 
     fn known_keys(&self) -> &'static [&'static str] {
+        #[cfg(feature = "syslog")]
+        return &["loglevel", "syslog", "syslog.level"];
+        #[cfg(not(feature = "syslog"))]
         &["loglevel"]
     }
 }

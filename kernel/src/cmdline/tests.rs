@@ -90,9 +90,13 @@ fn unknown_key_lists_known_keys() {
     let errors = result.unwrap_err();
     assert_eq!(errors.0.len(), 1);
     assert_eq!(errors.0[0].offset, 14);
+    #[cfg(not(feature = "syslog"))]
+    let known = "loglevel, ip, mtu, verbose, name";
+    #[cfg(feature = "syslog")]
+    let known = "loglevel, syslog, syslog.level, ip, mtu, verbose, name";
     assert_eq!(
         errors.to_string(),
-        "command line byte 14: unknown key `foo` (known keys: loglevel, ip, mtu, verbose, name)"
+        format!("command line byte 14: unknown key `foo` (known keys: {known})")
     );
 }
 
@@ -357,4 +361,30 @@ proptest! {
         prop_assert_eq!(parse(&line, &mut [&mut rec]), Ok(()));
         prop_assert_eq!(rec.0, expected);
     }
+}
+
+#[cfg(feature = "syslog")]
+#[test]
+fn syslog_collector_and_level() {
+    let (kernel, _, result) =
+        parse_both("loglevel=warn syslog=tcp:192.0.2.7:601 syslog.level=debug");
+    assert!(result.is_ok());
+    let c = kernel.syslog.unwrap();
+    assert_eq!(c.transport, moat_syslog::Transport::Tcp);
+    assert_eq!(c.addr, "192.0.2.7:601".parse().unwrap());
+    assert_eq!(kernel.syslog_level, Some(LogLevel::Debug));
+    assert_eq!(kernel.loglevel, LogLevel::Warn);
+    let (kernel, _, result) = parse_both("syslog=udp:[fd00::1]");
+    assert!(result.is_ok());
+    assert_eq!(kernel.syslog.unwrap().addr.port(), 514);
+    assert_eq!(kernel.syslog_level, None);
+    // A bad collector is a typed error naming the key, never a panic.
+    let (kernel, _, result) = parse_both("syslog=udp:collector.example");
+    assert_eq!(kernel.syslog, None);
+    let m = messages(result);
+    assert!(
+        m.iter()
+            .any(|e| e.contains("syslog") && e.contains("udp:ADDRESS")),
+        "{m:?}"
+    );
 }

@@ -15,6 +15,11 @@
 //! netdemo: resources: frames-free=<n> grants-free=<n> grants-live=<n> deferred=<n> deferred-total=<n> freed-late=<n> evtchns=<n>
 //! netdemo: iperf3: received|sent <bytes> bytes in <us> us
 //! ```
+//!
+//! With `syslog=udp:ADDRESS[:PORT]` or `syslog=tcp:ADDRESS[:PORT]` on the
+//! command line (`syslog.level=` for its level), the ready, stats and
+//! backend lines and the kernel's log records also go to that collector
+//! as RFC 5424 messages ([`remote_log`]).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -22,6 +27,8 @@ extern crate alloc;
 
 #[cfg(any(target_os = "none", test))]
 mod apps;
+#[cfg(any(target_os = "none", test))]
+mod remote_log;
 #[cfg(any(target_os = "none", test))]
 mod settings;
 
@@ -47,6 +54,14 @@ mod image {
     use crate::settings::{address_source, AddressSource, NetdemoSettings};
 
     kernel::service!(main);
+
+    /// Prints a console line and queues it for the remote collector.
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            println!($($arg)*);
+            kernel::logger::remote_only(log::Level::Info, "netdemo", format_args!($($arg)*));
+        }};
+    }
 
     const SECOND: u64 = 1_000_000_000;
 
@@ -164,6 +179,7 @@ mod image {
         let mut sockets = SocketSet::new(Vec::new());
         let apps_buffer = (settings.tcp_buffer_kib * 1024) as usize;
         let mut apps = Apps::new(&mut sockets, apps_buffer);
+        let mut remote = crate::remote_log::Sender::new(&mut sockets);
         let mut dhcp = None;
         match source {
             AddressSource::Static { ip, gw, from } => {
@@ -173,7 +189,7 @@ mod image {
                 if let Some(gw) = gw {
                     let _ = iface.routes_mut().add_default_ipv4_route(gw);
                 }
-                println!(
+                say!(
                     "netdemo: ready: {ip} mac {} queues {} ({from}{})",
                     dev.mac(),
                     dev.queues().len(),
@@ -193,12 +209,21 @@ mod image {
         loop {
             let now = h.now_ns();
             if let Err(e) = dev.poll() {
-                println!("netdemo: backend gone ({e}): reconnecting");
+                say!("netdemo: backend gone ({e}): reconnecting");
                 dev = reconnect(&h, dev, &path, options).await;
                 continue;
             }
             iface.poll(instant(now), &mut dev, &mut sockets);
             apps.run(&mut sockets, now, &mut print_report);
+            let _ = kernel::logger::with_remote(|log| {
+                remote.run(
+                    &mut iface,
+                    &mut sockets,
+                    log,
+                    now,
+                    kernel::logger::wallclock(),
+                )
+            });
             if let Some(handle) = dhcp {
                 match sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
                     Some(dhcpv4::Event::Configured(c)) => {
@@ -212,7 +237,7 @@ mod image {
                         } else {
                             iface.routes_mut().remove_default_ipv4_route();
                         }
-                        println!(
+                        say!(
                             "netdemo: ready: {} mac {} (dhcp{})",
                             c.address,
                             dev.mac(),
@@ -249,9 +274,11 @@ mod image {
                 }
                 let counters = apps.counters();
                 if counters != last_counters && now >= next_stats {
-                    println!(
+                    say!(
                         "netdemo: stats: udp-echoed={} udp-discarded={} tcp-echoed={}",
-                        counters.udp_echoed, counters.udp_discarded, counters.tcp_echoed
+                        counters.udp_echoed,
+                        counters.udp_discarded,
+                        counters.tcp_echoed
                     );
                     last_counters = counters;
                     next_stats = now + 10 * SECOND;

@@ -452,3 +452,136 @@ fn iperf3_server_both_ways_and_again() {
         other => panic!("{other:?}"),
     }
 }
+
+mod remote_log {
+    use super::*;
+    use crate::remote_log::Sender;
+    use moat_syslog::{Collector, LevelFilter, Origin, RemoteLog};
+
+    fn remote(collector: &str) -> RemoteLog {
+        RemoteLog::new(
+            Collector::parse(collector).unwrap(),
+            LevelFilter::Info,
+            Origin::new("-", "netdemo", "-"),
+            16,
+            16 * 1024,
+        )
+    }
+
+    /// Splits an octet-counted stream into its messages.
+    fn deframe(mut stream: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(sp) = stream.iter().position(|&b| b == b' ') {
+            let len: usize = core::str::from_utf8(&stream[..sp])
+                .unwrap()
+                .parse()
+                .unwrap();
+            out.push(stream[sp + 1..sp + 1 + len].to_vec());
+            stream = &stream[sp + 1 + len..];
+        }
+        out
+    }
+
+    fn listener(net: &mut Net, port: u16) -> smoltcp::iface::SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 16 * 1024]),
+            tcp::SocketBuffer::new(vec![0; 1024]),
+        );
+        s.listen(port).unwrap();
+        net.sockets.add(s)
+    }
+
+    fn step(net: &mut Net, sender: &mut Sender, log: &mut RemoteLog) {
+        net.step();
+        let now = net.now_ms as u64 * 1_000_000;
+        sender.run(&mut net.iface, &mut net.sockets, log, now, None);
+    }
+
+    #[test]
+    fn tcp_frames_reach_the_collector_and_survive_its_restart() {
+        let mut net = Net::new();
+        let mut sender = Sender::new(&mut net.sockets);
+        let mut log = remote("tcp:127.0.0.1:6514");
+        let l = listener(&mut net, 6514);
+        for i in 0..3 {
+            log.log(log::Level::Warn, None, "t", &alloc::format!("first {i}"));
+        }
+        let mut got = Vec::new();
+        for _ in 0..2000 {
+            step(&mut net, &mut sender, &mut log);
+            let s = net.sockets.get_mut::<tcp::Socket>(l);
+            while s.can_recv() {
+                s.recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            if deframe(&got).len() == 3 {
+                break;
+            }
+        }
+        let msgs = deframe(&got);
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[2], b"<28>1 - - netdemo - t - first 2".to_vec());
+        assert_eq!(sender.connects, 1);
+        // The collector goes away (its connection reset); messages logged
+        // meanwhile arrive on the next connection, to a new listener.
+        net.sockets.get_mut::<tcp::Socket>(l).abort();
+        for _ in 0..50 {
+            step(&mut net, &mut sender, &mut log);
+        }
+        for i in 0..2 {
+            log.log(log::Level::Error, None, "t", &alloc::format!("second {i}"));
+        }
+        let l2 = listener(&mut net, 6514);
+        let mut got = Vec::new();
+        for _ in 0..5000 {
+            step(&mut net, &mut sender, &mut log);
+            let s = net.sockets.get_mut::<tcp::Socket>(l2);
+            while s.can_recv() {
+                s.recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            if deframe(&got).len() == 2 {
+                break;
+            }
+        }
+        let msgs = deframe(&got);
+        assert_eq!(msgs.len(), 2, "{:?}", core::str::from_utf8(&got));
+        assert!(msgs[1].ends_with(b"second 1"));
+        assert!(sender.connects >= 2);
+        assert_eq!(log.stats().dropped, 0);
+    }
+
+    #[test]
+    fn udp_datagrams_reach_the_collector() {
+        let mut net = Net::new();
+        let mut sender = Sender::new(&mut net.sockets);
+        let mut log = remote("udp:127.0.0.1:5514");
+        let mut c = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 1], vec![0; 16]),
+        );
+        c.bind(5514).unwrap();
+        let c = net.sockets.add(c);
+        log.log(log::Level::Info, None, "netdemo", "netdemo: ready");
+        log.log(log::Level::Debug, None, "netdemo", "below the level");
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            step(&mut net, &mut sender, &mut log);
+            let s = net.sockets.get_mut::<udp::Socket>(c);
+            while let Ok((m, _)) = s.recv() {
+                got.push(m.to_vec());
+            }
+        }
+        assert_eq!(
+            got,
+            vec![b"<30>1 - - netdemo - netdemo - netdemo: ready".to_vec()]
+        );
+        assert_eq!(log.stats().filtered, 1);
+    }
+}
