@@ -6,8 +6,8 @@ Debian's armmp-lpae Linux as dom0 and the real toolstack).
 
 In dom0, one after the other:
   - the selftest runs of rig/test_selftest.py for guest type `arm32`
-    (configs/selftest-arm32.cfg: normal, panic and reboot; the same
-    assertions as on amd64);
+    (configs/selftest-arm32.cfg: normal, panic, reboot and the three
+    W^X/guard-page fault runs; the same assertions as on amd64);
   - rig/dom0/netcase.sh with configs/netdemo-arm32.cfg: ping, TCP and UDP
     echo and MIB MiB each way over TCP from dom0 through Linux netback,
     asserted by rig/test_netdemo.py's checks;
@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     test_selftest.assert_normal(st, result.lines, names["normal"])
     test_selftest.assert_panic(st, result.lines, names["panic"])
     test_selftest.assert_reboot(st, result.lines, names["reboot"])
+    test_selftest.assert_faults(st, result.lines, "arm32")
     # The arm32 entry prints the attributes its MMU map gives Xen's shared
     # pages (read back from the translation table) and SCTLR's cache bits.
     seg = [l for _, l in test_selftest.segment(result.lines, names["normal"])]

@@ -165,6 +165,39 @@ class SelftestAssertionsTest(unittest.TestCase):
         test_selftest.assert_reboot(t, reboot, "r")
         self.assertEqual(len(t.failures), 1)
 
+    def test_fault_runs(self):
+        """A fault run passes with its report and a crash; fails without the
+        report, with the probe returning (FAIL), or without a crash."""
+        def run(gtype, probe, report, end="crashed", reason=3):
+            name = test_selftest.case_names(gtype)[probe]
+            lines = [f"RIG create {name}", f"selftest: fault: {probe}: provoking", report,
+                     f"RIG shutdown {name} reason {reason}", f"RIG end {name} {end}", f"RIG listed {name} no"]
+            t = test_selftest.Tally(gtype)
+            test_selftest.assert_fault(t, [(float(i), l) for i, l in enumerate(lines)], gtype, probe)
+            return t.failures
+        self.assertEqual(run("pvh", "write-text",
+                             "moat: fatal: page fault: W^X: write to read-only text at 0x10a000 (rip 0x10a000)"), [])
+        self.assertEqual(run("pvh", "write-text", "moat: fatal: page fault: W^X: write to read-only text or "
+                             "rodata (CR2 gave no address) (rip 0x1269e7, error code 0x3)"), [])
+        # Only PVH may leave the address out (the rig's CR2 finding).
+        self.assertEqual(len(run("pv", "write-text", "moat: fatal: page fault: W^X: write to read-only text or "
+                                 "rodata (CR2 gave no address) (rip 0x1269e7, error code 0x3)")), 1)
+        self.assertEqual(run("arm32", "exec-data",
+                             "moat arm32: fatal: prefetch abort: W^X: execute from non-executable data at 0x4003c008"),
+                         [])
+        self.assertEqual(run("pvh", "stack-overflow", "moat: fatal: double fault: stack overflow: the boot "
+                             "stack ran into its guard page at 0x146ff8 (rip 0x1)"), [])
+        self.assertEqual(run("pv", "stack-overflow",
+                             "(XEN) domain_crash_sync called from entry.S: fault at ffff82d04033e790"), [])
+        # PV's stack overflow is Xen's report, not a guest line.
+        self.assertEqual(len(run("pv", "stack-overflow", "moat: fatal: stack overflow: the boot stack ran into "
+                                 "its guard page at 0x146ff8")), 1)
+        self.assertEqual(len(run("pv", "exec-data", "moat: fatal: page fault: read at 0x0")), 1)
+        self.assertEqual(len(run("pv", "write-text", "selftest: fault: FAIL (write-text did not fault)")), 2)
+        # No crash: the domain went away by itself.
+        self.assertEqual(len(run("pvh", "exec-data", "W^X: execute from non-executable data at 0x1", end="gone",
+                                 reason=0)), 1)
+
 
 # A stand-in for xl and xenstore-read/-write, so rig/dom0/xlcase.sh runs on
 # the host. State lives in files under $FAKE_XEN; the guest's behaviour is

@@ -6,7 +6,11 @@ One rig boot (rig/xenrig.py) runs, in dom0, for each guest type:
     xenstore watch handshake and the idle-CPU measurement done by
     rig/dom0/xlcase.sh while the guest runs;
   - a crash run: the same config with extra="selftest.end=panic";
-  - a reboot run: the same config with extra="selftest.end=reboot".
+  - a reboot run: the same config with extra="selftest.end=reboot";
+  - three fault runs, extra="selftest.fault=write-text", "exec-data" and
+    "stack-overflow": each must crash the domain with the report of the
+    W^X or guard-page property it violated (docs/kernel.md, "Memory map
+    and protection"; a PV guest's stack overflow is reported by Xen).
 Then it asserts on the serial output and prints every failed assertion,
 benchmark figures (never asserted), and a final `N passed, M failed`.
 
@@ -57,6 +61,7 @@ EXPECTED_CHECKS = [
     "grant-copy",
     "executor",
     "simd",
+    "memory-protection",
 ]
 
 #: The guest types of each rig architecture (each has a
@@ -78,10 +83,39 @@ CASE_LIMIT_SECONDS = 120
 _NOT_GUEST = re.compile(r"^(RIG |MOAT-RIG-EXIT|\(XEN\)|Parsing config from|libxl:|xl:|xc:)")
 
 
+#: The faults the selftest provokes on purpose (`selftest.fault=`), one
+#: domain each.
+FAULT_PROBES = ["write-text", "exec-data", "stack-overflow"]
+
+
 def case_names(guest_type: str) -> dict:
-    """Domain names of the three runs of one guest type."""
+    """Domain names of the runs of one guest type: normal, panic, reboot
+    and one per FAULT_PROBES entry (key = the probe's name)."""
     base = f"selftest-{guest_type}"
-    return {"normal": base, "panic": f"{base}-panic", "reboot": f"{base}-reboot"}
+    names = {"normal": base, "panic": f"{base}-panic", "reboot": f"{base}-reboot"}
+    names.update({probe: f"{base}-{probe}" for probe in FAULT_PROBES})
+    return names
+
+
+def fault_report(guest_type: str, probe: str) -> str:
+    """The regex of the line that must report `probe`'s fault. The guest
+    prints it (moat's fault handlers name the violated property), except
+    for a PV guest's stack overflow: Xen cannot push the page fault's frame
+    on the overflowed stack (no stack switch for a PV kernel), so Xen
+    itself crashes the domain and says so on its console."""
+    if probe == "write-text" and guest_type == "pvh":
+        # Under the rig's nested SVM a PVH guest reads CR2 as 0, so the
+        # handler knows the page was read-only but not its address
+        # (docs/kernel.md, "Memory map and protection").
+        return (r"W\^X: write to read-only (text at 0x[0-9a-f]+|"
+                r"text or rodata \(CR2 gave no address\))")
+    if probe == "write-text":
+        return r"W\^X: write to read-only text at 0x[0-9a-f]+"
+    if probe == "exec-data":
+        return r"W\^X: execute from non-executable data at 0x[0-9a-f]+"
+    if guest_type == "pv":
+        return r"\(XEN\) .*domain_crash_sync called from entry\.S"
+    return r"stack overflow: the boot stack ran into its guard page at 0x[0-9a-f]+"
 
 
 #: The case that hangs on purpose (first of every run): it starts a guest
@@ -140,6 +174,11 @@ def dom0_cases(types: list, hang_probe: bool = True) -> list:
             f"sh /guest/xlcase.sh {names['reboot']} {cfg} {CASE_LIMIT_SECONDS} "
             "'extra=\"selftest.end=reboot\"'"
         ]))
+        for probe in FAULT_PROBES:
+            out.append(xenrig.Case(names[probe], limit, [
+                f"sh /guest/xlcase.sh {names[probe]} {cfg} {CASE_LIMIT_SECONDS} "
+                f"'extra=\"selftest.fault={probe}\"'"
+            ]))
     return out
 
 
@@ -289,6 +328,34 @@ def assert_panic(tally: Tally, lines: list, name: str) -> None:
     tally.check(f"RIG listed {name} no" in texts, f"{name}: still in xl list after xl destroy")
 
 
+def assert_fault(tally: Tally, lines: list, guest_type: str, probe: str) -> None:
+    """A fault run: the guest announced the probe, the fault was reported
+    as the property it violated (fault_report), no FAIL (the probe
+    returning means the protection is missing), the domain crashed and is
+    gone after `xl destroy`."""
+    name = case_names(guest_type)[probe]
+    seg = segment(lines, name)
+    texts = [l for _, l in seg]
+    tally.check(any(f"selftest: fault: {probe}: provoking" in l for l in texts),
+                f"{name}: no `selftest: fault: {probe}: provoking` line")
+    want = re.compile(fault_report(guest_type, probe))
+    tally.check(any(want.search(l) for l in texts), f"{name}: no report matching /{want.pattern}/")
+    fails = [l for l in texts if "selftest:" in l and "FAIL" in l]
+    tally.check(not fails, f"{name}: FAIL lines: {fails}")
+    reasons = shutdown_reasons(seg, name)
+    tally.check(
+        f"RIG end {name} crashed" in texts or reasons == {3},
+        f"{name}: the domain did not crash ({_end(texts, name)}; reason codes {sorted(reasons)})",
+    )
+    tally.check(f"RIG listed {name} no" in texts, f"{name}: still in xl list after xl destroy")
+
+
+def assert_faults(tally: Tally, lines: list, guest_type: str) -> None:
+    """assert_fault for every FAULT_PROBES entry."""
+    for probe in FAULT_PROBES:
+        assert_fault(tally, lines, guest_type, probe)
+
+
 def assert_reboot(tally: Tally, lines: list, name: str) -> None:
     """A reboot run: xl logs shutdown reason code 1 and the domain is gone
     (on_reboot="destroy")."""
@@ -378,6 +445,7 @@ def main(argv: Optional[list] = None) -> int:
         assert_normal(tally, result.lines, names["normal"])
         assert_panic(tally, result.lines, names["panic"])
         assert_reboot(tally, result.lines, names["reboot"])
+        assert_faults(tally, result.lines, t)
         tallies.append(tally)
 
     print_benchmarks(result.lines, types)

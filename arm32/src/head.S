@@ -77,7 +77,7 @@ vec_irq:   mov r0, #6
 vec_fiq:   mov r0, #7
 vec_common:
     mov r1, lr
-    ldr sp, =boot_stack_top
+    ldr sp, =exc_stack_top      @ its own stack: the boot stack may be the one that overflowed
     bl moat_arm32_exception
     b .
 
@@ -87,10 +87,23 @@ vec_common:
 boot_cntvct:
     .quad 0
 
+@ Stacks, each above a guard page machine.rs leaves unmapped, so an
+@ overflow is a translation fault (a data abort, reported on the exception
+@ stack) instead of a write into whatever lies below.
     .bss
-    .balign 16
+    .balign 4096
+    .global boot_stack_guard
+boot_stack_guard:
+    .space 4096
     .global boot_stack
 boot_stack:
     .space 65536
     .global boot_stack_top
 boot_stack_top:
+    .global exc_stack_guard
+exc_stack_guard:
+    .space 4096
+exc_stack:
+    .space 8192
+    .global exc_stack_top
+exc_stack_top:

@@ -15,7 +15,9 @@ use xen::hypercall::XenError;
 use xen::shared_info::SharedInfoPage;
 
 use crate::fdt::{self, Fdt, GuestInfo};
-use crate::sections::{describe_section, SECT_DEVICE, SECT_NORMAL};
+use crate::sections::{
+    coarse, describe_section, page_as_section, Layout, SECT_DEVICE, SECT_NORMAL, SECT_XN,
+};
 
 core::arch::global_asm!(include_str!("head.S"));
 
@@ -25,6 +27,28 @@ extern "C" {
     static __image_end: u8;
     static boot_stack: u8;
     static boot_stack_top: u8;
+    static boot_stack_guard: u8;
+    static exc_stack_guard: u8;
+    static __text_start: u8;
+    static __text_end: u8;
+    static __data_start: u8;
+}
+
+/// The image's layout: link.ld's page-aligned boundaries and head.S's
+/// guard pages.
+pub fn layout() -> Layout {
+    let a = |p: *const u8| p as u32;
+    let boot_guard = a(addr_of!(boot_stack_guard));
+    let exc_guard = a(addr_of!(exc_stack_guard));
+    Layout {
+        image: a(addr_of!(__image_start))..a(addr_of!(__image_end)),
+        text: a(addr_of!(__text_start))..a(addr_of!(__text_end)),
+        data_start: a(addr_of!(__data_start)),
+        guards: [
+            (boot_guard..boot_guard + 4096, "boot"),
+            (exc_guard..exc_guard + 4096, "exception"),
+        ],
+    }
 }
 
 /// How Xen runs us. Arm has one guest type, which is what x86 calls PVH:
@@ -86,6 +110,13 @@ pub fn pfn_to_gfn(pfn: u64) -> u64 {
 struct L1([u32; 4096]);
 static mut L1_TABLE: L1 = L1([0; 4096]);
 
+/// L2 tables (256 small pages, 1 MiB each) for the MiBs of RAM that hold
+/// the image: link.ld asserts it ends below 0x40400000.
+#[repr(C, align(1024))]
+struct L2([u32; 256]);
+const IMAGE_L2: usize = 4;
+static mut L2_TABLES: [L2; IMAGE_L2] = [const { L2([0; 256]) }; IMAGE_L2];
+
 /// Below this, everything is device space in Xen's guest layout (GIC,
 /// vpl011, MMIO); from here up are the foreign-mapping window, the
 /// grant-table region, the magic pages (console, xenstore) and RAM, all
@@ -95,16 +126,27 @@ const NORMAL_FROM: u32 = FOREIGN_BASE as u32;
 /// Builds the 1:1 map and turns the MMU, the caches and branch prediction
 /// on. Runs once, first thing, with the MMU off.
 fn mmu_on() {
-    // SAFETY: single-threaded boot, nothing else uses the table yet.
+    // SAFETY: single-threaded boot, nothing else uses the tables yet.
     let table = unsafe { &mut *addr_of_mut!(L1_TABLE) };
+    // SAFETY: as above.
+    let l2 = unsafe { &mut *addr_of_mut!(L2_TABLES) };
+    let layout = layout();
+    // The MiBs holding the image get 4 KiB pages (W^X, guard pages);
+    // every other section is execute-never.
+    let image_mib = (layout.image.start >> 20)..layout.image.end.div_ceil(1 << 20);
     for (i, e) in table.0.iter_mut().enumerate() {
         let base = (i as u32) << 20;
-        *e = base
-            | if base >= NORMAL_FROM {
-                SECT_NORMAL
-            } else {
-                SECT_DEVICE
-            };
+        *e = if image_mib.contains(&(i as u32)) {
+            let t = &mut l2[(i as u32 - image_mib.start) as usize];
+            for (k, p) in t.0.iter_mut().enumerate() {
+                *p = layout.page_desc(base | ((k as u32) << 12));
+            }
+            coarse(t.0.as_ptr() as u32)
+        } else if base >= NORMAL_FROM {
+            base | SECT_NORMAL | SECT_XN
+        } else {
+            base | SECT_DEVICE
+        };
     }
     let ttbr = table.0.as_ptr() as u32
         // IRGN = Write-Back Write-Allocate (IRGN[0] = bit 6), RGN = 01,
@@ -489,7 +531,14 @@ extern "C" fn moat_arm32_start(dtb: usize) -> ! {
 /// the translation table the MMU walks) and SCTLR's M, C and I bits.
 fn report_attrs(console: Option<(*mut XenconsInterface, Port)>, what: &[u8], va: usize) {
     // SAFETY: reads one entry of the table, which is no longer written.
-    let desc = unsafe { core::ptr::read_volatile(addr_of!(L1_TABLE.0[va >> 20])) };
+    let mut desc = unsafe { core::ptr::read_volatile(addr_of!(L1_TABLE.0[va >> 20])) };
+    if desc & 0b11 == 0b01 {
+        // A coarse table (the image's MiBs): the small page's entry.
+        let entry = (desc & !0x3ff) as usize + ((va >> 12) & 0xff) * 4;
+        // SAFETY: `entry` is inside one of L2_TABLES (the only coarse
+        // tables mmu_on installs), no longer written.
+        desc = page_as_section(unsafe { core::ptr::read_volatile(entry as *const u32) });
+    }
     let sctlr: u32;
     // SAFETY: reading SCTLR has no side effects.
     unsafe {
@@ -536,13 +585,27 @@ extern "C" fn moat_arm32_exception(kind: u32, lr: u32) -> ! {
         7 => b"FIQ",
         _ => b"exception",
     };
-    let (dfar, dfsr): (u32, u32);
+    let (dfar, dfsr, ifar, ifsr): (u32, u32, u32, u32);
     // SAFETY: reading the fault registers has no side effects.
     unsafe {
         core::arch::asm!("mrc p15, 0, {}, c6, c0, 0", "mrc p15, 0, {}, c5, c0, 0",
-                         out(reg) dfar, out(reg) dfsr, options(nomem, nostack))
+                         "mrc p15, 0, {}, c6, c0, 2", "mrc p15, 0, {}, c5, c0, 1",
+                         out(reg) dfar, out(reg) dfsr, out(reg) ifar, out(reg) ifsr,
+                         options(nomem, nostack))
     };
-    let mut buf = [0u8; 96];
+    // Which W^X or guard-page property the abort violated, if any.
+    let mut why = [0u8; 96];
+    let why_len = match kind {
+        3 => layout().describe_abort(true, ifsr, ifar, &mut why),
+        4 => layout().describe_abort(false, dfsr, dfar, &mut why),
+        _ => 0,
+    };
+    let (dfar, dfsr) = if kind == 3 {
+        (ifar, ifsr)
+    } else {
+        (dfar, dfsr)
+    };
+    let mut buf = [0u8; 200];
     let mut n = 0;
     let mut put = |s: &[u8]| {
         for &b in s {
@@ -553,8 +616,20 @@ extern "C" fn moat_arm32_exception(kind: u32, lr: u32) -> ! {
         }
     };
     put(b"moat arm32: fatal: ");
+    if why_len > 0 {
+        put(name);
+        put(b": ");
+        put(&why[..why_len]);
+        put(b"\n");
+        put(b"moat arm32: fatal: ");
+    }
     put(name);
-    for (label, v) in [(&b" lr "[..], lr), (b" dfar ", dfar), (b" dfsr ", dfsr)] {
+    let labels: [&[u8]; 2] = if kind == 3 {
+        [b" ifar ", b" ifsr "]
+    } else {
+        [b" dfar ", b" dfsr "]
+    };
+    for (label, v) in [(&b" lr "[..], lr), (labels[0], dfar), (labels[1], dfsr)] {
         put(label);
         let mut hex = [0u8; 8];
         for (i, h) in hex.iter_mut().enumerate() {
@@ -604,4 +679,73 @@ pub fn stack_usage() -> (usize, usize) {
         p += 1;
     }
     (top - p, top - bottom)
+}
+
+/// `(writable, executable)` of `addr` in the live translation table
+/// (`None`: a translation fault). Sections: AP[2] (bit 15) and XN (bit
+/// 4); small pages: AP[2] (bit 9) and XN (bit 0). AP[1:0] is 11 or 01
+/// everywhere the map writes, so AP[2] alone says read-only.
+pub fn page_rights(addr: u32) -> Option<(bool, bool)> {
+    // SAFETY: reads one entry of the table, which is no longer written.
+    let l1 = unsafe { core::ptr::read_volatile(addr_of!(L1_TABLE.0[(addr >> 20) as usize])) };
+    match l1 & 0b11 {
+        0b10 => Some((l1 & (1 << 15) == 0, l1 & SECT_XN == 0)),
+        0b01 => {
+            let entry = (l1 & !0x3ff) as usize + ((addr as usize >> 12) & 0xff) * 4;
+            // SAFETY: `entry` is inside one of L2_TABLES (the only coarse
+            // tables mmu_on installs), no longer written.
+            let page = unsafe { core::ptr::read_volatile(entry as *const u32) };
+            (page & 0b10 != 0).then_some((page & (1 << 9) == 0, page & 1 == 0))
+        }
+        _ => None,
+    }
+}
+
+/// The guard page below the boot stack.
+pub fn boot_stack_guard_page() -> u64 {
+    u64::from(layout().guards[0].0.start)
+}
+
+// ---------------------------------------------------------------- probes --
+
+/// Writes back a byte of this function's own code: with W^X in force a
+/// permission fault (the selftest's `selftest.fault=write-text`); returns
+/// only if text is writable.
+pub fn provoke_write_text() {
+    let target = provoke_write_text as *const () as *mut u8;
+    // SAFETY: writes back the byte just read, so the code is unchanged
+    // should the write succeed (the failure being tested for).
+    unsafe { core::ptr::write_volatile(target, core::ptr::read_volatile(target)) };
+}
+
+/// `bx lr` (0xe12fff1e) words in `.data`, for [`provoke_exec_data`]
+/// (placed there by name: the compiler would put a constant in `.rodata`).
+#[link_section = ".data.moat_exec_probe"]
+static BX_LR_IN_DATA: [u32; 4] = [0xe12f_ff1e; 4];
+
+/// Calls a `bx lr` that sits in `.data`: with execute-never in force a
+/// prefetch abort; returns only if data is executable.
+pub fn provoke_exec_data() {
+    let f = BX_LR_IN_DATA.as_ptr() as *const ();
+    // SAFETY: the words are `bx lr` in the ARM instruction set (the
+    // address is even: called in ARM state), which returns at once.
+    let f: extern "C" fn() = unsafe { core::mem::transmute(f) };
+    f();
+}
+
+/// Recurses with 1 KiB frames until the boot stack runs into its guard
+/// page (a translation fault); returns only if there is no guard page.
+pub fn provoke_stack_overflow() {
+    core::hint::black_box(recurse(0));
+}
+
+#[inline(never)]
+fn recurse(depth: u32) -> u32 {
+    let mut frame = [0u8; 1024];
+    frame[(depth % 1024) as usize] = depth as u8;
+    core::hint::black_box(&mut frame);
+    if depth == u32::MAX {
+        return 0;
+    }
+    recurse(depth + 1).wrapping_add(u32::from(frame[0]))
 }

@@ -36,6 +36,7 @@ pub mod foreign;
 pub mod frames;
 pub mod heap;
 pub mod logger;
+pub mod protection;
 pub mod regions;
 #[cfg(all(target_os = "none", feature = "qubes"))]
 pub mod vchan_env;

@@ -17,6 +17,30 @@ pub fn map_grant_table(
     arm32::map_grant_table()
 }
 
+/// Provokes `probe`'s fault on purpose (the selftest's `selftest.fault=`):
+/// with the image mapped as it should be this never returns (the abort
+/// handler reports the violation and crashes the domain); it returns only
+/// when the protection is missing.
+pub fn provoke(probe: crate::protection::Probe) {
+    use crate::protection::Probe;
+    match probe {
+        Probe::WriteText => arm32::provoke_write_text(),
+        Probe::ExecData => arm32::provoke_exec_data(),
+        Probe::StackOverflow => arm32::provoke_stack_overflow(),
+    }
+}
+
+/// The rights the translation table gives `addr` (`None`: not mapped).
+pub fn page_rights(addr: u64) -> Option<crate::protection::PageRights> {
+    let (write, execute) = arm32::page_rights(u32::try_from(addr).ok()?)?;
+    Some(crate::protection::PageRights { write, execute })
+}
+
+/// Execute-never is always in force on ARMv7 (XN).
+pub fn nx_enforced() -> bool {
+    true
+}
+
 /// ARMv7 has no random-number instruction: always `None` (the entropy
 /// generator is seeded from the device tree's `/chosen/rng-seed`, or from
 /// timer jitter, see `crate::entropy`).

@@ -771,3 +771,62 @@ pub fn simd_bench(p: &Platform) -> String {
     }
     out.join(" ")
 }
+
+/// In `.data` (non-zero, interior-mutable) and `.bss` (zero), for
+/// [`memory_protection`].
+static IN_DATA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0x5e1f);
+static IN_BSS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// In `.rodata`.
+static IN_RODATA: [u8; 8] = *b"rodata!!";
+
+/// W^X and the guard page, read back from the live page tables without
+/// faulting: text r-x, rodata r--, data, bss, heap and stack rw-, the boot
+/// stack's guard page unmapped (the `selftest.fault=` runs prove that the
+/// CPU enforces them).
+pub fn memory_protection() -> Outcome {
+    use kernel::protection::PageRights;
+    let heap = Box::new(0u64);
+    let on_stack = 0u64;
+    let places: [(&str, u64, PageRights); 6] = [
+        (
+            "text",
+            memory_protection as *const () as u64,
+            PageRights::TEXT,
+        ),
+        ("rodata", IN_RODATA.as_ptr() as u64, PageRights::READ_ONLY),
+        ("data", IN_DATA.as_ptr() as u64, PageRights::DATA),
+        ("bss", IN_BSS.as_ptr() as u64, PageRights::DATA),
+        ("heap", &*heap as *const u64 as u64, PageRights::DATA),
+        (
+            "stack",
+            core::hint::black_box(&on_stack) as *const u64 as u64,
+            PageRights::DATA,
+        ),
+    ];
+    let nx = arch::nx_enforced();
+    let mut detail = String::new();
+    for (what, addr, want) in places {
+        let Some(got) = arch::page_rights(addr) else {
+            return Err(format!("{what} at {addr:#x} is not mapped"));
+        };
+        // Without NX (a CPU that lacks it) only the write half can hold.
+        let want = PageRights {
+            execute: want.execute || !nx,
+            ..want
+        };
+        if got != want {
+            return Err(format!("{what} at {addr:#x} is {got}, want {want}"));
+        }
+        detail += &format!("{what} {got}, ");
+    }
+    let guard = arch::boot_stack_guard_page();
+    if let Some(r) = arch::page_rights(guard) {
+        return Err(format!(
+            "the boot stack's guard page {guard:#x} is mapped {r}"
+        ));
+    }
+    Ok(format!(
+        "{detail}boot stack guard {guard:#x} unmapped, NX {}",
+        if nx { "on" } else { "off: this CPU has none" }
+    ))
+}

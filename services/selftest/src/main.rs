@@ -10,7 +10,11 @@
 //! Then it idles (so the rig can measure an idle guest's CPU use), prints
 //! `selftest: bench:` figures and ends as `selftest.end=` asks: poweroff
 //! (default), reboot, or panic (to prove a panic crashes the domain with
-//! its message on the console).
+//! its message on the console). With `selftest.fault=write-text`,
+//! `exec-data` or `stack-overflow` it instead provokes that fault right
+//! after the command-line check, to prove the image's W^X mapping and
+//! stack guard page (the domain must crash with the matching report;
+//! `selftest: fault: FAIL` if the fault did not happen).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -69,6 +73,16 @@ mod image {
             "cmdline",
             crate::settings::check(p.cmdline, cmdline, &settings),
         );
+        if let Some(probe) = settings.fault {
+            println!("selftest: fault: {}: provoking", probe.name());
+            kernel::console::flush();
+            kernel::arch::provoke(probe);
+            println!(
+                "selftest: fault: FAIL ({} did not fault: the protection is missing)",
+                probe.name()
+            );
+            return Exit::Poweroff;
+        }
 
         let Some(mut xs) = env.xenstore.take() else {
             println!("selftest: no xenstore: cannot run the xenstore checks");
@@ -112,6 +126,7 @@ mod image {
         t.report("grant-copy", checks::grant_copy(p, domid));
         t.report("executor", checks::executor(&env).await);
         t.report("simd", checks::simd());
+        t.report("memory-protection", checks::memory_protection());
         println!(
             "selftest: summary: {} passed, {} failed",
             t.passed, t.failed

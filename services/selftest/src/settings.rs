@@ -5,6 +5,7 @@ use alloc::format;
 use alloc::string::String;
 
 use kernel::cmdline::{self, CmdlineErrors, SettingError, Settings};
+use kernel::protection::Probe;
 
 /// How the selftest ends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,6 +28,10 @@ pub struct SelftestSettings {
     pub idle_s: u64,
     /// `selftest.watch-timeout=<seconds>`: how long to wait for dom0's write.
     pub watch_timeout_s: u64,
+    /// `selftest.fault=write-text|exec-data|stack-overflow`: provoke that
+    /// fault after the command-line check instead of running the checks
+    /// (the domain must crash with the matching report).
+    pub fault: Option<Probe>,
 }
 
 impl Default for SelftestSettings {
@@ -35,6 +40,7 @@ impl Default for SelftestSettings {
             end: End::Poweroff,
             idle_s: 5,
             watch_timeout_s: 60,
+            fault: None,
         }
     }
 }
@@ -50,13 +56,21 @@ impl Settings for SelftestSettings {
             "selftest.watch-timeout" => {
                 self.watch_timeout_s = cmdline::parse_u64_in(value, 1..=3600)?
             }
+            "selftest.fault" => {
+                self.fault = Some(Probe::ALL[cmdline::parse_enum(value, &Probe::NAMES)?])
+            }
             _ => return Err(SettingError::Unknown),
         }
         Ok(())
     }
 
     fn known_keys(&self) -> &'static [&'static str] {
-        &["selftest.end", "selftest.idle", "selftest.watch-timeout"]
+        &[
+            "selftest.end",
+            "selftest.idle",
+            "selftest.watch-timeout",
+            "selftest.fault",
+        ]
     }
 }
 
@@ -101,6 +115,12 @@ mod tests {
         .unwrap();
         assert_eq!((s.end, s.idle_s), (End::Reboot, 0));
         assert!(cmdline::parse("selftest.end=later", &mut [&mut k, &mut s]).is_err());
+        assert_eq!(s.fault, None);
+        cmdline::parse("selftest.fault=exec-data", &mut [&mut k, &mut s]).unwrap();
+        assert_eq!(s.fault, Some(Probe::ExecData));
+        cmdline::parse("selftest.fault=stack-overflow", &mut [&mut k, &mut s]).unwrap();
+        assert_eq!(s.fault, Some(Probe::StackOverflow));
+        assert!(cmdline::parse("selftest.fault=write-data", &mut [&mut k, &mut s]).is_err());
         assert!(check("", Ok(()), &s).is_ok());
     }
 }

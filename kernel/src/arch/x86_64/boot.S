@@ -78,6 +78,18 @@ pvh_entry32:
     mov %eax, boot_tsc
     mov %edx, boot_tsc + 4
 
+    /* %esi = CPUID.80000001h:EDX.NX (bit 20), for EFER.NXE below */
+    xor %esi, %esi
+    mov $0x80000000, %eax
+    cpuid
+    cmp $0x80000001, %eax
+    jb 3f
+    mov $0x80000001, %eax
+    cpuid
+    and $0x100000, %edx
+    mov %edx, %esi
+3:
+
     /* PML4[0] -> PDPT; PDPT[0..4] -> 4 page directories; 2048 x 2 MiB = 4 GiB identity */
     mov $pvh_pdpt, %eax
     or $0x3, %eax
@@ -111,9 +123,12 @@ pvh_entry32:
     mov $0xC0000080, %ecx       /* EFER */
     rdmsr
     or $0x100, %eax             /* EFER.LME */
-    wrmsr
+    test %esi, %esi
+    jz 4f
+    or $0x800, %eax             /* EFER.NXE: the NX bit of page-table entries works */
+4:  wrmsr
     mov %cr0, %eax
-    or $0x80000001, %eax        /* CR0.PG | CR0.PE */
+    or $0x80010001, %eax        /* CR0.PG | CR0.WP (ring 0 obeys read-only pages) | CR0.PE */
     mov %eax, %cr0
     lgdt pvh_gdt_desc
     ljmp $0x08, $pvh_entry64
@@ -162,6 +177,8 @@ pv_failsafe_callback:
     and $~15, %rsp
     mov $0xfe, %edi
     xor %esi, %esi
+    xor %edx, %edx
+    xor %ecx, %ecx
     call moat_exception
     ud2
 
@@ -193,6 +210,11 @@ pvh_event_vector:
     pop %rsi
     .else
     xor %esi, %esi
+    .endif
+    .if \pv
+    xor %ecx, %ecx              /* PV: Rust reads the vCPU's saved CR2 */
+    .else
+    mov %cr2, %rcx              /* PVH: CR2 before anything can fault again */
     .endif
     mov %rsp, %rdx              /* -> rip, cs, rflags, rsp, ss */
     and $~15, %rsp
@@ -258,11 +280,31 @@ pvh_pml4:
     .skip 4096
 pvh_pdpt:
     .skip 4096
+.global pvh_pd
 pvh_pd:
     .skip 4 * 4096
-.balign 16
+
+/*
+ * Stacks, each above a guard page the arch code leaves unmapped (PV and
+ * PVH), so an overflow faults instead of running into whatever lies below.
+ * The double-fault stack is the PVH TSS's IST1: a fault that cannot push
+ * its frame on the overflowed boot stack becomes a double fault, which the
+ * CPU delivers on this stack.
+ */
+.balign 4096
+.global boot_stack_guard
+boot_stack_guard:
+    .skip 4096
 .global boot_stack
 boot_stack:
     .skip 128 * 1024
 .global boot_stack_top
 boot_stack_top:
+.global df_stack_guard
+df_stack_guard:
+    .skip 4096
+.global df_stack
+df_stack:
+    .skip 16 * 1024
+.global df_stack_top
+df_stack_top:

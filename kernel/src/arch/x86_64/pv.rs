@@ -24,6 +24,7 @@ const PTE_RW: u64 = 2;
 const PTE_USER: u64 = 4;
 const PTE_ACCESSED: u64 = 0x20;
 const PTE_DIRTY: u64 = 0x40;
+const PTE_NX: u64 = super::pte::NX;
 const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 /// Leaf mapping of ordinary memory.
 const PTE_DATA: u64 = PTE_PRESENT | PTE_RW | PTE_USER | PTE_ACCESSED | PTE_DIRTY;
@@ -51,6 +52,9 @@ struct Mmu {
     nr_pages: u64,
     /// Next frame to use for a new page table (inside the mapped region).
     next_pt: u64,
+    /// The NX bit when the CPU has it (Xen then allows it in PV
+    /// entries), else 0.
+    nx: u64,
 }
 
 fn m2p(mfn: u64) -> u64 {
@@ -110,7 +114,7 @@ impl Mmu {
         unsafe {
             hypercall::update_va_mapping(
                 va,
-                (mfn << 12) | PTE_PRESENT | PTE_USER | PTE_ACCESSED,
+                (mfn << 12) | PTE_PRESENT | PTE_USER | PTE_ACCESSED | self.nx,
                 UVMF_INVLPG,
             )?
         };
@@ -133,8 +137,16 @@ impl Mmu {
         self.child(l2, (va >> 21) as usize & 511)
     }
 
-    /// Maps pfn N at VA N << 12 for every pfn in `pfns` not mapped yet.
-    fn map_identity(&mut self, pfns: core::ops::Range<u64>) -> Result<(), XenError> {
+    /// Maps pfn N at VA N << 12, non-executable, for every pfn in `pfns`
+    /// not mapped yet, and makes the pages Xen mapped outside the image
+    /// (start info, the pfn-to-mfn list, the bootstrap page tables and
+    /// stack, the padding) non-executable too, keeping their other bits.
+    /// The image's own pages (`image`) are [`Mmu::protect_image`]'s.
+    fn map_identity(
+        &mut self,
+        pfns: core::ops::Range<u64>,
+        image: core::ops::Range<u64>,
+    ) -> Result<(), XenError> {
         let mut pfn = pfns.start;
         while pfn < pfns.end {
             let chunk_end = ((pfn | 511) + 1).min(pfns.end);
@@ -143,12 +155,45 @@ impl Mmu {
             let mut n = 0;
             for p in pfn..chunk_end {
                 let i = (p & 511) as usize;
-                if read_entry(l1, i) & PTE_PRESENT == 0 {
-                    ups[n] = (i, (self.p2m(p) << 12) | PTE_DATA);
+                let old = read_entry(l1, i);
+                if image.contains(&p) {
+                    // protect_image's (a guard page stays unmapped).
+                    continue;
+                } else if old & PTE_PRESENT == 0 {
+                    ups[n] = (i, (self.p2m(p) << 12) | PTE_DATA | self.nx);
+                    n += 1;
+                } else if old & self.nx != self.nx {
+                    ups[n] = (i, old | self.nx);
                     n += 1;
                 }
             }
             self.write(l1, &ups[..n])?;
+            pfn = chunk_end;
+        }
+        Ok(())
+    }
+
+    /// Maps the image's pages by `layout` (W^X): text read-only and
+    /// executable, notes and rodata read-only, data/bss/stacks writable,
+    /// all but text non-executable, guard pages not present.
+    fn protect_image(&mut self, layout: &crate::protection::Layout) -> Result<(), XenError> {
+        let (start, end) = (layout.image.start >> 12, layout.image.end.div_ceil(4096));
+        let mut pfn = start;
+        while pfn < end {
+            let chunk_end = ((pfn | 511) + 1).min(end);
+            let l1 = self.l1_for(pfn << 12)?;
+            let mut ups = [(0usize, 0u64); 512];
+            for (n, p) in (pfn..chunk_end).enumerate() {
+                let v = match super::leaf_flags(layout.kind(p << 12), self.nx) {
+                    Some(f) => {
+                        let dirty = if f & PTE_RW != 0 { PTE_DIRTY } else { 0 };
+                        (self.p2m(p) << 12) | f | PTE_USER | PTE_ACCESSED | dirty
+                    }
+                    None => 0,
+                };
+                ups[n] = ((p & 511) as usize, v);
+            }
+            self.write(l1, &ups[..(chunk_end - pfn) as usize])?;
             pfn = chunk_end;
         }
         Ok(())
@@ -220,12 +265,30 @@ extern "C" fn moat_pv_start(si: *const StartInfo) -> ! {
     // SAFETY: Xen passes a mapped start_info page in %rsi.
     let si = unsafe { core::ptr::read_volatile(si) };
 
+    // SAFETY: boot_rsp was written by pv_entry.
+    let first_free =
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(boot_rsp)) }.div_ceil(4096);
+    let nx = if super::cpu_has_nx() { PTE_NX } else { 0 };
+    *MMU.lock() = Some(Mmu {
+        l4: si.pt_base,
+        mfn_list: si.mfn_list,
+        nr_pages: si.nr_pages,
+        next_pt: first_free,
+        nx,
+    });
+    // W^X and the guard pages, before anything maps over the image.
+    let layout = super::layout();
+    if let Err(e) = with_mmu(|m| m.protect_image(&layout)) {
+        crate::boot::early_fatal(format_args!("cannot protect the image: {e}"));
+    }
+    super::NX_ON.store(nx != 0, core::sync::atomic::Ordering::Relaxed);
+
     // Shared info: map Xen's page over our reserved page.
     let shared_va = xen_page_addr(0);
     // SAFETY: XEN_PAGES[0] is reserved for this mapping; nothing references it.
-    if let Err(e) =
-        unsafe { hypercall::update_va_mapping(shared_va, si.shared_info | PTE_DATA, UVMF_INVLPG) }
-    {
+    if let Err(e) = unsafe {
+        hypercall::update_va_mapping(shared_va, si.shared_info | PTE_DATA | nx, UVMF_INVLPG)
+    } {
         crate::boot::early_fatal(format_args!("cannot map shared info: {e}"));
     }
     // SAFETY: the page at `shared_va` is now the shared info page.
@@ -233,16 +296,8 @@ extern "C" fn moat_pv_start(si: *const StartInfo) -> ! {
     shared.set_upcall_mask(0, true);
 
     // The rest of RAM: pfn N at VA N << 12.
-    // SAFETY: boot_rsp was written by pv_entry.
-    let first_free =
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(boot_rsp)) }.div_ceil(4096);
-    *MMU.lock() = Some(Mmu {
-        l4: si.pt_base,
-        mfn_list: si.mfn_list,
-        nr_pages: si.nr_pages,
-        next_pt: first_free,
-    });
-    if let Err(e) = with_mmu(|m| m.map_identity(1..si.nr_pages)) {
+    let image = super::image_frames();
+    if let Err(e) = with_mmu(|m| m.map_identity(1..si.nr_pages, image.clone())) {
         crate::boot::early_fatal(format_args!("cannot map RAM: {e}"));
     }
     // The foreign-mapping window gets its page tables now (entries stay empty).
@@ -252,7 +307,6 @@ extern "C" fn moat_pv_start(si: *const StartInfo) -> ! {
         ));
     }
     let mut ram = RegionList::new();
-    let image = super::image_frames();
     ram.push(1..image.start);
     ram.push(with_mmu(|m| m.next_pt)..si.nr_pages);
 
@@ -301,12 +355,19 @@ pub(super) fn map_grant_frames(base: u64, frames: usize) -> Result<(), XenError>
         unsafe {
             hypercall::update_va_mapping(
                 base + i as u64 * 4096,
-                (mfn << 12) | PTE_DATA,
+                (mfn << 12) | PTE_DATA | with_mmu(|m| m.nx),
                 UVMF_INVLPG,
             )?
         };
     }
     Ok(())
+}
+
+/// `(writable, no-execute)` of `addr` in our page tables (mapped
+/// read-only at their pfn's address; entries hold machine frames).
+pub(super) fn walk(addr: u64) -> Option<(bool, bool)> {
+    let l4 = with_mmu(|m| m.l4);
+    super::walk_tables(l4, addr, |ma| m2p(ma >> 12) << 12)
 }
 
 pub(super) fn pfn_to_mfn(pfn: u64) -> u64 {

@@ -66,11 +66,11 @@ impl Gate {
         offset_hi: 0,
         reserved: 0,
     };
-    fn new(handler: u64) -> Gate {
+    fn new(handler: u64, ist: u8) -> Gate {
         Gate {
             offset_lo: handler as u16,
             selector: 0x08,
-            ist: 0,
+            ist,
             attrs: 0x8E, // present, DPL 0, interrupt gate (IF cleared on entry)
             offset_mid: (handler >> 16) as u16,
             offset_hi: (handler >> 32) as u32,
@@ -80,6 +80,137 @@ impl Gate {
 }
 
 static mut IDT: [Gate; 256] = [Gate::EMPTY; 256];
+
+/// The 64-bit TSS: only IST1 is used, the double-fault stack.
+#[repr(C, packed)]
+struct Tss {
+    reserved0: u32,
+    rsp: [u64; 3],
+    reserved1: u64,
+    ist: [u64; 7],
+    reserved2: u64,
+    reserved3: u16,
+    iomap_base: u16,
+}
+
+static mut TSS: Tss = Tss {
+    reserved0: 0,
+    rsp: [0; 3],
+    reserved1: 0,
+    ist: [0; 7],
+    reserved2: 0,
+    reserved3: 0,
+    // No I/O bitmap: its offset is the TSS's size.
+    iomap_base: core::mem::size_of::<Tss>() as u16,
+};
+
+/// The GDT Rust runs with: boot.S's code and data descriptors (same
+/// selectors, 0x08 and 0x10) plus the TSS at 0x18. In `.data`, not
+/// `.rodata`: `ltr` writes the TSS descriptor's busy bit.
+static mut GDT: [u64; 5] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, 0, 0];
+
+/// Installs the GDT with a TSS whose IST1 is the double-fault stack.
+fn load_gdt_tss() {
+    extern "C" {
+        static df_stack_top: u8;
+    }
+    // SAFETY: single-threaded boot, interrupts disabled; TSS and GDT are
+    // statics that live forever; the selectors of the code and data
+    // segments in use stay the same, so no segment register changes
+    // meaning when the new table is loaded.
+    unsafe {
+        let tss = &mut *core::ptr::addr_of_mut!(TSS);
+        tss.ist[0] = core::ptr::addr_of!(df_stack_top) as u64;
+        let base = core::ptr::addr_of!(TSS) as u64;
+        let limit = (core::mem::size_of::<Tss>() - 1) as u64;
+        let gdt = &mut *core::ptr::addr_of_mut!(GDT);
+        gdt[3] = (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | (0x89 << 40) // present, DPL 0, available 64-bit TSS
+            | (((limit >> 16) & 0xf) << 48)
+            | (((base >> 24) & 0xff) << 56);
+        gdt[4] = base >> 32;
+        #[repr(C, packed)]
+        struct Desc {
+            limit: u16,
+            base: u64,
+        }
+        let desc = Desc {
+            limit: (core::mem::size_of::<[u64; 5]>() - 1) as u16,
+            base: gdt.as_ptr() as u64,
+        };
+        core::arch::asm!("lgdt ({})", in(reg) &desc, options(att_syntax, readonly, nostack));
+        core::arch::asm!("ltr {0:x}", in(reg) 0x18u16, options(att_syntax, nostack));
+    }
+}
+
+/// A page-table page.
+#[repr(C, align(4096))]
+struct Table([u64; 512]);
+
+/// How many 2 MiB directory entries may cover the image (link.ld asserts
+/// the image ends below 8 MiB): each becomes a table of 4 KiB pages.
+const IMAGE_TABLES: usize = 4;
+static mut IMAGE_L1: [Table; IMAGE_TABLES] = [const { Table([0; 512]) }; IMAGE_TABLES];
+
+/// Remaps boot.S's identity map with W^X: the 2 MiB pages that hold the
+/// image become 4 KiB pages mapped by [`super::layout`] (text read-only
+/// and executable, notes and rodata read-only, data/bss/stacks writable,
+/// guard pages absent), and every other page (RAM, heap, shared and
+/// foreign pages) is non-executable. Returns whether NX is in force.
+fn protect_image() -> bool {
+    extern "C" {
+        static mut pvh_pd: [u64; 2048];
+    }
+    let efer: u64 = {
+        let (lo, hi): (u32, u32);
+        // SAFETY: reading EFER has no side effects; PVH runs in ring 0.
+        unsafe {
+            core::arch::asm!("rdmsr", in("ecx") 0xC000_0080u32, out("eax") lo, out("edx") hi,
+                options(nomem, nostack))
+        };
+        (u64::from(hi) << 32) | u64::from(lo)
+    };
+    let nx = if efer & (1 << 11) != 0 {
+        super::pte::NX
+    } else {
+        0
+    };
+    let layout = super::layout();
+    let regions = layout.image.end.div_ceil(2 << 20) as usize;
+    // SAFETY: single-threaded boot; the tables are statics of this
+    // module and boot.S's page directories, written only here. Every
+    // address keeps its identity mapping; only the rights narrow, and
+    // the code and stack in use stay mapped (text executable, stack
+    // writable), so the switch is safe at every step; the CR3 reload
+    // flushes the TLB's old 2 MiB entries.
+    unsafe {
+        let tables = &mut *core::ptr::addr_of_mut!(IMAGE_L1);
+        let pd = &mut *core::ptr::addr_of_mut!(pvh_pd);
+        for (r, table) in tables.iter_mut().enumerate().take(regions) {
+            for (i, e) in table.0.iter_mut().enumerate() {
+                let addr = ((r as u64) << 21) | ((i as u64) << 12);
+                *e = super::leaf_flags(layout.kind(addr), nx).map_or(0, |f| addr | f);
+            }
+            pd[r] = table.0.as_ptr() as u64 | super::pte::PRESENT | super::pte::RW;
+        }
+        for e in pd.iter_mut().skip(regions) {
+            *e |= nx;
+        }
+        core::arch::asm!("mov %cr3, {t}", "mov {t}, %cr3", t = out(reg) _,
+            options(att_syntax, nostack));
+    }
+    nx != 0
+}
+
+/// `(writable, no-execute)` of `addr` in the live tables (CR3's).
+pub(super) fn walk(addr: u64) -> Option<(bool, bool)> {
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effects; PVH runs in ring 0.
+    unsafe { core::arch::asm!("mov %cr3, {}", out(reg) cr3, options(att_syntax, nomem, nostack)) };
+    // Every table lies in the identity map: its address is its frame's.
+    super::walk_tables(cr3 & 0x000F_FFFF_FFFF_F000, addr, |pa| pa)
+}
 
 fn load_idt() {
     let handlers: [(usize, unsafe extern "C" fn()); 19] = [
@@ -108,7 +239,8 @@ fn load_idt() {
     unsafe {
         let idt = &mut *core::ptr::addr_of_mut!(IDT);
         for (v, h) in handlers {
-            idt[v] = Gate::new(h as *const () as u64);
+            // The double fault runs on IST1 (its own stack, see load_gdt_tss).
+            idt[v] = Gate::new(h as *const () as u64, if v == 8 { 1 } else { 0 });
         }
         #[repr(C, packed)]
         struct Desc {
@@ -150,7 +282,10 @@ static mut FOREIGN_BASE: u64 = 0;
 #[no_mangle]
 extern "C" fn moat_pvh_start(start_info_pa: u64) -> ! {
     GUEST.store(1, core::sync::atomic::Ordering::Relaxed);
+    load_gdt_tss();
     load_idt();
+    let nx = protect_image();
+    super::NX_ON.store(nx, core::sync::atomic::Ordering::Relaxed);
     if install_hypercall_page().is_none() {
         // No hypercalls, no console: nothing can be reported. Halt.
         loop {
