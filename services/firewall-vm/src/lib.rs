@@ -197,6 +197,11 @@ impl FirewallVm {
 
     fn say(&self, line: &str) {
         (self.print)(&format!("firewall: {line}"));
+        kernel::logger::remote_only(
+            log::Level::Info,
+            "firewall",
+            format_args!("firewall: {line}"),
+        );
     }
 
     /// The addresses of the uplink vif's `ip` key.
@@ -466,6 +471,7 @@ impl Service for FirewallVm {
                 out.push(convert(t));
             }
             reports = fw.take_rule_reports();
+            send_remote_log(fw, now_ns, out);
         }
         // Rule sets that waited for their dsthost= names: in force, or the
         // client blocked, as the Linux agent reports a name that does not
@@ -625,6 +631,29 @@ pub fn offload_out(o: &Offload) -> netvm::Offload {
             mss: g.mss,
         }),
     }
+}
+
+/// The local port of the remote syslog's datagrams.
+const SYSLOG_PORT: u16 = 50_514;
+
+/// Sends what the kernel's logger queued for a UDP collector
+/// (`syslog=udp:ADDRESS[:PORT]`, docs/syslog.md) as datagrams from the
+/// uplink address. A TCP or IPv6 collector is not served yet: its
+/// messages stay queued, and the full queue drops and counts.
+fn send_remote_log(fw: &mut Firewall, now_ns: u64, out: &mut Vec<Transmit>) {
+    let _ = kernel::logger::with_remote(|log| {
+        let c = log.collector();
+        let (moat_syslog::Transport::Udp, core::net::SocketAddr::V4(to)) = (c.transport, c.addr)
+        else {
+            return;
+        };
+        while let Some(m) = log.next_datagram(kernel::logger::wallclock()) {
+            for t in fw.send_udp_from_uplink(instant(now_ns), SYSLOG_PORT, *to.ip(), to.port(), &m)
+            {
+                out.push(convert(t));
+            }
+        }
+    });
 }
 
 fn convert(t: firewall::Transmit) -> Transmit {

@@ -1656,3 +1656,26 @@ fn dsthost_lookups_try_each_upstream_resolver_in_turn() {
     }
     assert_eq!(asked, vec![UPSTREAM_DNS, secondary, UPSTREAM_DNS]);
 }
+
+#[test]
+fn a_datagram_of_our_own_leaves_by_the_uplink_gateway() {
+    use smoltcp::wire::{IpAddress, UdpPacket};
+    let mut fw = firewall(false);
+    let collector = Ipv4Addr::new(192, 0, 2, 7);
+    let before = fw.counters().frames_out;
+    let out = fw.send_udp_from_uplink(t(0), 50514, collector, 514, b"<30>1 - - moat - t - hello");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].interface, Interface::Uplink);
+    let eth = EthernetFrame::new_checked(&out[0].frame[..]).unwrap();
+    assert_eq!(eth.src_addr(), FW_UPLINK_MAC);
+    assert_eq!(eth.dst_addr(), GATEWAY_MAC);
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (UPLINK_IP, collector));
+    assert_eq!(ip.next_header(), IpProtocol::Udp);
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(udp.verify_checksum(&IpAddress::Ipv4(UPLINK_IP), &IpAddress::Ipv4(collector)));
+    assert_eq!((udp.src_port(), udp.dst_port()), (50514, 514));
+    assert_eq!(udp.payload(), b"<30>1 - - moat - t - hello");
+    assert_eq!(fw.counters().frames_out, before + 1);
+}

@@ -18,7 +18,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::net::IpAddr;
+use core::net::{IpAddr, Ipv4Addr};
 
 use qubes::firewall_rules::{Action, LoadedRules, RuleSet};
 use smoltcp::time::Instant;
@@ -635,6 +635,31 @@ impl Firewall {
             );
             self.send_to_uplink(now, frame, &mut out);
         }
+        self.counters.frames_out += out.len() as u64;
+        out
+    }
+
+    /// A UDP datagram of the firewall's own (e.g. a remote syslog message)
+    /// from its uplink address and `src_port` to `dst`:`dst_port`, sent to
+    /// the uplink gateway as the DNS queries are (held, a few, until the
+    /// gateway's MAC is known). Returns the frames to send.
+    pub fn send_udp_from_uplink(
+        &mut self,
+        now: Instant,
+        src_port: u16,
+        dst: Ipv4Addr,
+        dst_port: u16,
+        payload: &[u8],
+    ) -> Vec<Transmit> {
+        let packet = link::udp_packet_v4(self.config.uplink.ip4, src_port, dst, dst_port, payload);
+        let frame = link::ethernet_frame(
+            self.config.uplink.mac,
+            EthernetAddress([0; 6]),
+            EthernetProtocol::Ipv4,
+            &packet,
+        );
+        let mut out = Vec::new();
+        self.send_to_uplink(now, frame, &mut out);
         self.counters.frames_out += out.len() as u64;
         out
     }
