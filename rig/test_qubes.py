@@ -191,7 +191,11 @@ xl unpause $FW
 /guest/moat-qubes-dom0 qrexec-daemon --domid $fw --ctl /tmp/qrexec.ctl >$QRX 2>&1 &
 qrxpid=$!
 if wait_for $QDB "^qdb: vm synced" 60; then log sync ok; else log sync FAIL "$(tail -n 3 $QDB | tr '\n' ' ')"; fi
-if wait_for $flog "firewall: forwarding: uplink 10.99.0.10 gateway 10.99.0.1" 60; then log forwarding ok $t_unpause $(up); else log forwarding FAIL; fi
+if wait_for $flog "firewall: forwarding: uplink 10.99.0.10 gateway 10.99.0.1" 60; then log forwarding ok $t_unpause $(up); else
+  log forwarding FAIL
+  xl list | sed 's/^/XLNOW /'
+  tail -n 20 $flog | tr -d '\r' | sed 's/^/FWNOW /'
+fi
 if wait_for $QRX "^qrexec: agent hello version" 60; then log qrexec-hello ok $t_unpause $(up); else log qrexec-hello FAIL "$(tail -n 3 $QRX | tr '\n' ' ')"; fi
 
 # Client A starts: qubesd's domain-pre-spawn of a qube whose netvm is us
