@@ -14,7 +14,8 @@ SECONDS_PER_TARGET=${1:-10}
 shift || true
 # The targets, one per parser family of untrusted input (docs/testing.md).
 ALL_TARGETS="xenstore rings netback netfront blkfront vpn hosted fdt cmdline \
-vchan rule_parser packet_path wg_decoder wg_config dhcp qubesdb qrexec"
+vchan rule_parser packet_path wg_decoder wg_config dhcp qubesdb qrexec \
+xenstored_decode xenstored_sequence"
 TARGETS=${*:-$ALL_TARGETS}
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
