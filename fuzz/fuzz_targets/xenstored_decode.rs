@@ -33,7 +33,10 @@ fn check_output(server: &mut Server, domid: u16, sent_ids: &[u32], replies: &mut
         if header.kind == XsdSockmsgType::WatchEvent as u32 {
             assert_eq!((header.req_id, header.tx_id), (0, 0));
         } else {
-            assert!(sent_ids.contains(&header.req_id), "reply to a request never sent");
+            assert!(
+                sent_ids.contains(&header.req_id),
+                "reply to a request never sent"
+            );
             *replies += 1;
         }
         rest = &rest[16 + len..];

@@ -6,8 +6,8 @@
 //! quotas so every limit is reached. After every step: the tree's
 //! invariants (parents list each child once, children exist, owner counts
 //! right), every unprivileged domain within its watch, transaction and
-//! outstanding quotas, no domain grew past its node quota by its own
-//! requests, every reply and event a whole message within the payload
+//! outstanding quotas, no domain grew past its node or memory quota by its
+//! own requests, every reply and event a whole message within the payload
 //! limit, with the request's id.
 #![no_main]
 
@@ -91,8 +91,12 @@ fuzz_target!(|data: &[u8]| {
         outstanding: 4,
         perms: 3,
         path_max: 64,
+        memory: 2500,
         output_bytes: 1500,
     };
+    // What transactions' touch records may add beyond the memory quota
+    // (bounded by the transaction quotas instead).
+    let touch_slack = u64::from(quotas.transactions * quotas.transaction_nodes * (64 + 8 + 20));
     let mut server = Server::new(Config {
         quotas,
         ..Config::default()
@@ -119,8 +123,22 @@ fuzz_target!(|data: &[u8]| {
             let home = format!("/local/domain/{domid}");
             for m in [
                 message(T::Mkdir, 0, 0, &[&strs(&[home.as_bytes()])]),
-                message(T::SetPerms, 0, 0, &[&strs(&[home.as_bytes(), format!("n{domid}").as_bytes(), b"r0"])]),
-                message(T::Introduce, 0, 0, &[&strs(&[domid.to_string().as_bytes(), b"1", b"1"])]),
+                message(
+                    T::SetPerms,
+                    0,
+                    0,
+                    &[&strs(&[
+                        home.as_bytes(),
+                        format!("n{domid}").as_bytes(),
+                        b"r0",
+                    ])],
+                ),
+                message(
+                    T::Introduce,
+                    0,
+                    0,
+                    &[&strs(&[domid.to_string().as_bytes(), b"1", b"1"])],
+                ),
             ] {
                 server.receive(0, &m, &mut NoHost).unwrap();
             }
@@ -137,14 +155,22 @@ fuzz_target!(|data: &[u8]| {
             6 => strs(&[path, b"tok"]),
             7 => b"\0".to_vec(),
             8 => strs(&[if b & 4 == 0 { b"T" } else { b"F" }]),
-            9 => strs(&[path, format!("n{}", DOMAINS[usize::from(b & 3)]).as_bytes(), b"r3", b"w5"]),
+            9 => strs(&[
+                path,
+                format!("n{}", DOMAINS[usize::from(b & 3)]).as_bytes(),
+                b"r3",
+                b"w5",
+            ]),
             10 => strs(&[path]),
             11 => strs(&[path, (b as u32 * 3).to_string().as_bytes()]),
             12 => strs(&[DOMAINS[usize::from(b & 3)].to_string().as_bytes()]),
             13 => strs(&[DOMAINS[usize::from(b & 3)].to_string().as_bytes()]),
             14 => b"\0".to_vec(),
             15 => strs(&[b"check"]),
-            16 => strs(&[DOMAINS[usize::from(b & 3)].to_string().as_bytes(), DOMAINS[usize::from(a & 3)].to_string().as_bytes()]),
+            16 => strs(&[
+                DOMAINS[usize::from(b & 3)].to_string().as_bytes(),
+                DOMAINS[usize::from(a & 3)].to_string().as_bytes(),
+            ]),
             17 => {
                 // The platform saw a domain shut down or go away.
                 let victim = DOMAINS[usize::from(b & 3)];
@@ -183,12 +209,19 @@ fuzz_target!(|data: &[u8]| {
             16 => T::SetTarget,
             _ => T::Mkdir,
         };
-        let payload = if op % 20 == 19 { strs(&[path]) } else { payload };
+        let payload = if op % 20 == 19 {
+            strs(&[path])
+        } else {
+            payload
+        };
         req_id += 1;
         let msg = message(kind, req_id, tx, &[&payload]);
         let owned_before = server.store().owned(domid);
+        let usage_before = server.usage(domid);
         let privileged = server.config().is_privileged(domid);
-        let used = server.receive(domid, &msg, &mut NoHost).expect("well-formed header");
+        let used = server
+            .receive(domid, &msg, &mut NoHost)
+            .expect("well-formed header");
         if used < msg.len() {
             // Throttled: the domain has its quota of unread replies.
             assert!(!privileged);
@@ -204,7 +237,17 @@ fuzz_target!(|data: &[u8]| {
         pending.push((domid, req_id));
         let owned_after = server.store().owned(domid);
         if !privileged && owned_after > owned_before {
-            assert!(owned_after <= quotas.nodes, "dom{domid} grew past its node quota");
+            assert!(
+                owned_after <= quotas.nodes,
+                "dom{domid} grew past its node quota"
+            );
+        }
+        let usage_after = server.usage(domid);
+        if !privileged && usage_after > usage_before {
+            assert!(
+                usage_after <= u64::from(quotas.memory) + touch_slack,
+                "dom{domid} grew past its memory quota: {usage_after}"
+            );
         }
         if kind == T::TransactionStart && domid != 0 {
             // Learn the id from the reply (drain only this domain).
@@ -215,7 +258,10 @@ fuzz_target!(|data: &[u8]| {
         }
         if sel & 0x80 != 0 {
             for id in drain(&mut server, domid) {
-                assert!(pending.iter().any(|p| *p == (domid, id)), "reply with an unknown id");
+                assert!(
+                    pending.iter().any(|p| *p == (domid, id)),
+                    "reply with an unknown id"
+                );
                 pending.retain(|p| p.1 != id);
             }
         }

@@ -32,6 +32,11 @@ pub struct Quotas {
     /// Longest path after `/local/domain/<domid>/` (`path-max`, default
     /// and at most `XENSTORE_REL_PATH_MAX`).
     pub path_max: u32,
+    /// Bytes a domain may make the server hold: the nodes it owns (record
+    /// and path), what its transactions hold, its watches' paths and
+    /// tokens (`memory`, default 2621440, C's hard memory quota); past it
+    /// a request that would add is `ENOMEM`, as in C.
+    pub memory: u32,
     /// Bytes of replies and events queued for a domain; a watch event that
     /// would exceed it is dropped and counted (`output-bytes`, default
     /// 262144; C xenstored bounds this with its memory quota).
@@ -49,6 +54,7 @@ impl Default for Quotas {
             outstanding: 20,
             perms: 5,
             path_max: XENSTORE_REL_PATH_MAX as u32,
+            memory: 2 * 1024 * 1024 + 512 * 1024,
             output_bytes: 256 * 1024,
         }
     }
@@ -56,7 +62,7 @@ impl Default for Quotas {
 
 impl Quotas {
     /// Every quota name, in the order `XS_CONTROL quota` lists them.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "nodes",
         "node-size",
         "watches",
@@ -65,6 +71,7 @@ impl Quotas {
         "outstanding",
         "node-permissions",
         "path-max",
+        "memory",
         "output-bytes",
     ];
 
@@ -78,6 +85,7 @@ impl Quotas {
             b"outstanding" => &mut self.outstanding,
             b"node-permissions" => &mut self.perms,
             b"path-max" => &mut self.path_max,
+            b"memory" => &mut self.memory,
             b"output-bytes" => &mut self.output_bytes,
             _ => return None,
         })

@@ -326,6 +326,34 @@ fn op_set_perms(
     ))
 }
 
+/// How much an operation's `changes` add to `domid`'s memory use: in a
+/// transaction every written node (the transaction holds it), else the
+/// nodes it owns afterwards less those it owned before.
+fn memory_delta(view: &View<'_>, domid: u16, changes: &[Change]) -> i64 {
+    let mut delta = 0i64;
+    for c in changes {
+        let new = c
+            .node
+            .as_ref()
+            .map_or(0, |n| crate::store::node_cost(&c.path, n)) as i64;
+        if view.in_transaction() {
+            delta += new;
+            continue;
+        }
+        if c.node.as_ref().is_some_and(|n| n.perms.owner() == domid) {
+            delta += new;
+        }
+        if let Some(old) = view
+            .store()
+            .get(&c.path)
+            .filter(|n| n.perms.owner() == domid)
+        {
+            delta -= crate::store::node_cost(&c.path, old) as i64;
+        }
+    }
+    delta
+}
+
 fn op_directory_part(node: &Node, offset: u32) -> Vec<u8> {
     let children = node.children_wire();
     let mut out = Vec::from(format!("{}", node.generation).as_bytes());
@@ -767,12 +795,22 @@ impl Server {
         } else {
             self.config.quotas.transaction_nodes as usize
         };
+        let base = self.usage(domid);
+        let memory = u64::from(self.config.quotas.memory);
         let (result, direct) = {
             let mut view = View::new(&self.store, tx.as_mut(), limit);
             match op(&mut view, &who, &self.config) {
                 Ok(outcome) => {
-                    let direct = view.apply(outcome.changes, outcome.events);
-                    (Ok(outcome.reply), direct)
+                    let delta = memory_delta(&view, domid, &outcome.changes);
+                    if !who.privileged
+                        && delta > 0
+                        && base + view.tx_bytes() + delta as u64 > memory
+                    {
+                        (Err(Errno::Enomem), None)
+                    } else {
+                        let direct = view.apply(outcome.changes, outcome.events);
+                        (Ok(outcome.reply), direct)
+                    }
                 }
                 Err(e) => (Err(e), None),
             }
@@ -789,6 +827,21 @@ impl Server {
             self.fire(&events);
         }
         result
+    }
+
+    /// What `domid` makes the server hold against its memory quota
+    /// (without a transaction taken out of its map for a request).
+    pub fn usage(&self, domid: u16) -> u64 {
+        let mut total = self.store.owned_bytes(domid);
+        if let Some(d) = self.domains.get(&domid) {
+            total += d.transactions.values().map(Transaction::bytes).sum::<u64>();
+            total += d
+                .watches
+                .iter()
+                .map(|w| (w.path.len() + w.token.len()) as u64)
+                .sum::<u64>();
+        }
+        total
     }
 
     fn set_special_perms(&mut self, who: &Who, path: &str, perms: Perms) -> Result<Vec<u8>, Errno> {
@@ -826,6 +879,11 @@ impl Server {
         if !who.privileged && domain.watches.len() >= limit {
             return Err(Errno::Enospc);
         }
+        let cost = (path.path.len() + token.len()) as u64;
+        if !who.privileged && self.usage(domid) + cost > u64::from(self.config.quotas.memory) {
+            return Err(Errno::Enomem);
+        }
+        let domain = self.domains.get_mut(&domid).ok_or(Errno::Einval)?;
         let shown = path.path.get(path.prefix_len..).unwrap_or(&path.path);
         let body = [shown.as_bytes(), b"\0", token, b"\0"].concat();
         if body.len() <= XENSTORE_PAYLOAD_MAX {

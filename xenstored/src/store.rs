@@ -65,6 +65,13 @@ pub struct Store {
     nodes: BTreeMap<String, Node>,
     generation: u64,
     owned: BTreeMap<u16, u32>,
+    bytes: BTreeMap<u16, u64>,
+}
+
+/// What a node costs its owner against the memory quota: its record and
+/// its path.
+pub fn node_cost(path: &str, node: &Node) -> u64 {
+    (node.size() + path.len()) as u64
 }
 
 impl Default for Store {
@@ -81,6 +88,7 @@ impl Store {
             nodes: BTreeMap::new(),
             generation: 0,
             owned: BTreeMap::new(),
+            bytes: BTreeMap::new(),
         };
         store.set("/", Some(Node::new(Perms::owner_only(0))));
         for (dir, name) in [("/", "tool"), ("/tool", "xenstored")] {
@@ -116,6 +124,11 @@ impl Store {
         self.nodes.iter()
     }
 
+    /// Bytes of the nodes `domid` owns ([`node_cost`]).
+    pub fn owned_bytes(&self, domid: u16) -> u64 {
+        self.bytes.get(&domid).copied().unwrap_or(0)
+    }
+
     /// How many nodes `domid` owns.
     pub fn owned(&self, domid: u16) -> u32 {
         self.owned.get(&domid).copied().unwrap_or(0)
@@ -135,18 +148,35 @@ impl Store {
         }
     }
 
+    fn charge(&mut self, owner: u16, cost: u64, add: bool) {
+        let entry = self.bytes.entry(owner).or_insert(0);
+        *entry = if add {
+            entry.saturating_add(cost)
+        } else {
+            entry.saturating_sub(cost)
+        };
+        if *entry == 0 {
+            self.bytes.remove(&owner);
+        }
+    }
+
     /// Replace (or with `None` delete) the node at `path`, giving it a new
     /// generation and keeping the owner counts. The caller keeps the tree
     /// consistent (parents list their children).
     pub fn set(&mut self, path: &str, node: Option<Node>) {
-        let old_owner = self.nodes.get(path).map(|n| n.perms.owner());
-        if let Some(owner) = old_owner {
+        let old = self
+            .nodes
+            .get(path)
+            .map(|n| (n.perms.owner(), node_cost(path, n)));
+        if let Some((owner, cost)) = old {
             self.count(owner, -1);
+            self.charge(owner, cost, false);
         }
         match node {
             Some(mut node) => {
                 node.generation = self.next_generation();
                 self.count(node.perms.owner(), 1);
+                self.charge(node.perms.owner(), node_cost(path, &node), true);
                 self.nodes.insert(path.to_string(), node);
             }
             None => {
@@ -159,15 +189,30 @@ impl Store {
     /// dropped (generations are kept: this is not a write).
     pub fn forget_domain(&mut self, domid: u16, heir: u16) {
         let mut moved = 0i64;
-        for node in self.nodes.values_mut() {
+        let mut moved_bytes = 0u64;
+        let mut recharged: Vec<(u16, u64, u64)> = Vec::new();
+        for (path, node) in self.nodes.iter_mut() {
             let owned = node.perms.owner() == domid;
-            if node.perms.forget_domain(domid, heir) && owned {
-                moved += 1;
+            let before = node_cost(path, node);
+            if node.perms.forget_domain(domid, heir) {
+                let after = node_cost(path, node);
+                if owned {
+                    moved += 1;
+                    moved_bytes += before;
+                    recharged.push((heir, 0, after));
+                } else {
+                    recharged.push((node.perms.owner(), before, after));
+                }
             }
         }
         if moved > 0 {
             self.count(domid, -moved);
             self.count(heir, moved);
+            self.charge(domid, moved_bytes, false);
+        }
+        for (owner, before, after) in recharged {
+            self.charge(owner, before, false);
+            self.charge(owner, after, true);
         }
     }
 
@@ -179,8 +224,10 @@ impl Store {
             return Err("no root".into());
         }
         let mut owned: BTreeMap<u16, u32> = BTreeMap::new();
+        let mut bytes: BTreeMap<u16, u64> = BTreeMap::new();
         for (path, node) in &self.nodes {
             *owned.entry(node.perms.owner()).or_insert(0) += 1;
+            *bytes.entry(node.perms.owner()).or_insert(0) += node_cost(path, node);
             if node.perms.is_empty() {
                 return Err(format!("{path}: no permissions"));
             }
@@ -209,6 +256,9 @@ impl Store {
         }
         if owned != self.owned {
             return Err(format!("owner counts {:?} != {owned:?}", self.owned));
+        }
+        if bytes != self.bytes {
+            return Err(format!("owner bytes {:?} != {bytes:?}", self.bytes));
         }
         Ok(())
     }
@@ -247,6 +297,7 @@ pub struct Transaction {
     accessed: BTreeMap<String, Option<u64>>,
     events: Vec<Event>,
     created: bool,
+    bytes: u64,
 }
 
 impl Transaction {
@@ -282,6 +333,12 @@ impl Transaction {
         }
     }
 
+    /// What it holds against its domain's memory quota: every node it
+    /// wrote (replaced versions too) and every path it touched.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Whether it created any node (then commit checks the node quota).
     pub fn created(&self) -> bool {
         self.created
@@ -302,6 +359,16 @@ impl<'a> View<'a> {
         Self { store, tx, limit }
     }
 
+    /// What the view's transaction holds (0 outside one).
+    pub fn tx_bytes(&self) -> u64 {
+        self.tx.as_deref().map_or(0, |tx| tx.bytes)
+    }
+
+    /// The store beneath.
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
     /// Whether this view is inside a transaction.
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some()
@@ -316,6 +383,7 @@ impl<'a> View<'a> {
                     return Err(Errno::Enospc);
                 }
                 let generation = self.store.get(path).map(|n| n.generation);
+                tx.bytes += path.len() as u64 + 8;
                 tx.accessed.insert(path.to_string(), generation);
             }
         }
@@ -363,6 +431,9 @@ impl<'a> View<'a> {
                 None => self.store.get(&change.path).is_some(),
             };
             tx.created |= !existed && change.node.is_some();
+            if let Some(node) = &change.node {
+                tx.bytes += node_cost(&change.path, node);
+            }
             tx.overlay.insert(change.path, change.node);
         }
         tx.events.extend(events);

@@ -702,3 +702,43 @@ fn introduce_refused_by_the_host_and_again() {
         Err("EINVAL".into())
     );
 }
+
+#[test]
+fn the_memory_quota_bounds_what_a_domain_makes_the_server_hold() {
+    let q = Quotas {
+        memory: 3000,
+        ..Quotas::default()
+    };
+    let mut h = H::with(Config {
+        quotas: q,
+        ..Config::default()
+    });
+    home(&mut h, 1);
+    let v = "x".repeat(900);
+    let mut written = 0;
+    let err = loop {
+        match h.write(1, &format!("k{written}"), &v) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 10);
+    };
+    // Each node costs 24 + 8 + 900 + its path (18): three fit beside the
+    // home.
+    assert_eq!(err, "ENOMEM");
+    assert_eq!(written, 3);
+    assert!(h.s.usage(1) <= 3000, "{}", h.s.usage(1));
+    // Shrinking is always allowed; the room comes back.
+    h.write(1, "k0", "").unwrap();
+    h.write(1, "k3", &v).unwrap();
+    // Transactions hold what they write until they end.
+    let t = h.start(1).unwrap();
+    assert_eq!(h.write_tx(1, t, "k0", &v), e("ENOMEM"));
+    h.end(1, t, false).unwrap();
+    // Watches count their path and token.
+    assert_eq!(h.watch(1, "w", &"t".repeat(1000)), e("ENOMEM"));
+    h.watch(1, "w", "t").unwrap();
+    // dom0 has no quota.
+    h.write(0, "/big", &"y".repeat(4000)).unwrap();
+    assert!(h.s.usage(1) <= 3000);
+}
