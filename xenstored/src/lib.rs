@@ -13,7 +13,8 @@
 //! - [`daemon`]: every domain's page and event channel over a platform;
 //! - [`server`]: the handlers of every request type, watches, the special
 //!   `@introduceDomain` / `@releaseDomain` events, quotas ([`config`]);
-//! - [`errno`]: the error names of `io/xs_wire.h`.
+//! - [`errno`]: the error names of `io/xs_wire.h`;
+//! - [`args`]: the stub domain's command line, C xenstored's options.
 //!
 //! Facts come from Xen's `docs/misc/xenstore.txt`, `io/xs_wire.h` and the
 //! behaviour of C xenstored (`tools/xenstored`, 4.17's `tools/xenstore`);
@@ -24,6 +25,7 @@
 
 extern crate alloc;
 
+pub mod args;
 pub mod config;
 pub mod conn;
 pub mod daemon;

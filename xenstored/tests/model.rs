@@ -176,3 +176,31 @@ proptest! {
         in_tx.s.check().unwrap();
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The command line is the toolstack's: any words parse or fail with
+    /// the word named, and never panic.
+    #[test]
+    fn any_command_line_parses_or_names_the_bad_word(
+        words in prop::collection::vec(
+            prop_oneof![
+                "-{1,2}[a-zA-Z-]{0,14}(=[a-z0-9=-]{0,12})?",
+                "[0-9]{0,11}",
+                "[a-z-]{1,10}=[0-9]{0,6}",
+                "\\PC{0,6}",
+            ],
+            0..8,
+        )
+    ) {
+        let line = words.join(" ");
+        match xenstored::args::parse(&line) {
+            Ok(a) => {
+                prop_assert!(a.config.quotas.path_max <= 2048);
+                prop_assert!(a.config.quotas.nodes > 0);
+            }
+            Err(e) => prop_assert!(line.contains(&e.word), "{:?} not in {:?}", e.word, line),
+        }
+    }
+}
