@@ -46,6 +46,9 @@ each call's data vchan. In one boot (a few minutes on a quiet machine):
   qubes.GetDate prints that date (exit 0), qubes.VMShell is refused with
   127; each call ends with MSG_CONNECTION_TERMINATED for its port;
 - no protocol violation seen by either daemon;
+- without a QubesDB daemon: a second firewall with the same command line
+  and no daemon must say "no configuration from dom0 after N s:
+  forwarding nothing" and never forward;
 - shutdown: the clients destroyed, then `xl shutdown -F sys-moat` (what
   qubesd runs for qvm-shutdown): the firewall must say the toolstack asked
   for a poweroff and that it exited with it, and the domain be gone
@@ -246,6 +249,17 @@ if ! xl list $FW >/dev/null 2>&1 && ! grep -a -q panicked $flog && grep -a -q "f
    && grep -a -q "service exited: Poweroff" $flog; then log shutdown ok $t $(up); else
   log shutdown FAIL "$(xl list 2>&1 | tr '\n' ' ') $(tail -n 3 $flog | tr -d '\r' | tr '\n' ' ')"
 fi
+# firewall.qubes=on where dom0 runs no QubesDB daemon for the qube: it
+# must stay closed and say so on its console (docs/qubes.md)
+nlog=/var/log/xen/console/guest-nodb.log
+rm -f $nlog
+t=$(up)
+xl create /tmp/$FW.cfg 'name="nodb"' 'vif=["bridge=xenbr0,mac=00:16:3e:5e:6c:01,ip=10.99.0.11"]' >/dev/null 2>&1
+if wait_for $nlog "firewall: qubesdb: no configuration from dom0 after [0-9]+ s: forwarding nothing" 60 \
+   && ! grep -a -q "firewall: forwarding:" $nlog; then log no-qubesdb ok $t $(up); else
+  log no-qubesdb FAIL "$(tail -n 5 $nlog 2>/dev/null | tr -d '\r' | tr '\n' ' ')"
+fi
+xl destroy nodb
 sleep 1
 sed 's/^/QDB /' $QDB
 sed 's/^/QRX /' $QRX
@@ -259,7 +273,7 @@ log end
 #: The checks, in order (`RIG <word> ok|FAIL ...`).
 WORDS = ["layout", "sync", "forwarding", "qrexec-hello", "handled-a", "handled-b", "allowed",
          "denied", "client-b-ready", "b-accept", "dsthost-get", "dns-writeback", "reload-handled", "reload",
-         "qrexec-calls", "shutdown"]
+         "qrexec-calls", "shutdown", "no-qubesdb"]
 
 
 def check_calls(texts: list) -> tuple:
@@ -375,7 +389,8 @@ def main(argv=None) -> int:
                        ("handled-a", "A's rules written -> /qubes-firewall-handled back in dom0"),
                        ("reload-handled", "rule reload written -> /qubes-firewall-handled = 2"),
                        ("reload", "rule reload written -> A's probe of the newly allowed port succeeded"),
-                       ("shutdown", "xl shutdown -F -> domain gone")]:
+                       ("shutdown", "xl shutdown -F -> domain gone"),
+                       ("no-qubesdb", "firewall.qubes=on without a QubesDB daemon: xl create -> its warning")]:
         r = rig(word)
         if r and r[0][0] == "ok" and len(r[0]) == 3:
             print(f"bench: {args.type}: {what}: {float(r[0][2]) - float(r[0][1]):.1f} s")
