@@ -191,6 +191,7 @@ test-xen: images qubes-dom0
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --timeout 1500
 	python3 rig/test_firewall.py --image $(IMAGE_DIR)/firewall --types pv,pvh --detach --hostile pv --timeout 1800   # 3 min quiet (docs/firewall.md)
 	python3 rig/test_vpn.py --image $(IMAGE_DIR)/vpn --types pvh --blob-mib 1 --timeout 900   # fail-closed checks, one type (docs/vpn.md "On the rig")
+	python3 rig/test_qubes_unit.py   # test_qubes's entries, dom0 script and verdict, without QEMU
 	$(TEST_QUBES)
 	python3 rig/test_arm32.py --selftest $(IMAGE_DIR_ARM32)/selftest --netdemo $(IMAGE_DIR_ARM32)/netdemo --blkdemo $(IMAGE_DIR_ARM32)/blkdemo --firewall $(IMAGE_DIR_ARM32)/firewall --timeout 1500
 
