@@ -209,6 +209,8 @@ fn table() -> Vec<Check> {
         "XS_INVALID" => XsdSockmsgType::Invalid;
         "XS_WATCH_PATH" => XS_WATCH_PATH;
         "XS_WATCH_TOKEN" => XS_WATCH_TOKEN;
+        "VIRQ_TIMER" => VIRQ_TIMER;
+        "VIRQ_DOM_EXC" => VIRQ_DOM_EXC;
         "XenbusStateUnknown" => XenbusState::Unknown;
         "XenbusStateInitialising" => XenbusState::Initialising;
         "XenbusStateInitWait" => XenbusState::InitWait;

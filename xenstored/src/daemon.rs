@@ -33,6 +33,11 @@ pub trait Platform {
     fn notify(&mut self, port: u32);
     /// A line for the console (`XS_CONTROL print`, cut connections).
     fn log(&mut self, _line: &str) {}
+    /// Whether the domain at the other end of our `port` is gone (its end
+    /// closed: `EVTCHNOP_status` no longer says interdomain).
+    fn peer_gone(&mut self, _port: u32) -> bool {
+        false
+    }
 }
 
 struct Link<M: PageMemory> {
@@ -206,6 +211,27 @@ impl<P: Platform> Daemon<P> {
                     .filter(|d| *d != domid),
             );
         }
+    }
+
+    /// Find the domains that are gone (after `VIRQ_DOM_EXC`): every
+    /// unprivileged domain whose end of its event channel closed is
+    /// handled as [`domain_destroyed`](Self::domain_destroyed). Returns
+    /// them.
+    pub fn reap(&mut self) -> Vec<u16> {
+        let candidates: Vec<(u16, u32)> = self
+            .links
+            .iter()
+            .filter(|(d, _)| !self.server.config().is_privileged(**d))
+            .map(|(d, l)| (*d, l.port))
+            .collect();
+        let mut gone = Vec::new();
+        for (domid, port) in candidates {
+            if self.platform.peer_gone(port) {
+                gone.push(domid);
+                self.domain_destroyed(domid);
+            }
+        }
+        gone
     }
 
     /// The platform saw `domid` shut down: `@releaseDomain` (once).

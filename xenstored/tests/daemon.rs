@@ -56,6 +56,9 @@ impl Platform for SimPlatform {
     fn log(&mut self, line: &str) {
         self.log.push(line.into());
     }
+    fn peer_gone(&mut self, port: u32) -> bool {
+        !self.hv.is_connected(STORE, port)
+    }
 }
 
 type Shared = Rc<RefCell<Daemon<SimPlatform>>>;
@@ -196,9 +199,11 @@ fn dom0_and_a_domu_through_the_stub() {
             Err(xen::xenstore::XsError::Eacces)
         );
     });
-    // The domain dies: the stub lets go of its page and port, dom0 hears.
+    // The domain dies: on VIRQ_DOM_EXC the stub finds its event channel
+    // closed, lets go of its page and port, dom0 hears.
+    assert_eq!(daemon.borrow_mut().reap(), Vec::<u16>::new());
     hv.destroy_domain(5);
-    daemon.borrow_mut().domain_destroyed(5);
+    assert_eq!(daemon.borrow_mut().reap(), [5]);
     assert_eq!(hv.maps_of(STORE, 5), 0);
     assert!(!daemon.borrow().server().is_connected(5));
     assert_eq!(daemon.borrow().ports().len(), 1);

@@ -16,9 +16,14 @@
 //! xenstored: error: <what>
 //! ```
 //!
-//! Not yet: `VIRQ_DOM_EXC` (shutdown and destruction of domains are
-//! learned only from `XS_RELEASE`), the kernel's own settings on the
-//! same command line, the rig mode (docs/xenstored.md).
+//! On `VIRQ_DOM_EXC` (which `init-xenstore-domain` routes to the xenstore
+//! domain) every domain whose end of its event channel is closed is
+//! handled as destroyed: its page unmapped, its port closed, its watches
+//! and transactions dropped, `@releaseDomain` fired.
+//!
+//! Not yet: shutdown without destruction (`@releaseDomain` then needs the
+//! domain's state from Xen), the kernel's own settings on the same
+//! command line, the rig mode (docs/xenstored.md).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -35,6 +40,7 @@ mod image {
     use kernel::devices::{ForeignMapping, XenEnv};
     use kernel::println;
     use netback::env::NetbackEnv;
+    use xen::abi::event_channel::VIRQ_DOM_EXC;
     use xen::shared_page::SharedPage;
     use xenstored::daemon::{Daemon, Platform};
     use xenstored::Errno;
@@ -75,6 +81,13 @@ mod image {
         fn log(&mut self, line: &str) {
             println!("xenstored: {line}");
         }
+        fn peer_gone(&mut self, port: u32) -> bool {
+            use xen::evtchn_status::{evtchn_status, PortState};
+            matches!(
+                evtchn_status(port),
+                Ok(PortState::Unbound { .. } | PortState::Closed)
+            )
+        }
     }
 
     async fn main(env: Env) -> Exit {
@@ -107,10 +120,22 @@ mod image {
             "xenstored: serving dom{} on port {event}",
             args.master_domid
         );
+        let dom_exc = match xen::event::EventChannel::bind_virq(VIRQ_DOM_EXC, 0) {
+            Ok(channel) => Some(channel.port()),
+            Err(e) => {
+                println!("xenstored: error: VIRQ_DOM_EXC: {e:?} (dead domains stay connected)");
+                None
+            }
+        };
         daemon.serve_all();
         loop {
             let fired: Vec<u32> = poll_fn(|cx| {
                 let mut fired = Vec::new();
+                if let Some(port) = dom_exc {
+                    if NetbackEnv::poll_event(&mut daemon.platform().env, port, cx).is_ready() {
+                        fired.push(port);
+                    }
+                }
                 for (_, port) in daemon.ports() {
                     let env = &mut daemon.platform().env;
                     if NetbackEnv::poll_event(env, port, cx).is_ready() {
@@ -125,7 +150,13 @@ mod image {
             })
             .await;
             for port in fired {
-                daemon.on_event(port);
+                if Some(port) == dom_exc {
+                    for domid in daemon.reap() {
+                        println!("xenstored: dom{domid} gone");
+                    }
+                } else {
+                    daemon.on_event(port);
+                }
             }
         }
     }

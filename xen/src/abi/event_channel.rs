@@ -21,6 +21,10 @@ pub const VIRQ_TIMER: u32 = 0;
 pub const VIRQ_DEBUG: u32 = 1;
 /// `VIRQ_CONSOLE`
 pub const VIRQ_CONSOLE: u32 = 2;
+/// `VIRQ_DOM_EXC`: some domain shut down, crashed or died (a global VIRQ,
+/// for dom0 or the domain Xen was told handles it, e.g. the xenstore
+/// domain).
+pub const VIRQ_DOM_EXC: u32 = 3;
 
 /// `struct evtchn_alloc_unbound`
 #[repr(C)]

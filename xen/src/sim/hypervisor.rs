@@ -695,6 +695,16 @@ impl SimHypervisor {
         }
     }
 
+    /// Whether `dom`'s `port` is bound to another domain's port (false once
+    /// the peer closed its end or died).
+    pub fn is_connected(&self, dom: DomId, port: Port) -> bool {
+        self.0
+            .borrow()
+            .ports
+            .get(&(dom, port))
+            .is_some_and(|p| p.remote.is_some())
+    }
+
     /// Whether `dom`'s `port` is open.
     pub fn port_open(&self, dom: DomId, port: Port) -> bool {
         self.0.borrow().ports.contains_key(&(dom, port))
