@@ -65,7 +65,7 @@ use netfront::{
     BackendFeatures, ConnectOptions, MacAddress, NetEnv, Netfront, NetfrontError, TxOffload,
 };
 use xen::abi::Port as EvtchnPort;
-use xen::xenbus::{write_state, XenbusState};
+use xen::xenbus::{write_state, XenbusError, XenbusState};
 use xen::xenstore::{XenStore, XsError, XsTransport};
 
 use crate::binding::Binding;
@@ -184,19 +184,32 @@ pub struct UplinkInfo {
     pub features: BackendFeatures,
 }
 
+/// Whether an uplink attempt failed because our own xenstore connection
+/// broke (the protocol on our ring, an I/O error): no attempt can cure
+/// that. Everything else the backend or the toolstack did may be undone by
+/// a new backend, so the uplink is tried again.
+fn xenstore_broken(e: &NetfrontError) -> bool {
+    matches!(
+        e,
+        NetfrontError::Xenbus(XenbusError::Xs(
+            XsError::Protocol(_) | XsError::Eio | XsError::RequestTooLarge
+        ))
+    )
+}
+
 /// Why [`run`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
     /// The toolstack asked (`xl shutdown`, `xl reboot`); everything was
     /// closed in order.
     Requested(ShutdownRequest),
-    /// The uplink could not be connected at start, for a reason no further
-    /// attempt can cure (`netfront::front::worth_retrying`: a broken
-    /// xenstore connection, no memory, a malformed value); a backend that
-    /// is late or missing is waited for, the clients served meanwhile.
+    /// The uplink could not be connected at start because our xenstore
+    /// connection broke; any other failure (a backend late, missing,
+    /// misbehaving, dead) is retried every 2 s, the clients served
+    /// meanwhile.
     NoUplink(NetfrontError),
     /// The uplink could not be reconnected after its backend went away,
-    /// for a reason no further attempt can cure.
+    /// because our xenstore connection broke.
     UplinkLost(NetfrontError),
 }
 
@@ -1080,8 +1093,20 @@ where
                     changed.all = true;
                     next_scan = now;
                 }
-                Err((env, e)) if netfront::front::worth_retrying(&e) => {
-                    // The xenstore work goes on until the next attempt.
+                Err((_, e)) if xenstore_broken(&e) => {
+                    if ever_up {
+                        state.print(&format!("uplink reconnect failed: {e}"));
+                        return (Stop::UplinkLost(e), state.stats);
+                    }
+                    state.print(&format!("no uplink ({}): {e}", options.uplink_path));
+                    return (Stop::NoUplink(e), state.stats);
+                }
+                Err((env, e)) => {
+                    // Whatever the backend did (closed, went quiet, died
+                    // with its directory now unreadable, published a bad
+                    // key), another backend may take its place: a
+                    // replaced or restarted sys-net. The xenstore work
+                    // goes on until the next attempt, the clients served.
                     if attempts == 1 || attempts.is_multiple_of(10) {
                         state.print(&format!(
                             "uplink: attempt {attempts} ended ({e}); trying again every {} s",
@@ -1090,14 +1115,6 @@ where
                     }
                     uplink = Uplink::Idle(env, now + UPLINK_RETRY_NS);
                     next_scan = now;
-                }
-                Err((_, e)) if !ever_up => {
-                    state.print(&format!("no uplink ({}): {e}", options.uplink_path));
-                    return (Stop::NoUplink(e), state.stats);
-                }
-                Err((_, e)) => {
-                    state.print(&format!("uplink reconnect failed: {e}"));
-                    return (Stop::UplinkLost(e), state.stats);
                 }
             }
         }

@@ -783,6 +783,63 @@ fn an_uplink_backend_that_never_comes_back_does_not_stall_the_clients() {
 }
 
 #[test]
+fn an_uplink_backend_whose_domain_died_is_waited_for() {
+    // The uplink's backend domain dies (a sys-net destroyed): its
+    // directory answers EACCES to us, not ENOENT. The runtime must keep
+    // trying (it used to stop: `uplink reconnect failed: xenstore:
+    // EACCES`, a firewall without uplink for good, seen on the rig) and
+    // take the backend that comes back, serving the clients meanwhile.
+    let mut ex = Executor::new();
+    let m = Machine::new();
+    let w = start(&ex, &m, options());
+    m.add_vif(3, VM, Some("10.137.0.10"));
+    m.add_vif(4, VM, Some("10.137.0.11"));
+    let c3 = spawn_client(&w, 3);
+    let c4 = spawn_client(&w, 4);
+    let h = w.h.clone();
+    run_main(&mut ex, async {
+        until(&h, 30 * SECOND, "clients", || {
+            c3.borrow().connected && c4.borrow().connected && w.log.borrow().up.len() == 2
+        })
+        .await;
+        m.xsd.borrow_mut().hide("/local/domain/0/backend");
+        w.dom0.borrow_mut().restart = true;
+        until(&h, 5 * SECOND, "the VM to notice", || {
+            w.log.borrow().uplink_downs == 1
+        })
+        .await;
+        for k in 0..20u8 {
+            c3.borrow_mut()
+                .to_send
+                .push_back(frame([0xff; 6], mac_bytes(3), 50 + k));
+            until(
+                &h,
+                SECOND,
+                "client 4 served while the backend is dead",
+                || c4.borrow().got.iter().any(|f| f[14] == 50 + k),
+            )
+            .await;
+            h.sleep(SECOND).await;
+        }
+        assert!(w.result.borrow().is_none(), "the runtime stopped");
+        assert_eq!(w.log.borrow().uplinks.len(), 1, "not back yet");
+        m.xsd.borrow_mut().unhide();
+        until(&h, 30 * SECOND, "the uplink back", || {
+            w.log.borrow().uplinks.len() == 2
+        })
+        .await;
+        c3.borrow_mut()
+            .to_send
+            .push_back(frame([0xff; 6], mac_bytes(3), 99));
+        until(&h, 5 * SECOND, "the uplink carrying again", || {
+            w.dom0.borrow().got.iter().any(|f| f[14] == 99)
+        })
+        .await;
+    });
+    assert!(w.log.borrow().down.is_empty(), "no client was disturbed");
+}
+
+#[test]
 fn clients_are_served_before_an_uplink_backend_that_is_late_at_boot() {
     let mut ex = Executor::new();
     let m = Machine::new();

@@ -70,6 +70,9 @@ pub struct Xenstored {
     conns: BTreeMap<u32, Connection>,
     /// The connection whose request is being handled.
     current: u32,
+    /// Paths whose reads and listings answer `EACCES` (see
+    /// [`Xenstored::hide`]).
+    hidden: Vec<String>,
 }
 
 fn parent(path: &str) -> Option<&str> {
@@ -113,11 +116,30 @@ impl Xenstored {
             scheduled: VecDeque::new(),
             conns: BTreeMap::new(),
             current: 0,
+            hidden: Vec::new(),
         };
         let home = d.home();
         d.set(&format!("{home}/domid"), domid.to_string().as_bytes());
         d.output.clear();
         d
+    }
+
+    /// Reads and listings of `prefix` and below answer `EACCES` to every
+    /// domain but dom0 until [`unhide`](Self::unhide): what a domain sees
+    /// of a dead domain's directory (C xenstored checks the nearest
+    /// existing ancestor, which the reader may not read; dom0 is
+    /// privileged).
+    pub fn hide(&mut self, prefix: &str) {
+        self.hidden.push(prefix.to_string());
+    }
+
+    /// Undo every [`hide`](Self::hide).
+    pub fn unhide(&mut self) {
+        self.hidden.clear();
+    }
+
+    fn is_hidden(&self, path: &str) -> bool {
+        self.conn_domid(self.current) != 0 && self.hidden.iter().any(|h| is_under(path, h))
     }
 
     pub fn home(&self) -> String {
@@ -355,6 +377,9 @@ impl Xenstored {
         match kind {
             XsdSockmsgType::Read => {
                 let path = self.resolve(&arg(0)?);
+                if self.is_hidden(&path) {
+                    return Err("EACCES");
+                }
                 self.tree_for(tx_id)?.get(&path).cloned().ok_or("ENOENT")
             }
             XsdSockmsgType::Write => {
@@ -389,6 +414,9 @@ impl Xenstored {
             }
             XsdSockmsgType::Directory => {
                 let path = self.resolve(&arg(0)?);
+                if self.is_hidden(&path) {
+                    return Err("EACCES");
+                }
                 let tree = self.tree_for(tx_id)?;
                 if !tree.contains_key(&path) {
                     return Err("ENOENT");
