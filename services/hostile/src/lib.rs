@@ -1,5 +1,7 @@
 //! A hostile netfront, for tests of the backends that serve client vifs
-//! (the firewall VM, netbridge, the VPN VM): each vif of the `hostile`
+//! (the firewall VM, netbridge, the VPN VM), and a hostile netback
+//! ([`back`]), for tests of the netfronts of moat images (the firewall
+//! VM's uplink): each vif of the `hostile`
 //! image runs one [`Attack`] on the backend serving it, while the test
 //! checks that the backend's other clients are still served, that it
 //! counts what it refused, and that its memory, grants and event channels
@@ -17,6 +19,8 @@
 
 extern crate alloc;
 
+pub mod back;
+pub mod back_ring;
 pub mod frames;
 pub mod ring;
 pub mod vif;

@@ -12,6 +12,19 @@
 //! hostile: report device/vif/N ATTACK connects=C closed=K stuck=S requests=R ok=O errors=E rx=X stale-grants=G
 //! hostile: done
 //! ```
+//!
+//! With `hostile.back=ATTACKS` (`all`, or names of `hostile::back`'s
+//! attacks) the image is instead the driver domain of other domains' vifs
+//! (`vif=['backend=hostile,...']`) and attacks their netfronts, one
+//! attack per connection in turn:
+//!
+//! ```text
+//! hostile: back backend/vif/F/N (ATTACK): connected
+//! hostile: back backend/vif/F/N (ATTACK): the frontend left after MS ms (state S, noticed); requests=R responses=P kept-maps=K
+//! hostile: back backend/vif/F/N (ATTACK): closed by us after MS ms (endured); ...
+//! hostile: back backend/vif/F/N (ATTACK): the frontend kept the connection for MS ms (missed); ...
+//! hostile: back backend/vif/F/N: pass P done (connects=C noticed=N missed=M endured=E)
+//! ```
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -22,6 +35,7 @@ mod image {
     use alloc::format;
     use alloc::vec::Vec;
 
+    use hostile::back::{backend_vifs, parse_back_attacks, BackAttack, HostileBack};
     use hostile::vif::HostileVif;
     use hostile::{parse_attacks, Plan};
     use kernel::boot::{Env, Exit};
@@ -38,7 +52,7 @@ mod image {
         println!("{line}");
     }
 
-    struct PlanSettings(Plan);
+    struct PlanSettings(Plan, Vec<BackAttack>);
 
     impl Settings for PlanSettings {
         fn set(&mut self, key: &str, value: Option<&str>) -> Result<(), SettingError> {
@@ -54,18 +68,30 @@ mod image {
                     self.0.seconds = cmdline::parse_u64_in(value, 1..=3600)? as u32
                 }
                 "hostile.target" => self.0.target = cmdline::parse_ipv4(value)?,
+                "hostile.back" => {
+                    self.1 = parse_back_attacks(cmdline::require(value)?).map_err(|_| {
+                        SettingError::malformed(
+                            "all, or attacks among tx-bad-id,rx-bad-id,rx-bad-size,index,flood,keep-maps,stall",
+                        )
+                    })?
+                }
                 _ => return Err(SettingError::Unknown),
             }
             Ok(())
         }
 
         fn known_keys(&self) -> &'static [&'static str] {
-            &["hostile.attacks", "hostile.seconds", "hostile.target"]
+            &[
+                "hostile.attacks",
+                "hostile.seconds",
+                "hostile.target",
+                "hostile.back",
+            ]
         }
     }
 
     async fn main(mut env: Env) -> Exit {
-        let mut settings = PlanSettings(Plan::default());
+        let mut settings = PlanSettings(Plan::default(), Vec::new());
         if env.configure(&mut settings).is_err() {
             return Exit::Crash;
         }
@@ -75,6 +101,9 @@ mod image {
             return Exit::Crash;
         };
         let h = env.executor.clone();
+        if !settings.1.is_empty() {
+            return serve_badly(env, xs, settings.1).await;
+        }
         let mut xen = XenEnv::new(env.platform, h.clone(), Some(xs));
         let mut names = match xen.xenstore().directory("device/vif").await {
             Ok(v) => v,
@@ -162,6 +191,50 @@ mod image {
         // Stay up: the test destroys us (a backend must cope with that too).
         loop {
             h.sleep(1000 * MS).await;
+        }
+    }
+
+    /// The driver domain of every vif the toolstack gives us, attacking
+    /// each frontend (`hostile.back=`); runs until destroyed.
+    async fn serve_badly(
+        env: Env,
+        mut xs: kernel::devices::KernelXenStore,
+        attacks: Vec<BackAttack>,
+    ) -> Exit {
+        let h = env.executor.clone();
+        let mut benv = XenEnv::new(env.platform, h.clone(), None);
+        let names: Vec<&str> = attacks.iter().map(|a| a.name()).collect();
+        println!(
+            "hostile: serving vifs as their backend, attacks {}",
+            names.join(",")
+        );
+        let mut vifs: Vec<HostileBack<XenEnv>> = Vec::new();
+        let mut next_poll = 0;
+        loop {
+            let now = h.now_ns();
+            if now >= next_poll {
+                next_poll = now + 100 * MS;
+                for path in backend_vifs(&mut xs).await {
+                    if !vifs.iter().any(|v| v.path == path) {
+                        println!("hostile: back {path}: offered");
+                        vifs.push(HostileBack::new(&path, attacks.clone()));
+                    }
+                }
+                for v in vifs.iter_mut() {
+                    v.poll(&mut benv, &mut xs, now, &mut |l: &str| println!("{l}"))
+                        .await;
+                }
+                vifs.retain(|v| {
+                    if v.is_gone() {
+                        println!("hostile: back {}: gone (kept-maps={})", v.path, v.kept());
+                    }
+                    !v.is_gone()
+                });
+            }
+            for v in vifs.iter_mut() {
+                v.step(&mut benv);
+            }
+            h.sleep(MS).await;
         }
     }
 }
