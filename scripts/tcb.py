@@ -49,6 +49,7 @@ OUR_LAYERS = {
     "kernel": "kernel",
     "arm32": "kernel",
     "xen": "xen",
+    "syslog": "kernel",
     "netfront": "drivers",
     "netback": "drivers",
     "blkfront": "drivers",

@@ -92,6 +92,7 @@ class Classify(unittest.TestCase):
         c = tcb.classify
         self.assertEqual(c("/moat/kernel/src/heap.rs"), ("ours", "kernel", "kernel"))
         self.assertEqual(c("/moat/arm32/src/lib.rs"), ("ours", "kernel", "arm32"))
+        self.assertEqual(c("/moat/syslog/src/lib.rs"), ("ours", "kernel", "syslog"))
         self.assertEqual(c("/moat/netback/src/lib.rs"), ("ours", "drivers", "netback"))
         self.assertEqual(c("/moat/services/firewall/src/lib.rs"), ("ours", "service", "firewall"))
         self.assertEqual(c("/moat/wireguard/aead/src/lib.rs"), ("ours", "wireguard", "wg-aead"))
