@@ -64,6 +64,7 @@ help:
 	@echo "make fuzz-long  each fuzz target for FUZZ_SECONDS (default 3600)"
 	@echo "make test-long  the long real-Xen transfers: 1 GiB each way through netfront (not in make test)"
 	@echo "make test-vpn  the VPN VM on the rig, both types: a Linux client behind it, dom0's kernel WireGuard as the peer, leak check (make test runs pvh only)"
+	@echo "make bench-vpn-vm  moat's VPN VM beside a Linux kernel-WireGuard gateway domU on the rig: the moat/Linux table (printed)"
 	@echo "make test-firewall-cycles  1000 attach/detach cycles of a client vif behind the firewall VM, resources compared (not in make test)"
 	@echo "make rig-stress  the dom0 userland stress of docs/testing.md, lazy vs eager FPU (printed)"
 	@echo "make bench-wg  WireGuard throughput/handshakes, ours beside boringtun (printed)"
@@ -235,6 +236,13 @@ bench-net: images
 # (printed, never asserted; docs/firewall.md "Benchmark").
 bench-firewall-vm: images
 	python3 rig/bench_firewall_vm.py --image $(IMAGE_DIR)/firewall --timeout 5400
+
+# moat's VPN VM beside a Debian Linux domU running kernel WireGuard as the
+# gateway, same topology, one rig boot: iperf3 TCP/UDP through the tunnel,
+# CPU, start, memory= (printed, never asserted; docs/vpn.md "Benchmark").
+.PHONY: bench-vpn-vm
+bench-vpn-vm: images
+	python3 rig/bench_vpn_vm.py --image $(IMAGE_DIR)/vpn --timeout 5400
 
 # The selftest image as a Xen arm32 guest in the arm32 rig, console shown.
 run-arm32: images

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Host-only tests of rig/test_vpn.py (make test-vpn, and its one-type run
-in make test): its dom0 scripts are generated with every placeholder
-filled and parse as shell (dash's `sh -n`), the verdicts are read from
-RIG lines as meant. No QEMU, no rig cache.
+in make test) and rig/bench_vpn_vm.py (make bench-vpn-vm): their dom0
+scripts are generated with every placeholder filled and parse as shell
+(dash's `sh -n`), the verdicts and figures are read from RIG lines as
+meant, the table has moat/Linux per row. No QEMU, no rig cache.
 
 usage: python3 rig/test_vpn_unit.py   (well under a second)
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 RIG = Path(__file__).resolve().parent
 sys.path.insert(0, str(RIG))
+import bench_vpn_vm as bench  # noqa: E402
 import test_vpn  # noqa: E402
 
 
@@ -79,6 +81,59 @@ class TestVpnScript(unittest.TestCase):
         # a word of another type's part does not count for this one
         passed, failures = test_vpn.verdicts(ok + part, ["pv", "pvh"], 0)
         self.assertEqual(failures, ["pv: never started"])
+
+
+class BenchVpnScript(unittest.TestCase):
+    def test_script_parses_and_has_every_case(self):
+        text, names = bench.dom0_script(["moat", "linux"], 8, {"moat": 3, "linux": 2}, 16)
+        self.assertEqual(names, ["servers", "bench", "moat-mem", "linux-mem"])
+        self.assertEqual(re.findall(r"@[A-Z_0-9]+@", text), [])
+        self.assertIn("MOAT_MEM=16", text)
+        self.assertIn("rig_case -s servers 120 ", text)
+        self.assertIn("bench_pair 8", text)
+        self.assertIn("min_mem moat 0 32 3", text)
+        self.assertIn("min_mem linux 0 256 2", text)
+        self.assertEqual(parses_as_shell(text), "")
+        text, names = bench.dom0_script(["linux"], 8, {"linux": 0}, 0)
+        self.assertEqual(names, ["servers", "linux-bench"])
+        self.assertEqual(parses_as_shell(text), "")
+
+    def test_figures_and_table(self):
+        lines = [
+            "CMDOUT moat tcp-up [  5]   0.00-8.00   sec   400 MBytes   420 Mbits/sec                  receiver",
+            "CMDOUT moat tcp-up [  5]   0.00-8.00   sec   401 MBytes   421 Mbits/sec    3             sender",
+            "CMDOUT linux tcp-up [  5]   0.00-8.00   sec   300 MBytes   210 Mbits/sec                  receiver",
+            "CMDOUT moat udp-up [  5]   0.00-8.00   sec  1.00 MBytes  1.0 Mbits/sec  0.01 ms  100/48100 (0.2%)  receiver",
+            "CMDOUT linux udp-up [  5]   0.00-8.00   sec  1.00 MBytes  1.0 Mbits/sec  0.01 ms  0/24000 (0%)  receiver",
+            "RIG cpu moat tcp-up 35.5 80.0 20.1",
+            "RIG first moat 10.0 12.0 12.5 13.0",
+            "RIG first linux 10.0 30.0 31.0 33.0",
+            "RIG trial moat 16 ok",
+            "RIG trial moat 8 fail gateway not ready: domain crashed",
+            "RIG minmem moat 16 8",
+            "RIG minmem linux 128 64",
+        ]
+        fig = bench.parse(lines)
+        self.assertEqual(fig[("moat", "tcp-up")], 420.0)
+        self.assertEqual(fig[("linux", "tcp-up")], 210.0)
+        self.assertEqual(fig[("moat", "udp-up")], 48000 / 8)
+        self.assertEqual(fig[("linux", "udp-up")], 24000 / 8)
+        self.assertEqual(fig[("cpu", "moat", "tcp-up")], ("35.5", "80.0", "20.1"))
+        self.assertEqual(fig[("first", "moat")], 3.0)
+        self.assertEqual(fig[("ready", "linux")], 20.0)
+        self.assertEqual(fig[("minmem", "moat")], (16, 8))
+        self.assertEqual(fig[("trials", "moat")], ["16 ok", "8 fail"])
+        rows = bench.table(fig, {"moat": "16", "linux": "256"})
+        tcp = next(r for r in rows if r.startswith("TCP client -> dom0"))
+        self.assertTrue(tcp.split()[-1] == "2.00", tcp)
+        udp = next(r for r in rows if r.startswith("UDP 64 B client -> dom0"))
+        self.assertTrue(udp.split()[-1] == "2.00", udp)
+        first = next(r for r in rows if r.startswith("xl create -> first packet"))
+        self.assertTrue(first.split()[-1] == "0.13", first)
+        mem = next(r for r in rows if r.startswith("smallest memory="))
+        self.assertTrue(mem.split()[-1] == "0.12", mem)
+        down = next(r for r in rows if r.startswith("TCP dom0 -> client"))
+        self.assertTrue(down.split()[-1] == "-", down)
 
 
 if __name__ == "__main__":
