@@ -57,7 +57,7 @@ help:
 	@echo "make test    everything: format, lint, host tests (incl. ABI check), images, real-Xen tests"
 	@echo "make images  build every service image to $(IMAGE_DIR)/<name>"
 	@echo "make reproduce  build the images in two clean clones of HEAD and compare them byte for byte"
-	@echo "make test-syslog  netdemo's remote syslog on the rig: octet-counted RFC 5424 over TCP to a listener in dom0 (not in make test)"
+	@echo "make test-syslog  remote syslog on the rig: netdemo over TCP (octet-counted RFC 5424), the firewall over UDP, to listeners in dom0 (not in make test)"
 	@echo "make tcb     the trusted code base of each image: linked source lines by crate and layer, unsafe blocks, an SVG each (docs/tcb.md)"
 	@echo "make bench   benchmarks (printed, never asserted)"
 	@echo "make fuzz    each fuzz target for FUZZ_SMOKE_SECONDS (default 10; a smoke run, in make test)"
@@ -128,9 +128,11 @@ tcb: images
 # Remote syslog on the rig (docs/syslog.md): netdemo (PV) with
 # syslog=tcp:10.99.0.1:601, busybox nc in dom0 as the listener, the stream
 # checked as octet-counted RFC 5424 messages, then the listener killed and
-# netdemo pinged. About 1 min; not in make test.
+# netdemo pinged; the firewall (PVH) with syslog=udp:10.99.0.1:5514 to a
+# small UDP listener in dom0 (rig/dom0/udp_sink.c). About 2.5 min; not in
+# make test.
 test-syslog: images
-	python3 rig/test_syslog.py --image $(IMAGE_DIR)/netdemo --timeout 600
+	python3 rig/test_syslog.py --image $(IMAGE_DIR)/netdemo --firewall $(IMAGE_DIR)/firewall --timeout 600
 
 # Two clean clones of HEAD, in different directories, each built with
 # make images; every image compared byte for byte (docs/testing.md,

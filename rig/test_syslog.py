@@ -12,9 +12,11 @@ with MSGID netdemo, a timestamp from Xen's wallclock. The collector is
 then killed and netdemo must keep answering pings (the remote log never
 blocks the service).
 
-dom0's busybox has no UDP listener, so UDP is checked on the host only
-(services/netdemo's tests over smoltcp, and the hosted firewall against
-rsyslogd: services/hosted/tests/e2e/syslog.sh).
+Then the firewall VM (PVH, configs/firewall-pvh.cfg) starts with
+`syslog=udp:10.99.0.1:5514`; dom0's busybox has no UDP listener, so
+rig/dom0/udp_sink.c (built here with `gcc -static`) prints each datagram
+it gets as hex, and the host checks them as RFC 5424 messages: the
+firewall's `forwarding` line among them, from its uplink.
 
 usage: python3 rig/test_syslog.py [--image PATH] [--timeout S] [--log FILE]
 Prints `N passed, M failed`; exit status 0 when every check held.
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +50,16 @@ kill $NC 2>/dev/null
 sleep 2
 ping -c 5 -W 2 10.99.0.2 >/dev/null 2>&1; echo "RIG ping-after-collector-gone rc=$?"
 xl destroy netdemo-pv
+(/guest/udp_sink 5514 90 > /tmp/syslog.udp 2>&1) &
+sleep 1
+xl create /guest/firewall-pvh.cfg 'extra="firewall.gw=10.99.0.1 firewall.dns=10.99.0.1 firewall.client-gw=10.137.0.1 syslog=udp:10.99.0.1:5514"'
+flog=/var/log/xen/console/guest-firewall.log
+i=0; while [ $i -lt 300 ] && ! grep -aq 'firewall: forwarding' $flog 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+grep -a 'firewall: forwarding' $flog | head -n 1 | sed 's/^/RIG fwconsole /'
+i=0; while [ $i -lt 100 ] && ! grep -q . /tmp/syslog.udp 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+sleep 2
+sed 's/^/RIG /' /tmp/syslog.udp
+xl destroy firewall
 """
 
 
@@ -73,10 +87,15 @@ RFC5424 = re.compile(r"^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) - (.*)$", re.
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default=str(REPO / "target/images/amd64/netdemo"))
+    ap.add_argument("--firewall", default=str(REPO / "target/images/amd64/firewall"))
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--log")
     a = ap.parse_args(argv)
-    guests = [(a.image, "netdemo"), (str(REPO / "configs/netdemo-pv.cfg"), "netdemo-pv.cfg")]
+    ap_sink = Path(tempfile.mkdtemp(prefix="moat-syslog-")) / "udp_sink"
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(ap_sink), str(REPO / "rig/dom0/udp_sink.c")], check=True)
+    guests = [(a.image, "netdemo"), (str(REPO / "configs/netdemo-pv.cfg"), "netdemo-pv.cfg"),
+              (a.firewall, "firewall"), (str(REPO / "configs/firewall-pvh.cfg"), "firewall-pvh.cfg"),
+              (str(ap_sink), "udp_sink")]
     r = xenrig.run_script(SCRIPT, guests, timeout=a.timeout, log=Path(a.log) if a.log else None)
     passed = failed = 0
 
@@ -110,6 +129,17 @@ def main(argv=None) -> int:
                   f"TIMESTAMP {ts} from Xen's wallclock")
     check(r.first(r"RIG ping-after-collector-gone rc=0") is not None,
           "netdemo answers pings after the collector went away")
+    check(r.first(r"RIG fwconsole .*firewall: forwarding") is not None,
+          "the firewall started with syslog=udp:... on its command line")
+    datagrams = [bytes.fromhex(l.split("RIG udp ", 1)[1].strip()).decode("utf-8", "replace")
+                 for _, l in r.lines if "RIG udp " in l]
+    check(bool(datagrams), f"{len(datagrams)} UDP datagrams reached dom0's port 5514")
+    fwd = [m for m in datagrams if "firewall: forwarding" in m]
+    check(bool(fwd), "the firewall's forwarding line among them")
+    for m in fwd[:1]:
+        f = RFC5424.match(m)
+        check(f is not None and f.group(1) == "30" and f.group(4) == "moat" and f.group(6) == "firewall",
+              f"as RFC 5424 daemon.info from moat, MSGID firewall: {m[:110]!r}")
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 
