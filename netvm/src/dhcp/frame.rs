@@ -105,31 +105,45 @@ fn be16(data: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([data[at], data[at + 1]])
 }
 
-/// The datagram `frame` carries to UDP port 68: `Ok(None)` when it is
-/// something else (not IPv4, not UDP, another port, a later fragment, or
-/// too short to tell), `Err` when it is for the client port but unusable.
-pub fn client_datagram(frame: &[u8]) -> Result<Option<Datagram<'_>>, FrameError> {
+/// The IPv4 header length of `frame` if it carries (the first fragment
+/// of) a UDP datagram to port 68; None for anything else (not IPv4, not
+/// UDP, another port, a later fragment, or too short to tell).
+fn client_port_header_len(frame: &[u8]) -> Option<usize> {
     if frame.len() < ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN
         || be16(frame, 12) != ETHERTYPE_IPV4
     {
-        return Ok(None);
+        return None;
     }
     let ip = &frame[ETHERNET_HEADER_LEN..];
     let header_len = usize::from(ip[0] & 0x0f) * 4;
     if ip[0] >> 4 != 4 || header_len < IPV4_HEADER_LEN || ip[9] != PROTOCOL_UDP {
-        return Ok(None);
+        return None;
     }
-    let fragment = be16(ip, 6);
-    if fragment & 0x1fff != 0 {
+    if be16(ip, 6) & 0x1fff != 0 {
         // A later fragment: no UDP header to tell.
-        return Ok(None);
+        return None;
     }
-    let Some(udp_header) = ip.get(header_len..header_len + UDP_HEADER_LEN) else {
+    let udp_header = ip.get(header_len..header_len + UDP_HEADER_LEN)?;
+    (be16(udp_header, 2) == CLIENT_PORT).then_some(header_len)
+}
+
+/// Whether `frame` is addressed to the DHCP client's port (UDP 68): a
+/// caller holding a frame whose UDP checksum was left blank (a backend's
+/// checksum offload) fills it before [`client_datagram`] checks it.
+pub fn to_client_port(frame: &[u8]) -> bool {
+    client_port_header_len(frame).is_some()
+}
+
+/// The datagram `frame` carries to UDP port 68: `Ok(None)` when it is
+/// something else (not IPv4, not UDP, another port, a later fragment, or
+/// too short to tell), `Err` when it is for the client port but unusable.
+pub fn client_datagram(frame: &[u8]) -> Result<Option<Datagram<'_>>, FrameError> {
+    let Some(header_len) = client_port_header_len(frame) else {
         return Ok(None);
     };
-    if be16(udp_header, 2) != CLIENT_PORT {
-        return Ok(None);
-    }
+    let ip = &frame[ETHERNET_HEADER_LEN..];
+    let fragment = be16(ip, 6);
+    let udp_header = &ip[header_len..header_len + UDP_HEADER_LEN];
     // Ours from here on: every fault is an error.
     if fold(sum(&ip[..header_len])) != 0xffff {
         return Err(FrameError::IpChecksum);

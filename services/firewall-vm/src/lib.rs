@@ -439,9 +439,19 @@ impl Service for FirewallVm {
         self.flush(out);
     }
 
-    fn handle(&mut self, now_ns: u64, from: Link, packet: Packet, out: &mut Vec<Transmit>) {
+    fn handle(&mut self, now_ns: u64, from: Link, mut packet: Packet, out: &mut Vec<Transmit>) {
         // DHCP's datagrams (UDP to port 68) are the client's, not the
-        // core's, while it runs.
+        // core's, while it runs. Our netfront takes blank checksums, so
+        // dom0's netback hands a datagram from a server in dom0 (dnsmasq
+        // on the bridge) with its UDP checksum not filled in: fill it,
+        // or the client drops every offer as corrupt (seen on the rig).
+        if from == Link::Uplink
+            && packet.offload.csum_blank
+            && netvm::dhcp::frame::to_client_port(&packet.data)
+        {
+            netback::packet::fill_checksum(&mut packet.data);
+            packet.offload.csum_blank = false;
+        }
         if from == Link::Uplink && self.dhcp.handle(now_ns, &packet.data) {
             self.poll_dhcp(now_ns, out);
             return;

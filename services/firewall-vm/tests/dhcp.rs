@@ -136,3 +136,64 @@ fn without_an_address_the_uplink_asks_dhcp() {
     vm.tick(1000 * S, &mut out);
     assert!(uplink_frames(&mut out).is_empty(), "no DHCP any more");
 }
+
+/// `packet` as Linux's netback hands a datagram whose checksum a local
+/// sender left to offload (CHECKSUM_PARTIAL): the UDP checksum field holds
+/// only a partial sum, and the frame is flagged `csum_blank`.
+fn blank_checksum(mut packet: Packet) -> Packet {
+    let at = 14 + 20 + 6;
+    packet.data[at..at + 2].copy_from_slice(&0x1234u16.to_be_bytes());
+    packet.offload.csum_blank = true;
+    packet
+}
+
+#[test]
+fn replies_with_blank_checksums_are_taken() {
+    // dnsmasq in dom0 answers over the bridge; our netfront takes blank
+    // checksums, so the OFFER and ACK come with the checksum not filled
+    // in. The rig's first DHCP run: dnsmasq offered every 64 s and the
+    // firewall dropped each offer as corrupt.
+    let mut vm = FirewallVm::new(FirewallSettings::default(), print);
+    vm.uplink_up(
+        0,
+        &UplinkInfo {
+            mac: MacAddress(FW_MAC),
+            backend: "/local/domain/0/backend/vif/7/0".into(),
+            ip: Key::Valid(vec![]),
+            features: netfront::BackendFeatures::default(),
+        },
+    );
+    vm.configure(
+        0,
+        &Snapshot::default(),
+        &Changed {
+            all: true,
+            ..Changed::default()
+        },
+    );
+    let mut out = Vec::new();
+    vm.tick(0, &mut out);
+    let discover = uplink_frames(&mut out).pop().expect("a DISCOVER");
+    // The same junk without the flag is a corrupt datagram: dropped.
+    let mut corrupt = blank_checksum(answer(&discover, MessageType::Offer));
+    corrupt.offload.csum_blank = false;
+    vm.handle(S, Link::Uplink, corrupt, &mut out);
+    assert!(uplink_frames(&mut out).is_empty(), "a corrupt offer taken");
+    vm.handle(
+        S,
+        Link::Uplink,
+        blank_checksum(answer(&discover, MessageType::Offer)),
+        &mut out,
+    );
+    let request = uplink_frames(&mut out).pop().expect("a REQUEST");
+    vm.handle(
+        S,
+        Link::Uplink,
+        blank_checksum(answer(&request, MessageType::Ack)),
+        &mut out,
+    );
+    assert_eq!(
+        vm.firewall().expect("configured").config().uplink.ip4,
+        LEASED
+    );
+}
