@@ -166,6 +166,9 @@ for m in $(cat $K/mods/order); do insmod $K/mods/$m || log kit FAIL "insmod $m";
 ipr link add wg0 type wireguard || log kit FAIL "ip link add wg0 type wireguard"
 wg setconf wg0 /guest/dom0-wg.conf || log kit FAIL "wg setconf"
 ipr addr add 10.64.0.1/24 dev wg0
+# (Linux drops a link's IPv6 addresses when it goes down unless told to
+# keep them: the peer-down step would take fd64::1 away for the next type)
+echo 1 > /proc/sys/net/ipv6/conf/wg0/keep_addr_on_down || log kit FAIL "keep_addr_on_down"
 ipr addr add fd64::1/64 dev wg0
 ipr link set wg0 up
 if wg show wg0 listen-port | grep -q 51820; then log wg-up ok; else log wg-up FAIL "$(wg show wg0 2>&1 | tr '\n' ' ')"; fi
@@ -289,17 +292,22 @@ nattach=$((nattach + 1))
 
 # the download, DNS and IPv6, with wg0's inside captured
 wg0cap 1-@TYPE@
+# DNS and IPv6 alongside the download (the client runs each command in
+# the background)
+send vpn-client dns@TYPE@ "for s in 10.139.1.1 10.139.1.2 192.0.2.53; do n=q\$(echo \$s | tr . -)-@TYPE@.vpn.test; r=\$(timeout 10 nslookup -type=a \$n \$s 2>&1); case \"\$r\" in *10.64.0.1*) echo \"answer \$s\" ;; *) echo \"no-answer \$s: \$r\" | tr '\n' ' '; echo ;; esac; done"
+send vpn-client v6@TYPE@ "ping6 -c 3 -W 5 fd64::1"
 get download get1@TYPE@
 hs=$(wg show wg0 latest-handshakes | awk '{print $2}')
 if [ -n "$hs" ] && [ "$hs" != 0 ]; then log handshake ok; else log handshake FAIL "$(wg show wg0 | tr '\n' ' ')"; fi
-cmd vpn-client dns@TYPE@ 60 "for s in 10.139.1.1 10.139.1.2 192.0.2.53; do n=q\$(echo \$s | tr . -)-@TYPE@.vpn.test; r=\$(timeout 10 nslookup -type=a \$n \$s 2>&1); case \"\$r\" in *10.64.0.1*) echo \"answer \$s\" ;; *) echo \"no-answer \$s: \$r\" | tr '\n' ' '; echo ;; esac; done"
+result vpn-client dns@TYPE@ 60
+dnsout=$out
 dnsok=1
 for s in 10.139.1.1 10.139.1.2 192.0.2.53; do
   n=q$(echo $s | tr . -)-@TYPE@.vpn.test
-  case "$out" in *"answer $s"*) case "$out" in *"no-answer $s"*) dnsok=0 ;; esac ;; *) dnsok=0 ;; esac
+  case "$dnsout" in *"answer $s"*) case "$dnsout" in *"no-answer $s"*) dnsok=0 ;; esac ;; *) dnsok=0 ;; esac
   grep -q "query\[A\] $n from 10.64.0.2" $dlog || dnsok=0
 done
-cmd vpn-client v6@TYPE@ 40 "ping6 -c 3 -W 5 fd64::1"
+result vpn-client v6@TYPE@ 40
 v6out=$out
 # (answered: at least one reply; busybox's ping says rc 1 when fewer than -c)
 v6got=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
@@ -309,7 +317,7 @@ unclamped=$(grep -E '10\.64\.0\.2\.[0-9]+ > 10\.64\.0\.1\.80: Flags \[S\]' /tmp/
 dnsq=$(grep -c -E '10\.64\.0\.2\.[0-9]+ > 10\.64\.0\.1\.53: ' /tmp/wg0-1-@TYPE@.txt)
 v6req=$(grep -c 'fd64::2 > fd64::1: ICMP6, echo request' /tmp/wg0-1-@TYPE@.txt)
 if [ $dnsok = 1 ] && [ "$dnsq" -ge 3 ]; then log dns ok $dnsq; else
-  log dns FAIL "client: $out; dnsmasq: $(grep -a 'vpn.test' $dlog | tail -n 6 | tr '\n' '|'); $dnsq queries to 10.64.0.1.53 on wg0"
+  log dns FAIL "client: $dnsout; dnsmasq: $(grep -a 'vpn.test' $dlog | tail -n 6 | tr '\n' '|'); $dnsq queries to 10.64.0.1.53 on wg0"
 fi
 if [ "${v6got:-0}" -ge 1 ] && [ "$v6req" -ge 1 ]; then log ipv6 ok $v6got $v6req; else
   log ipv6 FAIL "ping6: $v6out; $v6req echo requests from fd64::2 on wg0: $(grep ICMP6 /tmp/wg0-1-@TYPE@.txt | head -n 3 | tr '\n' '|')"
@@ -381,7 +389,8 @@ grep -a "vpn: stats:" $vlog | tail -n 1 | tr -d '\r' | sed 's/^/VPNSTATS2 /'
 if grep -a -q -E "panicked|PANIC" $vlog /tmp/vpn-@TYPE@-1.log; then log no-panic FAIL; else log no-panic ok; fi
 xl destroy vpn
 (tr -d '\r' < /tmp/vpn-@TYPE@-1.log; tr -d '\r' < $vlog) | sed 's/^/GUEST vpn: /' | tail -n 40
-detach
+# (the client's vif for the next type's VM; after the last, the client goes)
+@DETACH@
 log end @TYPE@ $t0 $(up)
 """
 
@@ -535,7 +544,8 @@ def dom0_script(types: list, blob_mib: int, memory: int, client_memory: int, pee
         return text
     parts = [fill(SETUP, {})]
     for t in types:
-        parts.append(fill(SCRIPT, {"@TYPE@": t, "@SOURCE@": "disk" if t == "pv" else "xenstore"}))
+        parts.append(fill(SCRIPT, {"@TYPE@": t, "@SOURCE@": "disk" if t == "pv" else "xenstore",
+                                   "@DETACH@": "detach" if t != types[-1] else ":"}))
     parts.append(fill(FINISH, {}))
     text = "\n".join(parts)
     left = re.findall(r"@[A-Z_0-9]+@", text)

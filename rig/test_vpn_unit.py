@@ -35,6 +35,8 @@ class TestVpnScript(unittest.TestCase):
             self.assertEqual(re.findall(r"@[A-Z_0-9]+@", text), [])
             self.assertEqual(parses_as_shell(text), "")
             self.assertEqual(text.count("log end "), len(types))
+            # the client's vif detached between types, not after the last
+            self.assertEqual(text.count("\ndetach\n"), len(types) - 1)
             # the client is created once, before the kit, without a vif
             self.assertEqual(text.count("xl create /guest/vpn-client-pv.cfg 'vif=[]'"), 1)
             self.assertLess(text.index("vpn-client-pv.cfg 'vif=[]'"), text.index("tar -xzf /guest/wgkit.tgz"))
