@@ -192,7 +192,7 @@ test-xen: images qubes-dom0
 	python3 rig/test_run_firewall_unit.py   # make run's demo, without QEMU (its busybox parts need the rig cache)
 	python3 rig/test_netdemo.py --image $(IMAGE_DIR)/netdemo --types pv,pvh --mib 64 --pvh-mib 16 --pings 1000 --bridge 16 --linux-bridged --timeout 2400
 	python3 rig/test_blkdemo.py --image $(IMAGE_DIR)/blkdemo --types pv,pvh --mib 64 --timeout 1500
-	python3 rig/test_firewall.py --image $(IMAGE_DIR)/firewall --types pv,pvh --detach --hostile pv --timeout 1800   # 3 min quiet (docs/firewall.md)
+	python3 rig/test_firewall.py --image $(IMAGE_DIR)/firewall --types pv,pvh --detach --hostile pv --hostile-uplink pv --timeout 1800   # about 5 min quiet (docs/firewall.md)
 	python3 rig/test_vpn.py --image $(IMAGE_DIR)/vpn --types pvh --blob-mib 1 --timeout 900   # fail-closed checks, one type (docs/vpn.md "On the rig")
 	python3 rig/test_qubes_unit.py   # test_qubes's entries, dom0 script and verdict, without QEMU
 	$(TEST_QUBES)

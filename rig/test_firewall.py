@@ -40,8 +40,17 @@ prints their output and status). In one rig boot, for each type:
 - B (policy accept) downloads the file too;
 - a rule change (accept tcp 8081) written from dom0 takes effect without a
   restart: A's next probe of 8081 succeeds (time from the write printed);
+- the firewall's uplink detached and attached again (`xl network-detach
+  firewall 0`, `xl network-attach` with the same mac and ip) while A holds
+  a TCP connection to dom0:8092 that carries a line a second for 20 s:
+  the firewall's uplink comes back and the same connection delivers all
+  20 lines (the flow's conntrack and NAT kept across the outage);
 - the firewall restarted: `xl destroy firewall`, `xl create` again (new
-  qubesdb keys and rules), each client's vif detached and attached again
+  qubesdb keys and rules; this time its uplink vif has no `ip=` and
+  `extra=` names no address, gateway or resolver, so it configures the
+  uplink from dnsmasq's DHCP lease, which the console's `firewall: dhcp:
+  lease` line must show: 10.99.0.10/24, router and resolver 10.99.0.1),
+  each client's vif detached and attached again
   (docs/firewall.md, "Restarting the firewall"); both clients configure
   the new interface, A reaches dom0:8080 and both download the file again
   with the sha256 equal (on failure both ends' xenstore states and the
@@ -99,6 +108,8 @@ CLIENT_IP = "10.137.0.10"
 CLIENT_ENC = "10-137-0-10"
 DOM0 = "10.99.0.1"
 ALLOWED, DENIED = 8080, 8081
+#: dom0's slow stream (a line a second), for a flow held across the uplink's outage
+TICK = 8092
 #: The size of the file the clients download through the firewall.
 BLOB_MIB = 4
 #: How long each vif of --hostile attacks (from its first connection).
@@ -191,6 +202,10 @@ printf '#!/bin/sh\necho served-by-dom0\n' > /tmp/answer; chmod +x /tmp/answer
 for port in @ALLOWED@ @DENIED@; do
   (while :; do nc -ll -p $port -e /tmp/answer; sleep 0.2; done) >/dev/null 2>&1 &
 done
+# a slow stream on @TICK@: one line a second for 20 s per connection
+printf '#!/bin/sh\ni=1\nwhile [ $i -le 20 ]; do echo tick-$i; i=$((i + 1)); sleep 1; done\n' > /tmp/ticker
+chmod +x /tmp/ticker
+(while :; do nc -ll -p @TICK@ -e /tmp/ticker; sleep 0.2; done) >/dev/null 2>&1 &
 # a second IPv4 address (the one web.moat.test names) and IPv6 on the
 # firewall's uplink bridge
 echo 0 > /proc/sys/net/ipv6/conf/xenbr0/accept_dad
@@ -205,7 +220,9 @@ httpd -p 80 -h /tmp/www
 dlog=/tmp/dnsmasq.log
 dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --user=root --group=root --pid-file=/tmp/dnsmasq.pid \
   --listen-address=10.99.0.1 --bind-interfaces --local=/moat.test/ --address=/web.moat.test/10.99.0.2 \
-  --log-queries --log-facility=$dlog
+  --log-queries --log-facility=$dlog \
+  --dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,2m --dhcp-host=00:16:3e:6d:6f:10,10.99.0.10 \
+  --dhcp-leasefile=/tmp/dnsmasq.leases
 r=$?
 a=$(nslookup -type=a web.moat.test 10.99.0.1 2>&1 | tr '\n' ' ')
 case "$r $a" in
@@ -229,8 +246,16 @@ rm -f $flog $clog $blog /tmp/firewall-1.log /tmp/tty-*
 d0=$(nlines $dlog)
 # fw_start: the firewall created paused, its IPv6 uplink given through its
 # qubesdb keys, then started; sets $fw
+# fw_start [dhcp]: with dhcp, the uplink vif has no ip= and extra= names no
+# address, gateway or resolver: the firewall takes all three from
+# dnsmasq's lease (a static one for its MAC).
 fw_start() {
-  xl create -p /guest/firewall-@TYPE@.cfg || return 1
+  if [ "${1:-}" = dhcp ]; then
+    xl create -p /guest/firewall-@TYPE@.cfg 'vif=["bridge=xenbr0,mac=00:16:3e:6d:6f:10"]' \
+      'extra="firewall.client-gw=10.137.0.1"' || return 1
+  else
+    xl create -p /guest/firewall-@TYPE@.cfg || return 1
+  fi
   fw=$(xl domid firewall)
   q=/local/domain/$fw/qubesdb
   xenstore-write $q/qubes-ip6 fd99::10 $q/qubes-gateway6 fd99::1 $q/qubes-netvm-gateway6 fd09::1
@@ -246,6 +271,7 @@ rules() {
     $qa/0002 "action=accept specialtarget=dns" \
     $qa/0003 "action=accept proto=icmp" \
     $qa/0004 "action=accept dst4=10.137.0.0/24" \
+    $qa/0005 "action=accept proto=tcp dstports=@TICK@-@TICK@" \
     $qa ""
   xenstore-write $qf/fd09__10/policy drop $qf/fd09__10/0000 "action=accept dst6=fd99::1/128 proto=tcp dstports=80-80" \
     $qf/fd09__10 ""
@@ -263,7 +289,7 @@ log create firewall-@TYPE@ $(up)
 fw_start || log forwarding FAIL "xl create -p"
 if wait_for $flog "firewall: forwarding:" 90; then log forwarding ok $(up); else log forwarding FAIL; fi
 rules
-if wait_for $flog "rules of @IP@: 5 rules" 30 && wait_for $flog "rules of fd09::10: 1 rules" 10; then log rules ok; else
+if wait_for $flog "rules of @IP@: 6 rules" 30 && wait_for $flog "rules of fd09::10: 1 rules" 10; then log rules ok; else
   log rules FAIL "$(grep -a 'rules of' $flog | tr -d '\r' | tr '\n' ' ')"
 fi
 if wait_after $dlog $d0 "query\[A\] web.moat.test from 10.99.0.10" 30; then log dsthost-query ok; else
@@ -331,7 +357,7 @@ get_check ipv6-allowed client-a get6
 refused ipv6-denied client-a den6 'http://[fd99::1]:@ALLOWED@/' "Permission denied"
 # A rule change written from dom0: the next probe of the denied port succeeds
 t=$(up)
-xenstore-write $qa/0005 "action=accept proto=tcp dstports=@DENIED@-@DENIED@" $qa ""
+xenstore-write $qa/0006 "action=accept proto=tcp dstports=@DENIED@-@DENIED@" $qa ""
 if wait_for $clog "probe @DOM0@:@DENIED@ ok" 30; then log rule-change ok $t $(up); else log rule-change FAIL; fi
 # the counters, from stats lines printed after each check (every 10 s)
 if wait_after $flog $l1 "firewall: stats:" 20; then
@@ -348,6 +374,82 @@ if wait_after $flog $l3 "firewall: stats:" 20; then
 else log a-to-b-counted FAIL "no stats line"; fi
 """
 
+#: The uplink taken away and given back under an established flow.
+UPLINK_FLOW = r"""
+# The firewall's uplink detached and attached again (`xl network-detach` /
+# `-attach`, as when the uplink's backend domain is replaced) while client A
+# holds a TCP connection to dom0 that carries a line a second: the firewall
+# keeps the flow's state (conntrack, NAT) across the outage, so the same
+# connection must deliver all 20 lines.
+send client-a tick "(sleep 60 2>/dev/null | nc @DOM0@ @TICK@ > /tmp/ticks 2>&1 &); i=0; \
+while [ \$i -lt 50 ] && ! grep -q tick-20 /tmp/ticks; do sleep 1; i=\$((i + 1)); done; \
+echo lines \$(grep -c tick- /tmp/ticks) last \$(tail -n 1 /tmp/ticks)"
+sleep 4
+on0=$(grep -c -E "firewall: uplink [0-9a-f:]+ on" $flog)
+t=$(up)
+out=$(timeout 60 xl network-detach firewall 0 2>&1); rc1=$?
+sleep 1
+out2=$(timeout 60 xl network-attach firewall bridge=xenbr0 mac=00:16:3e:6d:6f:10 ip=10.99.0.10 2>&1); rc2=$?
+if [ $rc1 = 0 ] && [ $rc2 = 0 ] && wait_count $flog "firewall: uplink [0-9a-f:]+ on" $((on0 + 1)) 60; then
+  log uplink-back ok $t $(up)
+else
+  log uplink-back FAIL "detach rc=$rc1 $out attach rc=$rc2 $out2: $(grep -a 'firewall: uplink' $flog | tail -n 3 | tr -d '\r' | tr '\n' ' ')"
+fi
+result client-a tick 60
+case "$out" in *"lines 20 last tick-20"*) log uplink-flow ok $out ;; *) log uplink-flow FAIL "rc=$rc $out" ;; esac
+"""
+
+#: --hostile-uplink: the uplink served by the hostile image's netback.
+HOSTILE_UPLINK = r"""
+if [ @HUPLINK@ = 1 ]; then
+# The firewall's uplink served by a hostile backend (a malicious sys-net):
+# the hostile image as the uplink's driver domain, each connection of the
+# firewall's netfront meeting the next attack (tx-bad-id rx-bad-id
+# rx-bad-size index flood keep-maps stall). The firewall must notice each
+# violation and connect again, and keep answering client A meanwhile (its
+# pings of the firewall's client-side address); once the hostile domain is
+# gone and the real uplink is back, A's probes get through again and the
+# firewall's grants, mappings, event channels and memory are back where they
+# were (the pages the hostile backend kept mapped freed once Xen unmapped
+# them with the domain).
+blog_=/var/log/xen/console/guest-hostile-back.log
+rm -f $blog_
+res0=$(grep -a "firewall: resources:" $flog | tail -n 1 | tr -d '\r' | sed 's/.*firewall: resources: //')
+l0=$(nlines $flog)
+t=$(up)
+xl create /guest/hostile-pv.cfg 'name="hostile-back"' 'vif=[]' 'extra="hostile.back=all"' >/dev/null 2>&1
+if wait_for $blog_ "hostile: serving vifs" 30; then log hostile-uplink-start ok $t $(up); else
+  log hostile-uplink-start FAIL "$(tail -n 5 $blog_ 2>/dev/null | tr -d '\r' | tr '\n' ' ')"
+fi
+timeout 60 xl network-detach firewall 0
+xl network-attach firewall backend=hostile-back mac=00:16:3e:6d:6f:10 ip=10.99.0.10
+send client-a hsping "ping -c 80 -i 0.5 -W 1 10.137.0.1 | grep -E 'seq=|transmitted|round-trip'"
+if wait_for $blog_ "pass 1 done" 120; then
+  log hostile-uplink-pass ok $t $(up) $(grep -a -o "pass 1 done.*" $blog_ | tr -d '\r')
+else
+  log hostile-uplink-pass FAIL "$(grep -a 'hostile: back' $blog_ | tail -n 8 | tr -d '\r' | tr '\n' ' ')"
+fi
+grep -a "hostile: back " $blog_ | tr -d '\r' | sed 's/^.*hostile: back /RIG hostile-back /'
+result client-a hsping 60
+# (judged by check_hostile_uplink: the answers' count and times)
+echo "RIG hostile-uplink-ping rc=$rc $out"
+since $flog $l0 | grep -a -E "firewall: (uplink|no uplink)" | tr -d '\r' | sed 's/^.*firewall: /RIG hostile-fw /'
+xl destroy hostile-back
+timeout 60 xl network-detach firewall 0 >/dev/null 2>&1
+on0=$(grep -c -E "firewall: uplink [0-9a-f:]+ on" $flog)
+xl network-attach firewall bridge=xenbr0 mac=00:16:3e:6d:6f:10 ip=10.99.0.10
+if wait_count $flog "firewall: uplink [0-9a-f:]+ on" $((on0 + 1)) 60; then log hostile-uplink-back ok $t $(up); else
+  log hostile-uplink-back FAIL "$(since $flog $l0 | grep -a 'firewall: ' | grep -v stats | tail -n 6 | tr -d '\r' | tr '\n' ' ')"
+fi
+l1=$(nlines $clog)
+if wait_after $clog $l1 "probe @DOM0@:@ALLOWED@ ok" 40; then log hostile-uplink-probe ok; else log hostile-uplink-probe FAIL; fi
+# the resources printed at the uplink's return, after the hostile domain's death
+sleep 2
+echo "RIG hostile-uplink-res0 $res0"
+echo "RIG hostile-uplink-res1 $(grep -a 'firewall: resources:' $flog | tail -n 1 | tr -d '\r' | sed 's/.*firewall: resources: //')"
+fi
+"""
+
 #: The firewall restarted with both clients behind it (after the options
 #: that need the first firewall).
 RESTART = r"""
@@ -361,8 +463,14 @@ mv $flog /tmp/firewall-1.log
 pa=$!
 (timeout 60 xl network-detach client-b 0; echo "RIG detach-b rc=$? $(up)") > /tmp/det-b 2>&1 &
 pb=$!
-fw_start || log restart-forwarding FAIL "xl create -p"
+# The new firewall's uplink address, gateway and resolver from DHCP.
+fw_start dhcp || log restart-forwarding FAIL "xl create -p"
 if wait_for $flog "firewall: forwarding:" 90; then log restart-forwarding ok $t0 $(up); else log restart-forwarding FAIL; fi
+if grep -q -E "firewall: dhcp: lease 10\.99\.0\.10(/24)? router 10\.99\.0\.1 dns 10\.99\.0\.1 from 10\.99\.0\.1 " $flog; then
+  log dhcp ok $(grep -a -o -E "firewall: dhcp: lease .*" $flog | head -n 1 | tr -d '\r')
+else
+  log dhcp FAIL "$(grep -a -E 'firewall: (dhcp|uplink)' $flog | tr -d '\r' | tr '\n' ' ') dnsmasq: $(grep -i dhcp $dlog | tail -n 5 | tr '\n' ' ')"
+fi
 rules
 wait $pa $pb
 cat /tmp/det-a /tmp/det-b
@@ -567,20 +675,21 @@ fi
 
 
 def _fill(s: str, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False,
-          hostile: bool = False) -> str:
+          hostile: bool = False, hostile_uplink: bool = False) -> str:
     for k, v in {"TYPE": t, "CYCLES": str(cycles), "UPLINK": str(uplink_restart),
                  "DETACH": "1" if detach else "0", "HOSTILE": "1" if hostile else "0",
+                 "HUPLINK": "1" if hostile_uplink else "0",
                  "HSECS": str(HOSTILE_SECONDS), "IP": CLIENT_IP, "ENC": CLIENT_ENC, "DOM0": DOM0,
-                 "ALLOWED": str(ALLOWED), "DENIED": str(DENIED), "BLOB_MIB": str(BLOB_MIB)}.items():
+                 "ALLOWED": str(ALLOWED), "DENIED": str(DENIED), "TICK": str(TICK), "BLOB_MIB": str(BLOB_MIB)}.items():
         s = s.replace(f"@{k}@", v)
     return s
 
 
 def script(t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False,
-           hostile: bool = False) -> str:
+           hostile: bool = False, hostile_uplink: bool = False) -> str:
     """One type's part of the dom0 script (after `setup()`)."""
-    return _fill(SCRIPT + HOSTILE + UPLINK + RESTART + OPTIONS + END, t, cycles, uplink_restart, detach,
-                 hostile)
+    return _fill(SCRIPT + HOSTILE + UPLINK + UPLINK_FLOW + HOSTILE_UPLINK + RESTART + OPTIONS + END, t,
+                 cycles, uplink_restart, detach, hostile, hostile_uplink)
 
 
 def setup() -> str:
@@ -593,8 +702,15 @@ SETUP_WORDS = ["dnsmasq", "servers"]
 #: Each type's checks (`RIG <word> ok|FAIL ...`), in order.
 WORDS = ["forwarding", "rules", "dsthost-query", "allowed", "denied", "client-b-ready", "dsthost-allowed",
          "client-b-get", "dsthost-other-denied", "dns", "spoof", "a-to-b", "ipv6-allowed", "ipv6-denied",
-         "rule-change", "spoof-counted", "a-to-b-counted", "restart-forwarding", "restart-detach",
+         "rule-change", "spoof-counted", "a-to-b-counted", "uplink-back", "uplink-flow", "restart-forwarding", "dhcp", "restart-detach",
          "restart-attach", "restart-tcp", "restart-get-a", "restart-get-b", "refused"]
+#: --hostile-uplink's checks.
+HOSTILE_UPLINK_WORDS = ["hostile-uplink-start", "hostile-uplink-pass", "hostile-uplink-back",
+                        "hostile-uplink-probe"]
+#: Of client A's 80 pings of the firewall during the hostile uplink's
+#: attacks, the share that must be answered (the firewall stalled by its
+#: uplink would answer none; a loaded rig loses a few).
+HOSTILE_UPLINK_PING_MIN = 0.9
 #: --hostile's checks.
 HOSTILE_WORDS = ["hostile-start-1", "hostile-get", "hostile-ping", "hostile-firewall-up-1",
                  "hostile-start-2", "hostile-firewall-up-2"]
@@ -682,15 +798,74 @@ def check_hostile(texts: list, t: str) -> tuple:
     return passed, failures
 
 
+def check_hostile_uplink(texts: list, t: str) -> tuple:
+    """(passed, failures): each violation of the hostile uplink noticed by
+    the firewall, every endured attack survived, and the resources back."""
+    passed, failures = 0, []
+    back = [l[len("RIG hostile-back "):] for l in texts if l.startswith("RIG hostile-back ")]
+    for l in back:
+        print(f"bench: {t}: hostile uplink: {l}")
+    for l in [l for l in texts if l.startswith("RIG hostile-fw ")]:
+        print(f"bench: {t}: firewall under the hostile uplink: {l[len('RIG hostile-fw '):]}")
+    verdicts = {}
+    for l in back:
+        m = re.match(r"\S+ \((\S+)\): (.*)", l)
+        if m and "connected" != m.group(2):
+            verdicts.setdefault(m.group(1), m.group(2))
+    for attack in ["tx-bad-id", "rx-bad-id", "rx-bad-size", "index"]:
+        v = verdicts.get(attack, "")
+        if "noticed" in v:
+            passed += 1
+        else:
+            failures.append(f"{t}: hostile uplink: the firewall did not close over {attack}: {v or 'no line'}")
+    for attack in ["flood", "keep-maps", "stall"]:
+        v = verdicts.get(attack, "")
+        if "endured" in v:
+            passed += 1
+        else:
+            failures.append(f"{t}: hostile uplink: {attack} not endured: {v or 'no line'}")
+    ping = [l for l in texts if l.startswith("RIG hostile-uplink-ping ")]
+    seqs = sorted({int(m) for m in re.findall(r"seq=(\d+)", ping[0])}) if ping else []
+    times = [float(m) for m in re.findall(r"time=([0-9.]+) ms", ping[0])] if ping else []
+    lost = sorted(set(range(80)) - set(seqs))
+    slow = sum(1 for x in times if x > 1000)
+    print(f"bench: {t}: client A's 80 pings of the firewall under the hostile uplink: {len(seqs)} answered, "
+          f"lost seqs {lost}, {slow} slower than 1 s, max {max(times, default=0):.0f} ms")
+    if len(seqs) >= HOSTILE_UPLINK_PING_MIN * 80:
+        passed += 1
+    else:
+        failures.append(f"{t}: hostile uplink: only {len(seqs)} of 80 pings of the firewall answered: "
+                        f"{ping[0][:300] if ping else 'no ping line'}")
+    r0 = [l[len("RIG hostile-uplink-res0 "):] for l in texts if l.startswith("RIG hostile-uplink-res0 ")]
+    r1 = [l[len("RIG hostile-uplink-res1 "):] for l in texts if l.startswith("RIG hostile-uplink-res1 ")]
+    if r0 and r1:
+        a, b = resources(r0[0]), resources(r1[0])
+        print(f"bench: {t}: resources before the hostile uplink: {r0[0]}")
+        print(f"bench: {t}: resources with the real uplink back:  {r1[0]}")
+        moved = [k for k in ["grants-free", "maps", "evtchns"] if k not in a or a.get(k) != b.get(k)]
+        if moved:
+            failures.append(f"{t}: hostile uplink: resources not back: {moved} ({a} -> {b})")
+        else:
+            passed += 1
+    else:
+        failures.append(f"{t}: hostile uplink: no resources lines")
+    return passed, failures
+
+
 def check(texts: list, t: str, cycles: int = 0, uplink_restart: int = 0, detach: bool = False,
-          hostile: bool = False) -> tuple:
+          hostile: bool = False, hostile_uplink: bool = False) -> tuple:
     """(passed, failures) for one type's run."""
     rig = lambda word: rig_lines(texts, word)  # noqa: E731
 
     passed, failures = check_words(texts, f"{t}: ", WORDS + (["detach"] if detach else [])
-                                   + (HOSTILE_WORDS if hostile else []))
+                                   + (HOSTILE_WORDS if hostile else [])
+                                   + (HOSTILE_UPLINK_WORDS if hostile_uplink else []))
     if hostile:
         p, f = check_hostile(texts, t)
+        passed += p
+        failures += f
+    if hostile_uplink:
+        p, f = check_hostile_uplink(texts, t)
         passed += p
         failures += f
     client = [l[len("CLIENT "):] for l in texts if l.startswith("CLIENT ")]
@@ -783,11 +958,15 @@ def main() -> int:
     ap.add_argument("--hostile", default="", metavar="TYPES",
                     help="for these of the types (pv, pvh), also run the hostile image's seven attacks "
                          "against the firewall, twice, while client A downloads (about 70 s each)")
+    ap.add_argument("--hostile-uplink", default="", metavar="TYPES",
+                    help="for these of the types, also serve the firewall's uplink from the hostile image's "
+                         "netback (seven attacks in turn) while client A pings the firewall (about 60 s)")
     ap.add_argument("--timeout", type=float, default=1500)
     ap.add_argument("--log")
     args = ap.parse_args()
     types = [t for t in args.types.split(",") if t]
     hostile_types = [t for t in args.hostile.split(",") if t]
+    huplink_types = [t for t in args.hostile_uplink.split(",") if t]
     if not types or any(t not in ("pv", "pvh") for t in types):
         print("--types takes pv and/or pvh", file=sys.stderr)
         return 2
@@ -809,14 +988,15 @@ def main() -> int:
             print(f"no netdemo image at {netdemo}: run `make images`", file=sys.stderr)
             return 2
         guests += [(netdemo, "netdemo"), (REPO / "configs/netdemo-pv.cfg", "netdemo-pv.cfg")]
-    if hostile_types:
+    if hostile_types or huplink_types:
         hostile = image.parent / "hostile"
         if not hostile.is_file():
             print(f"no hostile image at {hostile}: run `make images`", file=sys.stderr)
             return 2
         guests += [(hostile, "hostile"), (REPO / "configs/hostile-pv.cfg", "hostile-pv.cfg")]
     xenrig.exit_on_sigterm()
-    text = setup() + "\n".join(script(t, args.cycles, args.uplink_restart, detach, t in hostile_types)
+    text = setup() + "\n".join(script(t, args.cycles, args.uplink_restart, detach, t in hostile_types,
+                                      t in huplink_types)
                                for t in types)
     result = xenrig.run_script(text, guests=guests, timeout=args.timeout,
                                log=Path(args.log) if args.log else None)
@@ -835,7 +1015,8 @@ def main() -> int:
             failures.append(f"{t}: never started")
             continue
         b = next((i for i, l in enumerate(texts) if l.startswith(f"RIG end {t}")), len(texts))
-        p, f = check(texts[a:b + 1], t, args.cycles, args.uplink_restart, detach, t in hostile_types)
+        p, f = check(texts[a:b + 1], t, args.cycles, args.uplink_restart, detach, t in hostile_types,
+                     t in huplink_types)
         passed += p
         failures += f
     for f in failures:
