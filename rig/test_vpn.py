@@ -58,9 +58,9 @@ Then, over the bridge capture of the whole run: every frame from the VM's
 MAC is ARP or UDP 10.99.0.30.51820 -> 10.99.0.1.51820, no frame on the
 bridge carries the client's addresses or MAC or the cleartext marker.
 
-`make test` runs one type (pvh, xenstore: the recipe's config and the path
-that can replace the tunnel at run time, so the restart needs no second
-disk); `make test-vpn` both. dom0's tools that the rig lacks (wg, tcpdump,
+`make test` runs one type (pv, the file from the disk: a PVH VM of this
+image triple-faulted once under QEMU's emulated SVM, docs/vpn.md);
+`make test-vpn` both. dom0's tools that the rig lacks (wg, tcpdump,
 ip from iproute2) are taken from this host (Debian bookworm, the rig's
 release) with their libraries and run through their own ld.so; the kernel
 modules come from the rig's cached linux-image package. Prints `test_vpn: N
