@@ -564,11 +564,14 @@ for round in 1 2; do
   grep -a "hostile: report" $hlog | tr -d '\r' | sed "s/^.*hostile: report /RIG hostile-report $round /"
   xl destroy hostile
   # every vif of it closed and its directory removed (the toolstack is done)
-  n=0
-  while [ $n -lt 150 ]; do
+  # (60 s: xl destroy has libxl wait for our Closed of each of the seven
+  # vifs; one run on a quiet machine had the seventh removed after 30 s)
+  n=0; td=$(up)
+  while [ $n -lt 300 ]; do
     [ "$(since $flog $l0 | grep -a -c "vif backend/vif/$hid/[0-9]* removed")" -ge 7 ] && break
     sleep 0.2; n=$((n + 1))
   done
+  echo "RIG hostile-removed $round $td $(up)"
   res=$(since $flog $l0 | grep -a "firewall: resources:" | tail -n 1 | tr -d '\r' | sed 's/.*firewall: resources: //')
   echo "RIG hostile-resources $round $(since $flog $l0 | grep -a -c "vif backend/vif/$hid/[0-9]* removed") $res"
   since $flog $l0 | grep -a "vif backend/vif/$hid/" | grep -a "closed" | tr -d '\r' | sed "s/^.*firewall: /RIG hostile-closed $round /"
